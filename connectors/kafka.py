@@ -1,0 +1,183 @@
+"""Kafka source and sink on aiokafka: batches in, batches out, at-least-once.
+
+The source hands out batches from ``getmany`` and commits only the offsets it is told to,
+after the runner has seen the derived outputs acknowledged by the broker. The sink produces
+with ``acks=all`` and no idempotent producer (the embedded broker has none), so duplicates are
+possible after a crash and event ids are deterministic to make them harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from connectors.errors import BrokerUnavailable, DeliveryFailed, is_retriable
+from pipeline.types import Envelope
+
+OutRecord = tuple[str, bytes | None, bytes]  # topic, key, value
+PartitionsCallback = Callable[[set[TopicPartition]], Awaitable[None]]
+
+
+async def ensure_topics(
+    bootstrap: str, topics: Iterable[str], partitions: int, client: dict[str, Any] | None = None,
+    *, compacted: Iterable[str] = (),
+) -> None:
+    """Create missing topics (existing ones are left as they are)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client or {}))
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"cannot reach {bootstrap}: {exc}") from exc
+    try:
+        existing = set(await admin.list_topics())
+        compact = set(compacted)
+        new = [
+            NewTopic(t, partitions, 1,
+                     topic_configs={"cleanup.policy": "compact"} if t in compact else None)
+            for t in dict.fromkeys(topics) if t not in existing
+        ]
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass  # a concurrent process created it first
+    finally:
+        await admin.close()
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if self.source.on_revoke is not None and revoked:
+            await self.source.on_revoke(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self.source.on_assign is not None and assigned:
+            await self.source.on_assign(set(assigned))
+
+
+class KafkaSource:
+    """A consumer-group member yielding batches of ``Envelope``s."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Sequence[str],
+        group_id: str,
+        *,
+        client: dict[str, Any] | None = None,
+        max_batch: int = 5000,
+        fetch_timeout_ms: int = 200,
+        auto_offset_reset: str = "earliest",
+        on_assign: PartitionsCallback | None = None,
+        on_revoke: PartitionsCallback | None = None,
+    ) -> None:
+        self.topics = list(topics)
+        self.max_batch = max_batch
+        self.fetch_timeout_ms = fetch_timeout_ms
+        self.on_assign = on_assign
+        self.on_revoke = on_revoke
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=auto_offset_reset,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=32 * 1024 * 1024,
+            **(client or {}),
+        )
+
+    async def start(self) -> None:
+        try:
+            await self.consumer.start()
+        except KafkaError as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+        self.consumer.subscribe(self.topics, listener=_Listener(self))
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+    async def next_batch(self) -> list[Envelope]:
+        records = await self.consumer.getmany(timeout_ms=self.fetch_timeout_ms,
+                                              max_records=self.max_batch)
+        batch: list[Envelope] = []
+        for tp, msgs in records.items():
+            batch.extend(Envelope(tp.topic, tp.partition, m.offset, m.value or b"", m.key)
+                         for m in msgs)
+        return batch
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.consumer.assignment())
+
+    def pause(self) -> None:
+        self.consumer.pause(*self.consumer.assignment())
+
+    def resume(self) -> None:
+        self.consumer.resume(*self.consumer.assignment())
+
+    async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit ``next offset to read`` per (topic, partition) still assigned to us."""
+        assigned = self.consumer.assignment()
+        todo = {TopicPartition(t, p): o for (t, p), o in offsets.items()
+                if TopicPartition(t, p) in assigned}
+        if todo:
+            await self.consumer.commit(todo)
+
+    async def lag(self) -> dict[tuple[str, int], int]:
+        out: dict[tuple[str, int], int] = {}
+        assigned = list(self.consumer.assignment())
+        if not assigned:
+            return out
+        try:
+            ends = await self.consumer.end_offsets(assigned)
+        except KafkaError:
+            return out
+        for tp in assigned:
+            try:
+                pos = await self.consumer.position(tp)
+            except (KafkaError, AssertionError):
+                continue
+            out[(tp.topic, tp.partition)] = max(0, ends.get(tp, pos) - pos)
+        return out
+
+
+class KafkaSink:
+    """Batched producer: ``write_batch`` returns once the broker acknowledged every record."""
+
+    def __init__(self, bootstrap: str, *, client: dict[str, Any] | None = None,
+                 linger_ms: int = 5) -> None:
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            enable_idempotence=False,
+            linger_ms=linger_ms,
+            max_batch_size=1024 * 1024,
+            max_request_size=16 * 1024 * 1024,
+            **(client or {}),
+        )
+
+    async def start(self) -> None:
+        try:
+            await self.producer.start()
+        except KafkaError as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+    async def write_batch(self, records: Sequence[OutRecord]) -> None:
+        if not records:
+            return
+        try:
+            futures = [await self.producer.send(topic, value, key=key)
+                       for topic, key, value in records]
+            await asyncio.gather(*futures)
+        except KafkaError as exc:
+            raise DeliveryFailed(f"{type(exc).__name__}: {exc}", retriable=is_retriable(exc)) from exc

@@ -1,0 +1,287 @@
+"""Static threshold rules: the classic SRE checks, next to the online models.
+
+Each rule is a frozen dataclass spec (validated from YAML at the edge) plus a per-series
+``Judge``. Rules are edge-triggered: they report when a series enters a bad state or its
+severity rises, then at most once per ``repeat_seconds`` of event time while it stays bad, so
+the policy sees a steady signal without a finding per sample.
+
+>>> from pipeline.types import Sample
+>>> rule = RatioOfLimitRule(name="memory", metrics=("mem",), kind="memory_high")
+>>> judge = rule.judge()
+>>> [f.severity.value for f in judge.observe(Sample(0.0, "a", "mem", 96.0, limit=100.0))]
+['critical']
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Literal
+
+from models.base import Judge
+from pipeline.types import AnomalyKind, Finding, Sample, Severity
+
+MEMORY_METRICS: tuple[str, ...] = (
+    "container_memory_working_set_bytes",
+    "process_resident_memory_bytes",
+    "jvm_memory_used_bytes",
+    "process_memory_bytes",
+)
+
+
+def _matches(patterns: tuple[str, ...], metric: str) -> bool:
+    return any(p == metric or fnmatch.fnmatchcase(metric, p) for p in patterns)
+
+
+@dataclass(frozen=True, slots=True)
+class RatioOfLimitRule:
+    """``value / limit`` above ``warning`` / ``critical`` (memory > 80 % / 95 %, queue > 80 %)."""
+
+    name: str
+    metrics: tuple[str, ...]
+    kind: AnomalyKind
+    type: Literal["ratio_of_limit"] = "ratio_of_limit"
+    warning: float = 0.80
+    critical: float = 0.95
+    limit: float | None = None  # used when samples carry no limit
+    repeat_seconds: float = 300.0
+
+    def applies(self, sample: Sample) -> bool:
+        return _matches(self.metrics, sample.metric)
+
+    def judge(self) -> Judge:
+        return RatioOfLimitJudge(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsecutiveRule:
+    """``count`` consecutive failures (value <= ``fail_at_or_below``) open a breaker / fail health."""
+
+    name: str
+    metrics: tuple[str, ...]
+    kind: AnomalyKind
+    count: int
+    type: Literal["consecutive"] = "consecutive"
+    fail_at_or_below: float = 0.0
+    severity: Severity = Severity.CRITICAL
+    repeat_seconds: float = 300.0
+
+    def applies(self, sample: Sample) -> bool:
+        return _matches(self.metrics, sample.metric)
+
+    def judge(self) -> Judge:
+        return ConsecutiveJudge(self)
+
+
+@dataclass(frozen=True, slots=True)
+class LoopRule:
+    """Loop health: iteration duration vs its interval (``limit``) and absence of iterations.
+
+    ``slow_warning`` / ``slow_critical`` are fractions of the interval; ``stuck_intervals`` is
+    how many intervals without an iteration make the loop stuck (checked on ``tick`` against
+    the watermark, so a replay finds the same gaps as the live run).
+    """
+
+    name: str
+    metrics: tuple[str, ...]
+    type: Literal["loop"] = "loop"
+    slow_warning: float = 0.90
+    slow_critical: float = 1.0
+    stuck_intervals: float = 2.0
+    interval: float | None = None  # used when samples carry no limit
+    repeat_seconds: float = 300.0
+
+    def applies(self, sample: Sample) -> bool:
+        return _matches(self.metrics, sample.metric)
+
+    def judge(self) -> Judge:
+        return LoopJudge(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdRule:
+    """A plain ``value > above`` / ``value < below`` check on any metric."""
+
+    name: str
+    metrics: tuple[str, ...]
+    type: Literal["threshold"] = "threshold"
+    kind: AnomalyKind = AnomalyKind.THRESHOLD
+    above: float | None = None
+    below: float | None = None
+    severity: Severity = Severity.WARNING
+    repeat_seconds: float = 300.0
+
+    def applies(self, sample: Sample) -> bool:
+        return _matches(self.metrics, sample.metric)
+
+    def judge(self) -> Judge:
+        return ThresholdJudge(self)
+
+
+RuleSpec = RatioOfLimitRule | ConsecutiveRule | LoopRule | ThresholdRule
+
+DEFAULT_RULES: tuple[RuleSpec, ...] = (
+    RatioOfLimitRule(name="memory_high", metrics=MEMORY_METRICS, kind=AnomalyKind.MEMORY_HIGH),
+    RatioOfLimitRule(name="queue_high", metrics=("queue_depth",), kind=AnomalyKind.QUEUE_HIGH,
+                     warning=0.80, critical=0.95),
+    ConsecutiveRule(name="breaker_open", metrics=("dependency_request_ok",),
+                    kind=AnomalyKind.BREAKER_OPEN, count=5),
+    # "more than 3 consecutive failed health checks": the 4th failure fires
+    ConsecutiveRule(name="health_check_failed", metrics=("health_check_ok",),
+                    kind=AnomalyKind.HEALTH_CHECK_FAILED, count=4),
+    LoopRule(name="loop", metrics=("loop_iteration_seconds",)),
+)
+
+
+class _EdgeJudge(Judge):
+    """Shared edge-trigger bookkeeping: report on entering a state, a rise, or every repeat."""
+
+    def __init__(self, rule: RuleSpec) -> None:
+        self.rule = rule
+        self.name = rule.name
+        self._active: Severity | None = None
+        self._last_report = float("-inf")
+
+    def _edge(self, severity: Severity | None, ts: float) -> bool:
+        prev, self._active = self._active, severity
+        if severity is None:
+            return False
+        rising = prev is None or severity.rank > prev.rank
+        if rising or ts - self._last_report >= self.rule.repeat_seconds:
+            self._last_report = ts
+            return True
+        return False
+
+
+class RatioOfLimitJudge(_EdgeJudge):
+    rule: RatioOfLimitRule
+
+    def observe(self, sample: Sample) -> list[Finding]:
+        rule = self.rule
+        limit = sample.limit or rule.limit
+        if not limit:
+            return []
+        ratio = sample.value / limit
+        sev = (Severity.CRITICAL if ratio > rule.critical
+               else Severity.WARNING if ratio > rule.warning else None)
+        if not self._edge(sev, sample.ts):
+            return []
+        assert sev is not None
+        threshold = rule.critical if sev is Severity.CRITICAL else rule.warning
+        return [Finding(
+            ts=sample.ts, entity=sample.entity, metric=sample.metric, detector=f"rule:{rule.name}",
+            kind=rule.kind, severity=sev, score=ratio, threshold=threshold, value=sample.value,
+            evidence={"ratio": round(ratio, 6), "limit": limit, "warning": rule.warning,
+                      "critical": rule.critical},
+            labels=sample.labels,
+        )]
+
+
+class ConsecutiveJudge(_EdgeJudge):
+    rule: ConsecutiveRule
+
+    def __init__(self, rule: RuleSpec) -> None:
+        super().__init__(rule)
+        self._run = 0
+        self._run_start = 0.0
+
+    def observe(self, sample: Sample) -> list[Finding]:
+        rule = self.rule
+        if sample.value <= rule.fail_at_or_below:
+            if self._run == 0:
+                self._run_start = sample.ts
+            self._run += 1
+        else:
+            self._run = 0
+        sev = rule.severity if self._run >= rule.count else None
+        if not self._edge(sev, sample.ts):
+            return []
+        return [Finding(
+            ts=sample.ts, entity=sample.entity, metric=sample.metric, detector=f"rule:{rule.name}",
+            kind=rule.kind, severity=rule.severity, score=float(self._run),
+            threshold=float(rule.count), value=sample.value,
+            evidence={"consecutive_failures": self._run, "since": self._run_start,
+                      **{k: v for k, v in sample.labels.items() if k == "dependency"}},
+            labels=sample.labels,
+        )]
+
+
+class ThresholdJudge(_EdgeJudge):
+    rule: ThresholdRule
+
+    def observe(self, sample: Sample) -> list[Finding]:
+        rule = self.rule
+        bad = ((rule.above is not None and sample.value > rule.above)
+               or (rule.below is not None and sample.value < rule.below))
+        if not self._edge(rule.severity if bad else None, sample.ts):
+            return []
+        threshold = rule.above if rule.above is not None else rule.below
+        return [Finding(
+            ts=sample.ts, entity=sample.entity, metric=sample.metric, detector=f"rule:{rule.name}",
+            kind=rule.kind, severity=rule.severity, score=sample.value,
+            threshold=float(threshold if threshold is not None else 0.0), value=sample.value,
+            evidence={"above": rule.above, "below": rule.below}, labels=sample.labels,
+        )]
+
+
+class LoopJudge(_EdgeJudge):
+    rule: LoopRule
+
+    def __init__(self, rule: RuleSpec) -> None:
+        super().__init__(rule)
+        self._last: Sample | None = None
+        self._stuck_reported = False
+
+    def observe(self, sample: Sample) -> list[Finding]:
+        rule = self.rule
+        self._last = sample
+        self._stuck_reported = False
+        interval = sample.limit or rule.interval
+        if not interval:
+            return []
+        frac = sample.value / interval
+        sev = (Severity.CRITICAL if frac > rule.slow_critical
+               else Severity.WARNING if frac > rule.slow_warning else None)
+        if not self._edge(sev, sample.ts):
+            return []
+        assert sev is not None
+        return [Finding(
+            ts=sample.ts, entity=sample.entity, metric=sample.metric, detector=f"rule:{rule.name}",
+            kind=AnomalyKind.LOOP_SLOW, severity=sev, score=frac,
+            threshold=rule.slow_critical if sev is Severity.CRITICAL else rule.slow_warning,
+            value=sample.value,
+            evidence={"duration_seconds": sample.value, "interval_seconds": interval,
+                      "fraction_of_interval": round(frac, 6)},
+            labels=sample.labels,
+        )]
+
+    def tick(self, watermark: float) -> list[Finding]:
+        last = self._last
+        if last is None or self._stuck_reported:
+            return []
+        interval = last.limit or self.rule.interval
+        if not interval:
+            return []
+        deadline = last.ts + self.rule.stuck_intervals * interval
+        if watermark <= deadline:
+            return []
+        self._stuck_reported = True
+        return [Finding(
+            ts=deadline, entity=last.entity, metric=last.metric, detector=f"rule:{self.rule.name}",
+            kind=AnomalyKind.LOOP_STUCK, severity=Severity.CRITICAL,
+            score=(watermark - last.ts) / interval, threshold=self.rule.stuck_intervals,
+            value=last.value,
+            evidence={"last_iteration": last.ts, "interval_seconds": interval,
+                      "silent_intervals": self.rule.stuck_intervals},
+            labels=last.labels,
+        )]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """The rules of one deployment (YAML ``detection.rules``)."""
+
+    rules: tuple[RuleSpec, ...] = field(default=DEFAULT_RULES)
+
+    def for_sample(self, sample: Sample) -> list[RuleSpec]:
+        return [r for r in self.rules if r.applies(sample)]

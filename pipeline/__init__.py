@@ -1,0 +1,1 @@
+"""selfheal pipeline: wire schemas, config, runner, policy, repair bookkeeping, state."""

@@ -1,0 +1,185 @@
+"""``selfheal`` command line: broker, run, replay, demo, simulate, score, audit, report, schema.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration (the message names
+the field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.config import ConfigError, Settings, load_settings
+
+# subcommands implemented in their own modules, each with ``main(argv) -> int``
+DELEGATED: dict[str, tuple[str, str]] = {
+    "score": ("pipeline.scoring", "score a NAB-style CSV with the latency detector"),
+    "audit": ("pipeline.audit", "read the audit trail (JSONL) back, filtered"),
+    "simulate": ("pipeline.simulate_cli", "run the simulated fleet against a broker"),
+    "report": ("pipeline.report", "render an HTML report from events and ground truth"),
+    "demo": ("pipeline.demo", "embedded broker + simulated fleet + pipeline, with a summary"),
+}
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="selfheal", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    b = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
+    b.add_argument("--port", type=_port, default=9092)
+    b.add_argument("--host", default="127.0.0.1")
+
+    r = sub.add_parser("run", help="the Kafka consumer deployment")
+    r.add_argument("--bootstrap", help="HOST:PORT (default: config kafka.bootstrap)")
+    r.add_argument("--config", type=Path, help="YAML configuration file")
+    r.add_argument("--duration", type=_positive, help="stop after S seconds")
+
+    rp = sub.add_parser("replay", help="the same pipeline over files (JSONL, NAB CSV)")
+    rp.add_argument("inputs", nargs="+", type=Path, metavar="IN")
+    rp.add_argument("--out", type=Path, required=True, help="anomaly and repair CloudEvents (JSONL)")
+    rp.add_argument("--deadletter", type=Path, help="rejected records (JSONL)")
+    rp.add_argument("--config", type=Path, help="YAML configuration file")
+
+    sub.add_parser("schema", help="print the JSON Schema of every wire format")
+    for name, (_, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return p
+
+
+def _settings(path: Path | None, overrides: dict[str, object] | None = None) -> Settings:
+    return load_settings(path, overrides)
+
+
+def _policy_factory(settings: Settings) -> Callable[[], object]:
+    from pipeline.policy import PolicyEngine
+
+    return lambda: PolicyEngine(settings.policy)
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from connectors.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=args.port, host=args.host, quiet=False).start()
+    print(f"embedded broker listening on {broker.bootstrap} (Ctrl-C to stop)", flush=True)
+
+    def _stop(signum: int, frame: object) -> None:
+        broker.stop()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    return broker.wait()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.runner import Runner
+    from pipeline.wiring import build_executors
+
+    settings = _settings(args.config)
+    bootstrap = args.bootstrap or settings.kafka.bootstrap
+    runner = Runner(settings, _policy_factory(settings),  # type: ignore[arg-type]
+                    executors=build_executors(settings))
+    server = runner.start_http()
+    if server is not None:
+        logging.getLogger("selfheal").info("metrics on http://%s:%d/metrics",
+                                           settings.http.host, server.port)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        stats = await runner.run(bootstrap, duration=args.duration, stop=stop)
+        print(json.dumps({"messages": stats.messages, "anomalies": stats.anomalies,
+                          "repairs": stats.repairs, "rejects": stats.rejects,
+                          "reconnects": stats.reconnects}), flush=True)
+        return 0
+
+    try:
+        return asyncio.run(main())
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from pipeline.runner import replay
+
+    settings = _settings(args.config)
+    try:
+        res = replay(settings, _policy_factory(settings), args.inputs, args.out,  # type: ignore[arg-type]
+                     deadletter_path=args.deadletter)
+    except FileNotFoundError as exc:
+        print(f"selfheal replay: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"messages": res.messages, "anomalies": res.anomalies,
+                      "repairs": res.repairs, "rejects": res.rejects, "out": str(args.out)}))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from pipeline.schemas import json_schemas
+
+    print(json.dumps(json_schemas(), indent=2))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "broker": cmd_broker, "run": cmd_run, "replay": cmd_replay, "schema": cmd_schema,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = bool(argv) and argv[0] in ("-v", "--verbose")
+    if verbose:
+        argv = argv[1:]
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    if argv and argv[0] in DELEGATED:
+        module = importlib.import_module(DELEGATED[argv[0]][0])
+        try:
+            return int(module.main(argv[1:]))
+        except ConfigError as exc:
+            print(f"selfheal {argv[0]}: invalid configuration: {exc}", file=sys.stderr)
+            return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 with usage on a bad argument
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"selfheal {args.command}: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Configuration: an explicit YAML file plus ``SELFHEAL_`` environment variables.
+
+Nothing is read implicitly from the working directory: the YAML path is always passed in.
+Precedence: explicit overrides > environment (``SELFHEAL_KAFKA__BOOTSTRAP=...``, ``__`` nests)
+> YAML file > defaults. A bad value raises ``ConfigError`` naming the field; the CLI maps it to
+exit code 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from models.registry import DetectorsConfig
+from models.rules import DEFAULT_RULES, RuleSpec
+from pipeline.decode import DEFAULT_ENTITY_KEYS
+from pipeline.policy_config import DEFAULT_POLICY_PATH, PolicyConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TopicsConfig(_Section):
+    metrics: str = "selfheal.metrics"
+    logs: str = "selfheal.logs"
+    anomalies: str = "selfheal.anomalies"
+    repairs: str = "selfheal.repairs"
+    deadletter: str = "selfheal.deadletter"
+    audit: str = "selfheal.audit"
+    state: str = "selfheal.state"
+
+
+class KafkaConfig(_Section):
+    bootstrap: str = "127.0.0.1:9092"
+    client_id: str = "selfheal"
+    group_id: str = "selfheal"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    topics: TopicsConfig = Field(default_factory=TopicsConfig)
+    #: partitions for topics selfheal creates when they are missing
+    partitions: int = Field(default=3, ge=1, le=1024)
+    create_topics: bool = True
+    max_batch: int = Field(default=5000, ge=1, le=100_000)
+    fetch_timeout_ms: int = Field(default=200, ge=1, le=60_000)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    request_timeout_ms: int = Field(default=30_000, ge=1000)
+    retry_backoff_seconds: float = Field(default=1.0, gt=0)
+    retry_backoff_max_seconds: float = Field(default=30.0, gt=0)
+
+
+class ValidationConfig(_Section):
+    max_message_bytes: int = Field(default=1_048_576, ge=256)
+    max_future_seconds: float = Field(default=300.0, ge=0)
+    max_past_seconds: float = Field(default=7 * 86400.0, ge=0)
+    #: what "now" is for the future/past checks: the wall clock (live) or the watermark (replay)
+    time_reference: Literal["clock", "watermark"] = "clock"
+    max_label_sets_per_series: int = Field(default=64, ge=1)
+    #: per-entity token bucket, in event time: sustained messages/s and burst size
+    rate_per_second: float = Field(default=50.0, gt=0)
+    burst: float = Field(default=500.0, ge=1)
+    max_entities: int = Field(default=100_000, ge=1)
+    entity_label_keys: tuple[str, ...] = DEFAULT_ENTITY_KEYS
+    #: validation-failure alarm: ratio of rejects over a tumbling window of messages
+    failure_window_messages: int = Field(default=500, ge=10)
+    failure_ratio: float = Field(default=0.10, gt=0, le=1)
+
+
+class DetectionConfig(_Section):
+    max_series: int = Field(default=100_000, ge=1)
+    rules: tuple[Annotated[RuleSpec, Field(discriminator="type")], ...] = DEFAULT_RULES
+    #: the online models; ``models_enabled: false`` leaves the static rules only
+    models_enabled: bool = True
+    models: DetectorsConfig = Field(default_factory=DetectorsConfig)
+    #: how often (event-time seconds) absence checks run against the watermark
+    tick_seconds: float = Field(default=5.0, gt=0)
+
+
+class HttpConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+class StateConfig(_Section):
+    snapshot_every_seconds: float = Field(default=30.0, gt=0)
+    snapshot_every_messages: int = Field(default=50_000, ge=1)
+
+
+class RuntimeConfig(_Section):
+    #: CloudEvents ``source`` attribute
+    source: str = "selfheal"
+    audit_path: Path | None = None
+    #: watchdog: an iteration taking longer than this is cancelled and the loop continues
+    iteration_timeout_seconds: float = Field(default=30.0, gt=0)
+    #: backpressure: pause fetching while this many outputs wait for broker acks
+    max_pending_outputs: int = Field(default=50_000, ge=100)
+    #: memory cap (RSS bytes) above which the consumer pauses and state is trimmed
+    max_rss_bytes: int | None = None
+
+
+class Settings(BaseSettings):
+    """All of selfheal's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SELFHEAL_", env_nested_delimiter="__", extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    detection: DetectionConfig = Field(default_factory=DetectionConfig)
+    policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig.model_validate(_default_policy()))
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # no dotenv / secrets dir: nothing is read implicitly from the working directory
+        return (init_settings, env_settings)
+
+
+class ConfigError(Exception):
+    """A configuration problem; ``field`` names the offending key (dotted path)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _default_policy() -> dict[str, Any]:
+    data = yaml.safe_load(DEFAULT_POLICY_PATH.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, val in over.items():
+        if isinstance(val, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], val)
+        else:
+            out[key] = val
+    return out
+
+
+def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Load YAML ``path`` (optional), apply environment and ``overrides``; raise ConfigError."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError("--config", f"{path} is not valid YAML: {exc}") from exc
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError("--config", f"{path} must hold a mapping at the top level")
+        data = raw
+    if overrides:
+        data = _deep_merge(data, overrides)
+    try:
+        # YAML values enter as init kwargs, which outrank the environment in pydantic-settings;
+        # to keep "environment beats file", we read the environment-only view and merge it on top.
+        env_only = Settings().model_dump(exclude_unset=True)
+        merged = _deep_merge(data, env_only) if env_only else data
+        if overrides:
+            merged = _deep_merge(merged, overrides)
+        # a partial policy section (say, just dry_run) keeps the shipped rules
+        policy = merged.get("policy")
+        if isinstance(policy, dict):
+            merged = {**merged, "policy": _deep_merge(_default_policy(), policy)}
+        return Settings(**merged)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "config"
+        raise ConfigError(loc, first["msg"]) from err

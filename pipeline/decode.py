@@ -1,0 +1,183 @@
+"""Decoding at the edge: raw bytes -> validated ``Sample``/``LogLine`` or a ``Reject``.
+
+Errors travel as data (bytewax's oks/errs): ``decode`` never raises on any input, and every
+reject names the field that failed so the dead-letter record tells the producer what to fix.
+Formats accepted on the metrics topic: native MetricSample, Telegraf JSON (single metric or
+``{"metrics": [...]}`` batches), prometheus-kafka-adapter JSON, and a JSON array of any of them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from pipeline.schemas import (
+    LogRecordIn,
+    MetricSampleIn,
+    PromAdapterMetricIn,
+    TelegrafMetricIn,
+)
+from pipeline.types import Envelope, LogLevel, LogLine, Reject, RejectReason, Sample
+
+_NON_METRIC_CHARS = re.compile(r"[^a-zA-Z0-9_:]")
+DEFAULT_ENTITY_KEYS: tuple[str, ...] = ("entity", "service", "app", "job", "host", "instance", "pod")
+
+
+@dataclass(slots=True)
+class Decoded:
+    """Result of decoding a batch: the good records and the rejects, in input order."""
+
+    samples: list[tuple[Envelope, Sample]] = field(default_factory=list)
+    logs: list[tuple[Envelope, LogLine]] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+
+
+def _loc(err: ValidationError, prefix: str = "") -> tuple[str, str]:
+    first = err.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "message"
+    return (f"{prefix}{loc}" if prefix else loc), first["msg"]
+
+
+class Decoder:
+    """Stateless decoder for one deployment's formats (entity label keys are configurable).
+
+    >>> d = Decoder(max_message_bytes=1024)
+    >>> env = Envelope("selfheal.metrics", 0, 7, b'{"ts": 1, "entity": "a", "metric": "m", "value": 2}')
+    >>> out = d.decode_metrics([env])
+    >>> out.samples[0][1].value, out.rejects
+    (2.0, [])
+    """
+
+    def __init__(
+        self,
+        *,
+        max_message_bytes: int = 1_048_576,
+        entity_label_keys: Sequence[str] = DEFAULT_ENTITY_KEYS,
+    ) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.entity_label_keys = tuple(entity_label_keys)
+
+    # -- public ---------------------------------------------------------------------------
+
+    def decode_metrics(self, batch: Sequence[Envelope]) -> Decoded:
+        out = Decoded()
+        for env in batch:
+            obj = self._load(env, out)
+            if obj is None:
+                continue
+            if isinstance(obj, list):
+                if not obj:
+                    out.rejects.append(Reject(env, RejectReason.UNKNOWN_FORMAT, "message", "empty array"))
+                for i, item in enumerate(obj):
+                    self._metric_obj(env, item, out, f"[{i}].")
+            else:
+                self._metric_obj(env, obj, out, "")
+        return out
+
+    def decode_logs(self, batch: Sequence[Envelope]) -> Decoded:
+        out = Decoded()
+        for env in batch:
+            obj = self._load(env, out)
+            if obj is None:
+                continue
+            items = obj if isinstance(obj, list) else [obj]
+            for i, item in enumerate(items):
+                prefix = f"[{i}]." if isinstance(obj, list) else ""
+                if not isinstance(item, dict):
+                    out.rejects.append(Reject(env, RejectReason.UNKNOWN_FORMAT, prefix + "message", "not a JSON object"))
+                    continue
+                try:
+                    rec = LogRecordIn.model_validate(item)
+                except ValidationError as err:
+                    loc, msg = _loc(err, prefix)
+                    out.rejects.append(Reject(env, RejectReason.SCHEMA, loc, msg))
+                    continue
+                out.logs.append(
+                    (env, LogLine(rec.ts, rec.entity, LogLevel[rec.level], rec.message, rec.labels))
+                )
+        return out
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _load(self, env: Envelope, out: Decoded) -> Any:
+        if len(env.value) > self.max_message_bytes:
+            out.rejects.append(
+                Reject(env, RejectReason.TOO_LARGE, "message",
+                       f"{len(env.value)} bytes > cap {self.max_message_bytes}")
+            )
+            return None
+        try:
+            return orjson.loads(env.value)
+        except orjson.JSONDecodeError as exc:
+            # orjson refuses NaN/Infinity literals; the stdlib parser accepts them, which lets
+            # the schema name the offending field instead of a bare "invalid JSON".
+            try:
+                return json.loads(env.value)
+            except (ValueError, RecursionError):
+                out.rejects.append(Reject(env, RejectReason.INVALID_JSON, "message", str(exc)[:200]))
+                return None
+
+    def _entity(self, labels: dict[str, str]) -> str | None:
+        for key in self.entity_label_keys:
+            val = labels.get(key)
+            if val:
+                return val[:256]
+        return None
+
+    def _metric_obj(self, env: Envelope, obj: Any, out: Decoded, prefix: str) -> None:
+        if not isinstance(obj, dict):
+            out.rejects.append(Reject(env, RejectReason.UNKNOWN_FORMAT, prefix + "message", "not a JSON object"))
+            return
+        if "metrics" in obj and isinstance(obj["metrics"], list) and not prefix:
+            for i, item in enumerate(obj["metrics"]):
+                self._metric_obj(env, item, out, f"metrics[{i}].")
+            return
+        try:
+            if "metric" in obj:
+                m = MetricSampleIn.model_validate(obj)
+                out.samples.append((env, Sample(m.ts, m.entity, m.metric, m.value, m.labels, m.limit)))
+            elif "fields" in obj and "name" in obj:
+                self._telegraf(env, obj, out, prefix)
+            elif "name" in obj and "value" in obj:
+                p = PromAdapterMetricIn.model_validate(obj)
+                entity = self._entity(p.labels)
+                if entity is None:
+                    out.rejects.append(Reject(env, RejectReason.NO_ENTITY, prefix + "labels",
+                                              f"none of the entity label keys {list(self.entity_label_keys)}"))
+                    return
+                if not math.isfinite(p.value):
+                    out.rejects.append(Reject(env, RejectReason.SCHEMA, prefix + "value", "value must be finite"))
+                    return
+                out.samples.append((env, Sample(p.timestamp, entity, p.name, p.value, p.labels)))
+            else:
+                out.rejects.append(Reject(env, RejectReason.UNKNOWN_FORMAT, prefix + "message",
+                                          "not a MetricSample, Telegraf or prometheus-kafka-adapter object"))
+        except ValidationError as err:
+            loc, msg = _loc(err, prefix)
+            out.rejects.append(Reject(env, RejectReason.SCHEMA, loc, msg))
+
+    def _telegraf(self, env: Envelope, obj: dict[str, Any], out: Decoded, prefix: str) -> None:
+        fields = obj.get("fields")
+        if isinstance(fields, dict):
+            # Telegraf also emits string fields; they are not samples, so drop them up front
+            obj = {**obj, "fields": {k: v for k, v in fields.items() if not isinstance(v, str)}}
+        t = TelegrafMetricIn.model_validate(obj)
+        entity = self._entity(t.tags)
+        if entity is None:
+            out.rejects.append(Reject(env, RejectReason.NO_ENTITY, prefix + "tags",
+                                      f"none of the entity label keys {list(self.entity_label_keys)}"))
+            return
+        base = _NON_METRIC_CHARS.sub("_", t.name)
+        for fname, fval in t.fields.items():
+            value = float(fval)
+            metric = f"{base}_{_NON_METRIC_CHARS.sub('_', fname)}"
+            if metric[0].isdigit():
+                metric = "_" + metric
+            out.samples.append((env, Sample(t.timestamp, entity, metric, value, t.tags)))

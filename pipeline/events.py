@@ -1,0 +1,152 @@
+"""Outbound records: CloudEvents 1.0 (structured JSON) with deterministic ids.
+
+Ids are UUIDv5 over the content that defines an event (kind, detector, entity, metric, labels,
+event time), never over offsets or wall-clock time: the same input yields the same ids whether
+it comes from Kafka or a file, before or after a crash, so consumers can drop the duplicates of
+at-least-once delivery. Encoding uses orjson; ``pipeline.schemas`` documents the shapes.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from typing import Any
+
+import orjson
+
+from pipeline.schemas import epoch_to_rfc3339
+from pipeline.types import Anomaly, Decision, Finding, Reject, Verification
+
+_NS = uuid.UUID("6f1c3f2e-5b7a-4e0c-9d35-2f6c1b8a7e41")
+
+
+def anomaly_id(f: Finding) -> str:
+    labels = ",".join(f"{k}={v}" for k, v in sorted(f.labels.items())) if f.labels else ""
+    key = f"anomaly|{f.kind.value}|{f.detector}|{f.entity}|{f.metric}|{labels}|{f.ts:.3f}"
+    return str(uuid.uuid5(_NS, key))
+
+
+def decision_id(rule: str, action: str, entity: str, reason: tuple[str, ...]) -> str:
+    return str(uuid.uuid5(_NS, f"repair|{rule}|{action}|{entity}|{'|'.join(reason)}"))
+
+
+def to_anomaly(f: Finding) -> Anomaly:
+    return Anomaly(anomaly_id(f), f)
+
+
+def _jsonable(value: Any) -> Any:
+    # orjson serialises dataclasses, enums and mappings natively; only odd types land here
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, default=_jsonable, option=orjson.OPT_NON_STR_KEYS)
+
+
+def anomaly_event(a: Anomaly, source: str) -> dict[str, Any]:
+    f = a.finding
+    data: dict[str, Any] = {
+        "entity": f.entity,
+        "metric": f.metric,
+        "detector": f.detector,
+        "kind": f.kind.value,
+        "severity": f.severity.value,
+        "score": f.score,
+        "threshold": f.threshold,
+        "value": f.value,
+        "evidence": dict(f.evidence),
+    }
+    if f.forecast is not None:
+        data["forecast"] = {
+            "eta_seconds": f.forecast.eta_seconds,
+            "horizon_seconds": f.forecast.horizon_seconds,
+            "confidence": f.forecast.confidence,
+        }
+    if f.labels:
+        data["labels"] = dict(f.labels)
+    return {
+        "specversion": "1.0",
+        "id": a.id,
+        "source": source,
+        "type": f"io.selfheal.anomaly.{f.kind.value}",
+        "subject": f.entity,
+        "time": epoch_to_rfc3339(f.ts),
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+
+
+def repair_event(d: Decision, source: str) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": d.id,
+        "source": source,
+        "type": f"io.selfheal.repair.{d.action.value}",
+        "subject": d.entity,
+        "time": epoch_to_rfc3339(d.ts),
+        "datacontenttype": "application/json",
+        "data": {
+            "action": d.action.value,
+            "entity": d.entity,
+            "mode": d.mode.value,
+            "predictive": d.predictive,
+            "reason": list(d.reason),
+            "params": dict(d.params),
+            "status": d.status.value,
+            "rule": d.rule,
+        },
+    }
+
+
+def deadletter_record(r: Reject) -> dict[str, Any]:
+    raw = r.envelope.value
+    try:
+        payload, encoding = raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        payload, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+    return {
+        "topic": r.envelope.topic,
+        "partition": r.envelope.partition,
+        "offset": r.envelope.offset,
+        "reason": r.reason.value,
+        "field": r.field,
+        "error": r.error,
+        "payload": payload,
+        "payload_encoding": encoding,
+        "payload_bytes": len(raw),
+    }
+
+
+def audit_decision(d: Decision) -> dict[str, Any]:
+    return {
+        "record": "decision",
+        "id": d.id,
+        "time": epoch_to_rfc3339(d.ts),
+        "ts": d.ts,
+        "entity": d.entity,
+        "action": d.action.value,
+        "mode": d.mode.value,
+        "predictive": d.predictive,
+        "status": d.status.value,
+        "suppressed_by": d.suppressed_by.value if d.suppressed_by else None,
+        "rule": d.rule,
+        "reason": list(d.reason),
+        "params": dict(d.params),
+        "explanation": d.explanation,
+    }
+
+
+def audit_verification(v: Verification) -> dict[str, Any]:
+    return {
+        "record": "verification",
+        "id": v.decision_id,
+        "time": epoch_to_rfc3339(v.ts),
+        "ts": v.ts,
+        "entity": v.entity,
+        "action": v.action.value,
+        "success": v.success,
+        "duration_seconds": v.duration_seconds,
+        "explanation": v.explanation,
+    }

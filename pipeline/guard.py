@@ -1,0 +1,154 @@
+"""Prevention after decoding: time window, label cardinality, per-entity rate limit.
+
+Pure and deterministic: the token buckets refill on event time, so a replay rejects exactly
+what the live run rejected. Every per-key structure is an ``LRU``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.lru import LRU
+from pipeline.types import AnomalyKind, Envelope, Finding, Reject, RejectReason, Severity
+
+
+@dataclass(frozen=True, slots=True)
+class GuardConfig:
+    max_future_seconds: float = 300.0
+    max_past_seconds: float = 7 * 86400.0
+    max_label_sets_per_series: int = 64
+    rate_per_second: float = 50.0
+    burst: float = 500.0
+    max_entities: int = 100_000
+    #: report a rate-limited entity at most once per this many event-time seconds
+    report_every_seconds: float = 300.0
+
+
+class _Bucket:
+    __slots__ = ("dropped", "last", "reported", "tokens")
+
+    def __init__(self, tokens: float, last: float) -> None:
+        self.tokens = tokens
+        self.last = last
+        self.dropped = 0
+        self.reported = float("-inf")
+
+
+class Guard:
+    """
+    >>> g = Guard(GuardConfig(rate_per_second=1.0, burst=2.0))
+    >>> env = Envelope("t", 0, 0, b"")
+    >>> [g.admit(env, "a", "m", {}, 10.0, 10.0) is None for _ in range(3)]
+    [True, True, False]
+    """
+
+    def __init__(self, config: GuardConfig) -> None:
+        self.config = config
+        self.buckets: LRU[str, _Bucket] = LRU("rate_buckets", config.max_entities)
+        self.label_sets: LRU[tuple[str, str], set[int]] = LRU("label_sets", config.max_entities)
+        self.findings: list[Finding] = []
+
+    def admit(
+        self,
+        env: Envelope,
+        entity: str,
+        metric: str,
+        labels: object,
+        ts: float,
+        reference: float | None,
+    ) -> Reject | None:
+        """None when the record may enter; else the Reject. ``reference`` is "now"."""
+        cfg = self.config
+        if reference is not None:
+            if ts > reference + cfg.max_future_seconds:
+                return Reject(env, RejectReason.TIMESTAMP_FUTURE, "ts",
+                              f"{ts - reference:.0f} s in the future (max {cfg.max_future_seconds:.0f})")
+            if ts < reference - cfg.max_past_seconds:
+                return Reject(env, RejectReason.TIMESTAMP_PAST, "ts",
+                              f"{reference - ts:.0f} s in the past (max {cfg.max_past_seconds:.0f})")
+        if labels:
+            key = (entity, metric)
+            sets = self.label_sets.get_or_create(key, set)
+            h = hash(frozenset(labels.items()))  # type: ignore[attr-defined]
+            if h not in sets:
+                if len(sets) >= cfg.max_label_sets_per_series:
+                    return Reject(env, RejectReason.LABEL_CARDINALITY, "labels",
+                                  f"more than {cfg.max_label_sets_per_series} label sets for "
+                                  f"{entity}/{metric}")
+                sets.add(h)
+        return self._rate(env, entity, ts)
+
+    def _rate(self, env: Envelope, entity: str, ts: float) -> Reject | None:
+        cfg = self.config
+        b = self.buckets.get(entity)
+        if b is None:
+            b = _Bucket(cfg.burst, ts)
+            self.buckets.put(entity, b)
+        elif ts > b.last:
+            b.tokens = min(cfg.burst, b.tokens + (ts - b.last) * cfg.rate_per_second)
+            b.last = ts
+        if b.tokens >= 1.0:
+            b.tokens -= 1.0
+            return None
+        b.dropped += 1
+        if ts - b.reported >= cfg.report_every_seconds:
+            b.reported = ts
+            self.findings.append(Finding(
+                ts=ts, entity=entity, metric="messages", detector="guard:rate_limit",
+                kind=AnomalyKind.RATE_LIMITED, severity=Severity.WARNING,
+                score=float(b.dropped), threshold=cfg.rate_per_second, value=float(b.dropped),
+                evidence={"rate_per_second": cfg.rate_per_second, "burst": cfg.burst,
+                          "dropped_total": b.dropped},
+            ))
+        return Reject(env, RejectReason.RATE_LIMITED, "entity",
+                      f"entity {entity[:64]!r} above {cfg.rate_per_second}/s (burst {cfg.burst:.0f})")
+
+    def drain_findings(self) -> list[Finding]:
+        out, self.findings = self.findings, []
+        return out
+
+
+class FailureRatio:
+    """Tumbling window over messages: reports when rejects exceed ``ratio`` of a window.
+
+    Fed one outcome per message in input order, so window borders (and the findings) do not
+    depend on how the source batched the messages. The finding's time is the event time of
+    the last valid message seen, which keeps replay and live runs identical.
+    """
+
+    def __init__(self, window: int, ratio: float, source: str) -> None:
+        self.window = window
+        self.ratio = ratio
+        self.source = source
+        self.ok = 0
+        self.failed = 0
+        self.last_ts = 0.0
+        self.by_field: dict[str, int] = {}
+
+    def add(self, reject_field: str | None, ts: float | None) -> Finding | None:
+        if reject_field is None:
+            self.ok += 1
+            if ts is not None and ts > self.last_ts:
+                self.last_ts = ts
+        else:
+            self.failed += 1
+            if reject_field in self.by_field or len(self.by_field) < 64:
+                self.by_field[reject_field] = self.by_field.get(reject_field, 0) + 1
+        total = self.ok + self.failed
+        if total < self.window:
+            return None
+        share = self.failed / total
+        finding = None
+        if share > self.ratio:
+            top = sorted(self.by_field.items(), key=lambda kv: -kv[1])[:5]
+            finding = Finding(
+                ts=self.last_ts, entity=f"selfheal:{self.source}", metric="input_validation",
+                detector="guard:validation", kind=AnomalyKind.VALIDATION_FAILURES,
+                severity=Severity.WARNING, score=share, threshold=self.ratio,
+                value=float(self.failed),
+                evidence={"window_messages": total, "failed": self.failed,
+                          "top_fields": dict(top)},
+            )
+        self.ok = self.failed = 0
+        self.by_field = {}
+        return finding

@@ -1,0 +1,400 @@
+"""The runtime: wires a source, the ``Pipeline`` stages, sinks and executors.
+
+At-least-once: for every batch, outputs (anomalies, repairs, dead letters, audit) are written
+and acknowledged by the broker before the batch's offsets are committed. A crash in between
+replays the batch; deterministic ids make the repeated outputs recognisable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from connectors.errors import is_retriable
+from connectors.files import FileSource, JsonlSink
+from connectors.http_server import Health, MetricsServer
+from connectors.kafka import KafkaSink, KafkaSource, OutRecord, ensure_topics
+from pipeline.config import KafkaConfig, Settings
+from pipeline.events import (
+    anomaly_event,
+    audit_decision,
+    audit_verification,
+    deadletter_record,
+    dumps,
+    repair_event,
+)
+from pipeline.metrics import Metrics
+from pipeline.stage import Outputs, Pipeline, PolicyLike
+from pipeline.types import Decision, DecisionStatus, Envelope
+
+log = logging.getLogger("selfheal.runner")
+
+
+class ExecutorLike(Protocol):
+    async def execute(self, decision: Decision) -> Any: ...
+
+
+def kafka_client_options(cfg: KafkaConfig) -> dict[str, Any]:
+    """aiokafka keyword arguments for TLS / SASL from the config (shared by all clients)."""
+    opts: dict[str, Any] = {
+        "client_id": cfg.client_id,
+        "security_protocol": cfg.security_protocol,
+        "request_timeout_ms": cfg.request_timeout_ms,
+    }
+    if cfg.security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        opts["ssl_context"] = create_ssl_context(
+            cafile=str(cfg.ssl_cafile) if cfg.ssl_cafile else None,
+            certfile=str(cfg.ssl_certfile) if cfg.ssl_certfile else None,
+            keyfile=str(cfg.ssl_keyfile) if cfg.ssl_keyfile else None,
+            password=cfg.ssl_password.get_secret_value() if cfg.ssl_password else None,
+        )
+    if cfg.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        opts["sasl_mechanism"] = cfg.sasl_mechanism or "PLAIN"
+        opts["sasl_plain_username"] = cfg.sasl_username
+        opts["sasl_plain_password"] = (
+            cfg.sasl_password.get_secret_value() if cfg.sasl_password else None
+        )
+    return opts
+
+
+@dataclass
+class RunStats:
+    batches: int = 0
+    messages: int = 0
+    anomalies: int = 0
+    repairs: int = 0
+    rejects: int = 0
+    reconnects: int = 0
+    watchdog_timeouts: int = 0
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def encode_outputs(out: Outputs, settings: Settings) -> list[OutRecord]:
+    """Kafka records for one batch's outputs, in a stable order."""
+    t = settings.kafka.topics
+    src = settings.runtime.source
+    records: list[OutRecord] = []
+    for a in out.anomalies:
+        records.append((t.anomalies, a.finding.entity.encode(), dumps(anomaly_event(a, src))))
+    for d in out.decisions:
+        if d.status is not DecisionStatus.SUPPRESSED:
+            records.append((t.repairs, d.entity.encode(), dumps(repair_event(d, src))))
+        records.append((t.audit, d.entity.encode(), dumps(audit_decision(d))))
+    for v in out.verifications:
+        records.append((t.audit, v.entity.encode(), dumps(audit_verification(v))))
+    for r in out.rejects:
+        records.append((t.deadletter, r.envelope.key, dumps(deadletter_record(r))))
+    return records
+
+
+class Runner:
+    """One selfheal process: consumes, detects, decides, produces, commits."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        policy_factory: Callable[[], PolicyLike],
+        *,
+        metrics: Metrics | None = None,
+        executors: Sequence[ExecutorLike] = (),
+        health: Health | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.pipeline = Pipeline(settings, policy_factory, live=True)
+        self.executors = list(executors)
+        self.health = health or Health(
+            stale_after_seconds=3 * settings.runtime.iteration_timeout_seconds)
+        self.clock = clock
+        self.stats = RunStats()
+        self._audit = JsonlSink(settings.runtime.audit_path) if settings.runtime.audit_path else None
+        self._next_tick = 0.0
+        self._cpu = (time.process_time(), time.monotonic())
+        self._server: MetricsServer | None = None
+
+    # -- public ---------------------------------------------------------------------------
+
+    def start_http(self) -> MetricsServer | None:
+        h = self.settings.http
+        if not h.enabled:
+            return None
+        self._server = MetricsServer(self.metrics.registry, self.health, h.host, h.port).start()
+        return self._server
+
+    async def run(self, bootstrap: str, *, duration: float | None = None,
+                  stop: asyncio.Event | None = None) -> RunStats:
+        """Consume until ``stop`` is set or ``duration`` seconds passed; reconnect on failures."""
+        stop = stop or asyncio.Event()
+        deadline = None if duration is None else time.monotonic() + duration
+        k = self.settings.kafka
+        backoff = k.retry_backoff_seconds
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            try:
+                await self._session(bootstrap, stop, deadline)
+                break
+            except Exception as exc:
+                if not is_retriable(exc) and not _is_kafka_error(exc):
+                    raise
+                self.health.ready = False
+                self.health.reason = f"broker unavailable: {type(exc).__name__}"
+                self.metrics.pipeline_ready.set(0)
+                self.metrics.system_health_status.set(0.0)
+                self.stats.reconnects += 1
+                wait = min(backoff, k.retry_backoff_max_seconds) * (0.8 + 0.4 * random.random())
+                log.warning("kafka session failed (%s: %s); retrying in %.1fs",
+                            type(exc).__name__, exc, wait)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=wait)
+                backoff = min(backoff * 2, k.retry_backoff_max_seconds)
+                # a session that got far enough to be ready resets the backoff
+                if self.stats.batches:
+                    backoff = k.retry_backoff_seconds
+        if self._audit:
+            self._audit.close()
+        return self.stats
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _session(self, bootstrap: str, stop: asyncio.Event, deadline: float | None) -> None:
+        k = self.settings.kafka
+        t = k.topics
+        client = kafka_client_options(k)
+        if k.create_topics:
+            await ensure_topics(
+                bootstrap,
+                [t.metrics, t.logs, t.anomalies, t.repairs, t.deadletter, t.audit, t.state],
+                k.partitions, client, compacted=[t.state],
+            )
+        sink = KafkaSink(bootstrap, client=client)
+        source = KafkaSource(
+            bootstrap, [t.metrics, t.logs], k.group_id, client=client, max_batch=k.max_batch,
+            fetch_timeout_ms=k.fetch_timeout_ms, auto_offset_reset=k.auto_offset_reset,
+            on_assign=self._on_assign,
+        )
+        await sink.start()
+        try:
+            await source.start()
+            try:
+                await self._loop(source, sink, stop, deadline)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(source.stop(), 10)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sink.stop(), 10)
+
+    async def _on_assign(self, assigned: set[Any]) -> None:
+        keep = {tp.partition for tp in assigned}
+        for part in list(self.pipeline.stages):
+            if part not in keep:
+                # state of a partition we no longer own goes with it (restored from snapshots
+                # by its new owner); keeping it would double-count if it came back later
+                del self.pipeline.stages[part]
+
+    async def _loop(self, source: KafkaSource, sink: KafkaSink, stop: asyncio.Event,
+                    deadline: float | None) -> None:
+        timeout = self.settings.runtime.iteration_timeout_seconds
+        last_lag = 0.0
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(self._iteration(source, sink), timeout=timeout)
+            except TimeoutError:
+                # the watchdog: cancel the stuck iteration, rewind to committed offsets, go on
+                self.stats.watchdog_timeouts += 1
+                self.metrics.watchdog_restarts.inc()
+                log.error("iteration exceeded %.1fs; cancelled, rewinding to committed offsets",
+                          timeout)
+                with contextlib.suppress(Exception):
+                    await source.consumer.seek_to_committed()
+                continue
+            elapsed = time.monotonic() - started
+            self.metrics.iteration_duration.observe(elapsed)
+            now = self.clock()
+            self.metrics.last_iteration.set(now)
+            self.health.last_iteration = now
+            if not self.health.ready:
+                self.health.ready = True
+                self.health.reason = ""
+                self.metrics.pipeline_ready.set(1)
+            if time.monotonic() - last_lag > 5.0:
+                last_lag = time.monotonic()
+                await self._observe_lag(source)
+                self._observe_process()
+
+    async def _iteration(self, source: KafkaSource, sink: KafkaSink) -> None:
+        batch = await source.next_batch()
+        now = self.clock()
+        out = self.pipeline.process(batch, now) if batch else Outputs()
+        if now >= self._next_tick:
+            self._next_tick = now + self.settings.detection.tick_seconds
+            out.extend(self.pipeline.tick(now))
+        if out:
+            await sink.write_batch(encode_outputs(out, self.settings))
+            if self._audit is not None:
+                self._audit.write_batch(
+                    [audit_decision(d) for d in out.decisions]
+                    + [audit_verification(v) for v in out.verifications])
+            await self._execute(out.decisions)
+        if batch:
+            await source.commit(_next_offsets(batch))
+        self._account(batch, out)
+
+    async def _execute(self, decisions: Sequence[Decision]) -> None:
+        todo = [d for d in decisions if d.status is DecisionStatus.EXECUTE]
+        if not todo or not self.executors:
+            return
+        await asyncio.gather(*(ex.execute(d) for d in todo for ex in self.executors),
+                             return_exceptions=True)
+
+    def _account(self, batch: Sequence[Envelope], out: Outputs) -> None:
+        m = self.metrics
+        s = self.stats
+        s.batches += 1
+        s.messages += len(batch)
+        s.anomalies += len(out.anomalies)
+        s.rejects += len(out.rejects)
+        observe_outputs(m, out, batch, self.settings)
+        s.repairs += sum(1 for d in out.decisions if d.status is DecisionStatus.EXECUTE)
+
+    async def _observe_lag(self, source: KafkaSource) -> None:
+        lag = await source.lag()
+        for (topic, part), value in lag.items():
+            self.metrics.consumer_lag.labels(topic, str(part)).set(value)
+        total = sum(lag.values())
+        cap = self.settings.runtime.max_pending_outputs
+        health = 1.0 if total < cap else max(0.5, 1.0 - math.log10(total / cap) / 4)
+        self.metrics.system_health_status.set(health if self.health.ready else 0.0)
+        self.metrics.queue_size.labels("consumer_lag").set(total)
+        self.metrics.queue_capacity.labels("consumer_lag").set(cap)
+
+    def _observe_process(self) -> None:
+        cpu, wall = time.process_time(), time.monotonic()
+        c0, w0 = self._cpu
+        if wall > w0:
+            self.metrics.overhead.set(100.0 * (cpu - c0) / (wall - w0))
+        self._cpu = (cpu, wall)
+        sizes: dict[str, list[int]] = {}
+        for st in self.pipeline.stages.values():
+            for coll in st.collections():
+                acc = sizes.setdefault(coll.name, [0, 0])
+                acc[0] += len(coll)
+                acc[1] += coll.evictions
+        for name, (size, ev) in sizes.items():
+            self.metrics.observe_collection(name, size, ev)
+
+
+def observe_outputs(m: Metrics, out: Outputs, batch: Sequence[Envelope], settings: Settings) -> None:
+    """Update the counters for one batch (shared by the Kafka and file runners)."""
+    if out.accepted:
+        m.validation_success.inc(out.accepted)
+    for a in out.anomalies:
+        m.anomalies_detected.labels(a.finding.kind.value).inc()
+        m.alerts_generated.labels(a.finding.severity.value).inc()
+    for r in out.rejects:
+        m.validation_failures.labels(m.reject_field(r.field)).inc()
+        m.deadletters.labels(r.reason.value).inc()
+    for d in out.decisions:
+        if d.status is DecisionStatus.EXECUTE:
+            m.repairs_attempted.labels(d.action.value).inc()
+        elif d.suppressed_by is not None:
+            m.repairs_suppressed.labels(d.suppressed_by.value).inc()
+    for v in out.verifications:
+        if v.success:
+            m.repairs_successful.labels(v.action.value).inc()
+        m.repair_duration.labels(v.action.value).observe(v.duration_seconds)
+    if batch:
+        counts: dict[str, int] = {}
+        for env in batch:
+            counts[env.topic] = counts.get(env.topic, 0) + 1
+        for topic, n in counts.items():
+            m.samples_processed.labels(topic).inc(n)
+
+
+def _next_offsets(batch: Sequence[Envelope]) -> dict[tuple[str, int], int]:
+    offsets: dict[tuple[str, int], int] = {}
+    for env in batch:
+        key = (env.topic, env.partition)
+        if env.offset + 1 > offsets.get(key, -1):
+            offsets[key] = env.offset + 1
+    return offsets
+
+
+def _is_kafka_error(exc: BaseException) -> bool:
+    from aiokafka.errors import KafkaError
+
+    return isinstance(exc, KafkaError)
+
+
+@dataclass
+class ReplayResult:
+    events: int
+    anomalies: int
+    repairs: int
+    rejects: int
+    messages: int
+
+
+def replay(
+    settings: Settings,
+    policy_factory: Callable[[], PolicyLike],
+    inputs: Sequence[Path],
+    out_path: Path,
+    *,
+    metrics: Metrics | None = None,
+    deadletter_path: Path | None = None,
+) -> ReplayResult:
+    """The same pipeline over files: event time only (watermark), outputs as JSON lines."""
+    pipe = Pipeline(settings, policy_factory, live=False)
+    t = settings.kafka.topics
+    src = settings.runtime.source
+    source = FileSource(list(inputs), t.metrics, t.logs, batch_size=settings.kafka.max_batch)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_bytes(b"")
+    sink = JsonlSink(out_path)
+    dl_sink = JsonlSink(deadletter_path) if deadletter_path else None
+    audit = JsonlSink(settings.runtime.audit_path) if settings.runtime.audit_path else None
+    res = ReplayResult(0, 0, 0, 0, 0)
+    m = metrics
+
+    def emit(out: Outputs) -> None:
+        events = [anomaly_event(a, src) for a in out.anomalies]
+        events += [repair_event(d, src) for d in out.decisions
+                   if d.status is not DecisionStatus.SUPPRESSED]
+        sink.write_batch(events)
+        res.events += len(events)
+        res.anomalies += len(out.anomalies)
+        res.repairs += sum(1 for d in out.decisions if d.status is not DecisionStatus.SUPPRESSED)
+        res.rejects += len(out.rejects)
+        if dl_sink is not None:
+            dl_sink.write_batch([deadletter_record(r) for r in out.rejects])
+        if audit is not None:
+            audit.write_batch([audit_decision(d) for d in out.decisions]
+                              + [audit_verification(v) for v in out.verifications])
+
+    try:
+        for batch in source.batches():
+            res.messages += len(batch)
+            out = pipe.process(batch, None)
+            emit(out)
+            if m is not None:
+                observe_outputs(m, out, batch, settings)
+        emit(pipe.tick(float("-inf")))
+    finally:
+        sink.close()
+        if dl_sink is not None:
+            dl_sink.close()
+        if audit is not None:
+            audit.close()
+    return res

@@ -1,0 +1,224 @@
+"""Wire schemas (pydantic v2): what producers send and what selfheal emits.
+
+These models live at the edges only. Inbound messages are validated here and converted into
+the frozen dataclasses of ``pipeline.types``; outbound events are CloudEvents 1.0 structured
+JSON whose ``data`` follows the models below. ``selfheal schema`` prints their JSON Schema.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+)
+
+METRIC_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+MAX_LABELS = 32
+MAX_LABEL_VALUE = 1024
+MAX_MESSAGE_CHARS = 64 * 1024
+
+
+def parse_ts(value: Any) -> float:
+    """RFC 3339 string or epoch seconds (int/float, or a numeric string) -> epoch seconds.
+
+    >>> parse_ts("2026-11-28T05:00:00Z")
+    1795842000.0
+    >>> parse_ts(1795842000)
+    1795842000.0
+    """
+    if isinstance(value, bool):
+        raise ValueError("timestamp must be RFC 3339 or epoch seconds, not a boolean")
+    if isinstance(value, int | float):
+        ts = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            ts = float(text)
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError as exc:
+                raise ValueError(f"not an RFC 3339 timestamp: {text[:64]!r}") from exc
+            if parsed.tzinfo is None:
+                raise ValueError("RFC 3339 timestamp needs a UTC offset") from None
+            ts = parsed.timestamp()
+    else:
+        raise ValueError("timestamp must be RFC 3339 or epoch seconds")
+    if not math.isfinite(ts) or ts < 0:
+        raise ValueError("timestamp must be finite and non-negative")
+    return ts
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels, got {len(labels)}")
+    for key, val in labels.items():
+        if not LABEL_NAME_RE.match(key):
+            raise ValueError(f"invalid label name {key[:64]!r}")
+        if len(val) > MAX_LABEL_VALUE:
+            raise ValueError(f"label {key!r} value longer than {MAX_LABEL_VALUE}")
+    return labels
+
+
+Timestamp = Annotated[float, BeforeValidator(parse_ts)]
+Entity = Annotated[str, Field(min_length=1, max_length=256)]
+Labels = Annotated[dict[str, str], Field(default_factory=dict)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class MetricSampleIn(_Strict):
+    """One metric point (the native format on the metrics topic)."""
+
+    ts: Timestamp
+    entity: Entity
+    metric: str = Field(min_length=1, max_length=256, pattern=METRIC_NAME_RE.pattern)
+    value: float
+    labels: Labels
+    limit: float | None = Field(default=None, gt=0)
+
+    _labels = field_validator("labels")(_check_labels)
+
+
+class LogRecordIn(_Strict):
+    """One log record (the native format on the logs topic)."""
+
+    ts: Timestamp
+    entity: Entity
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL"]
+    message: str = Field(max_length=MAX_MESSAGE_CHARS)
+    labels: Labels
+
+    _labels = field_validator("labels")(_check_labels)
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _normalise_level(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            up = value.strip().upper()
+            return {"WARN": "WARNING", "ERR": "ERROR", "CRIT": "CRITICAL"}.get(up, up)
+        return value
+
+
+class TelegrafMetricIn(BaseModel):
+    """Telegraf's JSON serializer output: one sample per numeric field."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+
+    name: str = Field(min_length=1, max_length=200)
+    fields: dict[str, float | bool] = Field(min_length=1)
+    tags: Labels
+    timestamp: Timestamp
+
+    _tags = field_validator("tags")(_check_labels)
+
+
+class PromAdapterMetricIn(BaseModel):
+    """prometheus-kafka-adapter JSON: value is a string as Prometheus renders it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+
+    name: str = Field(alias="name", min_length=1, max_length=256, pattern=METRIC_NAME_RE.pattern)
+    value: float
+    labels: Labels
+    timestamp: Timestamp
+
+    @field_validator("labels")
+    @classmethod
+    def _drop_name(cls, labels: dict[str, str]) -> dict[str, str]:
+        return _check_labels({k: v for k, v in labels.items() if k != "__name__"})
+
+
+# -- outbound -------------------------------------------------------------------------------
+
+
+class ForecastOut(BaseModel):
+    eta_seconds: float
+    horizon_seconds: float
+    confidence: float = Field(ge=0, le=1)
+
+
+class AnomalyData(BaseModel):
+    entity: str
+    metric: str
+    detector: str
+    kind: str
+    severity: Literal["info", "warning", "critical"]
+    score: float
+    threshold: float
+    value: float
+    evidence: dict[str, Any]
+    forecast: ForecastOut | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class RepairData(BaseModel):
+    action: str
+    entity: str
+    mode: Literal["enforce", "dry_run"]
+    predictive: bool
+    reason: list[str]
+    params: dict[str, Any]
+    status: str
+    rule: str
+
+
+class DeadLetterData(BaseModel):
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    field: str
+    error: str
+    payload: str
+    payload_encoding: Literal["utf-8", "base64"]
+    payload_bytes: int
+
+
+class CloudEvent(BaseModel):
+    """CloudEvents 1.0, structured JSON mode."""
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str
+    source: str
+    type: str
+    subject: str | None = None
+    time: str
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: dict[str, Any]
+
+
+def epoch_to_rfc3339(ts: float) -> str:
+    """Epoch seconds -> RFC 3339 UTC with millisecond precision (stable text for ids)."""
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def json_schemas() -> dict[str, Any]:
+    """All wire schemas, keyed by name (what ``selfheal schema`` prints)."""
+    return {
+        "inbound": {
+            "MetricSample": MetricSampleIn.model_json_schema(),
+            "LogRecord": LogRecordIn.model_json_schema(),
+            "TelegrafMetric": TelegrafMetricIn.model_json_schema(),
+            "PromAdapterMetric": PromAdapterMetricIn.model_json_schema(),
+        },
+        "outbound": {
+            "CloudEvent": CloudEvent.model_json_schema(),
+            "AnomalyData": AnomalyData.model_json_schema(),
+            "RepairData": RepairData.model_json_schema(),
+            "DeadLetterData": DeadLetterData.model_json_schema(),
+        },
+    }

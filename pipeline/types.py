@@ -1,0 +1,224 @@
+"""Internal, frozen value types that flow between the stages.
+
+Pydantic models live only at the edges (``pipeline.schemas``); inside the pipeline every
+record is one of these small frozen dataclasses, cheap to build and safe to share.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Severity(enum.StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
+
+
+class AnomalyKind(enum.StrEnum):
+    """Every kind of anomaly the detectors and rules can report (``io.selfheal.anomaly.<kind>``)."""
+
+    # river models (models/)
+    MEMORY_LEAK = "memory_leak"
+    ERROR_RATE_DRIFT = "error_rate_drift"
+    ERROR_BURST = "error_burst"
+    LATENCY_ANOMALY = "latency_anomaly"
+    LOG_PATTERN = "log_pattern"
+    SECURITY = "security"
+    # static threshold rules (models/rules)
+    MEMORY_HIGH = "memory_high"
+    QUEUE_HIGH = "queue_high"
+    BREAKER_OPEN = "breaker_open"
+    HEALTH_CHECK_FAILED = "health_check_failed"
+    VALIDATION_FAILURES = "validation_failures"
+    LOOP_SLOW = "loop_slow"
+    LOOP_STUCK = "loop_stuck"
+    HEARTBEAT_MISSING = "heartbeat_missing"
+    RATE_LIMITED = "rate_limited"
+    THRESHOLD = "threshold"
+
+
+class RepairAction(enum.StrEnum):
+    RESTART = "restart"
+    SCALE_UP = "scale_up"
+    SCALE_DOWN = "scale_down"
+    ROLLBACK = "rollback"
+    CIRCUIT_BREAK = "circuit_break"
+    DEGRADE = "degrade"
+    EVICT_CACHE = "evict_cache"
+    RATE_LIMIT = "rate_limit"
+    BLOCK_SOURCE = "block_source"
+    ESCALATE = "escalate"
+
+
+class LogLevel(enum.IntEnum):
+    DEBUG = 10
+    INFO = 20
+    WARNING = 30
+    ERROR = 40
+    CRITICAL = 50
+    FATAL = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One metric point. ``ts`` is event time in epoch seconds (UTC)."""
+
+    ts: float
+    entity: str
+    metric: str
+    value: float
+    labels: Mapping[str, str] = field(default_factory=dict)
+    limit: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One log record. ``ts`` is event time in epoch seconds (UTC)."""
+
+    ts: float
+    entity: str
+    level: LogLevel
+    message: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    """A predicted breach: ``eta_seconds`` from the triggering sample's time."""
+
+    eta_seconds: float
+    horizon_seconds: float
+    confidence: float
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """What a detector or rule reports; the runner turns it into an anomaly CloudEvent.
+
+    ``ts`` is the event time of the triggering sample (or, for absence checks, the deadline
+    that passed), so the same input always yields the same finding and the same event id.
+    ``evidence`` holds JSON-serialisable values a human needs to trust the finding.
+    """
+
+    ts: float
+    entity: str
+    metric: str
+    detector: str
+    kind: AnomalyKind
+    severity: Severity
+    score: float
+    threshold: float
+    value: float
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+    forecast: Forecast | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """A finding with its deterministic CloudEvent id (what the policy stage consumes)."""
+
+    id: str
+    finding: Finding
+
+
+class Mode(enum.StrEnum):
+    ENFORCE = "enforce"
+    DRY_RUN = "dry_run"
+
+
+class DecisionStatus(enum.StrEnum):
+    """What happens to a decision: only EXECUTE reaches executors other than the repair topic."""
+
+    EXECUTE = "execute"
+    DRY_RUN = "dry_run"
+    PENDING_APPROVAL = "pending_approval"
+    SUPPRESSED = "suppressed"
+
+
+class Suppression(enum.StrEnum):
+    COOLDOWN = "cooldown"
+    DUPLICATE = "duplicate"
+    BUDGET = "budget"
+    STORM = "storm"
+    MAX_ATTEMPTS = "max_attempts"
+    BREAKER_OPEN = "breaker_open"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A repair decision, executed or not; every one is audited.
+
+    ``id`` is deterministic (derived from action, entity and the anomaly ids behind it), so an
+    executor can be idempotent on it and consumers can drop at-least-once duplicates.
+    """
+
+    id: str
+    ts: float
+    action: RepairAction
+    entity: str
+    mode: Mode
+    predictive: bool
+    reason: tuple[str, ...]
+    params: Mapping[str, Any] = field(default_factory=dict)
+    rule: str = ""
+    status: DecisionStatus = DecisionStatus.EXECUTE
+    suppressed_by: Suppression | None = None
+    explanation: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """Outcome of watching an entity after a repair (feeds repairs_successful_total etc.)."""
+
+    decision_id: str
+    ts: float
+    action: RepairAction
+    entity: str
+    success: bool
+    duration_seconds: float
+    explanation: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A raw message as a source delivered it (payload plus where it came from)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    key: bytes | None = None
+
+
+class RejectReason(enum.StrEnum):
+    INVALID_JSON = "invalid_json"
+    UNKNOWN_FORMAT = "unknown_format"
+    SCHEMA = "schema"
+    TOO_LARGE = "too_large"
+    NO_ENTITY = "no_entity"
+    TIMESTAMP_FUTURE = "timestamp_future"
+    TIMESTAMP_PAST = "timestamp_past"
+    LABEL_CARDINALITY = "label_cardinality"
+    RATE_LIMITED = "rate_limited"
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A message (or one element of a batch message) that did not pass the edge."""
+
+    envelope: Envelope
+    reason: RejectReason
+    field: str
+    error: str

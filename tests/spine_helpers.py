@@ -1,0 +1,108 @@
+"""Input generators and runner helpers shared by the spine's integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline.config import Settings, load_settings
+from pipeline.policy import PolicyEngine
+from pipeline.runner import Runner
+
+
+def settings_for(prefix: str, bootstrap: str, partitions: int = 3, **extra: Any) -> Settings:
+    topics = {name: f"{prefix}.{name}" for name in
+              ("metrics", "logs", "anomalies", "repairs", "deadletter", "audit", "state")}
+    over: dict[str, Any] = {
+        "kafka": {"bootstrap": bootstrap, "topics": topics, "partitions": partitions,
+                  "group_id": f"{prefix}-group"},
+        "http": {"enabled": False},
+    }
+    for key, val in extra.items():
+        over[key] = {**over.get(key, {}), **val}
+    return load_settings(None, over)
+
+
+def write_config(path: Path, settings: Settings) -> Path:
+    data = settings.model_dump(mode="json", exclude={"policy"})
+    path.write_text(json.dumps(data))  # JSON is YAML
+    return path
+
+
+def valid_samples(n: int, entities: int = 50, base: float | None = None) -> list[dict[str, Any]]:
+    """``n`` valid samples: memory ramps on e0 (crosses 95 %), dependency failures on e1."""
+    base = time.time() - 3 * 3600 if base is None else base
+    out: list[dict[str, Any]] = []
+    steps = n // entities
+    for step in range(steps):
+        ts = base + step * 15.0
+        for e in range(entities):
+            ent = f"svc-{e:02d}"
+            if e == 0:
+                out.append({"ts": ts, "entity": ent, "metric": "container_memory_working_set_bytes",
+                            "value": 100e6 + 900e6 * step / steps, "limit": 1e9})
+            elif e == 1:
+                ok = 0.0 if steps // 2 <= step < steps // 2 + 6 else 1.0
+                out.append({"ts": ts, "entity": ent, "metric": "dependency_request_ok",
+                            "value": ok, "labels": {"dependency": "db"}})
+            elif e == 2:
+                out.append({"ts": ts, "entity": ent, "metric": "queue_depth",
+                            "value": 10.0 if step < steps - 20 else 90.0, "limit": 100.0})
+            else:
+                out.append({"ts": ts, "entity": ent, "metric": "cpu_seconds",
+                            "value": 0.5 + 0.01 * (step % 7)})
+    return out
+
+
+def malformed(n: int, seed: int = 7) -> list[bytes]:
+    """The kinds of garbage producers send, cycled: each must reach the dead-letter topic."""
+    rnd = random.Random(seed)
+    kinds = [
+        lambda i: b'{"ts": 1, "entity": "x", "metric": "m", "value": ',  # bad JSON
+        lambda i: orjson.dumps({"ts": time.time(), "entity": "x", "metric": "m", "value": "high"}),
+        lambda i: b'{"ts": %f, "entity": "x", "metric": "m", "value": NaN}' % time.time(),
+        lambda i: orjson.dumps({"hello": "world", "n": i}),  # unknown format
+        lambda i: bytes(rnd.getrandbits(8) for _ in range(64)),  # binary garbage
+        lambda i: orjson.dumps({"ts": time.time(), "entity": "", "metric": "m", "value": 1}),
+        lambda i: orjson.dumps({"ts": time.time() + 86400, "entity": "x", "metric": "m",
+                                "value": 1}),  # far future
+    ]
+    out = [kinds[i % len(kinds)](i) for i in range(n - 1)]
+    out.append(b'{"pad": "' + b"x" * (10 * 1024 * 1024) + b'"}')  # 10 MB payload
+    return out
+
+
+async def produce(producer: Any, topic: str, values: list[bytes], keys: list[bytes | None]) -> None:
+    futs = [await producer.send(topic, v, key=k) for v, k in zip(values, keys, strict=True)]
+    await asyncio.gather(*futs)
+
+
+async def run_until(runner: Runner, bootstrap: str, done: Any, timeout: float = 60.0) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(bootstrap, stop=stop))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        while loop.time() < deadline and not done():
+            if task.done():
+                task.result()
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def make_runner(settings: Settings) -> Runner:
+    return Runner(settings, lambda: PolicyEngine(settings.policy))
+
+
+def env_without_kafka() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("SELFHEAL_")}
