@@ -60,7 +60,9 @@ class EmbeddedBroker:
     127.0.0.1:40123
     """
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1", *, quiet: bool = True) -> None:
+    def __init__(
+        self, port: int | None = None, host: str = "127.0.0.1", *, quiet: bool = True
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.quiet = quiet
@@ -75,11 +77,15 @@ class EmbeddedBroker:
         out = subprocess.DEVNULL if self.quiet else None
         self.proc = subprocess.Popen(
             [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdout=out, stderr=out, start_new_session=True,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
         )
         if not wait_for_port(self.host, self.port, timeout):
             self.stop()
-            raise BrokerStartError(f"embedded broker did not listen on {self.bootstrap} in {timeout}s")
+            raise BrokerStartError(
+                f"embedded broker did not listen on {self.bootstrap} in {timeout}s"
+            )
         return self
 
     def stop(self, kill: bool = False) -> None:
@@ -100,8 +106,9 @@ class EmbeddedBroker:
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 
@@ -112,7 +119,7 @@ def docker_available() -> bool:
     try:
         import docker
 
-        client = docker.from_env(timeout=3)
+        client = docker.from_env(timeout=3)  # type: ignore[attr-defined]
         client.ping()
         return True
     except Exception:

@@ -24,7 +24,9 @@ def _is_log_line(line: bytes) -> bool:
     return b'"level"' in line and b'"message"' in line
 
 
-def iter_jsonl(path: Path, metrics_topic: str, logs_topic: str, partition: int = 0) -> Iterator[Envelope]:
+def iter_jsonl(
+    path: Path, metrics_topic: str, logs_topic: str, partition: int = 0
+) -> Iterator[Envelope]:
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             line = raw.rstrip(b"\r\n")
@@ -39,8 +41,13 @@ def nab_timestamp(text: str) -> float:
     return datetime.fromisoformat(text.strip()).replace(tzinfo=UTC).timestamp()
 
 
-def iter_nab_csv(path: Path, metrics_topic: str, partition: int = 0,
-                 entity: str | None = None, metric: str = "value") -> Iterator[Envelope]:
+def iter_nab_csv(
+    path: Path,
+    metrics_topic: str,
+    partition: int = 0,
+    entity: str | None = None,
+    metric: str = "value",
+) -> Iterator[Envelope]:
     """NAB CSV rows ``timestamp,value`` as native MetricSample JSON (entity = file stem).
 
     Rows that do not parse are passed on as raw bytes so they reach the dead-letter output.
@@ -60,10 +67,12 @@ def iter_nab_csv(path: Path, metrics_topic: str, partition: int = 0,
                 yield Envelope(metrics_topic, partition, rowno, raw_row)
                 continue
             # non-finite values go through as NaN so the schema rejects them by field name
-            body = (b'{"ts":%s,"entity":%s,"metric":"%s","value":%s}'
-                    % (repr(ts).encode(), orjson.dumps(name), metric.encode(),
-                       repr(value).encode() if value == value and abs(value) != float("inf")
-                       else b"NaN"))
+            body = b'{"ts":%s,"entity":%s,"metric":"%s","value":%s}' % (
+                repr(ts).encode(),
+                orjson.dumps(name),
+                metric.encode(),
+                repr(value).encode() if value == value and abs(value) != float("inf") else b"NaN",
+            )
             yield Envelope(metrics_topic, partition, rowno, body)
 
 
@@ -78,8 +87,9 @@ def iter_inputs(paths: Sequence[Path], metrics_topic: str, logs_topic: str) -> I
 class FileSource:
     """Batches over files, in file and line order (an async iterator like the Kafka source)."""
 
-    def __init__(self, paths: Sequence[Path], metrics_topic: str, logs_topic: str,
-                 batch_size: int = 5000) -> None:
+    def __init__(
+        self, paths: Sequence[Path], metrics_topic: str, logs_topic: str, batch_size: int = 5000
+    ) -> None:
         missing = [str(p) for p in paths if not Path(p).is_file()]
         if missing:
             raise FileNotFoundError(f"input not found: {', '.join(missing)}")

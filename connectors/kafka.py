@@ -9,6 +9,7 @@ possible after a crash and event ids are deterministic to make them harmless.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -24,8 +25,12 @@ PartitionsCallback = Callable[[set[TopicPartition]], Awaitable[None]]
 
 
 async def ensure_topics(
-    bootstrap: str, topics: Iterable[str], partitions: int, client: dict[str, Any] | None = None,
-    *, compacted: Iterable[str] = (),
+    bootstrap: str,
+    topics: Iterable[str],
+    partitions: int,
+    client: dict[str, Any] | None = None,
+    *,
+    compacted: Iterable[str] = (),
 ) -> None:
     """Create missing topics (existing ones are left as they are)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client or {}))
@@ -37,20 +42,24 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         compact = set(compacted)
         new = [
-            NewTopic(t, partitions, 1,
-                     topic_configs={"cleanup.policy": "compact"} if t in compact else None)
-            for t in dict.fromkeys(topics) if t not in existing
+            NewTopic(
+                t,
+                partitions,
+                1,
+                topic_configs={"cleanup.policy": "compact"} if t in compact else None,
+            )
+            for t in dict.fromkeys(topics)
+            if t not in existing
         ]
         if new:
-            try:
+            # a concurrent process may have created it first
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass  # a concurrent process created it first
     finally:
         await admin.close()
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Listener(ConsumerRebalanceListener):
     def __init__(self, source: KafkaSource) -> None:
         self.source = source
 
@@ -76,6 +85,7 @@ class KafkaSource:
         max_batch: int = 5000,
         fetch_timeout_ms: int = 200,
         auto_offset_reset: str = "earliest",
+        fetch_max_wait_ms: int = 50,
         on_assign: PartitionsCallback | None = None,
         on_revoke: PartitionsCallback | None = None,
     ) -> None:
@@ -91,6 +101,9 @@ class KafkaSource:
             auto_offset_reset=auto_offset_reset,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
+            # a fetch spanning idle partitions (say, an empty logs topic) must not park for the
+            # default 500 ms while other partitions have data
+            fetch_max_wait_ms=fetch_max_wait_ms,
             **(client or {}),
         )
 
@@ -105,12 +118,14 @@ class KafkaSource:
         await self.consumer.stop()
 
     async def next_batch(self) -> list[Envelope]:
-        records = await self.consumer.getmany(timeout_ms=self.fetch_timeout_ms,
-                                              max_records=self.max_batch)
+        records = await self.consumer.getmany(
+            timeout_ms=self.fetch_timeout_ms, max_records=self.max_batch
+        )
         batch: list[Envelope] = []
         for tp, msgs in records.items():
-            batch.extend(Envelope(tp.topic, tp.partition, m.offset, m.value or b"", m.key)
-                         for m in msgs)
+            batch.extend(
+                Envelope(tp.topic, tp.partition, m.offset, m.value or b"", m.key) for m in msgs
+            )
         return batch
 
     def assignment(self) -> set[TopicPartition]:
@@ -125,8 +140,11 @@ class KafkaSource:
     async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
         """Commit ``next offset to read`` per (topic, partition) still assigned to us."""
         assigned = self.consumer.assignment()
-        todo = {TopicPartition(t, p): o for (t, p), o in offsets.items()
-                if TopicPartition(t, p) in assigned}
+        todo = {
+            TopicPartition(t, p): o
+            for (t, p), o in offsets.items()
+            if TopicPartition(t, p) in assigned
+        }
         if todo:
             await self.consumer.commit(todo)
 
@@ -151,8 +169,9 @@ class KafkaSource:
 class KafkaSink:
     """Batched producer: ``write_batch`` returns once the broker acknowledged every record."""
 
-    def __init__(self, bootstrap: str, *, client: dict[str, Any] | None = None,
-                 linger_ms: int = 5) -> None:
+    def __init__(
+        self, bootstrap: str, *, client: dict[str, Any] | None = None, linger_ms: int = 5
+    ) -> None:
         self.producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             acks="all",
@@ -176,8 +195,11 @@ class KafkaSink:
         if not records:
             return
         try:
-            futures = [await self.producer.send(topic, value, key=key)
-                       for topic, key, value in records]
+            futures = [
+                await self.producer.send(topic, value, key=key) for topic, key, value in records
+            ]
             await asyncio.gather(*futures)
         except KafkaError as exc:
-            raise DeliveryFailed(f"{type(exc).__name__}: {exc}", retriable=is_retriable(exc)) from exc
+            raise DeliveryFailed(
+                f"{type(exc).__name__}: {exc}", retriable=is_retriable(exc)
+            ) from exc

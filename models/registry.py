@@ -1,35 +1,61 @@
 """Which judges watch which series: the routing table from samples to detectors.
 
 The runner keeps a bounded bank of judges keyed by ``SeriesKey``; this module says, for a new
-series, which judges to create. Static rules and online models sit side by side.
+series, which judges to create. Static rules and online models sit side by side:
+
+- memory metrics: the ``memory_high`` rule and the memory-growth regression (``memory_leak``);
+- ``requests_total`` / ``errors_total`` counters and every log line: the per-entity error-rate
+  drift judge (``error_rate_drift``, ``error_burst``);
+- log lines: the drain3 log analyzer (``log_pattern``, ``security``);
+- latency-like metrics (and, with ``generic_metrics``, any metric no rule or model covers):
+  the latency anomaly score (``latency_anomaly``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from models.base import Judge, LogJudge
+from models.error_rate import ErrorRateConfig, ErrorRateJudge
+from models.latency import LatencyConfig, LatencyJudge
+from models.logs import LogAnalyzerConfig, LogAnalyzerJudge
+from models.memory import MemoryLeakConfig, MemoryLeakJudge
 from models.rules import RuleSpec
 from pipeline.types import LogLine, Sample
 
-SeriesKey = tuple[str, str, tuple[tuple[str, str], ...]]
+SeriesKey = tuple[str, str, tuple[tuple[str, str], ...]] | tuple[str, str]
 
 
 def series_key(sample: Sample) -> SeriesKey:
     labels = sample.labels
-    return (sample.entity, sample.metric, tuple(sorted(labels.items())) if labels else ())
+    if not labels:
+        return (sample.entity, sample.metric)
+    return (sample.entity, sample.metric, tuple(sorted(labels.items())))
 
 
 @dataclass(frozen=True, slots=True)
 class DetectorsConfig:
     """Hyperparameters of the online models (one configuration for every series)."""
 
-    enabled: tuple[str, ...] = field(default=())
+    memory: MemoryLeakConfig = field(default_factory=MemoryLeakConfig)
+    error_rate: ErrorRateConfig = field(default_factory=ErrorRateConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    logs: LogAnalyzerConfig = field(default_factory=LogAnalyzerConfig)
+    #: glob patterns of metrics scored by the latency model
+    latency_metrics: tuple[str, ...] = ("*latency*", "*duration*")
+    #: also score every metric that no rule and no other model covers
+    generic_metrics: bool = False
+
+
+def _kwargs(cfg: object) -> dict[str, object]:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}  # type: ignore[arg-type]
 
 
 class Router:
-    """Builds the judges for a new series and names the per-entity judges for logs."""
+    """Builds the judges for a new series and names the per-entity judges."""
 
     def __init__(
         self, rules: tuple[RuleSpec, ...], models: DetectorsConfig, *, models_enabled: bool = True
@@ -37,14 +63,45 @@ class Router:
         self.rules = rules
         self.models = models
         self.models_enabled = models_enabled
+        self._memory_kw = _kwargs(models.memory)
+        self._error_kw = _kwargs(models.error_rate)
+        self._latency_kw = _kwargs(models.latency)
+        self._logs_kw = _kwargs(models.logs)
+        self._counters = {models.error_rate.requests_metric, models.error_rate.errors_metric}
+        self._memory = set(models.memory.metrics)
+
+    def _latency_applies(self, metric: str, covered: bool) -> bool:
+        if any(fnmatch.fnmatchcase(metric, p) for p in self.models.latency_metrics):
+            return True
+        return self.models.generic_metrics and not covered
 
     def series_judges(self, sample: Sample) -> list[Judge]:
-        return [rule.judge() for rule in self.rules if rule.applies(sample)]
+        judges: list[Judge] = [rule.judge() for rule in self.rules if rule.applies(sample)]
+        if not self.models_enabled:
+            return judges
+        metric = sample.metric
+        if metric in self._memory:
+            judges.append(MemoryLeakJudge(**self._memory_kw))  # type: ignore[arg-type]
+        elif metric not in self._counters and self._latency_applies(metric, bool(judges)):
+            judges.append(LatencyJudge(**self._latency_kw))  # type: ignore[arg-type]
+        return judges
+
+    def has_entity_judges(self, metric: str) -> bool:
+        """Cheap pre-check on the hot path: does this metric feed a per-entity judge?"""
+        return self.models_enabled and metric in self._counters
 
     def entity_judges(self, sample: Sample) -> list[tuple[str, Callable[[], Judge]]]:
-        """Judges shared by all series of one entity (e.g. error ratio from counters)."""
-        return []
+        """Judges shared by all series of one entity (the error ratio from counters)."""
+        return [("error_rate", self._error_rate)]
 
     def log_judges(self, line: LogLine) -> list[tuple[str, Callable[[], LogJudge]]]:
         """Per-entity log judges, as (bank key suffix, factory)."""
-        return []
+        if not self.models_enabled:
+            return []
+        return [("error_rate", self._error_rate), ("logs", self._log_analyzer)]
+
+    def _error_rate(self) -> ErrorRateJudge:
+        return ErrorRateJudge(**self._error_kw)  # type: ignore[arg-type]
+
+    def _log_analyzer(self) -> LogAnalyzerJudge:
+        return LogAnalyzerJudge(**self._logs_kw)  # type: ignore[arg-type]

@@ -55,7 +55,7 @@ class RatioOfLimitRule:
 
 @dataclass(frozen=True, slots=True)
 class ConsecutiveRule:
-    """``count`` consecutive failures (value <= ``fail_at_or_below``) open a breaker / fail health."""
+    """``count`` consecutive failures (value <= ``fail_at_or_below``): breaker, health checks."""
 
     name: str
     metrics: tuple[str, ...]
@@ -122,13 +122,26 @@ RuleSpec = RatioOfLimitRule | ConsecutiveRule | LoopRule | ThresholdRule
 
 DEFAULT_RULES: tuple[RuleSpec, ...] = (
     RatioOfLimitRule(name="memory_high", metrics=MEMORY_METRICS, kind=AnomalyKind.MEMORY_HIGH),
-    RatioOfLimitRule(name="queue_high", metrics=("queue_depth",), kind=AnomalyKind.QUEUE_HIGH,
-                     warning=0.80, critical=0.95),
-    ConsecutiveRule(name="breaker_open", metrics=("dependency_request_ok",),
-                    kind=AnomalyKind.BREAKER_OPEN, count=5),
+    RatioOfLimitRule(
+        name="queue_high",
+        metrics=("queue_depth",),
+        kind=AnomalyKind.QUEUE_HIGH,
+        warning=0.80,
+        critical=0.95,
+    ),
+    ConsecutiveRule(
+        name="breaker_open",
+        metrics=("dependency_request_ok",),
+        kind=AnomalyKind.BREAKER_OPEN,
+        count=5,
+    ),
     # "more than 3 consecutive failed health checks": the 4th failure fires
-    ConsecutiveRule(name="health_check_failed", metrics=("health_check_ok",),
-                    kind=AnomalyKind.HEALTH_CHECK_FAILED, count=4),
+    ConsecutiveRule(
+        name="health_check_failed",
+        metrics=("health_check_ok",),
+        kind=AnomalyKind.HEALTH_CHECK_FAILED,
+        count=4,
+    ),
     LoopRule(name="loop", metrics=("loop_iteration_seconds",)),
 )
 
@@ -162,19 +175,37 @@ class RatioOfLimitJudge(_EdgeJudge):
         if not limit:
             return []
         ratio = sample.value / limit
-        sev = (Severity.CRITICAL if ratio > rule.critical
-               else Severity.WARNING if ratio > rule.warning else None)
+        sev = (
+            Severity.CRITICAL
+            if ratio > rule.critical
+            else Severity.WARNING
+            if ratio > rule.warning
+            else None
+        )
         if not self._edge(sev, sample.ts):
             return []
         assert sev is not None
         threshold = rule.critical if sev is Severity.CRITICAL else rule.warning
-        return [Finding(
-            ts=sample.ts, entity=sample.entity, metric=sample.metric, detector=f"rule:{rule.name}",
-            kind=rule.kind, severity=sev, score=ratio, threshold=threshold, value=sample.value,
-            evidence={"ratio": round(ratio, 6), "limit": limit, "warning": rule.warning,
-                      "critical": rule.critical},
-            labels=sample.labels,
-        )]
+        return [
+            Finding(
+                ts=sample.ts,
+                entity=sample.entity,
+                metric=sample.metric,
+                detector=f"rule:{rule.name}",
+                kind=rule.kind,
+                severity=sev,
+                score=ratio,
+                threshold=threshold,
+                value=sample.value,
+                evidence={
+                    "ratio": round(ratio, 6),
+                    "limit": limit,
+                    "warning": rule.warning,
+                    "critical": rule.critical,
+                },
+                labels=sample.labels,
+            )
+        ]
 
 
 class ConsecutiveJudge(_EdgeJudge):
@@ -196,14 +227,25 @@ class ConsecutiveJudge(_EdgeJudge):
         sev = rule.severity if self._run >= rule.count else None
         if not self._edge(sev, sample.ts):
             return []
-        return [Finding(
-            ts=sample.ts, entity=sample.entity, metric=sample.metric, detector=f"rule:{rule.name}",
-            kind=rule.kind, severity=rule.severity, score=float(self._run),
-            threshold=float(rule.count), value=sample.value,
-            evidence={"consecutive_failures": self._run, "since": self._run_start,
-                      **{k: v for k, v in sample.labels.items() if k == "dependency"}},
-            labels=sample.labels,
-        )]
+        return [
+            Finding(
+                ts=sample.ts,
+                entity=sample.entity,
+                metric=sample.metric,
+                detector=f"rule:{rule.name}",
+                kind=rule.kind,
+                severity=rule.severity,
+                score=float(self._run),
+                threshold=float(rule.count),
+                value=sample.value,
+                evidence={
+                    "consecutive_failures": self._run,
+                    "since": self._run_start,
+                    **{k: v for k, v in sample.labels.items() if k == "dependency"},
+                },
+                labels=sample.labels,
+            )
+        ]
 
 
 class ThresholdJudge(_EdgeJudge):
@@ -211,17 +253,27 @@ class ThresholdJudge(_EdgeJudge):
 
     def observe(self, sample: Sample) -> list[Finding]:
         rule = self.rule
-        bad = ((rule.above is not None and sample.value > rule.above)
-               or (rule.below is not None and sample.value < rule.below))
+        bad = (rule.above is not None and sample.value > rule.above) or (
+            rule.below is not None and sample.value < rule.below
+        )
         if not self._edge(rule.severity if bad else None, sample.ts):
             return []
         threshold = rule.above if rule.above is not None else rule.below
-        return [Finding(
-            ts=sample.ts, entity=sample.entity, metric=sample.metric, detector=f"rule:{rule.name}",
-            kind=rule.kind, severity=rule.severity, score=sample.value,
-            threshold=float(threshold if threshold is not None else 0.0), value=sample.value,
-            evidence={"above": rule.above, "below": rule.below}, labels=sample.labels,
-        )]
+        return [
+            Finding(
+                ts=sample.ts,
+                entity=sample.entity,
+                metric=sample.metric,
+                detector=f"rule:{rule.name}",
+                kind=rule.kind,
+                severity=rule.severity,
+                score=sample.value,
+                threshold=float(threshold if threshold is not None else 0.0),
+                value=sample.value,
+                evidence={"above": rule.above, "below": rule.below},
+                labels=sample.labels,
+            )
+        ]
 
 
 class LoopJudge(_EdgeJudge):
@@ -240,20 +292,35 @@ class LoopJudge(_EdgeJudge):
         if not interval:
             return []
         frac = sample.value / interval
-        sev = (Severity.CRITICAL if frac > rule.slow_critical
-               else Severity.WARNING if frac > rule.slow_warning else None)
+        sev = (
+            Severity.CRITICAL
+            if frac > rule.slow_critical
+            else Severity.WARNING
+            if frac > rule.slow_warning
+            else None
+        )
         if not self._edge(sev, sample.ts):
             return []
         assert sev is not None
-        return [Finding(
-            ts=sample.ts, entity=sample.entity, metric=sample.metric, detector=f"rule:{rule.name}",
-            kind=AnomalyKind.LOOP_SLOW, severity=sev, score=frac,
-            threshold=rule.slow_critical if sev is Severity.CRITICAL else rule.slow_warning,
-            value=sample.value,
-            evidence={"duration_seconds": sample.value, "interval_seconds": interval,
-                      "fraction_of_interval": round(frac, 6)},
-            labels=sample.labels,
-        )]
+        return [
+            Finding(
+                ts=sample.ts,
+                entity=sample.entity,
+                metric=sample.metric,
+                detector=f"rule:{rule.name}",
+                kind=AnomalyKind.LOOP_SLOW,
+                severity=sev,
+                score=frac,
+                threshold=rule.slow_critical if sev is Severity.CRITICAL else rule.slow_warning,
+                value=sample.value,
+                evidence={
+                    "duration_seconds": sample.value,
+                    "interval_seconds": interval,
+                    "fraction_of_interval": round(frac, 6),
+                },
+                labels=sample.labels,
+            )
+        ]
 
     def tick(self, watermark: float) -> list[Finding]:
         last = self._last
@@ -266,15 +333,25 @@ class LoopJudge(_EdgeJudge):
         if watermark <= deadline:
             return []
         self._stuck_reported = True
-        return [Finding(
-            ts=deadline, entity=last.entity, metric=last.metric, detector=f"rule:{self.rule.name}",
-            kind=AnomalyKind.LOOP_STUCK, severity=Severity.CRITICAL,
-            score=(watermark - last.ts) / interval, threshold=self.rule.stuck_intervals,
-            value=last.value,
-            evidence={"last_iteration": last.ts, "interval_seconds": interval,
-                      "silent_intervals": self.rule.stuck_intervals},
-            labels=last.labels,
-        )]
+        return [
+            Finding(
+                ts=deadline,
+                entity=last.entity,
+                metric=last.metric,
+                detector=f"rule:{self.rule.name}",
+                kind=AnomalyKind.LOOP_STUCK,
+                severity=Severity.CRITICAL,
+                score=(watermark - last.ts) / interval,
+                threshold=self.rule.stuck_intervals,
+                value=last.value,
+                evidence={
+                    "last_iteration": last.ts,
+                    "interval_seconds": interval,
+                    "silent_intervals": self.rule.stuck_intervals,
+                },
+                labels=last.labels,
+            )
+        ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.config import ConfigError, Settings, load_settings
+from pipeline.policy import PolicyEngine
 
 # subcommands implemented in their own modules, each with ``main(argv) -> int``
 DELEGATED: dict[str, tuple[str, str]] = {
@@ -64,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("replay", help="the same pipeline over files (JSONL, NAB CSV)")
     rp.add_argument("inputs", nargs="+", type=Path, metavar="IN")
-    rp.add_argument("--out", type=Path, required=True, help="anomaly and repair CloudEvents (JSONL)")
+    rp.add_argument(
+        "--out", type=Path, required=True, help="anomaly and repair CloudEvents (JSONL)"
+    )
     rp.add_argument("--deadletter", type=Path, help="rejected records (JSONL)")
     rp.add_argument("--config", type=Path, help="YAML configuration file")
 
@@ -78,9 +81,7 @@ def _settings(path: Path | None, overrides: dict[str, object] | None = None) -> 
     return load_settings(path, overrides)
 
 
-def _policy_factory(settings: Settings) -> Callable[[], object]:
-    from pipeline.policy import PolicyEngine
-
+def _policy_factory(settings: Settings) -> Callable[[], PolicyEngine]:
     return lambda: PolicyEngine(settings.policy)
 
 
@@ -105,12 +106,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args.config)
     bootstrap = args.bootstrap or settings.kafka.bootstrap
-    runner = Runner(settings, _policy_factory(settings),  # type: ignore[arg-type]
-                    executors=build_executors(settings))
+    runner = Runner(
+        settings,
+        _policy_factory(settings),
+        executors=build_executors(settings),
+    )
     server = runner.start_http()
     if server is not None:
-        logging.getLogger("selfheal").info("metrics on http://%s:%d/metrics",
-                                           settings.http.host, server.port)
+        logging.getLogger("selfheal").info(
+            "metrics on http://%s:%d/metrics", settings.http.host, server.port
+        )
 
     async def main() -> int:
         stop = asyncio.Event()
@@ -118,9 +123,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         stats = await runner.run(bootstrap, duration=args.duration, stop=stop)
-        print(json.dumps({"messages": stats.messages, "anomalies": stats.anomalies,
-                          "repairs": stats.repairs, "rejects": stats.rejects,
-                          "reconnects": stats.reconnects}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "messages": stats.messages,
+                    "anomalies": stats.anomalies,
+                    "repairs": stats.repairs,
+                    "rejects": stats.rejects,
+                    "reconnects": stats.reconnects,
+                }
+            ),
+            flush=True,
+        )
         return 0
 
     try:
@@ -135,13 +149,27 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     settings = _settings(args.config)
     try:
-        res = replay(settings, _policy_factory(settings), args.inputs, args.out,  # type: ignore[arg-type]
-                     deadletter_path=args.deadletter)
+        res = replay(
+            settings,
+            _policy_factory(settings),
+            args.inputs,
+            args.out,
+            deadletter_path=args.deadletter,
+        )
     except FileNotFoundError as exc:
         print(f"selfheal replay: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"messages": res.messages, "anomalies": res.anomalies,
-                      "repairs": res.repairs, "rejects": res.rejects, "out": str(args.out)}))
+    print(
+        json.dumps(
+            {
+                "messages": res.messages,
+                "anomalies": res.anomalies,
+                "repairs": res.repairs,
+                "rejects": res.rejects,
+                "out": str(args.out),
+            }
+        )
+    )
     return 0
 
 
@@ -153,7 +181,10 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "broker": cmd_broker, "run": cmd_run, "replay": cmd_replay, "schema": cmd_schema,
+    "broker": cmd_broker,
+    "run": cmd_run,
+    "replay": cmd_replay,
+    "schema": cmd_schema,
 }
 
 
@@ -162,9 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     verbose = bool(argv) and argv[0] in ("-v", "--verbose")
     if verbose:
         argv = argv[1:]
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("aiokafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    logging.getLogger("drain3").setLevel(logging.WARNING)
     if argv and argv[0] in DELEGATED:
         module = importlib.import_module(DELEGATED[argv[0]][0])
         try:

@@ -23,6 +23,7 @@ from models.registry import DetectorsConfig
 from models.rules import DEFAULT_RULES, RuleSpec
 from pipeline.decode import DEFAULT_ENTITY_KEYS
 from pipeline.policy_config import DEFAULT_POLICY_PATH, PolicyConfig
+from pipeline.types import RepairAction
 
 
 class _Section(BaseModel):
@@ -88,6 +89,9 @@ class DetectionConfig(_Section):
     models: DetectorsConfig = Field(default_factory=DetectorsConfig)
     #: how often (event-time seconds) absence checks run against the watermark
     tick_seconds: float = Field(default=5.0, gt=0)
+    #: live runs: a partition silent for this many wall seconds advances its event time with
+    #: the clock (absence of data is then detected from the clock)
+    idle_grace_seconds: float = Field(default=30.0, gt=0)
 
 
 class HttpConfig(_Section):
@@ -99,6 +103,24 @@ class HttpConfig(_Section):
 class StateConfig(_Section):
     snapshot_every_seconds: float = Field(default=30.0, gt=0)
     snapshot_every_messages: int = Field(default=50_000, ge=1)
+
+
+class ExecutorsConfig(_Section):
+    """Where repair decisions go besides the repair topic (which is always on)."""
+
+    #: POST every executed decision here (or per action with ``webhook_urls``)
+    webhook_url: str | None = None
+    webhook_urls: dict[RepairAction, str] = Field(default_factory=dict)
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    webhook_max_attempts: int = Field(default=3, ge=1)
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_recovery_seconds: float = Field(default=300.0, gt=0)
+    #: action -> argv template, run without a shell (``{entity}``, ``{action}``, params...)
+    commands: dict[RepairAction, list[str]] = Field(default_factory=dict)
+    command_timeout_seconds: float = Field(default=60.0, gt=0)
+    #: escalations go to Alertmanager's /api/v2/alerts
+    alertmanager_url: str | None = None
+    generator_url: str = ""
 
 
 class RuntimeConfig(_Section):
@@ -117,14 +139,19 @@ class Settings(BaseSettings):
     """All of selfheal's configuration."""
 
     model_config = SettingsConfigDict(
-        env_prefix="SELFHEAL_", env_nested_delimiter="__", extra="forbid",
+        env_prefix="SELFHEAL_",
+        env_nested_delimiter="__",
+        extra="forbid",
         nested_model_default_partial_update=True,
     )
 
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
-    policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig.model_validate(_default_policy()))
+    policy: PolicyConfig = Field(
+        default_factory=lambda: PolicyConfig.model_validate(_default_policy())
+    )
+    executors: ExecutorsConfig = Field(default_factory=ExecutorsConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)

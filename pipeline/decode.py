@@ -23,11 +23,20 @@ from pipeline.schemas import (
     MetricSampleIn,
     PromAdapterMetricIn,
     TelegrafMetricIn,
+    ts_seconds,
 )
 from pipeline.types import Envelope, LogLevel, LogLine, Reject, RejectReason, Sample
 
 _NON_METRIC_CHARS = re.compile(r"[^a-zA-Z0-9_:]")
-DEFAULT_ENTITY_KEYS: tuple[str, ...] = ("entity", "service", "app", "job", "host", "instance", "pod")
+DEFAULT_ENTITY_KEYS: tuple[str, ...] = (
+    "entity",
+    "service",
+    "app",
+    "job",
+    "host",
+    "instance",
+    "pod",
+)
 
 
 @dataclass(slots=True)
@@ -39,17 +48,28 @@ class Decoded:
     rejects: list[Reject] = field(default_factory=list)
 
 
+_TS_FIELDS = ("ts", "timestamp")
+
+
 def _loc(err: ValidationError, prefix: str = "") -> tuple[str, str]:
     first = err.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "message"
-    return (f"{prefix}{loc}" if prefix else loc), first["msg"]
+    parts = [str(p) for p in first["loc"]]
+    if parts and parts[0] in _TS_FIELDS:
+        # the timestamp is a union (epoch seconds | RFC 3339): name the field, not the member
+        parts = parts[:1]
+        msg = "must be epoch seconds (>= 0) or an RFC 3339 timestamp with offset"
+    else:
+        msg = first["msg"]
+    loc = ".".join(parts) or "message"
+    return (f"{prefix}{loc}" if prefix else loc), msg
 
 
 class Decoder:
     """Stateless decoder for one deployment's formats (entity label keys are configurable).
 
     >>> d = Decoder(max_message_bytes=1024)
-    >>> env = Envelope("selfheal.metrics", 0, 7, b'{"ts": 1, "entity": "a", "metric": "m", "value": 2}')
+    >>> body = b'{"ts": 1, "entity": "a", "metric": "m", "value": 2}'
+    >>> env = Envelope("selfheal.metrics", 0, 7, body)
     >>> out = d.decode_metrics([env])
     >>> out.samples[0][1].value, out.rejects
     (2.0, [])
@@ -68,13 +88,35 @@ class Decoder:
 
     def decode_metrics(self, batch: Sequence[Envelope]) -> Decoded:
         out = Decoded()
+        validate_json = MetricSampleIn.model_validate_json
+        cap = self.max_message_bytes
         for env in batch:
+            value = env.value
+            if len(value) <= cap and value[:1] == b"{" and b'"metric"' in value:
+                # fast path: a native sample validated straight from bytes in pydantic-core;
+                # anything odd falls through to the general path for a precise reject
+                try:
+                    m = validate_json(value)
+                except ValidationError:
+                    pass
+                else:
+                    out.samples.append(
+                        (
+                            env,
+                            Sample(
+                                ts_seconds(m.ts), m.entity, m.metric, m.value, m.labels, m.limit
+                            ),
+                        )
+                    )
+                    continue
             obj = self._load(env, out)
             if obj is None:
                 continue
             if isinstance(obj, list):
                 if not obj:
-                    out.rejects.append(Reject(env, RejectReason.UNKNOWN_FORMAT, "message", "empty array"))
+                    out.rejects.append(
+                        Reject(env, RejectReason.UNKNOWN_FORMAT, "message", "empty array")
+                    )
                 for i, item in enumerate(obj):
                     self._metric_obj(env, item, out, f"[{i}].")
             else:
@@ -91,7 +133,14 @@ class Decoder:
             for i, item in enumerate(items):
                 prefix = f"[{i}]." if isinstance(obj, list) else ""
                 if not isinstance(item, dict):
-                    out.rejects.append(Reject(env, RejectReason.UNKNOWN_FORMAT, prefix + "message", "not a JSON object"))
+                    out.rejects.append(
+                        Reject(
+                            env,
+                            RejectReason.UNKNOWN_FORMAT,
+                            prefix + "message",
+                            "not a JSON object",
+                        )
+                    )
                     continue
                 try:
                     rec = LogRecordIn.model_validate(item)
@@ -100,7 +149,16 @@ class Decoder:
                     out.rejects.append(Reject(env, RejectReason.SCHEMA, loc, msg))
                     continue
                 out.logs.append(
-                    (env, LogLine(rec.ts, rec.entity, LogLevel[rec.level], rec.message, rec.labels))
+                    (
+                        env,
+                        LogLine(
+                            ts_seconds(rec.ts),
+                            rec.entity,
+                            LogLevel[rec.level],
+                            rec.message,
+                            rec.labels,
+                        ),
+                    )
                 )
         return out
 
@@ -109,8 +167,12 @@ class Decoder:
     def _load(self, env: Envelope, out: Decoded) -> Any:
         if len(env.value) > self.max_message_bytes:
             out.rejects.append(
-                Reject(env, RejectReason.TOO_LARGE, "message",
-                       f"{len(env.value)} bytes > cap {self.max_message_bytes}")
+                Reject(
+                    env,
+                    RejectReason.TOO_LARGE,
+                    "message",
+                    f"{len(env.value)} bytes > cap {self.max_message_bytes}",
+                )
             )
             return None
         try:
@@ -121,7 +183,9 @@ class Decoder:
             try:
                 return json.loads(env.value)
             except (ValueError, RecursionError):
-                out.rejects.append(Reject(env, RejectReason.INVALID_JSON, "message", str(exc)[:200]))
+                out.rejects.append(
+                    Reject(env, RejectReason.INVALID_JSON, "message", str(exc)[:200])
+                )
                 return None
 
     def _entity(self, labels: dict[str, str]) -> str | None:
@@ -133,7 +197,9 @@ class Decoder:
 
     def _metric_obj(self, env: Envelope, obj: Any, out: Decoded, prefix: str) -> None:
         if not isinstance(obj, dict):
-            out.rejects.append(Reject(env, RejectReason.UNKNOWN_FORMAT, prefix + "message", "not a JSON object"))
+            out.rejects.append(
+                Reject(env, RejectReason.UNKNOWN_FORMAT, prefix + "message", "not a JSON object")
+            )
             return
         if "metrics" in obj and isinstance(obj["metrics"], list) and not prefix:
             for i, item in enumerate(obj["metrics"]):
@@ -142,23 +208,41 @@ class Decoder:
         try:
             if "metric" in obj:
                 m = MetricSampleIn.model_validate(obj)
-                out.samples.append((env, Sample(m.ts, m.entity, m.metric, m.value, m.labels, m.limit)))
+                out.samples.append(
+                    (env, Sample(ts_seconds(m.ts), m.entity, m.metric, m.value, m.labels, m.limit))
+                )
             elif "fields" in obj and "name" in obj:
                 self._telegraf(env, obj, out, prefix)
             elif "name" in obj and "value" in obj:
                 p = PromAdapterMetricIn.model_validate(obj)
                 entity = self._entity(p.labels)
                 if entity is None:
-                    out.rejects.append(Reject(env, RejectReason.NO_ENTITY, prefix + "labels",
-                                              f"none of the entity label keys {list(self.entity_label_keys)}"))
+                    out.rejects.append(
+                        Reject(
+                            env,
+                            RejectReason.NO_ENTITY,
+                            prefix + "labels",
+                            f"none of the entity label keys {list(self.entity_label_keys)}",
+                        )
+                    )
                     return
                 if not math.isfinite(p.value):
-                    out.rejects.append(Reject(env, RejectReason.SCHEMA, prefix + "value", "value must be finite"))
+                    out.rejects.append(
+                        Reject(env, RejectReason.SCHEMA, prefix + "value", "value must be finite")
+                    )
                     return
-                out.samples.append((env, Sample(p.timestamp, entity, p.name, p.value, p.labels)))
+                out.samples.append(
+                    (env, Sample(ts_seconds(p.timestamp), entity, p.name, p.value, p.labels))
+                )
             else:
-                out.rejects.append(Reject(env, RejectReason.UNKNOWN_FORMAT, prefix + "message",
-                                          "not a MetricSample, Telegraf or prometheus-kafka-adapter object"))
+                out.rejects.append(
+                    Reject(
+                        env,
+                        RejectReason.UNKNOWN_FORMAT,
+                        prefix + "message",
+                        "not a MetricSample, Telegraf or prometheus-kafka-adapter object",
+                    )
+                )
         except ValidationError as err:
             loc, msg = _loc(err, prefix)
             out.rejects.append(Reject(env, RejectReason.SCHEMA, loc, msg))
@@ -171,8 +255,14 @@ class Decoder:
         t = TelegrafMetricIn.model_validate(obj)
         entity = self._entity(t.tags)
         if entity is None:
-            out.rejects.append(Reject(env, RejectReason.NO_ENTITY, prefix + "tags",
-                                      f"none of the entity label keys {list(self.entity_label_keys)}"))
+            out.rejects.append(
+                Reject(
+                    env,
+                    RejectReason.NO_ENTITY,
+                    prefix + "tags",
+                    f"none of the entity label keys {list(self.entity_label_keys)}",
+                )
+            )
             return
         base = _NON_METRIC_CHARS.sub("_", t.name)
         for fname, fval in t.fields.items():
@@ -180,4 +270,6 @@ class Decoder:
             metric = f"{base}_{_NON_METRIC_CHARS.sub('_', fname)}"
             if metric[0].isdigit():
                 metric = "_" + metric
-            out.samples.append((env, Sample(t.timestamp, entity, metric, value, t.tags)))
+            out.samples.append(
+                (env, Sample(ts_seconds(t.timestamp), entity, metric, value, t.tags))
+            )

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from pipeline.schemas import epoch_to_rfc3339
-from pipeline.types import Anomaly, Decision, Finding, Reject, Verification
+from pipeline.types import Anomaly, Decision, Finding, Reject
 
 _NS = uuid.UUID("6f1c3f2e-5b7a-4e0c-9d35-2f6c1b8a7e41")
 
@@ -24,10 +24,6 @@ def anomaly_id(f: Finding) -> str:
     labels = ",".join(f"{k}={v}" for k, v in sorted(f.labels.items())) if f.labels else ""
     key = f"anomaly|{f.kind.value}|{f.detector}|{f.entity}|{f.metric}|{labels}|{f.ts:.3f}"
     return str(uuid.uuid5(_NS, key))
-
-
-def decision_id(rule: str, action: str, entity: str, reason: tuple[str, ...]) -> str:
-    return str(uuid.uuid5(_NS, f"repair|{rule}|{action}|{entity}|{'|'.join(reason)}"))
 
 
 def to_anomaly(f: Finding) -> Anomaly:
@@ -116,37 +112,4 @@ def deadletter_record(r: Reject) -> dict[str, Any]:
         "payload": payload,
         "payload_encoding": encoding,
         "payload_bytes": len(raw),
-    }
-
-
-def audit_decision(d: Decision) -> dict[str, Any]:
-    return {
-        "record": "decision",
-        "id": d.id,
-        "time": epoch_to_rfc3339(d.ts),
-        "ts": d.ts,
-        "entity": d.entity,
-        "action": d.action.value,
-        "mode": d.mode.value,
-        "predictive": d.predictive,
-        "status": d.status.value,
-        "suppressed_by": d.suppressed_by.value if d.suppressed_by else None,
-        "rule": d.rule,
-        "reason": list(d.reason),
-        "params": dict(d.params),
-        "explanation": d.explanation,
-    }
-
-
-def audit_verification(v: Verification) -> dict[str, Any]:
-    return {
-        "record": "verification",
-        "id": v.decision_id,
-        "time": epoch_to_rfc3339(v.ts),
-        "ts": v.ts,
-        "entity": v.entity,
-        "action": v.action.value,
-        "success": v.success,
-        "duration_seconds": v.duration_seconds,
-        "explanation": v.explanation,
     }

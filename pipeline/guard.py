@@ -61,20 +61,32 @@ class Guard:
         cfg = self.config
         if reference is not None:
             if ts > reference + cfg.max_future_seconds:
-                return Reject(env, RejectReason.TIMESTAMP_FUTURE, "ts",
-                              f"{ts - reference:.0f} s in the future (max {cfg.max_future_seconds:.0f})")
+                return Reject(
+                    env,
+                    RejectReason.TIMESTAMP_FUTURE,
+                    "ts",
+                    f"{ts - reference:.0f} s in the future (max {cfg.max_future_seconds:.0f})",
+                )
             if ts < reference - cfg.max_past_seconds:
-                return Reject(env, RejectReason.TIMESTAMP_PAST, "ts",
-                              f"{reference - ts:.0f} s in the past (max {cfg.max_past_seconds:.0f})")
+                return Reject(
+                    env,
+                    RejectReason.TIMESTAMP_PAST,
+                    "ts",
+                    f"{reference - ts:.0f} s in the past (max {cfg.max_past_seconds:.0f})",
+                )
         if labels:
             key = (entity, metric)
             sets = self.label_sets.get_or_create(key, set)
             h = hash(frozenset(labels.items()))  # type: ignore[attr-defined]
             if h not in sets:
                 if len(sets) >= cfg.max_label_sets_per_series:
-                    return Reject(env, RejectReason.LABEL_CARDINALITY, "labels",
-                                  f"more than {cfg.max_label_sets_per_series} label sets for "
-                                  f"{entity}/{metric}")
+                    return Reject(
+                        env,
+                        RejectReason.LABEL_CARDINALITY,
+                        "labels",
+                        f"more than {cfg.max_label_sets_per_series} label sets for "
+                        f"{entity}/{metric}",
+                    )
                 sets.add(h)
         return self._rate(env, entity, ts)
 
@@ -93,15 +105,30 @@ class Guard:
         b.dropped += 1
         if ts - b.reported >= cfg.report_every_seconds:
             b.reported = ts
-            self.findings.append(Finding(
-                ts=ts, entity=entity, metric="messages", detector="guard:rate_limit",
-                kind=AnomalyKind.RATE_LIMITED, severity=Severity.WARNING,
-                score=float(b.dropped), threshold=cfg.rate_per_second, value=float(b.dropped),
-                evidence={"rate_per_second": cfg.rate_per_second, "burst": cfg.burst,
-                          "dropped_total": b.dropped},
-            ))
-        return Reject(env, RejectReason.RATE_LIMITED, "entity",
-                      f"entity {entity[:64]!r} above {cfg.rate_per_second}/s (burst {cfg.burst:.0f})")
+            self.findings.append(
+                Finding(
+                    ts=ts,
+                    entity=entity,
+                    metric="messages",
+                    detector="guard:rate_limit",
+                    kind=AnomalyKind.RATE_LIMITED,
+                    severity=Severity.WARNING,
+                    score=float(b.dropped),
+                    threshold=cfg.rate_per_second,
+                    value=float(b.dropped),
+                    evidence={
+                        "rate_per_second": cfg.rate_per_second,
+                        "burst": cfg.burst,
+                        "dropped_total": b.dropped,
+                    },
+                )
+            )
+        return Reject(
+            env,
+            RejectReason.RATE_LIMITED,
+            "entity",
+            f"entity {entity[:64]!r} above {cfg.rate_per_second}/s (burst {cfg.burst:.0f})",
+        )
 
     def drain_findings(self) -> list[Finding]:
         out, self.findings = self.findings, []
@@ -142,12 +169,16 @@ class FailureRatio:
         if share > self.ratio:
             top = sorted(self.by_field.items(), key=lambda kv: -kv[1])[:5]
             finding = Finding(
-                ts=self.last_ts, entity=f"selfheal:{self.source}", metric="input_validation",
-                detector="guard:validation", kind=AnomalyKind.VALIDATION_FAILURES,
-                severity=Severity.WARNING, score=share, threshold=self.ratio,
+                ts=self.last_ts,
+                entity=f"selfheal:{self.source}",
+                metric="input_validation",
+                detector="guard:validation",
+                kind=AnomalyKind.VALIDATION_FAILURES,
+                severity=Severity.WARNING,
+                score=share,
+                threshold=self.ratio,
                 value=float(self.failed),
-                evidence={"window_messages": total, "failed": self.failed,
-                          "top_fields": dict(top)},
+                evidence={"window_messages": total, "failed": self.failed, "top_fields": dict(top)},
             )
         self.ok = self.failed = 0
         self.by_field = {}

@@ -80,12 +80,16 @@ class LRU(Generic[K, V]):
         return key in self._data
 
     def __getstate__(self) -> dict[str, object]:
-        return {"name": self.name, "maxsize": self.maxsize, "evictions": self.evictions,
-                "data": list(self._data.items())}
+        return {
+            "name": self.name,
+            "maxsize": self.maxsize,
+            "evictions": self.evictions,
+            "data": list(self._data.items()),
+        }
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.name = state["name"]  # type: ignore[assignment]
         self.maxsize = state["maxsize"]  # type: ignore[assignment]
         self.evictions = state["evictions"]  # type: ignore[assignment]
         self.on_evict = None
-        self._data = OrderedDict(state["data"])  # type: ignore[arg-type]
+        self._data = OrderedDict(state["data"])  # type: ignore[call-overload]

@@ -10,17 +10,19 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
-    ProcessCollector,
-    PlatformCollector,
     GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
 )
 
 MAX_FIELD_LABELS = 64
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None, *, default_collectors: bool = True) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, default_collectors: bool = True
+    ) -> None:
         r = registry if registry is not None else CollectorRegistry()
         self.registry = r
         if default_collectors:
@@ -28,63 +30,101 @@ class Metrics:
             PlatformCollector(registry=r)
             GCCollector(registry=r)
         self.system_health_status = Gauge(
-            "system_health_status", "Health score of the pipeline itself, 0 (down) to 1", registry=r)
+            "system_health_status", "Health score of the pipeline itself, 0 (down) to 1", registry=r
+        )
         self.pipeline_ready = Gauge("pipeline_ready", "1 when connected and consuming", registry=r)
         self.repairs_attempted = Counter(
-            "repairs_attempted_total", "Repair actions attempted", ["type"], registry=r)
+            "repairs_attempted_total", "Repair actions attempted", ["type"], registry=r
+        )
         self.repairs_successful = Counter(
-            "repairs_successful_total", "Repair actions verified successful", ["type"], registry=r)
+            "repairs_successful_total", "Repair actions verified successful", ["type"], registry=r
+        )
         self.repairs_suppressed = Counter(
-            "repairs_suppressed_total", "Repair decisions suppressed by a safety", ["reason"],
-            registry=r)
+            "repairs_suppressed_total",
+            "Repair decisions suppressed by a safety",
+            ["reason"],
+            registry=r,
+        )
         self.repair_duration = Histogram(
-            "repair_duration_seconds", "Time from repair to verified outcome (event time)",
-            ["type"], buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 3600), registry=r)
+            "repair_duration_seconds",
+            "Time from repair to verified outcome (event time)",
+            ["type"],
+            buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 3600),
+            registry=r,
+        )
         self.anomalies_detected = Counter(
-            "anomalies_detected_total", "Anomaly events emitted", ["type"], registry=r)
+            "anomalies_detected_total", "Anomaly events emitted", ["type"], registry=r
+        )
         self.alerts_generated = Counter(
-            "alerts_generated_total", "Anomaly events by severity", ["severity"], registry=r)
+            "alerts_generated_total", "Anomaly events by severity", ["severity"], registry=r
+        )
         self.validation_failures = Counter(
-            "input_validation_failures_total", "Rejected input records", ["field"], registry=r)
+            "input_validation_failures_total", "Rejected input records", ["field"], registry=r
+        )
         self.validation_success = Counter(
-            "input_validation_success_total", "Accepted input records", registry=r)
+            "input_validation_success_total", "Accepted input records", registry=r
+        )
         self.deadletters = Counter(
-            "deadletter_messages_total", "Records sent to the dead-letter topic", ["reason"],
-            registry=r)
+            "deadletter_messages_total",
+            "Records sent to the dead-letter topic",
+            ["reason"],
+            registry=r,
+        )
         self.samples_processed = Counter(
-            "samples_processed_total", "Records through the detectors", ["topic"], registry=r)
+            "samples_processed_total", "Records through the detectors", ["topic"], registry=r
+        )
         self.breaker_state = Gauge(
-            "circuit_breaker_state", "0 closed, 1 open, 2 half-open", ["source"], registry=r)
+            "circuit_breaker_state", "0 closed, 1 open, 2 half-open", ["source"], registry=r
+        )
         self.breaker_failures = Counter(
-            "circuit_breaker_failures_total", "Failures seen by a circuit breaker", ["source"],
-            registry=r)
+            "circuit_breaker_failures_total",
+            "Failures seen by a circuit breaker",
+            ["source"],
+            registry=r,
+        )
         self.collection_size = Gauge(
-            "collection_size", "Entries in a bounded collection", ["name"], registry=r)
+            "collection_size", "Entries in a bounded collection", ["name"], registry=r
+        )
         self.collection_evictions = Counter(
-            "collection_evictions_total", "LRU evictions from a bounded collection", ["name"],
-            registry=r)
-        self.queue_size = Gauge("queue_size", "Items waiting in an internal queue", ["name"],
-                                registry=r)
-        self.queue_capacity = Gauge("queue_capacity", "Capacity of an internal queue", ["name"],
-                                    registry=r)
+            "collection_evictions_total",
+            "LRU evictions from a bounded collection",
+            ["name"],
+            registry=r,
+        )
+        self.queue_size = Gauge(
+            "queue_size", "Items waiting in an internal queue", ["name"], registry=r
+        )
+        self.queue_capacity = Gauge(
+            "queue_capacity", "Capacity of an internal queue", ["name"], registry=r
+        )
         self.iteration_duration = Histogram(
-            "pipeline_iteration_duration_seconds", "Duration of one consume-process-produce loop",
-            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
+            "pipeline_iteration_duration_seconds",
+            "Duration of one consume-process-produce loop",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
         self.last_iteration = Gauge(
-            "pipeline_last_iteration_timestamp", "Unix time of the last finished iteration",
-            registry=r)
+            "pipeline_last_iteration_timestamp",
+            "Unix time of the last finished iteration",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
-            "consumer_lag", "Messages behind the partition end", ["topic", "partition"],
-            registry=r)
+            "consumer_lag", "Messages behind the partition end", ["topic", "partition"], registry=r
+        )
         self.overhead = Gauge(
-            "self_healing_overhead_percent", "CPU share of the pipeline process (percent of one core)",
-            registry=r)
+            "self_healing_overhead_percent",
+            "CPU share of the pipeline process (percent of one core)",
+            registry=r,
+        )
         self.watchdog_restarts = Counter(
-            "pipeline_watchdog_timeouts_total", "Iterations cancelled by the watchdog", registry=r)
+            "pipeline_watchdog_timeouts_total", "Iterations cancelled by the watchdog", registry=r
+        )
         self.state_snapshots = Counter(
-            "state_snapshots_total", "Partition state snapshots written", registry=r)
+            "state_snapshots_total", "Partition state snapshots written", registry=r
+        )
         self.state_restores = Counter(
-            "state_restores_total", "Partition state restores", ["outcome"], registry=r)
+            "state_restores_total", "Partition state restores", ["outcome"], registry=r
+        )
         self._fields: set[str] = set()
         self._evictions_seen: dict[str, int] = {}
 

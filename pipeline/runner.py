@@ -18,19 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from connectors.audit_file import AuditFileSink
 from connectors.errors import is_retriable
 from connectors.files import FileSource, JsonlSink
 from connectors.http_server import Health, MetricsServer
 from connectors.kafka import KafkaSink, KafkaSource, OutRecord, ensure_topics
+from pipeline.audit import AuditRecord, decision_record, execution_record, verification_record
 from pipeline.config import KafkaConfig, Settings
-from pipeline.events import (
-    anomaly_event,
-    audit_decision,
-    audit_verification,
-    deadletter_record,
-    dumps,
-    repair_event,
-)
+from pipeline.events import anomaly_event, deadletter_record, dumps, repair_event
 from pipeline.metrics import Metrics
 from pipeline.stage import Outputs, Pipeline, PolicyLike
 from pipeline.types import Decision, DecisionStatus, Envelope
@@ -39,6 +34,10 @@ log = logging.getLogger("selfheal.runner")
 
 
 class ExecutorLike(Protocol):
+    name: str
+
+    def handles(self, decision: Decision) -> bool: ...
+
     async def execute(self, decision: Decision) -> Any: ...
 
 
@@ -79,6 +78,13 @@ class RunStats:
     outputs: list[dict[str, Any]] = field(default_factory=list)
 
 
+def audit_records(out: Outputs) -> list[AuditRecord]:
+    """Every decision (executed or suppressed) and every verification, for the audit trail."""
+    return [decision_record(d) for d in out.decisions] + [
+        verification_record(v) for v in out.verifications
+    ]
+
+
 def encode_outputs(out: Outputs, settings: Settings) -> list[OutRecord]:
     """Kafka records for one batch's outputs, in a stable order."""
     t = settings.kafka.topics
@@ -89,9 +95,8 @@ def encode_outputs(out: Outputs, settings: Settings) -> list[OutRecord]:
     for d in out.decisions:
         if d.status is not DecisionStatus.SUPPRESSED:
             records.append((t.repairs, d.entity.encode(), dumps(repair_event(d, src))))
-        records.append((t.audit, d.entity.encode(), dumps(audit_decision(d))))
-    for v in out.verifications:
-        records.append((t.audit, v.entity.encode(), dumps(audit_verification(v))))
+    for rec in audit_records(out):
+        records.append((t.audit, rec.entity.encode(), rec.to_json().rstrip(b"\n")))
     for r in out.rejects:
         records.append((t.deadletter, r.envelope.key, dumps(deadletter_record(r))))
     return records
@@ -115,13 +120,17 @@ class Runner:
         self.pipeline = Pipeline(settings, policy_factory, live=True)
         self.executors = list(executors)
         self.health = health or Health(
-            stale_after_seconds=3 * settings.runtime.iteration_timeout_seconds)
+            stale_after_seconds=3 * settings.runtime.iteration_timeout_seconds
+        )
         self.clock = clock
         self.stats = RunStats()
-        self._audit = JsonlSink(settings.runtime.audit_path) if settings.runtime.audit_path else None
+        self._audit = (
+            AuditFileSink(settings.runtime.audit_path) if settings.runtime.audit_path else None
+        )
         self._next_tick = 0.0
         self._cpu = (time.process_time(), time.monotonic())
         self._server: MetricsServer | None = None
+        self._breaker_failures: dict[str, int] = {}
 
     # -- public ---------------------------------------------------------------------------
 
@@ -132,8 +141,9 @@ class Runner:
         self._server = MetricsServer(self.metrics.registry, self.health, h.host, h.port).start()
         return self._server
 
-    async def run(self, bootstrap: str, *, duration: float | None = None,
-                  stop: asyncio.Event | None = None) -> RunStats:
+    async def run(
+        self, bootstrap: str, *, duration: float | None = None, stop: asyncio.Event | None = None
+    ) -> RunStats:
         """Consume until ``stop`` is set or ``duration`` seconds passed; reconnect on failures."""
         stop = stop or asyncio.Event()
         deadline = None if duration is None else time.monotonic() + duration
@@ -152,8 +162,12 @@ class Runner:
                 self.metrics.system_health_status.set(0.0)
                 self.stats.reconnects += 1
                 wait = min(backoff, k.retry_backoff_max_seconds) * (0.8 + 0.4 * random.random())
-                log.warning("kafka session failed (%s: %s); retrying in %.1fs",
-                            type(exc).__name__, exc, wait)
+                log.warning(
+                    "kafka session failed (%s: %s); retrying in %.1fs",
+                    type(exc).__name__,
+                    exc,
+                    wait,
+                )
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=wait)
                 backoff = min(backoff * 2, k.retry_backoff_max_seconds)
@@ -162,6 +176,11 @@ class Runner:
                     backoff = k.retry_backoff_seconds
         if self._audit:
             self._audit.close()
+        for ex in self.executors:
+            close = getattr(ex, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
         return self.stats
 
     # -- internals ------------------------------------------------------------------------
@@ -174,12 +193,19 @@ class Runner:
             await ensure_topics(
                 bootstrap,
                 [t.metrics, t.logs, t.anomalies, t.repairs, t.deadletter, t.audit, t.state],
-                k.partitions, client, compacted=[t.state],
+                k.partitions,
+                client,
+                compacted=[t.state],
             )
         sink = KafkaSink(bootstrap, client=client)
         source = KafkaSource(
-            bootstrap, [t.metrics, t.logs], k.group_id, client=client, max_batch=k.max_batch,
-            fetch_timeout_ms=k.fetch_timeout_ms, auto_offset_reset=k.auto_offset_reset,
+            bootstrap,
+            [t.metrics, t.logs],
+            k.group_id,
+            client=client,
+            max_batch=k.max_batch,
+            fetch_timeout_ms=k.fetch_timeout_ms,
+            auto_offset_reset=k.auto_offset_reset,
             on_assign=self._on_assign,
         )
         await sink.start()
@@ -202,8 +228,9 @@ class Runner:
                 # by its new owner); keeping it would double-count if it came back later
                 del self.pipeline.stages[part]
 
-    async def _loop(self, source: KafkaSource, sink: KafkaSink, stop: asyncio.Event,
-                    deadline: float | None) -> None:
+    async def _loop(
+        self, source: KafkaSource, sink: KafkaSink, stop: asyncio.Event, deadline: float | None
+    ) -> None:
         timeout = self.settings.runtime.iteration_timeout_seconds
         last_lag = 0.0
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
@@ -214,8 +241,9 @@ class Runner:
                 # the watchdog: cancel the stuck iteration, rewind to committed offsets, go on
                 self.stats.watchdog_timeouts += 1
                 self.metrics.watchdog_restarts.inc()
-                log.error("iteration exceeded %.1fs; cancelled, rewinding to committed offsets",
-                          timeout)
+                log.error(
+                    "iteration exceeded %.1fs; cancelled, rewinding to committed offsets", timeout
+                )
                 with contextlib.suppress(Exception):
                     await source.consumer.seek_to_committed()
                 continue
@@ -239,24 +267,59 @@ class Runner:
         out = self.pipeline.process(batch, now) if batch else Outputs()
         if now >= self._next_tick:
             self._next_tick = now + self.settings.detection.tick_seconds
-            out.extend(self.pipeline.tick(now))
+            out.extend(self.pipeline.tick(now, self.settings.detection.idle_grace_seconds))
         if out:
             await sink.write_batch(encode_outputs(out, self.settings))
             if self._audit is not None:
-                self._audit.write_batch(
-                    [audit_decision(d) for d in out.decisions]
-                    + [audit_verification(v) for v in out.verifications])
-            await self._execute(out.decisions)
+                self._audit.write_sync(audit_records(out))
+            # executors act only on decisions the broker has acknowledged (they are on the
+            # repair topic); they are idempotent on the decision id if a replay repeats one
+            await self._execute(out.decisions, sink)
         if batch:
             await source.commit(_next_offsets(batch))
         self._account(batch, out)
 
-    async def _execute(self, decisions: Sequence[Decision]) -> None:
-        todo = [d for d in decisions if d.status is DecisionStatus.EXECUTE]
-        if not todo or not self.executors:
+    async def _execute(self, decisions: Sequence[Decision], sink: KafkaSink) -> None:
+        jobs = [
+            (d, ex)
+            for d in decisions
+            if d.status is DecisionStatus.EXECUTE
+            for ex in self.executors
+            if ex.handles(d)
+        ]
+        if not jobs:
             return
-        await asyncio.gather(*(ex.execute(d) for d in todo for ex in self.executors),
-                             return_exceptions=True)
+        results = await asyncio.gather(*(ex.execute(d) for d, ex in jobs), return_exceptions=True)
+        records: list[AuditRecord] = []
+        for (d, ex), res in zip(jobs, results, strict=True):
+            if isinstance(res, BaseException):
+                log.error("executor %s failed on %s: %s", ex.name, d.id, res)
+                continue
+            records.append(execution_record(d, res))
+            if not res.ok:
+                log.warning(
+                    "executor %s: %s %s -> %s", ex.name, d.action.value, d.entity, res.detail
+                )
+        self._observe_breakers()
+        if records:
+            t = self.settings.kafka.topics
+            await sink.write_batch(
+                [(t.audit, r.entity.encode(), r.to_json().rstrip(b"\n")) for r in records]
+            )
+            if self._audit is not None:
+                self._audit.write_sync(records)
+
+    def _observe_breakers(self) -> None:
+        for ex in self.executors:
+            states = getattr(ex, "breakers", None)
+            if not isinstance(states, dict):
+                continue
+            for target, br in states.items():
+                self.metrics.breaker_state.labels(target).set(int(br.state))
+                seen = self._breaker_failures.get(target, 0)
+                if br.failures_total > seen:
+                    self.metrics.breaker_failures.labels(target).inc(br.failures_total - seen)
+                    self._breaker_failures[target] = br.failures_total
 
     def _account(self, batch: Sequence[Envelope], out: Outputs) -> None:
         m = self.metrics
@@ -295,7 +358,9 @@ class Runner:
             self.metrics.observe_collection(name, size, ev)
 
 
-def observe_outputs(m: Metrics, out: Outputs, batch: Sequence[Envelope], settings: Settings) -> None:
+def observe_outputs(
+    m: Metrics, out: Outputs, batch: Sequence[Envelope], settings: Settings
+) -> None:
     """Update the counters for one batch (shared by the Kafka and file runners)."""
     if out.accepted:
         m.validation_success.inc(out.accepted)
@@ -364,14 +429,15 @@ def replay(
     out_path.write_bytes(b"")
     sink = JsonlSink(out_path)
     dl_sink = JsonlSink(deadletter_path) if deadletter_path else None
-    audit = JsonlSink(settings.runtime.audit_path) if settings.runtime.audit_path else None
+    audit = AuditFileSink(settings.runtime.audit_path) if settings.runtime.audit_path else None
     res = ReplayResult(0, 0, 0, 0, 0)
     m = metrics
 
     def emit(out: Outputs) -> None:
         events = [anomaly_event(a, src) for a in out.anomalies]
-        events += [repair_event(d, src) for d in out.decisions
-                   if d.status is not DecisionStatus.SUPPRESSED]
+        events += [
+            repair_event(d, src) for d in out.decisions if d.status is not DecisionStatus.SUPPRESSED
+        ]
         sink.write_batch(events)
         res.events += len(events)
         res.anomalies += len(out.anomalies)
@@ -380,8 +446,7 @@ def replay(
         if dl_sink is not None:
             dl_sink.write_batch([deadletter_record(r) for r in out.rejects])
         if audit is not None:
-            audit.write_batch([audit_decision(d) for d in out.decisions]
-                              + [audit_verification(v) for v in out.verifications])
+            audit.write_sync(audit_records(out))
 
     try:
         for batch in source.batches():
@@ -390,7 +455,7 @@ def replay(
             emit(out)
             if m is not None:
                 observe_outputs(m, out, batch, settings)
-        emit(pipe.tick(float("-inf")))
+        emit(pipe.final_tick())
     finally:
         sink.close()
         if dl_sink is not None:

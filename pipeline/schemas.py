@@ -13,10 +13,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     field_validator,
 )
 
@@ -69,9 +70,22 @@ def _check_labels(labels: dict[str, str]) -> dict[str, str]:
     return labels
 
 
-Timestamp = Annotated[float, BeforeValidator(parse_ts)]
+# Epoch seconds or an RFC 3339 string with offset: validated in Rust (no Python callback on the
+# hot path); ``ts_seconds`` turns either into epoch seconds.
+Timestamp = Annotated[
+    Annotated[float, Field(ge=0)] | AwareDatetime, Field(union_mode="left_to_right")
+]
+
+
+def ts_seconds(value: float | datetime) -> float:
+    return value if isinstance(value, float) else value.timestamp()
+
+
 Entity = Annotated[str, Field(min_length=1, max_length=256)]
-Labels = Annotated[dict[str, str], Field(default_factory=dict)]
+# label checks as pydantic constraints, so they run in pydantic-core (the hot path)
+LabelName = Annotated[str, StringConstraints(pattern=LABEL_NAME_RE.pattern, max_length=128)]
+LabelValue = Annotated[str, StringConstraints(max_length=MAX_LABEL_VALUE)]
+Labels = Annotated[dict[LabelName, LabelValue], Field(default_factory=dict, max_length=MAX_LABELS)]
 
 
 class _Strict(BaseModel):
@@ -88,8 +102,6 @@ class MetricSampleIn(_Strict):
     labels: Labels
     limit: float | None = Field(default=None, gt=0)
 
-    _labels = field_validator("labels")(_check_labels)
-
 
 class LogRecordIn(_Strict):
     """One log record (the native format on the logs topic)."""
@@ -99,8 +111,6 @@ class LogRecordIn(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL"]
     message: str = Field(max_length=MAX_MESSAGE_CHARS)
     labels: Labels
-
-    _labels = field_validator("labels")(_check_labels)
 
     @field_validator("level", mode="before")
     @classmethod
@@ -120,8 +130,6 @@ class TelegrafMetricIn(BaseModel):
     fields: dict[str, float | bool] = Field(min_length=1)
     tags: Labels
     timestamp: Timestamp
-
-    _tags = field_validator("tags")(_check_labels)
 
 
 class PromAdapterMetricIn(BaseModel):
@@ -201,8 +209,8 @@ class CloudEvent(BaseModel):
 
 def epoch_to_rfc3339(ts: float) -> str:
     """Epoch seconds -> RFC 3339 UTC with millisecond precision (stable text for ids)."""
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     )
 
 

@@ -2,9 +2,41 @@
 
 from __future__ import annotations
 
-from pipeline.config import Settings
+from connectors.alertmanager import AlertmanagerExecutor
+from connectors.command import CommandExecutor, TemplateError
+from connectors.webhook import WebhookExecutor
+from pipeline.config import ConfigError, Settings
 from pipeline.runner import ExecutorLike
 
 
 def build_executors(settings: Settings) -> list[ExecutorLike]:
-    return []
+    e = settings.executors
+    out: list[ExecutorLike] = []
+    if e.webhook_url or e.webhook_urls:
+        out.append(
+            WebhookExecutor(
+                e.webhook_url,
+                urls={k.value: v for k, v in e.webhook_urls.items()},
+                timeout=e.webhook_timeout_seconds,
+                max_attempts=e.webhook_max_attempts,
+                failure_threshold=e.breaker_failure_threshold,
+                recovery_seconds=e.breaker_recovery_seconds,
+                source=settings.runtime.source,
+            )
+        )
+    if e.commands:
+        try:
+            out.append(
+                CommandExecutor(
+                    {k.value: v for k, v in e.commands.items()}, timeout=e.command_timeout_seconds
+                )
+            )
+        except TemplateError as exc:
+            raise ConfigError("executors.commands", str(exc)) from exc
+    if e.alertmanager_url:
+        out.append(
+            AlertmanagerExecutor(
+                e.alertmanager_url, timeout=e.webhook_timeout_seconds, generator_url=e.generator_url
+            )
+        )
+    return out

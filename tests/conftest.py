@@ -28,13 +28,20 @@ def topic_prefix() -> str:
     return f"t{uuid.uuid4().hex[:8]}"
 
 
-async def consume_all(bootstrap: str, topic: str, *, expect: int | None = None,
-                      timeout: float = 30.0, idle: float = 3.0) -> list[bytes]:
+async def consume_all(
+    bootstrap: str,
+    topic: str,
+    *,
+    expect: int | None = None,
+    timeout: float = 30.0,
+    idle: float = 3.0,
+) -> list[bytes]:
     """Read a topic from the beginning (manual assignment) until ``expect`` or idle."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                         auto_offset_reset="earliest")
+    c = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await c.start()
     try:
         parts = c.partitions_for_topic(topic) or set()
@@ -70,9 +77,13 @@ async def consume_all(bootstrap: str, topic: str, *, expect: int | None = None,
 async def producer(broker: BrokerHandle) -> AsyncIterator[object]:
     from aiokafka import AIOKafkaProducer
 
-    p = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all",
-                         enable_idempotence=False, linger_ms=5,
-                         max_request_size=16 * 1024 * 1024)
+    p = AIOKafkaProducer(
+        bootstrap_servers=broker.bootstrap,
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=5,
+        max_request_size=16 * 1024 * 1024,
+    )
     await p.start()
     yield p
     await p.stop()

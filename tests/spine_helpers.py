@@ -18,11 +18,17 @@ from pipeline.runner import Runner
 
 
 def settings_for(prefix: str, bootstrap: str, partitions: int = 3, **extra: Any) -> Settings:
-    topics = {name: f"{prefix}.{name}" for name in
-              ("metrics", "logs", "anomalies", "repairs", "deadletter", "audit", "state")}
+    topics = {
+        name: f"{prefix}.{name}"
+        for name in ("metrics", "logs", "anomalies", "repairs", "deadletter", "audit", "state")
+    }
     over: dict[str, Any] = {
-        "kafka": {"bootstrap": bootstrap, "topics": topics, "partitions": partitions,
-                  "group_id": f"{prefix}-group"},
+        "kafka": {
+            "bootstrap": bootstrap,
+            "topics": topics,
+            "partitions": partitions,
+            "group_id": f"{prefix}-group",
+        },
         "http": {"enabled": False},
     }
     for key, val in extra.items():
@@ -46,18 +52,45 @@ def valid_samples(n: int, entities: int = 50, base: float | None = None) -> list
         for e in range(entities):
             ent = f"svc-{e:02d}"
             if e == 0:
-                out.append({"ts": ts, "entity": ent, "metric": "container_memory_working_set_bytes",
-                            "value": 100e6 + 900e6 * step / steps, "limit": 1e9})
+                out.append(
+                    {
+                        "ts": ts,
+                        "entity": ent,
+                        "metric": "container_memory_working_set_bytes",
+                        "value": 100e6 + 900e6 * step / steps,
+                        "limit": 1e9,
+                    }
+                )
             elif e == 1:
                 ok = 0.0 if steps // 2 <= step < steps // 2 + 6 else 1.0
-                out.append({"ts": ts, "entity": ent, "metric": "dependency_request_ok",
-                            "value": ok, "labels": {"dependency": "db"}})
+                out.append(
+                    {
+                        "ts": ts,
+                        "entity": ent,
+                        "metric": "dependency_request_ok",
+                        "value": ok,
+                        "labels": {"dependency": "db"},
+                    }
+                )
             elif e == 2:
-                out.append({"ts": ts, "entity": ent, "metric": "queue_depth",
-                            "value": 10.0 if step < steps - 20 else 90.0, "limit": 100.0})
+                out.append(
+                    {
+                        "ts": ts,
+                        "entity": ent,
+                        "metric": "queue_depth",
+                        "value": 10.0 if step < steps - 20 else 90.0,
+                        "limit": 100.0,
+                    }
+                )
             else:
-                out.append({"ts": ts, "entity": ent, "metric": "cpu_seconds",
-                            "value": 0.5 + 0.01 * (step % 7)})
+                out.append(
+                    {
+                        "ts": ts,
+                        "entity": ent,
+                        "metric": "cpu_seconds",
+                        "value": 0.5 + 0.01 * (step % 7),
+                    }
+                )
     return out
 
 
@@ -71,8 +104,9 @@ def malformed(n: int, seed: int = 7) -> list[bytes]:
         lambda i: orjson.dumps({"hello": "world", "n": i}),  # unknown format
         lambda i: bytes(rnd.getrandbits(8) for _ in range(64)),  # binary garbage
         lambda i: orjson.dumps({"ts": time.time(), "entity": "", "metric": "m", "value": 1}),
-        lambda i: orjson.dumps({"ts": time.time() + 86400, "entity": "x", "metric": "m",
-                                "value": 1}),  # far future
+        lambda i: orjson.dumps(
+            {"ts": time.time() + 86400, "entity": "x", "metric": "m", "value": 1}
+        ),  # far future
     ]
     out = [kinds[i % len(kinds)](i) for i in range(n - 1)]
     out.append(b'{"pad": "' + b"x" * (10 * 1024 * 1024) + b'"}')  # 10 MB payload

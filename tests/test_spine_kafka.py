@@ -8,7 +8,14 @@ import orjson
 import pytest
 
 from tests.conftest import consume_all
-from tests.spine_helpers import make_runner, malformed, produce, run_until, settings_for, valid_samples
+from tests.spine_helpers import (
+    make_runner,
+    malformed,
+    produce,
+    run_until,
+    settings_for,
+    valid_samples,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -61,7 +68,12 @@ async def test_valid_and_malformed_input(broker, producer, topic_prefix):
     assert ("memory_high", "svc-00") in kinds
     assert ("breaker_open", "svc-01") in kinds
     assert ("queue_high", "svc-02") in kinds
-    assert {a["subject"] for a in anomalies} <= {"svc-00", "svc-01", "svc-02", "selfheal:" + t.metrics}
+    assert {a["subject"] for a in anomalies} <= {
+        "svc-00",
+        "svc-01",
+        "svc-02",
+        "selfheal:" + t.metrics,
+    }
     a = anomalies[0]
     assert a["specversion"] == "1.0" and a["type"].startswith("io.selfheal.anomaly.")
     assert a["datacontenttype"] == "application/json" and a["time"].endswith("Z")

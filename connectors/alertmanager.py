@@ -1,0 +1,199 @@
+"""Alertmanager executor: escalations become alerts, resolutions end them.
+
+An ``escalate`` decision is POSTed to ``<base>/api/v2/alerts`` as a one-alert list. The label
+set identifies the alert (Alertmanager fingerprints labels), so the firing alert and its
+resolution carry the same labels: ``alertname="SelfhealEscalation"``, ``entity``, ``action``
+(the repair that failed or was stopped, ``params["escalated_action"]``), ``kind``,
+``severity`` and ``rule``. A firing alert gets ``endsAt = now + alert_ttl_seconds`` (it stays
+active without re-sending); a resolution (``params["resolved"] is True``) is sent with
+``endsAt = now``, which resolves it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from connectors.executor import (
+    DEFAULT_IDEMPOTENCY_CAPACITY,
+    ExecutionResult,
+    IdempotencyCache,
+    elapsed,
+    refuse_unless_execute,
+)
+from pipeline.schemas import epoch_to_rfc3339
+from pipeline.types import Decision, RepairAction
+
+ALERTNAME = "SelfhealEscalation"
+ALERTS_PATH = "/api/v2/alerts"
+MAX_REASON_IDS = 20
+
+
+class _Retriable(Exception):
+    pass
+
+
+def escalation_alert(
+    decision: Decision,
+    now: float,
+    *,
+    generator_url: str = "",
+    alert_ttl_seconds: float = 86_400.0,
+    extra_labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The Alertmanager v2 alert for an escalation (or its resolution) at wall time ``now``."""
+    p = decision.params
+    resolved = bool(p.get("resolved", False))
+    labels = {
+        **(extra_labels or {}),
+        "alertname": ALERTNAME,
+        "entity": decision.entity,
+        "action": str(p.get("escalated_action", decision.action.value)),
+        "kind": str(p.get("kind", "unknown")),
+        "severity": str(p.get("severity", "critical")),
+        "rule": decision.rule,
+    }
+    ids = list(decision.reason[:MAX_REASON_IDS])
+    more = len(decision.reason) - len(ids)
+    if p.get("storm"):
+        summary = (
+            f"selfheal storm: {p.get('count', '?')} entities need {labels['action']}; "
+            "automatic repair stopped"
+        )
+        listed = ", ".join(str(e) for e in p.get("entities", []))
+        detail = f"Entities: {listed}."
+    else:
+        summary = f"selfheal could not repair {decision.entity} ({labels['kind']})"
+        detail = f"Tried: {', '.join(str(a) for a in p.get('tried', [])) or labels['action']}."
+    description = (
+        f"{decision.explanation} {detail} Anomaly ids: {', '.join(ids)}"
+        + (f" (+{more} more)" if more > 0 else "")
+        + f". Decision {p.get('escalation_id', decision.id)}."
+    )
+    alert: dict[str, Any] = {
+        "labels": labels,
+        "annotations": {
+            "summary": summary,
+            "description": description.strip(),
+            "decision_id": decision.id,
+        },
+        "startsAt": epoch_to_rfc3339(min(decision.ts, now)),
+        "endsAt": epoch_to_rfc3339(now if resolved else now + alert_ttl_seconds),
+    }
+    if generator_url:
+        alert["generatorURL"] = generator_url
+    return alert
+
+
+class AlertmanagerExecutor:
+    """Sends ``escalate`` decisions to Alertmanager (other actions are refused)."""
+
+    name = "alertmanager"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 5.0,
+        max_attempts: int = 3,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 10.0,
+        generator_url: str = "",
+        alert_ttl_seconds: float = 86_400.0,
+        extra_labels: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+        client: httpx.AsyncClient | None = None,
+        idempotency_capacity: int = DEFAULT_IDEMPOTENCY_CAPACITY,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.max_attempts = max(1, max_attempts)
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.generator_url = generator_url
+        self.alert_ttl_seconds = alert_ttl_seconds
+        self.extra_labels = dict(extra_labels or {})
+        self.clock = clock
+        self._client = client
+        self._own_client = client is None
+        self.cache = IdempotencyCache(idempotency_capacity)
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None and self._own_client:
+            await self._client.aclose()
+            self._client = None
+
+    async def __aenter__(self) -> AlertmanagerExecutor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def handles(self, decision: Decision) -> bool:
+        return decision.action is RepairAction.ESCALATE
+
+    async def execute(self, decision: Decision) -> ExecutionResult:
+        refused = refuse_unless_execute(decision, self.name)
+        if refused is not None:
+            return refused
+        if decision.action is not RepairAction.ESCALATE:
+            return ExecutionResult(decision.id, self.name, False, "not an escalation")
+        return await self.cache.run(decision.id, lambda: self._send(decision))
+
+    async def _send(self, decision: Decision) -> ExecutionResult:
+        start = time.perf_counter()
+        alert = escalation_alert(
+            decision,
+            self.clock(),
+            generator_url=self.generator_url,
+            alert_ttl_seconds=self.alert_ttl_seconds,
+            extra_labels=self.extra_labels,
+        )
+        url = self.base_url + ALERTS_PATH
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_attempts),
+            wait=wait_exponential(multiplier=self.backoff_initial, max=self.backoff_max),
+            retry=retry_if_exception_type(_Retriable),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    try:
+                        response = await self._http().post(url, json=[alert])
+                    except httpx.TransportError as exc:
+                        raise _Retriable(f"{type(exc).__name__}: {exc}"[:300]) from exc
+                    if response.status_code >= 500 or response.status_code == 429:
+                        raise _Retriable(f"HTTP {response.status_code}: {response.text[:300]}")
+        except _Retriable as exc:
+            return ExecutionResult(
+                decision.id,
+                self.name,
+                False,
+                f"{exc} after {self.max_attempts} attempt(s)",
+                True,
+                elapsed(start),
+            )
+        code = response.status_code
+        what = "resolved" if decision.params.get("resolved") else "firing"
+        if code >= 400:
+            return ExecutionResult(
+                decision.id,
+                self.name,
+                False,
+                f"HTTP {code}: {response.text[:300]}",
+                False,
+                elapsed(start),
+            )
+        return ExecutionResult(
+            decision.id, self.name, True, f"HTTP {code}: {what}", False, elapsed(start)
+        )

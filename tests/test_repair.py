@@ -1,0 +1,100 @@
+"""Repair bookkeeping: cooldowns, budget, storms, cases, seen ids (pure, event time)."""
+
+from __future__ import annotations
+
+import pickle
+
+from pipeline.repair import (
+    MAX_STORM_ENTITIES,
+    Budget,
+    CaseBook,
+    Cooldowns,
+    PendingVerification,
+    SeenIds,
+    Storm,
+    StormDetector,
+)
+from pipeline.types import RepairAction
+
+R = RepairAction.RESTART
+S = RepairAction.SCALE_UP
+
+
+def test_cooldowns_are_per_entity_and_action_and_expire() -> None:
+    c = Cooldowns(cap=3)
+    c.start("a", R, 100.0, 300.0)
+    assert c.until("a", R, 100.0) == 400.0
+    assert c.until("a", R, 399.9) == 400.0
+    assert c.until("a", R, 400.0) is None  # the deadline itself is free
+    assert c.until("a", S, 150.0) is None and c.until("b", R, 150.0) is None
+    c.start("b", R, 100.0, 10.0)
+    c.expire(200.0)
+    assert len(c) == 1
+    for e in "cdef":
+        c.start(e, R, 200.0, 100.0)
+    assert len(c) == 3 and c.until("a", R, 201.0) is None  # LRU cap evicted the oldest
+
+
+def test_budget_sliding_window() -> None:
+    b = Budget(max_repairs=3, window_seconds=100.0)
+    for t in (0.0, 10.0, 20.0):
+        assert b.available(t)
+        b.consume(t)
+    assert not b.available(99.9) and b.used(99.9) == 3
+    assert b.available(100.0) and b.used(100.0) == 2
+    zero = Budget(max_repairs=0, window_seconds=100.0)
+    assert not zero.available(0.0)
+
+
+def test_storm_detector_counts_distinct_entities_in_window() -> None:
+    d = StormDetector(threshold=2, window_seconds=60.0)
+    assert d.record(R, "a", 0.0) == 1
+    assert d.record(R, "a", 10.0) == 1  # same entity again
+    assert d.record(S, "b", 10.0) == 1  # other action
+    assert d.record(R, "b", 20.0) == 2
+    assert d.record(R, "c", 75.0) == 2  # "a" (last seen at 10) left the window
+    d.active[R] = Storm(R, 75.0, 75.0, "id", {}, ())
+    d.record(R, "d", 100.0)
+    assert d.active[R].last_need == 100.0
+    assert d.ended(159.0) == [] and R in d.active
+    (ended,) = d.ended(160.0)
+    assert ended.action is R and not d.active
+    big = StormDetector(threshold=1, window_seconds=10.0)
+    for i in range(200):
+        big.record(R, f"e{i:03d}", 1.0)
+    assert len(big.entities(R)) == MAX_STORM_ENTITIES and big.entities(R)[0] == "e000"
+
+
+def test_casebook_lru_open_cases_and_idle_expiry() -> None:
+    book = CaseBook(cap=2)
+    a = book.get_or_create("r", "a")
+    a.pending = PendingVerification("d1", R, 0.0, 300.0)
+    b = book.get_or_create("r", "b")
+    b.last_seen = 0.0
+    assert [c.entity for c in book.open_cases()] == ["a"]
+    book.get_or_create("r", "a")  # touch: "b" is now the least recently used
+    book.get_or_create("r", "c")
+    assert book.get("r", "b") is None and len(book) == 2
+    c = book.get("r", "c")
+    assert c is not None
+    c.last_seen = 50.0
+    book.drop_idle(watermark=349.0, older_than=300.0)
+    assert book.get("r", "c") is not None
+    book.drop_idle(watermark=350.0, older_than=300.0)
+    assert book.get("r", "c") is None and book.get("r", "a") is not None  # open cases stay
+    a.history.extend(["x", "y"])
+    a.rung, a.attempts, a.escalated = 2, 1, True
+    a.reset()
+    assert a.idle and not a.history
+
+
+def test_seen_ids_bounded_and_state_pickles() -> None:
+    s = SeenIds(cap=2)
+    assert s.add("a") and not s.add("a")
+    s.add("b")
+    s.add("c")
+    assert len(s) == 2 and s.add("a")  # evicted, so new again
+    d = StormDetector(threshold=1, window_seconds=10.0)
+    d.record(R, "x", 1.0)
+    clone = pickle.loads(pickle.dumps(d))
+    assert clone.record(R, "y", 2.0) == 2
