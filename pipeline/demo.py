@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -29,7 +30,7 @@ from rich.table import Table
 
 from connectors.broker import BrokerHandle, EmbeddedBroker
 from connectors.kafka import ensure_topics
-from connectors.simulator import FleetConfig, default_schedule
+from connectors.simulator import FaultKind, FaultSpec, FleetConfig, default_schedule
 from connectors.simulator_kafka import run_simulator
 from pipeline.config import Settings, load_settings
 from pipeline.policy import PolicyEngine
@@ -213,6 +214,22 @@ def _summary_table(summary: Any, false_repairs: list[dict[str, Any]]) -> Table:
     return t
 
 
+def _schedule(services: int, span: float, start: float) -> list[FaultSpec]:
+    """The simulator's default schedule, with a leak slow enough to be predicted.
+
+    A leak that fills memory in minutes is a crash, not a leak: the memory-growth model wants
+    sustained growth over a window comparable to the forecast, so the demo's leak takes half
+    of the remaining run (at least 2 h) to reach the limit.
+    """
+    out = []
+    for f in default_schedule(services, span, start):
+        if f.fault is FaultKind.MEMORY_LEAK:
+            remaining = start + span - f.start
+            f = dataclasses.replace(f, time_to_breach=max(7200.0, 0.6 * remaining))
+        out.append(f)
+    return out
+
+
 def demo_settings(prefix: str, config: Path | None) -> Settings:
     over: dict[str, Any] = {
         **DEMO_OVERRIDES,
@@ -247,7 +264,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
         seed=args.seed,
         start=start,
         step_s=STEP_SECONDS,
-        faults=tuple(default_schedule(args.services, event_span, start)),
+        faults=tuple(_schedule(args.services, event_span, start)),
     )
     with _broker(args.bootstrap) as broker:
         prefix = "selfheal" if broker.kind == "embedded" else f"demo{uuid.uuid4().hex[:6]}"

@@ -19,18 +19,26 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from connectors.audit_file import AuditFileSink
-from connectors.errors import is_retriable
+from connectors.errors import ConnectorError, is_retriable
 from connectors.files import FileSource, JsonlSink
 from connectors.http_server import Health, MetricsServer
 from connectors.kafka import KafkaSink, KafkaSource, OutRecord, ensure_topics
+from connectors.state_store import KafkaStateStore
+from pipeline import state as snapshots
 from pipeline.audit import AuditRecord, decision_record, execution_record, verification_record
 from pipeline.config import KafkaConfig, Settings
 from pipeline.events import anomaly_event, deadletter_record, dumps, repair_event
 from pipeline.metrics import Metrics
-from pipeline.stage import Outputs, Pipeline, PolicyLike
+from pipeline.stage import Outputs, PartitionStage, Pipeline, PolicyLike
 from pipeline.types import Decision, DecisionStatus, Envelope
 
 log = logging.getLogger("selfheal.runner")
+
+
+class WatchdogTimeout(ConnectorError):
+    """An iteration took longer than ``runtime.iteration_timeout_seconds``."""
+
+    retriable = True
 
 
 class ExecutorLike(Protocol):
@@ -131,6 +139,13 @@ class Runner:
         self._cpu = (time.process_time(), time.monotonic())
         self._server: MetricsServer | None = None
         self._breaker_failures: dict[str, int] = {}
+        # offsets whose outputs are acknowledged but not yet covered by a snapshot + commit
+        self._pending: dict[tuple[str, int], int] = {}
+        self._pending_messages = 0
+        self._last_checkpoint = time.monotonic()
+        self._source: KafkaSource | None = None
+        self._sink: KafkaSink | None = None
+        self._store: KafkaStateStore | None = None
 
     # -- public ---------------------------------------------------------------------------
 
@@ -207,12 +222,20 @@ class Runner:
             fetch_timeout_ms=k.fetch_timeout_ms,
             auto_offset_reset=k.auto_offset_reset,
             on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
         )
+        self._source, self._sink = source, sink
+        self._store = KafkaStateStore(bootstrap, t.state, client)
+        # uncommitted work from a failed session is replayed from the last snapshot
+        self._pending.clear()
+        self._pending_messages = 0
+        self.pipeline.stages.clear()
         await sink.start()
         try:
             await source.start()
             try:
                 await self._loop(source, sink, stop, deadline)
+                await self._checkpoint(None)
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(source.stop(), 10)
@@ -220,13 +243,78 @@ class Runner:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(sink.stop(), 10)
 
+    # -- partition state ------------------------------------------------------------------
+
+    async def _on_revoke(self, revoked: set[Any]) -> None:
+        """Snapshot and commit what we leave behind, then drop its state."""
+        parts = {tp.partition for tp in revoked}
+        with contextlib.suppress(Exception):
+            await self._checkpoint(parts)
+        for part in parts:
+            self.pipeline.stages.pop(part, None)
+
     async def _on_assign(self, assigned: set[Any]) -> None:
+        """Restore each new partition from its latest snapshot and resume where it ends."""
         keep = {tp.partition for tp in assigned}
         for part in list(self.pipeline.stages):
             if part not in keep:
-                # state of a partition we no longer own goes with it (restored from snapshots
-                # by its new owner); keeping it would double-count if it came back later
                 del self.pipeline.stages[part]
+        new = sorted(keep - set(self.pipeline.stages))
+        if not new or self._store is None or self._source is None:
+            return
+        blobs = await self._store.load(new)
+        for part in new:
+            blob = blobs.get(part)
+            if blob is None:
+                continue
+            try:
+                offsets, stage = snapshots.decode(blob)
+                if not isinstance(stage, PartitionStage):
+                    raise snapshots.SnapshotError("snapshot holds no partition stage")
+            except snapshots.SnapshotError as exc:
+                log.error("partition %d: unusable snapshot (%s); starting it fresh", part, exc)
+                self.metrics.state_restores.labels("corrupt").inc()
+                continue
+            # the current deployment's routing config wins over the pickled one
+            stage.router = self.pipeline.router
+            stage.data_wall = float("inf")
+            self.pipeline.stages[part] = stage
+            self.metrics.state_restores.labels("restored").inc()
+            for (topic, p), offset in offsets.items():
+                tp = next((x for x in assigned if x.topic == topic and x.partition == p), None)
+                if tp is not None:
+                    self._source.consumer.seek(tp, offset)
+
+    async def _checkpoint(self, only: set[int] | None) -> None:
+        """Snapshot the stages behind pending offsets, then commit those offsets."""
+        if self._sink is None or self._source is None or self._store is None:
+            return
+        pending = {k: v for k, v in self._pending.items() if only is None or k[1] in only}
+        if not pending:
+            return
+        parts = {p for _, p in pending}
+        blobs: dict[int, bytes] = {}
+        for part in parts:
+            st = self.pipeline.stages.get(part)
+            if st is not None:
+                covered = {k: v for k, v in pending.items() if k[1] == part}
+                blobs[part] = snapshots.encode(st, covered)
+        await self._store.save(self._sink.producer, blobs)
+        self.metrics.state_snapshots.inc(len(blobs))
+        await self._source.commit(pending)
+        for key in pending:
+            self._pending.pop(key, None)
+        if only is None or not self._pending:
+            self._pending_messages = 0
+            self._last_checkpoint = time.monotonic()
+
+    async def _maybe_checkpoint(self) -> None:
+        st = self.settings.state
+        if self._pending and (
+            self._pending_messages >= st.snapshot_every_messages
+            or time.monotonic() - self._last_checkpoint >= st.snapshot_every_seconds
+        ):
+            await self._checkpoint(None)
 
     async def _loop(
         self, source: KafkaSource, sink: KafkaSink, stop: asyncio.Event, deadline: float | None
@@ -237,16 +325,12 @@ class Runner:
             started = time.monotonic()
             try:
                 await asyncio.wait_for(self._iteration(source, sink), timeout=timeout)
-            except TimeoutError:
-                # the watchdog: cancel the stuck iteration, rewind to committed offsets, go on
+            except TimeoutError as exc:
+                # the watchdog: the stuck iteration is cancelled; the session restarts from the
+                # last snapshot and its committed offsets, so no half-applied batch survives
                 self.stats.watchdog_timeouts += 1
                 self.metrics.watchdog_restarts.inc()
-                log.error(
-                    "iteration exceeded %.1fs; cancelled, rewinding to committed offsets", timeout
-                )
-                with contextlib.suppress(Exception):
-                    await source.consumer.seek_to_committed()
-                continue
+                raise WatchdogTimeout(f"iteration exceeded {timeout:.1f}s") from exc
             elapsed = time.monotonic() - started
             self.metrics.iteration_duration.observe(elapsed)
             now = self.clock()
@@ -276,7 +360,10 @@ class Runner:
             # repair topic); they are idempotent on the decision id if a replay repeats one
             await self._execute(out.decisions, sink)
         if batch:
-            await source.commit(_next_offsets(batch))
+            # offsets are committed at checkpoints, after the snapshot that covers them
+            self._pending.update(_next_offsets(batch))
+            self._pending_messages += len(batch)
+        await self._maybe_checkpoint()
         self._account(batch, out)
 
     async def _execute(self, decisions: Sequence[Decision], sink: KafkaSink) -> None:

@@ -8,7 +8,6 @@ it does no I/O (the runner in ``pipeline.runner`` does).
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,8 +20,6 @@ from pipeline.events import to_anomaly
 from pipeline.guard import FailureRatio, Guard, GuardConfig
 from pipeline.lru import LRU
 from pipeline.types import Anomaly, Decision, Envelope, Finding, Reject, Verification
-
-SNAPSHOT_VERSION = 1
 
 
 class PolicyLike(Protocol):
@@ -243,16 +240,6 @@ class PartitionStage:
 
     def collections(self) -> list[LRU[Any, Any]]:
         return [self.series, self.entities, self.tickers, self.guard.buckets, self.guard.label_sets]
-
-    def snapshot(self) -> bytes:
-        return pickle.dumps((SNAPSHOT_VERSION, self), protocol=pickle.HIGHEST_PROTOCOL)
-
-    @staticmethod
-    def restore(blob: bytes) -> PartitionStage:
-        version, stage = pickle.loads(blob)
-        if version != SNAPSHOT_VERSION or not isinstance(stage, PartitionStage):
-            raise ValueError(f"incompatible snapshot version {version}")
-        return stage
 
 
 class Pipeline:

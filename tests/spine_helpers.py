@@ -33,6 +33,7 @@ def settings_for(prefix: str, bootstrap: str, partitions: int = 3, **extra: Any)
     }
     for key, val in extra.items():
         over[key] = {**over.get(key, {}), **val}
+    over.setdefault("state", {"snapshot_every_seconds": 1.0})
     return load_settings(None, over)
 
 

@@ -1,0 +1,155 @@
+"""ErrorRateJudge on seeded counter and log streams from benchmarks/scenarios.py."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from benchmarks.scenarios import T0, counter_samples, error_stream, log_lines
+from models.error_rate import ErrorRateConfig, ErrorRateJudge, change_point
+from pipeline.types import AnomalyKind, Finding, LogLevel, LogLine, Sample
+
+SHIFT = 300
+UP = error_stream(3, 600, 0.01, 0.05, SHIFT, 100.0)
+
+
+def drifts(found: list[Finding]) -> list[Finding]:
+    return [f for f in found if f.kind == AnomalyKind.ERROR_RATE_DRIFT]
+
+
+def bursts(found: list[Finding]) -> list[Finding]:
+    return [f for f in found if f.kind == AnomalyKind.ERROR_BURST]
+
+
+def check_shift(found: list[Finding], source: str) -> None:
+    shift_ts = UP.bucket_start(SHIFT)
+    d = drifts(found)
+    assert d, "an upward shift must be flagged"
+    assert all(f.ts > shift_ts for f in d), "no drift finding before the shift"
+    first = d[0]
+    assert first.ts - shift_ts <= 60 * UP.bucket_seconds
+    ev = first.evidence
+    assert ev["source"] == source
+    assert ev["rate_before"] < 0.02 < 0.035 < ev["rate_after"]
+    assert abs(ev["shift_began"] - shift_ts) <= 10 * UP.bucket_seconds
+    assert first.detector == "error_rate" and first.score > 1.0
+
+
+def test_counter_shift_with_a_counter_reset() -> None:
+    judge = ErrorRateJudge()
+    found = [f for s in counter_samples(UP, reset_at_bucket=450) for f in judge.observe(s)]
+    check_shift(found, "counters")
+    assert len(drifts(found)) == 1, "the reset at bucket 450 is not a shift"
+    assert drifts(found)[0].metric == "errors_total"
+
+
+def test_log_shift() -> None:
+    judge = ErrorRateJudge()
+    found = [f for ln in log_lines(UP) for f in judge.observe_log(ln)]
+    check_shift(found, "logs")
+
+
+def test_burst_is_flagged_once_at_its_bucket() -> None:
+    spots = (200, 400)
+    sc = error_stream(5, 500, 0.01, volume=200.0, bursts=spots, burst_p=0.2)
+    judge = ErrorRateJudge()
+    found = [f for s in counter_samples(sc) for f in judge.observe(s)]
+    b = bursts(found)
+    assert sorted(round((f.evidence["bucket_start"] - T0) / 60) for f in b) == list(spots)
+    assert all(f.evidence["rate"] > 0.1 and f.evidence["baseline_rate"] < 0.02 for f in b)
+    assert drifts(found) == []
+
+
+@pytest.mark.parametrize(
+    "sc",
+    [
+        error_stream(8, 800, 0.04, 0.01, 400, 200.0, name="drop"),
+        error_stream(9, 2000, 0.02, volume=100.0, name="steady"),
+    ],
+    ids=lambda s: s.name,
+)
+def test_no_finding_on_drop_or_steady_noise(sc: object) -> None:
+    judge = ErrorRateJudge()
+    found = []
+    for i in range(len(sc.totals)):  # type: ignore[attr-defined]
+        found += judge.observe_bucket(
+            sc.bucket_start(i), float(sc.errors[i]), float(sc.totals[i]), "svc"  # type: ignore[attr-defined]
+        )
+    assert found == []
+
+
+def test_baseline_follows_a_drop() -> None:
+    # 4 % -> 1 % (no finding) -> back to 4 %: the return is an increase over the new baseline
+    sc = error_stream(10, 900, 0.04, 0.01, 300, 200.0)
+    back = error_stream(11, 900, 0.04, 0.04, 0, 200.0)
+    judge = ErrorRateJudge()
+    found = []
+    for i in range(900):
+        src = sc if i < 600 else back
+        found += judge.observe_bucket(
+            T0 + 60.0 * i, float(src.errors[i]), float(src.totals[i]), "svc"
+        )
+    d = drifts(found)
+    assert d and all(f.ts > T0 + 600 * 60.0 for f in d)
+    assert d[0].evidence["rate_before"] < 0.02 < d[0].evidence["rate_after"]
+
+
+def test_tick_closes_the_open_bucket() -> None:
+    judge = ErrorRateJudge(min_requests=10)
+    for b in range(20):
+        for k in range(50):
+            judge.observe_log(LogLine(T0 + 60 * b + k, "svc", LogLevel.INFO, "ok"))
+    # last bucket: mostly errors, then silence; only the watermark can close it
+    for k in range(50):
+        lvl = LogLevel.ERROR if k < 40 else LogLevel.INFO
+        assert judge.observe_log(LogLine(T0 + 60 * 20 + k, "svc", lvl, "x")) == []
+    assert judge.tick(T0 + 60 * 20 + 59) == []  # bucket not over yet
+    found = judge.tick(T0 + 60 * 21)
+    assert [f.kind for f in found] == [AnomalyKind.ERROR_BURST]
+    assert found[0].ts == T0 + 60 * 21 and found[0].evidence["source"] == "logs"
+    assert judge.tick(T0 + 60 * 22) == []
+
+
+def test_other_metrics_are_ignored() -> None:
+    judge = ErrorRateJudge()
+    assert judge.observe(Sample(T0, "svc", "queue_depth", 5.0)) == []
+    assert judge._streams == {}
+
+
+def test_pickle_clone_determinism_and_bounded_state() -> None:
+    samples = counter_samples(UP)
+    half = len(samples) // 2
+    judge = ErrorRateJudge()
+    for s in samples[:half]:
+        judge.observe(s)
+    copy = pickle.loads(pickle.dumps(judge))
+    rest_a = [f for s in samples[half:] for f in judge.observe(s)]
+    rest_b = [f for s in samples[half:] for f in copy.observe(s)]
+    assert rest_a and rest_a == rest_b
+    # bounded: after the history deque fills (360 buckets) the state stops growing
+    long = error_stream(12, 1500, 0.02, volume=100.0)
+    bj = ErrorRateJudge()
+    sizes = []
+    for i in range(1500):
+        bj.observe_bucket(long.bucket_start(i), float(long.errors[i]), float(long.totals[i]), "s")
+        if i in (700, 1499):
+            sizes.append(len(pickle.dumps(bj)))
+    assert sizes[1] <= 1.02 * sizes[0] and sizes[1] < 30_000
+    fresh = judge.clone()
+    assert isinstance(fresh, ErrorRateJudge) and fresh._streams == {}
+    assert fresh._get_params() == ErrorRateJudge.from_config(ErrorRateConfig())._get_params()
+    one, two = ErrorRateJudge(), ErrorRateJudge()
+    assert [f for s in samples for f in one.observe(s)] == [
+        f for s in samples for f in two.observe(s)
+    ]
+
+
+def test_change_point_and_bad_detector() -> None:
+    import numpy as np
+
+    e = np.array([1.0] * 30 + [10.0] * 20)
+    n = np.full(50, 100.0)
+    assert change_point(e, n) == 30
+    with pytest.raises(ValueError):
+        ErrorRateJudge(detector="cusum")
