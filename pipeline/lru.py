@@ -61,6 +61,14 @@ class LRU(Generic[K, V]):
             self._data.move_to_end(key)
         return val
 
+    def shrink(self, size: int) -> None:
+        """Evict least-recently-used entries down to ``size`` (the cap itself is unchanged)."""
+        while len(self._data) > size:
+            old_key, old_val = self._data.popitem(last=False)
+            self.evictions += 1
+            if self.on_evict is not None:
+                self.on_evict(old_key, old_val)
+
     def pop(self, key: K) -> V | None:
         return self._data.pop(key, None)
 

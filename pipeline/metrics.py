@@ -16,6 +16,8 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from pipeline.types import AnomalyKind, RejectReason, RepairAction, Severity, Suppression
+
 MAX_FIELD_LABELS = 64
 
 
@@ -116,6 +118,13 @@ class Metrics:
             "CPU share of the pipeline process (percent of one core)",
             registry=r,
         )
+        self.process_rss = Gauge(
+            "selfheal_resident_memory_bytes", "RSS checked against runtime.max_rss_bytes",
+            registry=r,
+        )
+        self.escalations = Counter(
+            "escalations_total", "Escalations to a human (Alertmanager)", ["resolved"], registry=r
+        )
         self.watchdog_restarts = Counter(
             "pipeline_watchdog_timeouts_total", "Iterations cancelled by the watchdog", registry=r
         )
@@ -125,6 +134,20 @@ class Metrics:
         self.state_restores = Counter(
             "state_restores_total", "Partition state restores", ["outcome"], registry=r
         )
+        # labelled series exist from the start at 0: rate() and ratios then see the first
+        # increment instead of a series appearing out of nowhere at its first value
+        for a in RepairAction:
+            self.repairs_attempted.labels(a.value)
+            self.repairs_successful.labels(a.value)
+            self.repair_duration.labels(a.value)
+        for k in AnomalyKind:
+            self.anomalies_detected.labels(k.value)
+        for sev in Severity:
+            self.alerts_generated.labels(sev.value)
+        for reason in RejectReason:
+            self.deadletters.labels(reason.value)
+        for sup in Suppression:
+            self.repairs_suppressed.labels(sup.value)
         self._fields: set[str] = set()
         self._evictions_seen: dict[str, int] = {}
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from pipeline.config import KafkaConfig, Settings
 from pipeline.events import anomaly_event, deadletter_record, dumps, repair_event
 from pipeline.metrics import Metrics
 from pipeline.stage import Outputs, PartitionStage, Pipeline, PolicyLike
-from pipeline.types import Decision, DecisionStatus, Envelope
+from pipeline.types import Decision, DecisionStatus, Envelope, RepairAction
 
 log = logging.getLogger("selfheal.runner")
 
@@ -443,6 +444,24 @@ class Runner:
                 acc[1] += coll.evictions
         for name, (size, ev) in sizes.items():
             self.metrics.observe_collection(name, size, ev)
+        self._enforce_memory_cap()
+
+    def _enforce_memory_cap(self) -> None:
+        """Above ``runtime.max_rss_bytes``, shrink the per-series collections by a quarter.
+
+        Evicted series lose their model state (counted in ``collection_evictions_total``);
+        input is never dropped: the consumer simply falls behind, which the lag shows.
+        """
+        cap = self.settings.runtime.max_rss_bytes
+        rss = current_rss_bytes()
+        self.metrics.process_rss.set(rss)
+        if cap is None or rss <= cap:
+            return
+        log.warning("RSS %.0f MiB above the cap %.0f MiB: trimming series state",
+                    rss / 2**20, cap / 2**20)
+        for st in self.pipeline.stages.values():
+            for coll in st.collections():
+                coll.shrink(max(1, len(coll) * 3 // 4))
 
 
 def observe_outputs(
@@ -458,7 +477,11 @@ def observe_outputs(
         m.validation_failures.labels(m.reject_field(r.field)).inc()
         m.deadletters.labels(r.reason.value).inc()
     for d in out.decisions:
-        if d.status is DecisionStatus.EXECUTE:
+        if d.status is DecisionStatus.EXECUTE and d.action is RepairAction.ESCALATE:
+            # paging a human is not a repair: it is never verified, so it would read as a
+            # failed repair in the success ratio
+            m.escalations.labels(str(bool(d.params.get("resolved"))).lower()).inc()
+        elif d.status is DecisionStatus.EXECUTE:
             m.repairs_attempted.labels(d.action.value).inc()
         elif d.suppressed_by is not None:
             m.repairs_suppressed.labels(d.suppressed_by.value).inc()
@@ -472,6 +495,15 @@ def observe_outputs(
             counts[env.topic] = counts.get(env.topic, 0) + 1
         for topic, n in counts.items():
             m.samples_processed.labels(topic).inc(n)
+
+
+def current_rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _next_offsets(batch: Sequence[Envelope]) -> dict[tuple[str, int], int]:
