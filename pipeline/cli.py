@@ -13,6 +13,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,14 +91,23 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     broker = EmbeddedBroker(port=args.port, host=args.host, quiet=False).start()
     print(f"embedded broker listening on {broker.bootstrap} (Ctrl-C to stop)", flush=True)
+    stopping: list[int] = []
 
     def _stop(signum: int, frame: object) -> None:
-        broker.stop()
-        sys.exit(0)
+        # only flag it here: stopping the child from inside a signal handler would re-enter
+        # Popen.wait, whose lock the interrupted main thread holds
+        stopping.append(signum)
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    return broker.wait()
+    proc = broker.proc
+    assert proc is not None
+    while not stopping and proc.poll() is None:
+        time.sleep(0.2)
+    if stopping:
+        broker.stop()
+        return 0
+    return proc.returncode or 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -213,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"selfheal {args.command}: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # stdout closed early (`selfheal schema | head`): not an error worth a traceback
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
