@@ -155,8 +155,9 @@ class KafkaSource:
             return out
         try:
             ends = await self.consumer.end_offsets(assigned)
-        except KafkaError:
-            return out
+        except KafkaError as exc:
+            # the one regular round trip to the broker: its failure is how an outage shows
+            raise BrokerUnavailable(f"cannot list offsets: {exc}") from exc
         for tp in assigned:
             try:
                 pos = await self.consumer.position(tp)

@@ -33,8 +33,18 @@ def _matches(patterns: tuple[str, ...], metric: str) -> bool:
     return any(p == metric or fnmatch.fnmatchcase(metric, p) for p in patterns)
 
 
+class _Rule:
+    """What every rule spec shares: the metric globs it watches."""
+
+    __slots__ = ()
+    metrics: tuple[str, ...]
+
+    def applies(self, sample: Sample) -> bool:
+        return _matches(self.metrics, sample.metric)
+
+
 @dataclass(frozen=True, slots=True)
-class RatioOfLimitRule:
+class RatioOfLimitRule(_Rule):
     """``value / limit`` above ``warning`` / ``critical`` (memory > 80 % / 95 %, queue > 80 %)."""
 
     name: str
@@ -46,15 +56,12 @@ class RatioOfLimitRule:
     limit: float | None = None  # used when samples carry no limit
     repeat_seconds: float = 300.0
 
-    def applies(self, sample: Sample) -> bool:
-        return _matches(self.metrics, sample.metric)
-
     def judge(self) -> Judge:
         return RatioOfLimitJudge(self)
 
 
 @dataclass(frozen=True, slots=True)
-class ConsecutiveRule:
+class ConsecutiveRule(_Rule):
     """``count`` consecutive failures (value <= ``fail_at_or_below``): breaker, health checks."""
 
     name: str
@@ -66,15 +73,12 @@ class ConsecutiveRule:
     severity: Severity = Severity.CRITICAL
     repeat_seconds: float = 300.0
 
-    def applies(self, sample: Sample) -> bool:
-        return _matches(self.metrics, sample.metric)
-
     def judge(self) -> Judge:
         return ConsecutiveJudge(self)
 
 
 @dataclass(frozen=True, slots=True)
-class LoopRule:
+class LoopRule(_Rule):
     """Loop health: iteration duration vs its interval (``limit``) and absence of iterations.
 
     ``slow_warning`` / ``slow_critical`` are fractions of the interval; ``stuck_intervals`` is
@@ -91,15 +95,12 @@ class LoopRule:
     interval: float | None = None  # used when samples carry no limit
     repeat_seconds: float = 300.0
 
-    def applies(self, sample: Sample) -> bool:
-        return _matches(self.metrics, sample.metric)
-
     def judge(self) -> Judge:
         return LoopJudge(self)
 
 
 @dataclass(frozen=True, slots=True)
-class ThresholdRule:
+class ThresholdRule(_Rule):
     """A plain ``value > above`` / ``value < below`` check on any metric."""
 
     name: str
@@ -110,9 +111,6 @@ class ThresholdRule:
     below: float | None = None
     severity: Severity = Severity.WARNING
     repeat_seconds: float = 300.0
-
-    def applies(self, sample: Sample) -> bool:
-        return _matches(self.metrics, sample.metric)
 
     def judge(self) -> Judge:
         return ThresholdJudge(self)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.argtypes import port, positive_float
 from pipeline.config import ConfigError, Settings, load_settings
 from pipeline.policy import PolicyEngine
 
@@ -30,39 +31,19 @@ DELEGATED: dict[str, tuple[str, str]] = {
 }
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range: {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selfheal", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     b = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
-    b.add_argument("--port", type=_port, default=9092)
+    b.add_argument("--port", type=port, default=9092)
     b.add_argument("--host", default="127.0.0.1")
 
     r = sub.add_parser("run", help="the Kafka consumer deployment")
     r.add_argument("--bootstrap", help="HOST:PORT (default: config kafka.bootstrap)")
     r.add_argument("--config", type=Path, help="YAML configuration file")
-    r.add_argument("--duration", type=_positive, help="stop after S seconds")
+    r.add_argument("--duration", type=positive_float, help="stop after S seconds")
 
     rp = sub.add_parser("replay", help="the same pipeline over files (JSONL, NAB CSV)")
     rp.add_argument("inputs", nargs="+", type=Path, metavar="IN")

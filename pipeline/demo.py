@@ -32,6 +32,7 @@ from connectors.broker import BrokerHandle, EmbeddedBroker
 from connectors.kafka import ensure_topics
 from connectors.simulator import FaultKind, FaultSpec, FleetConfig, default_schedule
 from connectors.simulator_kafka import run_simulator
+from pipeline.argtypes import positive_float, positive_int
 from pipeline.config import Settings, load_settings
 from pipeline.policy import PolicyEngine
 from pipeline.report import summarize
@@ -48,43 +49,23 @@ DEMO_OVERRIDES: dict[str, Any] = {
 }
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selfheal demo", description=__doc__.splitlines()[0])
     p.add_argument(
         "--duration",
-        type=_positive_float,
+        type=positive_float,
         default=120.0,
         help="wall-clock seconds of simulation (default 120)",
     )
     p.add_argument(
         "--services",
-        type=_positive_int,
+        type=positive_int,
         default=17,
         help="simulated services (17 fit every fault kind; default 17)",
     )
     p.add_argument(
         "--rate",
-        type=_positive_float,
+        type=positive_float,
         default=12.0,
         help="simulated 15 s steps per wall second (default 12: 6 h in 2 min)",
     )

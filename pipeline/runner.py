@@ -14,13 +14,15 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from aiokafka.errors import KafkaError
+
 from connectors.audit_file import AuditFileSink
-from connectors.errors import ConnectorError, is_retriable
+from connectors.errors import BrokerUnavailable, ConnectorError, is_retriable
 from connectors.files import FileSource, JsonlSink
 from connectors.http_server import Health, MetricsServer
 from connectors.kafka import KafkaSink, KafkaSource, OutRecord, ensure_topics
@@ -144,6 +146,10 @@ class Runner:
         self._pending: dict[tuple[str, int], int] = {}
         self._pending_messages = 0
         self._last_checkpoint = time.monotonic()
+        #: next offset to process per (topic, partition): where a dropped batch resumes
+        self._position: dict[tuple[str, int], int] = {}
+        self._rebalance_lock = asyncio.Lock()
+        self._generation = 0
         self._source: KafkaSource | None = None
         self._sink: KafkaSink | None = None
         self._store: KafkaStateStore | None = None
@@ -229,6 +235,7 @@ class Runner:
         self._store = KafkaStateStore(bootstrap, t.state, client)
         # uncommitted work from a failed session is replayed from the last snapshot
         self._pending.clear()
+        self._position.clear()
         self._pending_messages = 0
         self.pipeline.stages.clear()
         await sink.start()
@@ -238,32 +245,48 @@ class Runner:
                 await self._loop(source, sink, stop, deadline)
                 await self._checkpoint(None)
             finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(source.stop(), 10)
+                await _quietly(source.stop())
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(sink.stop(), 10)
+            await _quietly(sink.stop())
 
     # -- partition state ------------------------------------------------------------------
 
     async def _on_revoke(self, revoked: set[Any]) -> None:
         """Snapshot and commit what we leave behind, then drop its state."""
-        parts = {tp.partition for tp in revoked}
-        with contextlib.suppress(Exception):
-            await self._checkpoint(parts)
-        for part in parts:
-            self.pipeline.stages.pop(part, None)
+        async with self._rebalance_lock:
+            self._generation += 1
+            parts = {tp.partition for tp in revoked}
+            try:
+                await self._checkpoint(parts)
+            except Exception as exc:  # the new owner replays from the previous snapshot
+                log.warning("checkpoint on revocation failed: %s", exc)
+            for part in parts:
+                self.pipeline.stages.pop(part, None)
+            for tp in revoked:
+                self._position.pop((tp.topic, tp.partition), None)
+                self._pending.pop((tp.topic, tp.partition), None)
 
     async def _on_assign(self, assigned: set[Any]) -> None:
-        """Restore each new partition from its latest snapshot and resume where it ends."""
+        """Restore each new partition from its latest snapshot and resume where it ends.
+
+        Runs under the rebalance lock: the consume loop may already have fetched records of
+        the new partitions, and must not process them into a fresh stage while the snapshot
+        loads (it drops such a batch and the explicit seeks below decide where to resume).
+        """
+        async with self._rebalance_lock:
+            self._generation += 1
+            await self._assign(assigned)
+
+    async def _assign(self, assigned: set[Any]) -> None:
+        assert self._source is not None and self._store is not None
+        consumer = self._source.consumer
         keep = {tp.partition for tp in assigned}
         for part in list(self.pipeline.stages):
             if part not in keep:
                 del self.pipeline.stages[part]
         new = sorted(keep - set(self.pipeline.stages))
-        if not new or self._store is None or self._source is None:
-            return
-        blobs = await self._store.load(new)
+        blobs = await self._store.load(new) if new else {}
+        restored: dict[tuple[str, int], int] = {}
         for part in new:
             blob = blobs.get(part)
             if blob is None:
@@ -281,10 +304,42 @@ class Runner:
             stage.data_wall = float("inf")
             self.pipeline.stages[part] = stage
             self.metrics.state_restores.labels("restored").inc()
-            for (topic, p), offset in offsets.items():
-                tp = next((x for x in assigned if x.topic == topic and x.partition == p), None)
-                if tp is not None:
-                    self._source.consumer.seek(tp, offset)
+            restored.update(offsets)
+        for tp in assigned:
+            key = (tp.topic, tp.partition)
+            if tp.partition not in new:
+                continue
+            # every new partition gets an explicit position: the snapshot's, else the
+            # committed offset, else the reset policy
+            offset = restored.get(key)
+            if offset is None:
+                offset = await consumer.committed(tp)
+            if offset is not None:
+                consumer.seek(tp, offset)
+                self._position[key] = offset
+            else:
+                self._position.pop(key, None)
+                if self.settings.kafka.auto_offset_reset == "earliest":
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    await consumer.seek_to_end(tp)
+
+    async def _rewind(self, batch: Sequence[Envelope]) -> None:
+        """Put back a batch fetched across a rebalance: resume from the last processed offset."""
+        assert self._source is not None
+        consumer = self._source.consumer
+        assigned = {(tp.topic, tp.partition): tp for tp in consumer.assignment()}
+        firsts: dict[tuple[str, int], int] = {}
+        for env in batch:
+            key = (env.topic, env.partition)
+            if key not in firsts or env.offset < firsts[key]:
+                firsts[key] = env.offset
+        for key, first in firsts.items():
+            tp = assigned.get(key)
+            if tp is None:
+                continue
+            pos = self._position.get(key)
+            consumer.seek(tp, pos if pos is not None else first)
 
     async def _checkpoint(self, only: set[int] | None) -> None:
         """Snapshot the stages behind pending offsets, then commit those offsets."""
@@ -298,11 +353,17 @@ class Runner:
         for part in parts:
             st = self.pipeline.stages.get(part)
             if st is not None:
-                covered = {k: v for k, v in pending.items() if k[1] == part}
+                covered = {k: v for k, v in self._position.items() if k[1] == part}
                 blobs[part] = snapshots.encode(st, covered)
         await self._store.save(self._sink.producer, blobs)
         self.metrics.state_snapshots.inc(len(blobs))
-        await self._source.commit(pending)
+        try:
+            await self._source.commit(pending)
+        except KafkaError as exc:
+            # a rebalance is under way: the snapshot is written, the commit waits for the
+            # revocation checkpoint (or the next owner resumes from this snapshot)
+            log.info("commit deferred: %s", exc)
+            return
         for key in pending:
             self._pending.pop(key, None)
         if only is None or not self._pending:
@@ -341,13 +402,25 @@ class Runner:
                 self.health.ready = True
                 self.health.reason = ""
                 self.metrics.pipeline_ready.set(1)
-            if time.monotonic() - last_lag > 5.0:
+            if time.monotonic() - last_lag > 1.0:
                 last_lag = time.monotonic()
-                await self._observe_lag(source)
+                try:
+                    await asyncio.wait_for(self._observe_lag(source), timeout=5.0)
+                except TimeoutError as exc:
+                    raise BrokerUnavailable("broker did not answer an offsets request") from exc
                 self._observe_process()
 
     async def _iteration(self, source: KafkaSource, sink: KafkaSink) -> None:
+        generation = self._generation
         batch = await source.next_batch()
+        async with self._rebalance_lock:
+            if generation != self._generation:
+                # fetched across a rebalance: its partitions may have moved or been restored
+                await self._rewind(batch)
+                return
+            await self._process(batch, source, sink)
+
+    async def _process(self, batch: list[Envelope], source: KafkaSource, sink: KafkaSink) -> None:
         now = self.clock()
         out = self.pipeline.process(batch, now) if batch else Outputs()
         if now >= self._next_tick:
@@ -362,7 +435,9 @@ class Runner:
             await self._execute(out.decisions, sink)
         if batch:
             # offsets are committed at checkpoints, after the snapshot that covers them
-            self._pending.update(_next_offsets(batch))
+            nxt = _next_offsets(batch)
+            self._pending.update(nxt)
+            self._position.update(nxt)
             self._pending_messages += len(batch)
         await self._maybe_checkpoint()
         self._account(batch, out)
@@ -495,6 +570,20 @@ def observe_outputs(
             counts[env.topic] = counts.get(env.topic, 0) + 1
         for topic, n in counts.items():
             m.samples_processed.labels(topic).inc(n)
+
+
+async def _quietly(closing: Awaitable[None]) -> None:
+    """Close a client after a failure without letting its teardown errors escape.
+
+    aiokafka's stop() against a dead broker can time out or surface a CancelledError from its
+    own internal tasks; only a cancellation of *our* task is passed on.
+    """
+    try:
+        await asyncio.wait_for(closing, 10)
+    except (Exception, asyncio.CancelledError):
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
 
 
 def current_rss_bytes() -> int:

@@ -23,24 +23,7 @@ from connectors.simulator import (
     default_schedule,
 )
 from connectors.simulator_kafka import SimStats, run_simulator
-
-
-def _number(text: str, kind: type[int] | type[float]) -> float:
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    return int(_number(text, int))
-
-
-def _positive_float(text: str) -> float:
-    return _number(text, float)
+from pipeline.argtypes import positive_float, positive_int
 
 
 def _start(text: str) -> float:
@@ -60,21 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", required=True, metavar="HOST:PORT", help="Kafka bootstrap")
     p.add_argument(
         "--services",
-        type=_positive_int,
+        type=positive_int,
         default=MIN_SERVICES_FOR_ALL_FAULTS,
         metavar="N",
         help="fleet size (default %(default)s: every fault kind once)",
     )
     p.add_argument(
         "--duration",
-        type=_positive_float,
+        type=positive_float,
         default=7200.0,
         metavar="S",
         help="event-time seconds to simulate (default %(default)s)",
     )
     p.add_argument(
         "--rate",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         metavar="STEPS_PER_S",
         help="batches per wall-clock second (default: as fast as possible)",
@@ -82,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, metavar="N")
     p.add_argument(
         "--step",
-        type=_positive_float,
+        type=positive_float,
         default=15.0,
         metavar="S",
         help="event-time seconds between samples (default %(default)s)",
