@@ -381,10 +381,14 @@ class Runner:
     async def _loop(
         self, source: KafkaSource, sink: KafkaSink, stop: asyncio.Event, deadline: float | None
     ) -> None:
-        timeout = self.settings.runtime.iteration_timeout_seconds
+        steady = self.settings.runtime.iteration_timeout_seconds
+        # joining the group (and restoring snapshots) happens inside the first fetches: they
+        # get the broker's request timeout, the steady-state watchdog applies afterwards
+        joining = max(steady, 2 * self.settings.kafka.request_timeout_ms / 1000)
         last_lag = 0.0
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             started = time.monotonic()
+            timeout = steady if source.assignment() else joining
             try:
                 await asyncio.wait_for(self._iteration(source, sink), timeout=timeout)
             except TimeoutError as exc:
