@@ -60,8 +60,16 @@ def _loc(err: ValidationError, prefix: str = "") -> tuple[str, str]:
         msg = "must be epoch seconds (>= 0) or an RFC 3339 timestamp with offset"
     else:
         msg = first["msg"]
+    # a field name comes from the producer: make it printable, non-blank and short
+    parts = [_printable(p) for p in parts]
     loc = ".".join(parts) or "message"
     return (f"{prefix}{loc}" if prefix else loc), msg
+
+
+def _printable(part: str) -> str:
+    if part.isprintable() and part.strip():
+        return part[:128]
+    return (part.encode("unicode_escape").decode("ascii") or '""')[:128]
 
 
 class Decoder:
