@@ -89,6 +89,9 @@ class LatencyConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.memory > 65535:
             raise ValueError("memory must be <= 65535 (16-bit transition counts)")
+        if max(self.bins, self.bins_alt) >= 2 and max(self.orders) >= 20:
+            # checked before the table size below, which would take forever to compute
+            raise ValueError("orders too large: bins ** (order + 1) tables exceed 2**20 entries")
         table = sum(b ** (k + 1) for b in (self.bins, self.bins_alt) if b for k in self.orders)
         table += self.daily_bins * self.bins
         if table > 1 << 20:

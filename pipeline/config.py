@@ -8,6 +8,7 @@ exit code 2.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,9 +26,11 @@ from pipeline.decode import DEFAULT_ENTITY_KEYS
 from pipeline.policy_config import DEFAULT_POLICY_PATH, PolicyConfig
 from pipeline.types import RepairAction
 
+_YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TopicsConfig(_Section):
@@ -178,8 +181,14 @@ class ConfigError(Exception):
         self.message = message
 
 
+@functools.cache
+def _default_policy_text() -> str:
+    return DEFAULT_POLICY_PATH.read_text(encoding="utf-8")
+
+
 def _default_policy() -> dict[str, Any]:
-    data = yaml.safe_load(DEFAULT_POLICY_PATH.read_text(encoding="utf-8"))
+    # parsed each time (callers merge into it), read from disk once
+    data = yaml.load(_default_policy_text(), Loader=_YamlLoader)
     return data if isinstance(data, dict) else {}
 
 
@@ -203,10 +212,16 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
             raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
             raise ConfigError("--config", f"{path} is not valid YAML: {exc}") from exc
+        except (ValueError, OverflowError, RecursionError) as exc:
+            # invalid UTF-8, out-of-range escapes (PyYAML calls chr() on them), deep nesting
+            raise ConfigError("--config", f"{path} is not valid YAML/UTF-8: {exc}") from exc
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
             raise ConfigError("--config", f"{path} must hold a mapping at the top level")
+        bad = [k for k in raw if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(repr(bad[0]), "top-level keys must be strings")
         data = raw
     if overrides:
         data = _deep_merge(data, overrides)
@@ -222,6 +237,8 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
         if isinstance(policy, dict):
             merged = {**merged, "policy": _deep_merge(_default_policy(), policy)}
         return Settings(**merged)
+    except RecursionError as exc:
+        raise ConfigError("--config", "nested too deeply") from exc
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         loc = ".".join(str(p) for p in first["loc"]) or "config"

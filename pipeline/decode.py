@@ -49,6 +49,8 @@ class Decoded:
 
 
 _TS_FIELDS = ("ts", "timestamp")
+#: what ``_load`` returns for a message that did not parse (JSON ``null`` is a value)
+_FAILED: Any = object()
 
 
 def _loc(err: ValidationError, prefix: str = "") -> tuple[str, str]:
@@ -118,7 +120,7 @@ class Decoder:
                     )
                     continue
             obj = self._load(env, out)
-            if obj is None:
+            if obj is _FAILED:
                 continue
             if isinstance(obj, list):
                 if not obj:
@@ -135,7 +137,12 @@ class Decoder:
         out = Decoded()
         for env in batch:
             obj = self._load(env, out)
-            if obj is None:
+            if obj is _FAILED:
+                continue
+            if obj == []:
+                out.rejects.append(
+                    Reject(env, RejectReason.UNKNOWN_FORMAT, "message", "empty array")
+                )
                 continue
             items = obj if isinstance(obj, list) else [obj]
             for i, item in enumerate(items):
@@ -182,19 +189,20 @@ class Decoder:
                     f"{len(env.value)} bytes > cap {self.max_message_bytes}",
                 )
             )
-            return None
+            return _FAILED
         try:
             return orjson.loads(env.value)
         except orjson.JSONDecodeError as exc:
             # orjson refuses NaN/Infinity literals; the stdlib parser accepts them, which lets
-            # the schema name the offending field instead of a bare "invalid JSON".
-            try:
-                return json.loads(env.value)
-            except (ValueError, RecursionError):
-                out.rejects.append(
-                    Reject(env, RejectReason.INVALID_JSON, "message", str(exc)[:200])
-                )
-                return None
+            # the schema name the offending field instead of a bare "invalid JSON". Not for
+            # nesting beyond orjson's limit: the stdlib's answer would depend on stack depth.
+            if "depth" not in str(exc):
+                try:
+                    return json.loads(env.value.decode("utf-8"))
+                except (ValueError, RecursionError):
+                    pass
+            out.rejects.append(Reject(env, RejectReason.INVALID_JSON, "message", str(exc)[:200]))
+            return _FAILED
 
     def _entity(self, labels: dict[str, str]) -> str | None:
         for key in self.entity_label_keys:
@@ -210,6 +218,10 @@ class Decoder:
             )
             return
         if "metrics" in obj and isinstance(obj["metrics"], list) and not prefix:
+            if not obj["metrics"]:
+                out.rejects.append(
+                    Reject(env, RejectReason.SCHEMA, "metrics", "empty metrics batch")
+                )
             for i, item in enumerate(obj["metrics"]):
                 self._metric_obj(env, item, out, f"metrics[{i}].")
             return
@@ -278,6 +290,16 @@ class Decoder:
             metric = f"{base}_{_NON_METRIC_CHARS.sub('_', fname)}"
             if metric[0].isdigit():
                 metric = "_" + metric
+            if len(metric) > 256:
+                out.rejects.append(
+                    Reject(
+                        env,
+                        RejectReason.SCHEMA,
+                        f"{prefix}fields.{fname[:64]}",
+                        "metric name longer than 256 characters",
+                    )
+                )
+                continue
             out.samples.append(
                 (env, Sample(ts_seconds(t.timestamp), entity, metric, value, t.tags))
             )

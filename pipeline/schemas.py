@@ -72,8 +72,14 @@ def _check_labels(labels: dict[str, str]) -> dict[str, str]:
 
 # Epoch seconds or an RFC 3339 string with offset: validated in Rust (no Python callback on the
 # hot path); ``ts_seconds`` turns either into epoch seconds.
+MAX_TS = 253_402_300_799.0  # 9999-12-31T23:59:59Z: RFC 3339 cannot write later times
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LAST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 Timestamp = Annotated[
-    Annotated[float, Field(ge=0)] | AwareDatetime, Field(union_mode="left_to_right")
+    # strict: a JSON number (never a boolean or a string) is epoch seconds
+    Annotated[float, Field(ge=0, le=MAX_TS, strict=True)]
+    | Annotated[AwareDatetime, Field(ge=_EPOCH, le=_LAST)],
+    Field(union_mode="left_to_right"),
 ]
 
 
@@ -98,7 +104,8 @@ class MetricSampleIn(_Strict):
     ts: Timestamp
     entity: Entity
     metric: str = Field(min_length=1, max_length=256, pattern=METRIC_NAME_RE.pattern)
-    value: float
+    # strict: a JSON number; ``true`` or ``"1.5"`` are producer bugs worth a dead letter
+    value: float = Field(strict=True)
     labels: Labels
     limit: float | None = Field(default=None, gt=0)
 

@@ -196,7 +196,8 @@ class PartitionStage:
             self._decide(findings, out)
             return out
         for env in order:
-            rejs = rejects_by_env.get(id(env))
+            # pop: the same envelope object twice in a batch must not report its rejects twice
+            rejs = rejects_by_env.pop(id(env), None)
             f = self._failure(env.topic).add(
                 rejs[0].field if rejs else None, ts_by_env.get(id(env))
             )

@@ -15,7 +15,7 @@ import zlib
 from typing import Any
 
 MAGIC = b"SHSNAP"
-VERSION = 1
+VERSION = 2
 _HEADER = struct.Struct(">6sHI")
 
 Offsets = dict[tuple[str, int], int]
