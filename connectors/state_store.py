@@ -13,23 +13,30 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 
-def _key(partition: int) -> bytes:
-    return f"partition-{partition}".encode()
-
-
 class KafkaStateStore:
-    def __init__(self, bootstrap: str, topic: str, client: dict[str, Any] | None = None) -> None:
+    """Snapshots keyed by consumer group and partition: two deployments (groups) reading the
+    same input keep separate state even when they share the state topic."""
+
+    def __init__(
+        self, bootstrap: str, topic: str, group: str, client: dict[str, Any] | None = None
+    ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self.group = group
         self.client = client or {}
 
+    def _key(self, partition: int) -> bytes:
+        return f"{self.group}/partition-{partition}".encode()
+
     async def save(self, producer: AIOKafkaProducer, snapshots: dict[int, bytes]) -> None:
-        futs = [await producer.send(self.topic, blob, key=_key(p)) for p, blob in snapshots.items()]
+        futs = [
+            await producer.send(self.topic, blob, key=self._key(p)) for p, blob in snapshots.items()
+        ]
         await asyncio.gather(*futs)
 
     async def load(self, partitions: Iterable[int], timeout: float = 30.0) -> dict[int, bytes]:
         """Latest snapshot of each wanted partition (reads the topic up to its end)."""
-        wanted = {_key(p): p for p in partitions}
+        wanted = {self._key(p): p for p in partitions}
         if not wanted:
             return {}
         c = AIOKafkaConsumer(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import inspect
 from typing import Any, Protocol, runtime_checkable
 
 from pipeline.types import Finding, LogLine, Sample
@@ -45,15 +46,7 @@ class Judge(abc.ABC):
         return type(self)(**self._get_params())
 
     def _get_params(self) -> dict[str, Any]:
-        # hyperparameters are stored under their argument names (river's convention)
-        import inspect
-
-        sig = inspect.signature(type(self).__init__)
-        return {
-            name: copy.deepcopy(getattr(self, name))
-            for name in sig.parameters
-            if name != "self" and hasattr(self, name)
-        }
+        return _params(self)
 
 
 class LogJudge(abc.ABC):
@@ -69,4 +62,18 @@ class LogJudge(abc.ABC):
         return []
 
     def clone(self) -> LogJudge:
-        return type(self)(**Judge._get_params(self))  # type: ignore[arg-type]
+        """A fresh judge with the same hyperparameters (river's ``clone``)."""
+        return type(self)(**self._get_params())
+
+    def _get_params(self) -> dict[str, Any]:
+        return _params(self)
+
+
+def _params(judge: object) -> dict[str, Any]:
+    # hyperparameters are stored under their argument names (river's convention)
+    sig = inspect.signature(type(judge).__init__)
+    return {
+        name: copy.deepcopy(getattr(judge, name))
+        for name in sig.parameters
+        if name != "self" and hasattr(judge, name)
+    }

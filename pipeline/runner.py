@@ -232,7 +232,7 @@ class Runner:
             on_revoke=self._on_revoke,
         )
         self._source, self._sink = source, sink
-        self._store = KafkaStateStore(bootstrap, t.state, client)
+        self._store = KafkaStateStore(bootstrap, t.state, k.group_id, client)
         # uncommitted work from a failed session is replayed from the last snapshot
         self._pending.clear()
         self._position.clear()
