@@ -21,6 +21,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from connectors.executor import (
     DEFAULT_IDEMPOTENCY_CAPACITY,
     ExecutionResult,
+    HttpClientOwner,
     IdempotencyCache,
     elapsed,
     refuse_unless_execute,
@@ -89,7 +90,7 @@ def escalation_alert(
     return alert
 
 
-class AlertmanagerExecutor:
+class AlertmanagerExecutor(HttpClientOwner):
     """Sends ``escalate`` decisions to Alertmanager (other actions are refused)."""
 
     name = "alertmanager"
@@ -121,22 +122,6 @@ class AlertmanagerExecutor:
         self._client = client
         self._own_client = client is None
         self.cache = IdempotencyCache(idempotency_capacity)
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout)
-        return self._client
-
-    async def aclose(self) -> None:
-        if self._client is not None and self._own_client:
-            await self._client.aclose()
-            self._client = None
-
-    async def __aenter__(self) -> AlertmanagerExecutor:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     def handles(self, decision: Decision) -> bool:
         return decision.action is RepairAction.ESCALATE

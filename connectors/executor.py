@@ -33,7 +33,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
+
+import httpx
 
 from pipeline.types import Decision, DecisionStatus
 
@@ -142,3 +144,27 @@ def refuse_unless_execute(decision: Decision, executor: str) -> ExecutionResult 
 def elapsed(start: float) -> float:
     """Seconds since ``start`` (``time.perf_counter``), for ``duration_seconds``."""
     return time.perf_counter() - start
+
+
+class HttpClientOwner:
+    """Lazily opened ``httpx.AsyncClient`` shared by the HTTP executors; closed only if owned."""
+
+    timeout: float
+    _client: httpx.AsyncClient | None
+    _own_client: bool
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None and self._own_client:
+            await self._client.aclose()
+            self._client = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

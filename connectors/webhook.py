@@ -29,6 +29,7 @@ from connectors.executor import (
     BREAKER_OPEN,
     DEFAULT_IDEMPOTENCY_CAPACITY,
     ExecutionResult,
+    HttpClientOwner,
     IdempotencyCache,
     elapsed,
     refuse_unless_execute,
@@ -72,7 +73,7 @@ def decision_cloudevent(decision: Decision, source: str) -> dict[str, Any]:
     }
 
 
-class WebhookExecutor:
+class WebhookExecutor(HttpClientOwner):
     """POSTs decisions; ``breakers`` maps each target URL to its ``CircuitBreaker``.
 
     ``url`` is used for every action without an entry in ``urls`` (action name -> URL); a
@@ -137,22 +138,6 @@ class WebhookExecutor:
 
     def target(self, decision: Decision) -> str | None:
         return self.urls.get(decision.action.value, self.url)
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout)
-        return self._client
-
-    async def aclose(self) -> None:
-        if self._client is not None and self._own_client:
-            await self._client.aclose()
-            self._client = None
-
-    async def __aenter__(self) -> WebhookExecutor:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def execute(self, decision: Decision) -> ExecutionResult:
         refused = refuse_unless_execute(decision, self.name)
