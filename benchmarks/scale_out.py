@@ -25,7 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import orjson  # noqa: E402
 
 from connectors.broker import EmbeddedBroker, free_port  # noqa: E402
 from connectors.kafka import ensure_topics  # noqa: E402
@@ -34,6 +33,7 @@ from tests.test_scale_out import (  # noqa: E402
     committed_offsets,
     config_with_port,
     group_settings,
+    produce_keyed,
     scrape,
     start_pipeline,
     stop,
@@ -43,23 +43,7 @@ PARTITIONS = 6
 
 
 async def produce_backlog(bootstrap: str, topic: str, n: int) -> dict[int, int]:
-    from aiokafka import AIOKafkaProducer
-
-    recs = valid_samples(n, entities=500)
-    p = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=20
-    )
-    await p.start()
-    try:
-        futs = [
-            await p.send(topic, orjson.dumps(r), key=str(r["entity"]).encode()) for r in recs
-        ]
-        ends: dict[int, int] = {}
-        for md in await asyncio.gather(*futs):
-            ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
-        return ends
-    finally:
-        await p.stop()
+    return await produce_keyed(bootstrap, topic, valid_samples(n, entities=500))
 
 
 async def one_run(bootstrap: str, procs_n: int, messages: int, tmp: Path) -> float:

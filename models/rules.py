@@ -15,8 +15,8 @@ the policy sees a steady signal without a finding per sample.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from models.base import Judge
 from pipeline.types import AnomalyKind, Finding, Sample, Severity
@@ -153,6 +153,33 @@ class _EdgeJudge(Judge):
         self._active: Severity | None = None
         self._last_report = float("-inf")
 
+    def _finding(
+        self,
+        sample: Sample,
+        *,
+        kind: AnomalyKind,
+        severity: Severity,
+        score: float,
+        threshold: float,
+        evidence: dict[str, Any],
+        ts: float | None = None,
+    ) -> list[Finding]:
+        return [
+            Finding(
+                ts=sample.ts if ts is None else ts,
+                entity=sample.entity,
+                metric=sample.metric,
+                detector=f"rule:{self.rule.name}",
+                kind=kind,
+                severity=severity,
+                score=score,
+                threshold=threshold,
+                value=sample.value,
+                evidence=evidence,
+                labels=sample.labels,
+            )
+        ]
+
     def _edge(self, severity: Severity | None, ts: float) -> bool:
         prev, self._active = self._active, severity
         if severity is None:
@@ -184,26 +211,19 @@ class RatioOfLimitJudge(_EdgeJudge):
             return []
         assert sev is not None
         threshold = rule.critical if sev is Severity.CRITICAL else rule.warning
-        return [
-            Finding(
-                ts=sample.ts,
-                entity=sample.entity,
-                metric=sample.metric,
-                detector=f"rule:{rule.name}",
-                kind=rule.kind,
-                severity=sev,
-                score=ratio,
-                threshold=threshold,
-                value=sample.value,
-                evidence={
-                    "ratio": round(ratio, 6),
-                    "limit": limit,
-                    "warning": rule.warning,
-                    "critical": rule.critical,
-                },
-                labels=sample.labels,
-            )
-        ]
+        return self._finding(
+            sample,
+            kind=rule.kind,
+            severity=sev,
+            score=ratio,
+            threshold=threshold,
+            evidence={
+                "ratio": round(ratio, 6),
+                "limit": limit,
+                "warning": rule.warning,
+                "critical": rule.critical,
+            },
+        )
 
 
 class ConsecutiveJudge(_EdgeJudge):
@@ -225,25 +245,18 @@ class ConsecutiveJudge(_EdgeJudge):
         sev = rule.severity if self._run >= rule.count else None
         if not self._edge(sev, sample.ts):
             return []
-        return [
-            Finding(
-                ts=sample.ts,
-                entity=sample.entity,
-                metric=sample.metric,
-                detector=f"rule:{rule.name}",
-                kind=rule.kind,
-                severity=rule.severity,
-                score=float(self._run),
-                threshold=float(rule.count),
-                value=sample.value,
-                evidence={
-                    "consecutive_failures": self._run,
-                    "since": self._run_start,
-                    **{k: v for k, v in sample.labels.items() if k == "dependency"},
-                },
-                labels=sample.labels,
-            )
-        ]
+        return self._finding(
+            sample,
+            kind=rule.kind,
+            severity=rule.severity,
+            score=float(self._run),
+            threshold=float(rule.count),
+            evidence={
+                "consecutive_failures": self._run,
+                "since": self._run_start,
+                **{k: v for k, v in sample.labels.items() if k == "dependency"},
+            },
+        )
 
 
 class ThresholdJudge(_EdgeJudge):
@@ -257,21 +270,14 @@ class ThresholdJudge(_EdgeJudge):
         if not self._edge(rule.severity if bad else None, sample.ts):
             return []
         threshold = rule.above if rule.above is not None else rule.below
-        return [
-            Finding(
-                ts=sample.ts,
-                entity=sample.entity,
-                metric=sample.metric,
-                detector=f"rule:{rule.name}",
-                kind=rule.kind,
-                severity=rule.severity,
-                score=sample.value,
-                threshold=float(threshold if threshold is not None else 0.0),
-                value=sample.value,
-                evidence={"above": rule.above, "below": rule.below},
-                labels=sample.labels,
-            )
-        ]
+        return self._finding(
+            sample,
+            kind=rule.kind,
+            severity=rule.severity,
+            score=sample.value,
+            threshold=float(threshold if threshold is not None else 0.0),
+            evidence={"above": rule.above, "below": rule.below},
+        )
 
 
 class LoopJudge(_EdgeJudge):
@@ -300,25 +306,18 @@ class LoopJudge(_EdgeJudge):
         if not self._edge(sev, sample.ts):
             return []
         assert sev is not None
-        return [
-            Finding(
-                ts=sample.ts,
-                entity=sample.entity,
-                metric=sample.metric,
-                detector=f"rule:{rule.name}",
-                kind=AnomalyKind.LOOP_SLOW,
-                severity=sev,
-                score=frac,
-                threshold=rule.slow_critical if sev is Severity.CRITICAL else rule.slow_warning,
-                value=sample.value,
-                evidence={
-                    "duration_seconds": sample.value,
-                    "interval_seconds": interval,
-                    "fraction_of_interval": round(frac, 6),
-                },
-                labels=sample.labels,
-            )
-        ]
+        return self._finding(
+            sample,
+            kind=AnomalyKind.LOOP_SLOW,
+            severity=sev,
+            score=frac,
+            threshold=rule.slow_critical if sev is Severity.CRITICAL else rule.slow_warning,
+            evidence={
+                "duration_seconds": sample.value,
+                "interval_seconds": interval,
+                "fraction_of_interval": round(frac, 6),
+            },
+        )
 
     def tick(self, watermark: float) -> list[Finding]:
         last = self._last
@@ -331,32 +330,16 @@ class LoopJudge(_EdgeJudge):
         if watermark <= deadline:
             return []
         self._stuck_reported = True
-        return [
-            Finding(
-                ts=deadline,
-                entity=last.entity,
-                metric=last.metric,
-                detector=f"rule:{self.rule.name}",
-                kind=AnomalyKind.LOOP_STUCK,
-                severity=Severity.CRITICAL,
-                score=(watermark - last.ts) / interval,
-                threshold=self.rule.stuck_intervals,
-                value=last.value,
-                evidence={
-                    "last_iteration": last.ts,
-                    "interval_seconds": interval,
-                    "silent_intervals": self.rule.stuck_intervals,
-                },
-                labels=last.labels,
-            )
-        ]
-
-
-@dataclass(frozen=True, slots=True)
-class RuleSet:
-    """The rules of one deployment (YAML ``detection.rules``)."""
-
-    rules: tuple[RuleSpec, ...] = field(default=DEFAULT_RULES)
-
-    def for_sample(self, sample: Sample) -> list[RuleSpec]:
-        return [r for r in self.rules if r.applies(sample)]
+        return self._finding(
+            last,
+            kind=AnomalyKind.LOOP_STUCK,
+            severity=Severity.CRITICAL,
+            score=(watermark - last.ts) / interval,
+            threshold=self.rule.stuck_intervals,
+            evidence={
+                "last_iteration": last.ts,
+                "interval_seconds": interval,
+                "silent_intervals": self.rule.stuck_intervals,
+            },
+            ts=deadline,
+        )
