@@ -54,6 +54,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import nproc  # noqa: E402
 from models.error_rate import ErrorRateJudge  # noqa: E402
 from models.latency import LatencyJudge  # noqa: E402
 from models.logs import LogAnalyzerJudge  # noqa: E402
@@ -446,7 +447,7 @@ def main(argv: list[str]) -> int:
         f"Command: `.venv/bin/python benchmarks/detector_cost.py{argv_s}`  ",
         f"Machine: {platform.machine()} {platform.processor() or ''}, "
         f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
-        f"nproc={_nproc()} (shared, single-threaded run)  ",
+        f"nproc={nproc()} (shared, single-threaded run)  ",
         f"Streams: {n} samples per judge, {STEP:.0f} s apart (memory: daily cycle + slow leak; "
         "latency: lognormal; rules: in-range values; counters: ~1 % errors; logs: 6 templates). "
         f"Time: median of {args.runs} passes. In-memory: tracemalloc over {args.instances} judges "
@@ -512,9 +513,6 @@ def main(argv: list[str]) -> int:
         RESULTS.write_text(text)
     return 0
 
-
-def _nproc() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 if __name__ == "__main__":

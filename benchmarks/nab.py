@@ -33,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import nproc  # noqa: E402
 from benchmarks.nab_scoring import (  # noqa: E402
     PROFILES,
     STANDARD,
@@ -180,7 +181,7 @@ def main(argv: list[str]) -> int:
         f"Command: {cmd}  ",
         f"Machine: {platform.machine()} {platform.processor() or ''}, "
         f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
-        f"nproc={_nproc()} (shared, single-threaded run)  ",
+        f"nproc={nproc()} (shared, single-threaded run)  ",
         f"Corpus: {len(corpus)} files, {n_points} points, "
         f"{sum(len(lay.windows) for *_, lay in corpus)} windows.  ",
         f"Config: `{cfg}`",
@@ -236,11 +237,6 @@ def main(argv: list[str]) -> int:
         RESULTS.write_text(text)
     return 0
 
-
-def _nproc() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -85,7 +85,7 @@ def iter_inputs(paths: Sequence[Path], metrics_topic: str, logs_topic: str) -> I
 
 
 class FileSource:
-    """Batches over files, in file and line order (an async iterator like the Kafka source)."""
+    """Batches over files, in file and line order (the same batches the Kafka source yields)."""
 
     def __init__(
         self, paths: Sequence[Path], metrics_topic: str, logs_topic: str, batch_size: int = 5000
@@ -108,9 +108,6 @@ class FileSource:
         if batch:
             yield batch
 
-    async def __aiter__(self) -> AsyncIterator[list[Envelope]]:
-        for b in self.batches():
-            yield b
 
 
 class JsonlSink:

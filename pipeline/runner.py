@@ -15,7 +15,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -86,7 +86,6 @@ class RunStats:
     rejects: int = 0
     reconnects: int = 0
     watchdog_timeouts: int = 0
-    outputs: list[dict[str, Any]] = field(default_factory=list)
 
 
 def audit_records(out: Outputs) -> list[AuditRecord]:
