@@ -41,6 +41,8 @@ class TopicsConfig(_Section):
     deadletter: str = "selfheal.deadletter"
     audit: str = "selfheal.audit"
     state: str = "selfheal.state"
+    #: one-partition log of repair needs: the fleet-wide budget and storm window
+    fleet: str = "selfheal.fleet"
 
 
 class KafkaConfig(_Section):

@@ -54,6 +54,17 @@ class Metrics:
             buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 3600),
             registry=r,
         )
+        self.repair_budget_used = Gauge(
+            "repair_budget_used",
+            "Automatic repairs counted against the fleet-wide budget in its current window",
+            registry=r,
+        )
+        self.fleet_request_seconds = Histogram(
+            "fleet_request_seconds",
+            "Wait for a verdict of the fleet ledger (repair budget and storm window)",
+            buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=r,
+        )
         self.anomalies_detected = Counter(
             "anomalies_detected_total", "Anomaly events emitted", ["type"], registry=r
         )

@@ -47,16 +47,23 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pipeline.fleet import (
+    FleetArbiter,
+    FleetGate,
+    FleetOutcome,
+    FleetRequest,
+    LocalFleet,
+    StormEnd,
+    Verdict,
+)
 from pipeline.policy_config import ActionStep, PolicyConfig, Rule, rule_matches
 from pipeline.repair import (
-    Budget,
     Case,
     CaseBook,
     Cooldowns,
     PendingVerification,
     SeenIds,
     Storm,
-    StormDetector,
 )
 from pipeline.types import (
     Anomaly,
@@ -85,7 +92,7 @@ class _Make(Protocol):
 
 
 #: state format written by ``snapshot`` (bump when ``_State`` changes incompatibly)
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 
 
 def decision_id(rule: str, action: RepairAction | str, entity: str, seed: str) -> str:
@@ -117,10 +124,11 @@ class PolicyStats:
 @dataclass(slots=True)
 class _State:
     cooldowns: Cooldowns
-    budget: Budget
-    storms: StormDetector
     cases: CaseBook
     seen: SeenIds
+    #: storms this engine escalated (it resolves them); the budget and the storm counts
+    #: themselves live in the fleet gate
+    storms: dict[RepairAction, Storm] = field(default_factory=dict)
     watermark: float = -math.inf
     #: (due, rule, entity): when an open case may close (lazily revalidated)
     due: list[tuple[float, str, str]] = field(default_factory=list)
@@ -129,19 +137,45 @@ class _State:
 
 
 class PolicyEngine:
-    """Pure, deterministic policy: ``decide`` per anomaly, ``tick`` per watermark."""
+    """Pure, deterministic policy: ``decide`` per anomaly, ``tick`` per watermark.
 
-    def __init__(self, config: PolicyConfig) -> None:
+    The fleet-wide budget and storm detection are asked of ``fleet`` (a ``FleetGate``); without
+    one the engine owns a private ``LocalFleet`` (one engine = the whole fleet). Partition
+    engines of a deployment share one gate, attached with ``attach_fleet`` (also after a
+    snapshot restore: a shared gate is never pickled with an engine).
+    """
+
+    def __init__(self, config: PolicyConfig, fleet: FleetGate | None = None) -> None:
         self.config = config
         self._rules = {rule.name: rule for rule in config.rules}
         self._state = self._new_state()
+        self._owns_fleet = fleet is None
+        self.fleet: FleetGate = fleet if fleet is not None else self._private_fleet()
+
+    def _private_fleet(self) -> LocalFleet:
+        return LocalFleet(FleetArbiter.from_policy(self.config))
+
+    def attach_fleet(self, fleet: FleetGate) -> None:
+        """Share ``fleet`` (the deployment's budget and storm log) from now on."""
+        self.fleet = fleet
+        self._owns_fleet = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if not self._owns_fleet:
+            state["fleet"] = None  # shared (maybe a live Kafka client): re-attached on restore
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.fleet is None:
+            # a shared gate was detached: private until the owner attaches the shared one
+            self.fleet = self._private_fleet()
 
     def _new_state(self) -> _State:
         c = self.config
         return _State(
             cooldowns=Cooldowns(cap=c.max_tracked_entities * 4),
-            budget=Budget(c.budget.max_repairs, c.budget.window_seconds),
-            storms=StormDetector(c.storm_threshold, c.storm_window_seconds, c.max_tracked_entities),
             cases=CaseBook(cap=c.max_tracked_entities),
             seen=SeenIds(cap=c.max_seen_anomalies),
         )
@@ -186,15 +220,21 @@ class PolicyEngine:
         return verifications, decisions
 
     def snapshot(self) -> bytes:
-        """Engine state for a per-partition checkpoint (config is not included)."""
-        return pickle.dumps((SNAPSHOT_VERSION, self._state), protocol=pickle.HIGHEST_PROTOCOL)
+        """Engine state for a per-partition checkpoint (config is not included; a private
+        fleet's budget and storm counts are, a shared gate's are not)."""
+        arbiter = self.fleet.arbiter if isinstance(self.fleet, LocalFleet) else None
+        own = arbiter if self._owns_fleet else None
+        return pickle.dumps((SNAPSHOT_VERSION, self._state, own), protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore(self, data: bytes) -> None:
         """Replace the state with a ``snapshot()`` (only ever restore your own checkpoints)."""
-        version, state = pickle.loads(data)  # our own checkpoint bytes only
-        if version != SNAPSHOT_VERSION or not isinstance(state, _State):
+        loaded = pickle.loads(data)  # our own checkpoint bytes only
+        version = loaded[0] if isinstance(loaded, tuple) and loaded else None
+        if version != SNAPSHOT_VERSION or not isinstance(loaded[1], _State):
             raise ValueError(f"unsupported policy snapshot version {version!r}")
-        self._state = state
+        self._state = loaded[1]
+        if self._owns_fleet and isinstance(loaded[2], FleetArbiter):
+            self.fleet = LocalFleet(loaded[2])
 
     def stats(self) -> PolicyStats:
         st = self._state
@@ -203,9 +243,11 @@ class PolicyEngine:
             watermark=st.watermark,
             tracked_cases=len(st.cases),
             cooldowns=len(st.cooldowns),
-            budget_used=st.budget.used(st.watermark) if st.watermark > -math.inf else 0,
-            budget_max=st.budget.max_repairs,
-            active_storms=tuple(sorted(a.value for a in st.storms.active)),
+            budget_used=self.fleet.budget_used(st.watermark) if st.watermark > -math.inf else 0,
+            budget_max=self.config.budget.max_repairs,
+            active_storms=tuple(
+                sorted(a.value for a in RepairAction if self.fleet.active_storm(a, st.watermark))
+            ),
             open_verifications=sum(1 for c in open_cases if c.pending is not None),
             open_escalations=sum(1 for c in open_cases if c.escalated),
             scheduled=len(st.due),
@@ -263,8 +305,18 @@ class PolicyEngine:
                 resolution = self._resolve_escalation(case, due)
                 if resolution is not None:
                     out.append(resolution)
-        for storm in st.storms.ended(now):
-            out.append(self._resolve_storm(storm))
+        window = self.config.storm_window_seconds
+        over: list[tuple[float, Storm]] = []
+        for storm in st.storms.values():
+            last = self.fleet.storm_last_need(storm.decision_id)
+            last = storm.last_need if last is None else max(last, storm.last_need)
+            if now - last >= window:
+                over.append((last, storm))
+        for last, storm in sorted(over, key=lambda x: (x[0], x[1].action.value)):
+            del st.storms[storm.action]
+            resolution = self._resolve_storm(storm, last)
+            self.fleet.end_storm(StormEnd(storm.decision_id, storm.action, resolution.ts))
+            out.append(resolution)
         return out
 
     def _close_success(self, case: Case, pending: PendingVerification) -> Verification:
@@ -310,8 +362,8 @@ class PolicyEngine:
             f"resolving escalation {escalation_id}",
         )
 
-    def _resolve_storm(self, storm: Storm) -> Decision:
-        ts = storm.last_need + self.config.storm_window_seconds
+    def _resolve_storm(self, storm: Storm, last_need: float) -> Decision:
+        ts = last_need + self.config.storm_window_seconds
         entity = storm_entity(storm.action)
         return Decision(
             id=decision_id("storm", RepairAction.ESCALATE, entity, f"resolved:{storm.decision_id}"),
@@ -426,18 +478,22 @@ class PolicyEngine:
                 )
             ]
         if exhausted:
-            storm = next(
-                (st.storms.active[s.action] for s in rule.actions if s.action in st.storms.active),
+            storm_id = next(
+                (
+                    (s.action, sid)
+                    for s in rule.actions
+                    if (sid := self.fleet.active_storm(s.action, now)) is not None
+                ),
                 None,
             )
-            if storm is not None:
+            if storm_id is not None:
                 # the storm's single escalation already covers this entity
                 return [
                     make(
                         RepairAction.ESCALATE,
                         suppressed,
-                        f"ladder exhausted during the {storm.action.value} storm; covered by "
-                        f"storm escalation {storm.decision_id}",
+                        f"ladder exhausted during the {storm_id[0].value} storm; covered by "
+                        f"storm escalation {storm_id[1]}",
                         Suppression.STORM,
                     )
                 ]
@@ -446,25 +502,27 @@ class PolicyEngine:
         step = rule.actions[case.rung]
         action = step.action
         out: list[Decision] = []
-        count = st.storms.record(action, f.entity, now)
-        storm = st.storms.active.get(action)
-        if storm is None and count > self.config.storm_threshold:
-            storm = self._start_storm(rule, anomaly, action, count, now)
+        until = st.cooldowns.until(f.entity, action, now)
+        approval = (
+            step.requires_approval if step.requires_approval is not None else rule.requires_approval
+        )
+        outcome = self._ask_fleet(rule, anomaly, action, claim=until is None and not approval)
+        if outcome.verdict is Verdict.STORM_STARTED:
+            storm = self._start_storm(rule, anomaly, action, outcome, now)
             out.append(self._storm_decision(storm, rule, anomaly, now))
-        if storm is not None:
+        if outcome.verdict in (Verdict.STORM, Verdict.STORM_STARTED):
             out.append(
                 make(
                     action,
                     suppressed,
                     f"storm: more than {self.config.storm_threshold} entities need "
                     f"{action.value} within {self.config.storm_window_seconds:g}s; "
-                    f"escalated once as {storm.decision_id}",
+                    f"escalated once as {outcome.storm_id}",
                     Suppression.STORM,
                     dict(step.params),
                 )
             )
             return out
-        until = st.cooldowns.until(f.entity, action, now)
         if until is not None:
             out.append(
                 make(
@@ -478,9 +536,6 @@ class PolicyEngine:
             return out
         rung_text = f"rung {case.rung + 1}/{len(rule.actions)}, attempt {case.attempts + 1}"
         trigger = _trigger_text(rule, anomaly)
-        approval = (
-            step.requires_approval if step.requires_approval is not None else rule.requires_approval
-        )
         if approval:
             st.cooldowns.start(f.entity, action, now, self._cooldown(rule, step))
             case.last_acted = now
@@ -497,19 +552,19 @@ class PolicyEngine:
                 )
             )
             return out
-        if not st.budget.available(now):
+        if outcome.verdict is Verdict.BUDGET:
+            budget = self.config.budget
             out.append(
                 make(
                     action,
                     suppressed,
-                    f"fleet budget of {st.budget.max_repairs} repairs per "
-                    f"{st.budget.window_seconds:g}s exhausted",
+                    f"fleet budget of {budget.max_repairs} repairs per "
+                    f"{budget.window_seconds:g}s exhausted",
                     Suppression.BUDGET,
                     dict(step.params),
                 )
             )
             return out
-        st.budget.consume(now)
         st.cooldowns.start(f.entity, action, now, self._cooldown(rule, step))
         case.last_acted = now
         if mode is Mode.DRY_RUN:
@@ -536,6 +591,30 @@ class PolicyEngine:
         self._schedule(case)
         out.append(decision)
         return out
+
+    def _ask_fleet(
+        self, rule: Rule, anomaly: Anomaly, action: RepairAction, *, claim: bool
+    ) -> FleetOutcome:
+        """The fleet's verdict on ``anomaly``'s entity needing ``action`` now."""
+        f = anomaly.finding
+        now = self._state.watermark
+        req = FleetRequest(
+            id=decision_id(rule.name, action, f.entity, anomaly.id),
+            ts=now,
+            entity=f.entity,
+            action=action,
+            claim=claim,
+            storm_id=decision_id("storm", RepairAction.ESCALATE, storm_entity(action), anomaly.id),
+        )
+        known = self.fleet.active_storm(action, now)
+        if known is not None:
+            # a running storm covers it: record the need (it keeps the storm going) without
+            # waiting; such a note neither takes budget nor starts a storm
+            self.fleet.note(
+                FleetRequest(req.id, req.ts, req.entity, action, claim=False, storm_id="")
+            )
+            return FleetOutcome(Verdict.STORM, known)
+        return self.fleet.request(req)
 
     def _escalate(
         self, rule: Rule, case: Case, anomaly: Anomaly, now: float, make: _Make
@@ -575,15 +654,13 @@ class PolicyEngine:
         return decision
 
     def _start_storm(
-        self, rule: Rule, anomaly: Anomaly, action: RepairAction, count: int, now: float
+        self, rule: Rule, anomaly: Anomaly, action: RepairAction, outcome: FleetOutcome, now: float
     ) -> Storm:
-        st = self._state
-        entity = storm_entity(action)
         storm = Storm(
             action=action,
             started=now,
             last_need=now,
-            decision_id=decision_id("storm", RepairAction.ESCALATE, entity, anomaly.id),
+            decision_id=outcome.storm_id,
             params={
                 "resolved": False,
                 "storm": True,
@@ -591,12 +668,12 @@ class PolicyEngine:
                 "severity": "critical",
                 "escalated_action": action.value,
                 "rule": rule.name,
-                "count": count,
-                "entities": st.storms.entities(action),
+                "count": outcome.count,
+                "entities": list(outcome.entities),
             },
             reason=(anomaly.id,),
         )
-        st.storms.active[action] = storm
+        self._state.storms[action] = storm
         return storm
 
     def _storm_decision(self, storm: Storm, rule: Rule, anomaly: Anomaly, now: float) -> Decision:

@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError
 from connectors.audit_file import AuditFileSink
 from connectors.errors import BrokerUnavailable, ConnectorError, is_retriable
 from connectors.files import FileSource, JsonlSink
+from connectors.fleet_ledger import KafkaFleet
 from connectors.http_server import Health, MetricsServer
 from connectors.kafka import KafkaSink, KafkaSource, OutRecord, ensure_topics
 from connectors.state_store import KafkaStateStore
@@ -31,6 +32,7 @@ from pipeline import state as snapshots
 from pipeline.audit import AuditRecord, decision_record, execution_record, verification_record
 from pipeline.config import KafkaConfig, Settings
 from pipeline.events import anomaly_event, deadletter_record, dumps, repair_event
+from pipeline.fleet import FleetArbiter
 from pipeline.metrics import Metrics
 from pipeline.stage import Outputs, PartitionStage, Pipeline, PolicyLike
 from pipeline.types import Decision, DecisionStatus, Envelope, RepairAction
@@ -218,6 +220,8 @@ class Runner:
                 client,
                 compacted=[t.state],
             )
+            # one partition: the fleet's repair needs in a single order every process reads
+            await ensure_topics(bootstrap, [t.fleet], 1, client)
         sink = KafkaSink(bootstrap, client=client)
         source = KafkaSource(
             bootstrap,
@@ -237,16 +241,35 @@ class Runner:
         self._position.clear()
         self._pending_messages = 0
         self.pipeline.stages.clear()
-        await sink.start()
+        policy = self.settings.policy
+        fleet = KafkaFleet(
+            bootstrap,
+            t.fleet,
+            k.group_id,
+            FleetArbiter.from_policy(policy),
+            client=client,
+            # the engine waits on it synchronously: keep well inside the watchdog
+            timeout_seconds=min(10.0, k.request_timeout_ms / 1000),
+            # verdicts of redelivered requests and the windows' history
+            lookback_seconds=3600
+            + 2 * max(policy.budget.window_seconds, policy.storm_window_seconds),
+            observe=self.metrics.fleet_request_seconds.observe,
+        )
+        await fleet.start()
+        self.pipeline.fleet = fleet
         try:
-            await source.start()
+            await sink.start()
             try:
-                await self._loop(source, sink, stop, deadline)
-                await self._checkpoint(None)
+                await source.start()
+                try:
+                    await self._loop(source, sink, stop, deadline)
+                    await self._checkpoint(None)
+                finally:
+                    await _quietly(source.stop())
             finally:
-                await _quietly(source.stop())
+                await _quietly(sink.stop())
         finally:
-            await _quietly(sink.stop())
+            await _quietly(fleet.stop())
 
     # -- partition state ------------------------------------------------------------------
 
@@ -298,10 +321,10 @@ class Runner:
                 log.error("partition %d: unusable snapshot (%s); starting it fresh", part, exc)
                 self.metrics.state_restores.labels("corrupt").inc()
                 continue
-            # the current deployment's routing config wins over the pickled one
-            stage.router = self.pipeline.router
+            # the current deployment's routing config and fleet gate win over the pickled ones
             stage.data_wall = float("inf")
-            self.pipeline.stages[part] = stage
+            stage.partition = part
+            self.pipeline.adopt(stage)
             self.metrics.state_restores.labels("restored").inc()
             restored.update(offsets)
         for tp in assigned:
@@ -514,6 +537,9 @@ class Runner:
         if wall > w0:
             self.metrics.overhead.set(100.0 * (cpu - c0) / (wall - w0))
         self._cpu = (cpu, wall)
+        marks = [st.watermark for st in self.pipeline.stages.values()]
+        if marks and max(marks) > -math.inf:
+            self.metrics.repair_budget_used.set(self.pipeline.fleet.budget_used(max(marks)))
         sizes: dict[str, list[int]] = {}
         for st in self.pipeline.stages.values():
             for coll in st.collections():

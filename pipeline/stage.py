@@ -17,6 +17,7 @@ from models.registry import Router, SeriesKey, series_key
 from pipeline.config import Settings
 from pipeline.decode import Decoded, Decoder
 from pipeline.events import to_anomaly
+from pipeline.fleet import FleetArbiter, FleetGate, LocalFleet
 from pipeline.guard import FailureRatio, Guard, GuardConfig
 from pipeline.lru import LRU
 from pipeline.types import Anomaly, Decision, Envelope, Finding, Reject, Verification
@@ -26,6 +27,13 @@ class PolicyLike(Protocol):
     def decide(self, anomaly: Anomaly) -> list[Decision]: ...
 
     def tick(self, watermark: float) -> tuple[list[Verification], list[Decision]]: ...
+
+
+def attach_fleet(policy: PolicyLike, fleet: FleetGate) -> None:
+    """Give a partition's policy the deployment's shared budget and storm log (when it asks)."""
+    attach = getattr(policy, "attach_fleet", None)
+    if attach is not None:
+        attach(fleet)
 
 
 @dataclass(slots=True)
@@ -253,9 +261,12 @@ class Pipeline:
         router: Router | None = None,
         *,
         live: bool = True,
+        fleet: FleetGate | None = None,
     ) -> None:
         self.settings = settings
         self.policy_factory = policy_factory
+        #: one budget and storm log for every partition (the runner swaps in the Kafka ledger)
+        self._fleet: FleetGate = fleet or LocalFleet(FleetArbiter.from_policy(settings.policy))
         self.router = router or Router(
             settings.detection.rules,
             settings.detection.models,
@@ -270,13 +281,31 @@ class Pipeline:
         self.use_watermark = (not live) or v.time_reference == "watermark"
         self.stages: dict[int, PartitionStage] = {}
 
+    @property
+    def fleet(self) -> FleetGate:
+        return self._fleet
+
+    @fleet.setter
+    def fleet(self, gate: FleetGate) -> None:
+        self._fleet = gate
+        for st in self.stages.values():
+            attach_fleet(st.policy, gate)
+
     def stage(self, partition: int) -> PartitionStage:
         st = self.stages.get(partition)
         if st is None:
+            policy = self.policy_factory()
+            attach_fleet(policy, self._fleet)
             st = self.stages[partition] = PartitionStage(
-                partition, self.settings, self.router, self.policy_factory()
+                partition, self.settings, self.router, policy
             )
         return st
+
+    def adopt(self, stage: PartitionStage) -> None:
+        """Install a restored stage: this deployment's routing and fleet gate win."""
+        stage.router = self.router
+        attach_fleet(stage.policy, self._fleet)
+        self.stages[stage.partition] = stage
 
     def process(self, batch: Sequence[Envelope], now: float | None) -> Outputs:
         """Decode, guard, detect and decide one batch; ``now`` is the wall clock when live."""

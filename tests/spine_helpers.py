@@ -20,7 +20,9 @@ from pipeline.runner import Runner
 def settings_for(prefix: str, bootstrap: str, partitions: int = 3, **extra: Any) -> Settings:
     topics = {
         name: f"{prefix}.{name}"
-        for name in ("metrics", "logs", "anomalies", "repairs", "deadletter", "audit", "state")
+        for name in (
+            "metrics", "logs", "anomalies", "repairs", "deadletter", "audit", "state", "fleet"
+        )
     }
     over: dict[str, Any] = {
         "kafka": {

@@ -43,6 +43,7 @@ TOPICS = (
     "selfheal.deadletter",
     "selfheal.audit",
     "selfheal.state",
+    "selfheal.fleet",
 )
 
 
@@ -123,6 +124,8 @@ def test_topic_init_creates_every_topic_and_compacts_state(compose: dict[str, An
     for topic in TOPICS:
         assert topic in script, topic
     assert re.search(r"create selfheal\.state [^\n]*cleanup\.policy=compact", script)
+    # the fleet ledger orders every repair need of the deployment: exactly one partition
+    assert re.search(r"--partitions 1 --topic selfheal\.fleet", script)
     assert "--if-not-exists" in script
     partitions = int(_env(init)["PARTITIONS"])
     assert partitions >= 3

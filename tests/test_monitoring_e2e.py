@@ -284,6 +284,19 @@ async def test_alerts_fire_from_a_running_pipeline(
             15,
             "the burst's restarts to be verified",
         )
+        # the success-rate panel compares two rates: let every verification close (2 s windows)
+        # and Prometheus scrape the final counters, so both rates cover the same repairs
+        await _wait(
+            lambda: _restarts(runner, "successful") >= _restarts(runner),
+            task,
+            15,
+            "every restart to be verified",
+        )
+        verified = _restarts(runner, "successful")
+        await asyncio.to_thread(
+            prom.wait_for_series,
+            f'repairs_successful_total{{job="{JOB}", type="restart"}} >= {verified:g}',
+        )
         assert not set(watch.seen) & set(MUST_STAY_INACTIVE), watch.seen
         groups = await asyncio.to_thread(prom.rule_groups)
         rules_now = {r["name"]: r for g in groups for r in g["rules"] if r["type"] == "alerting"}

@@ -1,11 +1,13 @@
 """The policy's safety nets through the real broker: storm + budget, flapping, dry run.
 
-Policy state (cooldowns, budget, storm window) lives with the partition's state, so a budget
-is per input partition; these topics have one partition, which makes it fleet-wide here.
+Per-entity policy state (cooldowns, ladder) lives with the partition's state; the budget and the
+storm window are fleet-wide through the one-partition fleet ledger topic, which the last tests
+check with two processes' runners over four input partitions.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import sys
 import time
@@ -32,6 +34,12 @@ def _mem(entity: str, ts: float, ratio: float) -> dict[str, Any]:
         "value": ratio * 1e9,
         "limit": 1e9,
     }
+
+
+def _fifty_at_once() -> list[dict[str, Any]]:
+    """50 entities over their memory limit together, three samples each."""
+    base = time.time() - 1800
+    return [_mem(f"svc-{e:02d}", base + 15 * i, 0.99) for i in range(3) for e in range(50)]
 
 
 async def _run(
@@ -65,8 +73,7 @@ async def _run(
 async def test_fifty_entities_at_once_budget_and_one_escalation(
     broker, producer, topic_prefix, tmp_path
 ):
-    base = time.time() - 1800
-    records = [_mem(f"svc-{e:02d}", base + 15 * i, 0.99) for i in range(3) for e in range(50)]
+    records = _fifty_at_once()
     repairs, audit, runner = await _run(broker, producer, topic_prefix, records, tmp_path)
     budget = runner.settings.policy.budget.max_repairs
     executed = [
@@ -122,6 +129,96 @@ async def test_dry_run_executes_nothing_and_records_everything(
     decided = {a["id"] for a in audit if a["record"] == "decision"}
     assert {r["id"] for r in repairs} <= decided, "every decision is in the audit trail"
     assert not [a for a in audit if a["record"] == "execution"]
+
+
+async def _run_two(
+    broker, producer, prefix: str, records: list[dict[str, Any]], tmp_path: Path, **sections: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Runner]]:
+    """Two runners (as two processes would) in one group over a four-partition input."""
+    s = settings_for(
+        prefix,
+        broker.bootstrap,
+        partitions=4,
+        detection={"models_enabled": False},
+        **sections,
+    )
+    t = s.kafka.topics
+    from connectors.kafka import ensure_topics
+
+    await ensure_topics(broker.bootstrap, [t.metrics, t.logs], 4)
+    runners = [Runner(s, lambda: PolicyEngine(s.policy)) for _ in range(2)]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(r.run(broker.bootstrap, stop=stop)) for r in runners]
+    try:
+        # both members first, so the partitions are spread before any sample arrives
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while loop.time() < deadline and not all(
+            r._source is not None and r._source.assignment() for r in runners
+        ):
+            await asyncio.sleep(0.1)
+        assert all(r._source is not None and r._source.assignment() for r in runners)
+        await produce(
+            producer,
+            t.metrics,
+            [orjson.dumps(r) for r in records],
+            [r["entity"].encode() for r in records],
+        )
+        while loop.time() < deadline + 60 and sum(r.stats.messages for r in runners) < len(records):
+            for task in tasks:
+                if task.done():
+                    task.result()
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)  # one more round of the runners' once-a-second gauges
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    assert sum(r.stats.messages for r in runners) >= len(records)
+    repairs = [orjson.loads(x) for x in await consume_all(broker.bootstrap, t.repairs)]
+    audit = [orjson.loads(x) for x in await consume_all(broker.bootstrap, t.audit)]
+    decisions = [a for a in audit if a["record"] == "decision"]
+    return repairs, decisions, runners
+
+
+async def test_storm_over_partitions_and_processes_escalates_once(
+    broker, producer, topic_prefix, tmp_path
+):
+    records = _fifty_at_once()
+    repairs, decisions, runners = await _run_two(broker, producer, topic_prefix, records, tmp_path)
+    # the entities really were spread over both processes
+    assert all(r.stats.messages > 0 for r in runners)
+    assert len({d["entity"] for d in decisions}) == 51  # 50 entities + storm:restart
+    policy = runners[0].settings.policy
+    executed = [
+        r for r in repairs if r["data"]["status"] == "execute" and r["data"]["action"] != "escalate"
+    ]
+    escalations = [r for r in repairs if r["data"]["action"] == "escalate"]
+    assert 0 < len(executed) <= min(policy.budget.max_repairs, policy.storm_threshold)
+    assert len(escalations) == 1, [e["data"]["explanation"] for e in escalations]
+    assert escalations[0]["data"]["params"]["storm"] is True
+    storm_id = escalations[0]["id"]
+    stormed = [d for d in decisions if d.get("suppressed_by") == "storm"]
+    assert stormed and all(storm_id in d["explanation"] for d in stormed)
+
+
+async def test_budget_is_fleet_wide_over_partitions_and_processes(
+    broker, producer, topic_prefix, tmp_path
+):
+    records = _fifty_at_once()
+    repairs, decisions, runners = await _run_two(
+        broker, producer, topic_prefix, records, tmp_path, policy={"storm_threshold": 1000}
+    )
+    budget = runners[0].settings.policy.budget.max_repairs
+    executed = [r for r in repairs if r["data"]["status"] == "execute"]
+    # four partitions, two processes, one budget: exactly the budget is spent, no more
+    assert len(executed) == budget, len(executed)
+    over = [d for d in decisions if d.get("suppressed_by") == "budget"]
+    assert len({d["entity"] for d in over}) == 50 - budget
+    # every verdict was waited for on the ledger, and the wait is exported
+    waits = [r.metrics.registry.get_sample_value("fleet_request_seconds_count") for r in runners]
+    assert sum(w or 0 for w in waits) >= 50
+    used = [r.metrics.registry.get_sample_value("repair_budget_used") for r in runners]
+    assert used == [budget, budget], "both processes see the one fleet budget spent"
 
 
 def _epoch(text: str) -> float:
