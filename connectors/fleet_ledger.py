@@ -188,7 +188,9 @@ class KafkaFleet:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,
-            # answers wait on this fetch: return as soon as a record is there
+            # verdicts wait on this fetch. Kafka answers a fetch as soon as a record is there;
+            # the embedded Tansu holds it for the whole max wait (median verdict ~6 ms at 20 ms,
+            # ~1.4 ms at 1 ms but 4 % of a core spent polling an idle ledger at 5 ms)
             fetch_max_wait_ms=20,
             **self.client,
         )
