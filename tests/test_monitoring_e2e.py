@@ -9,11 +9,11 @@ the shipped ones. Faults:
 - a burst of memory samples above 95 % of ``limit`` for several hundred entities, one
   ``restart`` each -> ``HighRepairRate`` (``rate(repairs_attempted_total[5m]) > 1``).
 
-The shipped policy caps automatic repairs at 10 per 600 s per engine (one engine per partition)
-and suppresses a burst over more than 5 entities as a storm, so with it repairs never exceed
-about 0.05/s and ``HighRepairRate`` cannot be reached: the test widens the budget and storm
-threshold (the alert is the backstop for exactly that configuration) and shortens the
-verification window so that repairs are also verified successful within the test.
+The shipped policy caps automatic repairs at 10 per 600 s for the whole fleet and suppresses a
+burst over more than 5 entities as a storm, so with it repairs never exceed about 0.02/s and
+``HighRepairRate`` cannot be reached: the test widens the budget and storm threshold (the alert
+is the backstop for exactly that configuration) and shortens the verification window so that
+repairs are also verified successful within the test.
 """
 
 from __future__ import annotations
