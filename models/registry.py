@@ -69,6 +69,10 @@ class Router:
         self._logs_kw = _kwargs(models.logs)
         self._counters = {models.error_rate.requests_metric, models.error_rate.errors_metric}
         self._memory = set(models.memory.metrics)
+        #: metrics feeding a per-entity judge: one set lookup per sample on the hot path
+        self.entity_metrics: frozenset[str] = (
+            frozenset(self._counters) if models_enabled else frozenset()
+        )
 
     def _latency_applies(self, metric: str, covered: bool) -> bool:
         if any(fnmatch.fnmatchcase(metric, p) for p in self.models.latency_metrics):
@@ -87,8 +91,8 @@ class Router:
         return judges
 
     def has_entity_judges(self, metric: str) -> bool:
-        """Cheap pre-check on the hot path: does this metric feed a per-entity judge?"""
-        return self.models_enabled and metric in self._counters
+        """Does this metric feed a per-entity judge?"""
+        return metric in self.entity_metrics
 
     def entity_judges(self, sample: Sample) -> list[tuple[str, Callable[[], Judge]]]:
         """Judges shared by all series of one entity (the error ratio from counters)."""

@@ -207,6 +207,8 @@ class RatioOfLimitJudge(_EdgeJudge):
             if ratio > rule.warning
             else None
         )
+        if sev is None and self._active is None:
+            return []  # still fine: what ``_edge`` would conclude, without the call
         if not self._edge(sev, sample.ts):
             return []
         assert sev is not None
@@ -241,6 +243,8 @@ class ConsecutiveJudge(_EdgeJudge):
                 self._run_start = sample.ts
             self._run += 1
         else:
+            if self._run == 0 and self._active is None:
+                return []  # healthy and was healthy: what ``_edge`` would conclude
             self._run = 0
         sev = rule.severity if self._run >= rule.count else None
         if not self._edge(sev, sample.ts):

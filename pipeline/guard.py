@@ -6,6 +6,7 @@ what the live run rejected. Every per-key structure is an ``LRU``.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from pipeline.lru import LRU
@@ -38,14 +39,16 @@ class Guard:
     """
     >>> g = Guard(GuardConfig(rate_per_second=1.0, burst=2.0))
     >>> env = Envelope("t", 0, 0, b"")
-    >>> [g.admit(env, "a", "m", {}, 10.0, 10.0) is None for _ in range(3)]
+    >>> [g.admit(env, "a", "m", None, 10.0, 10.0) is None for _ in range(3)]
     [True, True, False]
     """
 
     def __init__(self, config: GuardConfig) -> None:
         self.config = config
         self.buckets: LRU[str, _Bucket] = LRU("rate_buckets", config.max_entities)
-        self.label_sets: LRU[tuple[str, str], set[int]] = LRU("label_sets", config.max_entities)
+        self.label_sets: LRU[tuple[str, str], set[Hashable]] = LRU(
+            "label_sets", config.max_entities
+        )
         self.findings: list[Finding] = []
 
     def admit(
@@ -53,11 +56,17 @@ class Guard:
         env: Envelope,
         entity: str,
         metric: str,
-        labels: object,
+        labels: Hashable | None,
         ts: float,
         reference: float | None,
     ) -> Reject | None:
-        """None when the record may enter; else the Reject. ``reference`` is "now"."""
+        """None when the record may enter; else the Reject. ``reference`` is "now".
+
+        ``labels`` identifies the record's label set, hashably (the stage passes its series
+        key, which holds the sorted labels); falsy for a record without labels.
+        """
+        # hot path (once per record): the LRUs' dicts directly and the common case inline;
+        # a new bucket, an empty bucket or a reject takes the slow path
         cfg = self.config
         if reference is not None:
             if ts > reference + cfg.max_future_seconds:
@@ -76,8 +85,16 @@ class Guard:
                 )
         if labels:
             key = (entity, metric)
-            sets = self.label_sets.get_or_create(key, set)
-            h = hash(frozenset(labels.items()))  # type: ignore[attr-defined]
+            label_sets = self.label_sets._data
+            sets = label_sets.get(key)
+            if sets is None:
+                sets = set()
+                self.label_sets.put(key, sets)
+            else:
+                label_sets.move_to_end(key)
+            # the label set itself, not its hash(): str hashes differ between processes, and
+            # these sets travel in snapshots to whichever process takes the partition over
+            h = labels
             if h not in sets:
                 if len(sets) >= cfg.max_label_sets_per_series:
                     return Reject(
@@ -88,6 +105,17 @@ class Guard:
                         f"{entity}/{metric}",
                     )
                 sets.add(h)
+        buckets = self.buckets._data
+        b = buckets.get(entity)
+        if b is not None:
+            buckets.move_to_end(entity)
+            if ts > b.last:
+                tokens = b.tokens + (ts - b.last) * cfg.rate_per_second
+                b.tokens = tokens if tokens < cfg.burst else cfg.burst
+                b.last = ts
+            if b.tokens >= 1.0:
+                b.tokens -= 1.0
+                return None
         return self._rate(env, entity, ts)
 
     def _rate(self, env: Envelope, entity: str, ts: float) -> Reject | None:

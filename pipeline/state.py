@@ -15,7 +15,7 @@ import zlib
 from typing import Any
 
 MAGIC = b"SHSNAP"
-VERSION = 2
+VERSION = 3  # 3: fleet-wide policy state moved out, label sets by value
 _HEADER = struct.Struct(">6sHI")
 
 Offsets = dict[tuple[str, int], int]
