@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import math
 import os
@@ -43,7 +42,6 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -54,7 +52,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import nproc  # noqa: E402
+from benchmarks.common import head_revision_module, nproc, publish  # noqa: E402
 from models.error_rate import ErrorRateJudge  # noqa: E402
 from models.latency import LatencyJudge  # noqa: E402
 from models.logs import LogAnalyzerJudge  # noqa: E402
@@ -212,24 +210,9 @@ def measure(
 
 def baseline_latency_factory() -> Callable[[], Any] | None:
     """The committed (previous) ``LatencyJudge``, or None when git cannot provide it."""
-    try:
-        src = subprocess.run(
-            ["git", "-C", str(ROOT), "show", "HEAD:models/latency.py"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
+    mod = head_revision_module("models/latency.py", "latency_baseline")
+    if mod is None:
         return None
-    path = Path(tempfile.mkdtemp()) / "latency_baseline.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("latency_baseline", path)
-    if spec is None or spec.loader is None:
-        return None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["latency_baseline"] = mod  # dataclasses need the module registered
-    spec.loader.exec_module(mod)
     judge_cls: Callable[[], Any] = mod.LatencyJudge
     return judge_cls
 
@@ -507,10 +490,7 @@ def main(argv: list[str]) -> int:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(text)
+    publish(text, None if args.no_write else RESULTS)
     return 0
 
 

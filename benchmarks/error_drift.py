@@ -15,14 +15,11 @@ Run: ``.venv/bin/python benchmarks/error_drift.py`` (writes benchmarks/results/e
 from __future__ import annotations
 
 import gc
-import importlib.util
 import os
 import pickle
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -34,6 +31,7 @@ if str(ROOT) not in sys.path:
 
 from river import drift  # noqa: E402
 
+from benchmarks.common import head_revision_module, publish  # noqa: E402
 from benchmarks.scenarios import (  # noqa: E402
     ErrorScenario,
     counter_samples,
@@ -58,21 +56,9 @@ class RiverKSWINJudge(ErrorRateJudge):
 
 def head_judge() -> type[Any] | None:
     """``ErrorRateJudge`` of the HEAD revision, or None when git cannot provide it."""
-    try:
-        src = subprocess.run(
-            ["git", "-C", str(ROOT), "show", "HEAD:models/error_rate.py"],
-            capture_output=True, text=True, check=True, timeout=30,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
+    mod = head_revision_module("models/error_rate.py", "error_rate_head")
+    if mod is None:
         return None
-    path = Path(tempfile.mkdtemp()) / "error_rate_head.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("error_rate_head", path)
-    if spec is None or spec.loader is None:
-        return None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["error_rate_head"] = mod  # dataclasses need the module registered
-    spec.loader.exec_module(mod)
     cls: type[Any] = mod.ErrorRateJudge
     return cls
 
@@ -351,6 +337,4 @@ def main() -> str:
 
 
 if __name__ == "__main__":
-    text = main()
-    print(text)
-    (ROOT / "benchmarks" / "results" / "error_drift.md").write_text(text)
+    publish(main(), ROOT / "benchmarks" / "results" / "error_drift.md")

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiokafka import AIOKafkaProducer
 
-from benchmarks.common import nproc
+from benchmarks.common import nproc, publish
 from connectors.broker import kafka_broker
 from connectors.fleet_ledger import KafkaFleet
 from connectors.kafka import ensure_topics
@@ -116,9 +116,7 @@ async def main(argv: list[str] | None = None) -> int:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish(text, args.out)
     return 0
 
 

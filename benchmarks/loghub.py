@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:
 from drain3 import TemplateMiner  # noqa: E402
 from drain3.template_miner_config import TemplateMinerConfig  # noqa: E402
 
+from benchmarks.common import publish  # noqa: E402
 from models.log_templates import LogTemplateConfig, LogTemplateMiner  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data" / "loghub"
@@ -212,9 +213,7 @@ def main() -> int:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(text, encoding="utf-8")
+    publish(text, RESULT)
     return 0
 
 

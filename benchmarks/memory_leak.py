@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import publish  # noqa: E402
 from benchmarks.scenarios import (  # noqa: E402
     HOUR,
     MemoryScenario,
@@ -225,7 +226,4 @@ def main() -> str:
 
 
 if __name__ == "__main__":
-    text = main()
-    print(text)
-    out = ROOT / "benchmarks" / "results" / "memory_leak.md"
-    out.write_text(text)
+    publish(main(), ROOT / "benchmarks" / "results" / "memory_leak.md")

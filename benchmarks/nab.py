@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import nproc  # noqa: E402
+from benchmarks.common import nproc, publish  # noqa: E402
 from benchmarks.nab_scoring import (  # noqa: E402
     PROFILES,
     STANDARD,
@@ -231,10 +231,7 @@ def main(argv: list[str]) -> int:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(text)
+    publish(text, None if args.no_write else RESULTS)
     return 0
 
 

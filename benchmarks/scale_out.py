@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+from benchmarks.common import publish  # noqa: E402
 from connectors.broker import EmbeddedBroker, free_port  # noqa: E402
 from connectors.kafka import ensure_topics  # noqa: E402
 from tests.spine_helpers import valid_samples  # noqa: E402
@@ -125,9 +126,7 @@ async def main(argv: list[str] | None = None) -> int:
         "Each added member also costs a rebalance and a snapshot restore at start.",
     ]
     text = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    publish(text, args.out)
     return 0
 
 

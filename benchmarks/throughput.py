@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from benchmarks.common import publish
 from connectors.broker import kafka_broker
 from connectors.kafka import ensure_topics
 from pipeline.config import KafkaConfig, load_settings
@@ -225,9 +226,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="also write the Markdown section here")
     args = ap.parse_args()
     text = asyncio.run(main_async(args))
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    publish(text + "\n", args.out)
 
 
 if __name__ == "__main__":

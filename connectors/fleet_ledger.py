@@ -76,9 +76,6 @@ class KafkaFleet:
         self.clock = clock
         #: called with each request's wait in seconds (a Prometheus histogram's ``observe``)
         self.observe = observe
-        self.requests = 0
-        self.notes_failed = 0
-        self.skipped_records = 0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -122,7 +119,6 @@ class KafkaFleet:
 
     def request(self, req: FleetRequest) -> FleetOutcome:
         """Log ``req`` and block until this process has read the log up to it."""
-        self.requests += 1
         started = time.monotonic()
         fut = self._submit(self._request(req))
         try:
@@ -170,7 +166,6 @@ class KafkaFleet:
 
         def done(f: concurrent.futures.Future[int]) -> None:
             if f.cancelled() or f.exception() is not None:
-                self.notes_failed += 1
                 log.warning("fleet ledger record not written: %r", f.exception())
 
         fut.add_done_callback(done)
@@ -246,7 +241,6 @@ class KafkaFleet:
         try:
             item = decode_record(raw or b"", self.group)
         except RecordError as exc:
-            self.skipped_records += 1
             log.warning("fleet ledger: skipping a record: %s", exc)
             return
         if isinstance(item, FleetRequest):

@@ -90,10 +90,6 @@ class Router:
             judges.append(LatencyJudge(**self._latency_kw))  # type: ignore[arg-type]
         return judges
 
-    def has_entity_judges(self, metric: str) -> bool:
-        """Does this metric feed a per-entity judge?"""
-        return metric in self.entity_metrics
-
     def entity_judges(self, sample: Sample) -> list[tuple[str, Callable[[], Judge]]]:
         """Judges shared by all series of one entity (the error ratio from counters)."""
         return [("error_rate", self._error_rate)]

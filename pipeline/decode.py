@@ -57,6 +57,11 @@ _TS_FIELDS = ("ts", "timestamp")
 _FAILED: Any = object()
 
 
+def sample_of(m: MetricSampleIn) -> Sample:
+    """The internal ``Sample`` of a validated native wire sample."""
+    return Sample(ts_seconds(m.ts), m.entity, m.metric, m.value, m.labels, m.limit)
+
+
 def _sample_validator() -> Callable[[bytes], Sample]:
     """``MetricSampleIn``'s validation, building the internal ``Sample`` directly.
 
@@ -74,8 +79,7 @@ def _sample_validator() -> Callable[[bytes], Sample]:
         validate = MetricSampleIn.model_validate_json
 
         def slow(value: bytes) -> Sample:
-            m = validate(value)
-            return Sample(ts_seconds(m.ts), m.entity, m.metric, m.value, m.labels, m.limit)
+            return sample_of(validate(value))
 
         return slow
 
@@ -268,10 +272,7 @@ class Decoder:
             return
         try:
             if "metric" in obj:
-                m = MetricSampleIn.model_validate(obj)
-                out.samples.append(
-                    (env, Sample(ts_seconds(m.ts), m.entity, m.metric, m.value, m.labels, m.limit))
-                )
+                out.samples.append((env, sample_of(MetricSampleIn.model_validate(obj))))
             elif "fields" in obj and "name" in obj:
                 self._telegraf(env, obj, out, prefix)
             elif "name" in obj and "value" in obj:

@@ -31,10 +31,11 @@ import enum
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
 
+from pipeline.policy_config import PolicyConfig
 from pipeline.repair import Budget, StormDetector
 from pipeline.types import RepairAction
 
@@ -122,8 +123,8 @@ class FleetArbiter:
         self.applied = 0
 
     @classmethod
-    def from_policy(cls, policy: Any) -> FleetArbiter:
-        """From a ``PolicyConfig`` (budget, storm threshold and window, state bounds)."""
+    def from_policy(cls, policy: PolicyConfig) -> FleetArbiter:
+        """Budget, storm threshold and window, and state bounds of ``policy``."""
         return cls(
             max_repairs=policy.budget.max_repairs,
             window_seconds=policy.budget.window_seconds,

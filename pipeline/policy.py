@@ -222,8 +222,9 @@ class PolicyEngine:
     def snapshot(self) -> bytes:
         """Engine state for a per-partition checkpoint (config is not included; a private
         fleet's budget and storm counts are, a shared gate's are not)."""
-        arbiter = self.fleet.arbiter if isinstance(self.fleet, LocalFleet) else None
-        own = arbiter if self._owns_fleet else None
+        own = None
+        if self._owns_fleet and isinstance(self.fleet, LocalFleet):
+            own = self.fleet.arbiter
         return pickle.dumps((SNAPSHOT_VERSION, self._state, own), protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore(self, data: bytes) -> None:
@@ -506,7 +507,7 @@ class PolicyEngine:
         approval = (
             step.requires_approval if step.requires_approval is not None else rule.requires_approval
         )
-        outcome = self._ask_fleet(rule, anomaly, action, claim=until is None and not approval)
+        outcome = self._ask_fleet(rule, anomaly, action, now, claim=until is None and not approval)
         if outcome.verdict is Verdict.STORM_STARTED:
             storm = self._start_storm(rule, anomaly, action, outcome, now)
             out.append(self._storm_decision(storm, rule, anomaly, now))
@@ -593,11 +594,10 @@ class PolicyEngine:
         return out
 
     def _ask_fleet(
-        self, rule: Rule, anomaly: Anomaly, action: RepairAction, *, claim: bool
+        self, rule: Rule, anomaly: Anomaly, action: RepairAction, now: float, *, claim: bool
     ) -> FleetOutcome:
-        """The fleet's verdict on ``anomaly``'s entity needing ``action`` now."""
+        """The fleet's verdict on ``anomaly``'s entity needing ``action`` at ``now``."""
         f = anomaly.finding
-        now = self._state.watermark
         req = FleetRequest(
             id=decision_id(rule.name, action, f.entity, anomaly.id),
             ts=now,

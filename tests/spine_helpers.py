@@ -6,23 +6,24 @@ import asyncio
 import json
 import os
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from pipeline.config import Settings, load_settings
+from pipeline.config import Settings, TopicsConfig, load_settings
 from pipeline.policy import PolicyEngine
 from pipeline.runner import Runner
+from tests.conftest import ROOT
 
 
 def settings_for(prefix: str, bootstrap: str, partitions: int = 3, **extra: Any) -> Settings:
     topics = {
         name: f"{prefix}.{name}"
-        for name in (
-            "metrics", "logs", "anomalies", "repairs", "deadletter", "audit", "state", "fleet"
-        )
+        for name in TopicsConfig.model_fields  # every topic the pipeline uses, per test
     }
     over: dict[str, Any] = {
         "kafka": {
@@ -121,6 +122,13 @@ async def produce(producer: Any, topic: str, values: list[bytes], keys: list[byt
     await asyncio.gather(*futs)
 
 
+async def produce_records(producer: Any, topic: str, records: list[dict[str, Any]]) -> None:
+    """``records`` as JSON, keyed by their entity (one entity stays on one partition)."""
+    await produce(
+        producer, topic, [orjson.dumps(r) for r in records], [r["entity"].encode() for r in records]
+    )
+
+
 async def run_until(runner: Runner, bootstrap: str, done: Any, timeout: float = 60.0) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(bootstrap, stop=stop))
@@ -143,3 +151,24 @@ def make_runner(settings: Settings) -> Runner:
 
 def env_without_kafka() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SELFHEAL_")}
+
+
+def start_pipeline(config: Path, bootstrap: str, log: Path) -> subprocess.Popen[bytes]:
+    """``selfheal run`` as a subprocess; stderr (the log) goes to ``log``."""
+    with log.open("ab") as err:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "run",
+                "--config",
+                str(config),
+                "--bootstrap",
+                bootstrap,
+            ],
+            cwd=ROOT,
+            env=env_without_kafka(),
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )

@@ -14,8 +14,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from pipeline.decode import Decoder, validate_sample
-from pipeline.schemas import MetricSampleIn, ts_seconds
+from pipeline.decode import Decoder, sample_of, validate_sample
+from pipeline.schemas import MetricSampleIn
 from pipeline.types import Envelope, Sample
 from tests.fuzz_strategies import METRICS_TOPIC, fuzz_settings, mutated, native_metric, payloads
 
@@ -24,10 +24,9 @@ native_documents = st.one_of(native_metric, mutated(native_metric), mutated(nati
 
 def _model(body: bytes) -> Sample | None:
     try:
-        m = MetricSampleIn.model_validate_json(body)
+        return sample_of(MetricSampleIn.model_validate_json(body))
     except ValidationError:
         return None
-    return Sample(ts_seconds(m.ts), m.entity, m.metric, m.value, m.labels, m.limit)
 
 
 def _fast(body: bytes) -> Sample | None:

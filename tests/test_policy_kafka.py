@@ -21,7 +21,7 @@ from pipeline.policy import PolicyEngine
 from pipeline.runner import Runner
 from pipeline.wiring import build_executors
 from tests.conftest import consume_all
-from tests.spine_helpers import produce, run_until, settings_for
+from tests.spine_helpers import produce_records, run_until, settings_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -57,12 +57,7 @@ async def _run(
     from connectors.kafka import ensure_topics
 
     await ensure_topics(broker.bootstrap, [t.metrics, t.logs], 1)
-    await produce(
-        producer,
-        t.metrics,
-        [orjson.dumps(r) for r in records],
-        [r["entity"].encode() for r in records],
-    )
+    await produce_records(producer, t.metrics, records)
     runner = Runner(s, lambda: PolicyEngine(s.policy), executors=build_executors(s))
     await run_until(runner, broker.bootstrap, lambda: runner.stats.messages >= len(records))
     repairs = [orjson.loads(x) for x in await consume_all(broker.bootstrap, t.repairs)]
@@ -158,12 +153,7 @@ async def _run_two(
         ):
             await asyncio.sleep(0.1)
         assert all(r._source is not None and r._source.assignment() for r in runners)
-        await produce(
-            producer,
-            t.metrics,
-            [orjson.dumps(r) for r in records],
-            [r["entity"].encode() for r in records],
-        )
+        await produce_records(producer, t.metrics, records)
         while loop.time() < deadline + 60 and sum(r.stats.messages for r in runners) < len(records):
             for task in tasks:
                 if task.done():

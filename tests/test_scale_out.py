@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from connectors.broker import BrokerHandle, free_port
 from pipeline.config import Settings
 from tests.conftest import ROOT, consume_all
-from tests.spine_helpers import settings_for, write_config
+from tests.spine_helpers import settings_for, start_pipeline, write_config
 
 pytestmark = pytest.mark.asyncio
 
@@ -94,28 +94,6 @@ def config_with_port(settings: Settings, path: Path, port: int) -> Path:
     return write_config(
         path, settings.model_copy(update={"http": settings.http.model_copy(update={"port": port})})
     )
-
-
-def start_pipeline(config: Path, bootstrap: str, log: Path) -> subprocess.Popen[bytes]:
-    """``selfheal run`` as a subprocess; stderr (the log) goes to ``log``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFHEAL_")}
-    with log.open("ab") as err:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipeline.cli",
-                "run",
-                "--config",
-                str(config),
-                "--bootstrap",
-                bootstrap,
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=err,
-        )
 
 
 def scrape(port: int, path: str = "/metrics", timeout: float = 2.0) -> tuple[int, str]:

@@ -8,13 +8,19 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import orjson
 import pytest
 
 from tests.conftest import consume_all
-from tests.spine_helpers import malformed, produce, settings_for, valid_samples, write_config
+from tests.spine_helpers import (
+    malformed,
+    produce,
+    settings_for,
+    start_pipeline,
+    valid_samples,
+    write_config,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -31,23 +37,6 @@ async def _committed(bootstrap: str, group: str, topic: str) -> tuple[int, int]:
         return committed, end
     finally:
         await c.stop()
-
-
-def _start(config: Path, bootstrap: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "run",
-            "--config",
-            str(config),
-            "--bootstrap",
-            bootstrap,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
 
 
 async def test_kill_9_restart_and_replay_equivalence(broker, producer, topic_prefix, tmp_path):
@@ -75,14 +64,15 @@ async def test_kill_9_restart_and_replay_equivalence(broker, producer, topic_pre
     src.write_bytes(b"\n".join(values) + b"\n")
     config = write_config(tmp_path / "config.yaml", s)
 
-    proc = _start(config, broker.bootstrap)
+    log = tmp_path / "pipeline.log"
+    proc = start_pipeline(config, broker.bootstrap, log)
     try:
         # wait until it has committed part of the stream, then kill it without warning
         for _ in range(600):
             committed, _end = await _committed(broker.bootstrap, s.kafka.group_id, t.metrics)
             if committed > 2_000:
                 break
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert proc.poll() is None, log.read_text()
             await asyncio.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
@@ -91,7 +81,7 @@ async def test_kill_9_restart_and_replay_equivalence(broker, producer, topic_pre
         if proc.poll() is None:
             proc.kill()
 
-    proc = _start(config, broker.bootstrap)
+    proc = start_pipeline(config, broker.bootstrap, log)
     try:
         for _ in range(1200):
             committed, _end = await _committed(broker.bootstrap, s.kafka.group_id, t.metrics)

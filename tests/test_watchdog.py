@@ -11,7 +11,7 @@ from pipeline.policy import PolicyEngine
 from pipeline.runner import Runner
 from pipeline.types import Decision
 from tests.conftest import consume_all
-from tests.spine_helpers import produce, run_until, settings_for
+from tests.spine_helpers import produce_records, run_until, settings_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -63,12 +63,7 @@ async def test_watchdog_cancels_a_stuck_iteration_and_the_pipeline_continues(
     from connectors.kafka import ensure_topics
 
     await ensure_topics(broker.bootstrap, [t.metrics, t.logs], 1)
-    await produce(
-        producer,
-        t.metrics,
-        [orjson.dumps(r) for r in records],
-        [r["entity"].encode() for r in records],
-    )
+    await produce_records(producer, t.metrics, records)
     hang = HangsOnce()
     runner = Runner(s, lambda: PolicyEngine(s.policy), executors=[hang])
     await run_until(
