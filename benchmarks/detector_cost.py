@@ -5,7 +5,7 @@ Usage::
     .venv/bin/python benchmarks/detector_cost.py               # full run (about 2 minutes)
     .venv/bin/python benchmarks/detector_cost.py --points 2000 --series 20000 --no-write
 
-For each judge the pipeline creates (the static rules of ``models.rules.DEFAULT_RULES``,
+For each judge the pipeline creates (the static rules of ``selfheal.models.rules.DEFAULT_RULES``,
 ``MemoryLeakJudge``, ``ErrorRateJudge`` on counters and on logs, ``LatencyJudge``,
 ``LogAnalyzerJudge``) on a realistic synthetic stream of ``--points`` samples, 30 s apart:
 
@@ -23,7 +23,8 @@ rule + ``MemoryLeakJudge``), 50 % latency series (``LatencyJudge``), 25 % rule-o
 (one rule judge each), plus per-entity judges (``ErrorRateJudge`` + ``LogAnalyzerJudge``) for
 one entity per ``--series-per-entity`` series (the bank shares one ``ErrorRateJudge`` per entity
 for counters and logs); and a direct measurement: ``--series`` series of
-that mix built through ``models.registry.Router.series_judges`` (default rules and models) and
+that mix built through ``selfheal.models.registry.Router.series_judges`` (default rules and models)
+and
 fed ``--short`` samples each, kept in a dict like the runner's bank, measured in two fresh
 subprocesses (RSS growth without tracing; ``tracemalloc`` with tracing).
 Writes the Markdown section to ``benchmarks/results/detector_cost.md``.
@@ -52,14 +53,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from selfheal.models.error_rate import ErrorRateJudge  # noqa: E402
+from selfheal.models.latency import LatencyJudge  # noqa: E402
+from selfheal.models.logs import LogAnalyzerJudge  # noqa: E402
+from selfheal.models.memory import MemoryLeakJudge  # noqa: E402
+from selfheal.models.registry import DetectorsConfig, Router  # noqa: E402
+from selfheal.models.rules import DEFAULT_RULES  # noqa: E402
+from selfheal.pipeline.kernel.types import LogLevel, LogLine, Sample  # noqa: E402
+
 from benchmarks.common import head_revision_module, nproc, publish  # noqa: E402
-from models.error_rate import ErrorRateJudge  # noqa: E402
-from models.latency import LatencyJudge  # noqa: E402
-from models.logs import LogAnalyzerJudge  # noqa: E402
-from models.memory import MemoryLeakJudge  # noqa: E402
-from models.registry import DetectorsConfig, Router  # noqa: E402
-from models.rules import DEFAULT_RULES  # noqa: E402
-from pipeline.types import LogLevel, LogLine, Sample  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "detector_cost.md"
 STEP = 30.0
@@ -492,7 +494,6 @@ def main(argv: list[str]) -> int:
     text = "\n".join(lines)
     publish(text, None if args.no_write else RESULTS)
     return 0
-
 
 
 if __name__ == "__main__":

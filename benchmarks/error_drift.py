@@ -30,6 +30,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from river import drift  # noqa: E402
+from selfheal.models.error_rate import ErrorRateJudge  # noqa: E402
+from selfheal.pipeline.kernel.types import AnomalyKind  # noqa: E402
 
 from benchmarks.common import head_revision_module, publish  # noqa: E402
 from benchmarks.scenarios import (  # noqa: E402
@@ -40,8 +42,6 @@ from benchmarks.scenarios import (  # noqa: E402
     error_stream,
     log_lines,
 )
-from models.error_rate import ErrorRateJudge  # noqa: E402
-from pipeline.types import AnomalyKind  # noqa: E402
 
 
 class RiverKSWINJudge(ErrorRateJudge):
@@ -49,7 +49,9 @@ class RiverKSWINJudge(ErrorRateJudge):
 
     def _make_detector(self) -> Any:
         return drift.KSWIN(
-            alpha=self.kswin_alpha, window_size=self.kswin_window, stat_size=self.kswin_stat,
+            alpha=self.kswin_alpha,
+            window_size=self.kswin_window,
+            stat_size=self.kswin_stat,
             seed=7,
         )
 
@@ -62,6 +64,7 @@ def head_judge() -> type[Any] | None:
     cls: type[Any] = mod.ErrorRateJudge
     return cls
 
+
 # history_buckets=360 (HEAD's default) for the alternatives: ADWIN alarms ~200 buckets after
 # a shift, beyond the 100-bucket history the change point is re-estimated on
 H360: dict[str, Any] = {"history_buckets": 360}
@@ -72,8 +75,11 @@ CONFIGS: list[tuple[str, dict[str, Any], type[Any]]] = [
         {"detector": "adwin", "adwin_delta": 0.0002, **H360},
         ErrorRateJudge,
     ),
-    ("PageHinkley up d=0.005 l=0.1, history 360", {"detector": "page_hinkley", **H360},
-     ErrorRateJudge),
+    (
+        "PageHinkley up d=0.005 l=0.1, history 360",
+        {"detector": "page_hinkley", **H360},
+        ErrorRateJudge,
+    ),
     (
         "PageHinkley up d=0.005 l=0.3, history 360",
         {"detector": "page_hinkley", "ph_threshold": 0.3, **H360},
@@ -164,8 +170,11 @@ def bursts() -> tuple[int, int, int, int]:
         spots = (300, 700, 1100, 1500, 1900)
         sc = error_stream(700 + s, 2000, 0.01, volume=200.0, bursts=spots, burst_p=0.2)
         f, _, _, _ = run_buckets(sc, {})
-        got = {round(x.evidence["bucket_start"] / 60.0 - sc.bucket_start(0) / 60.0)
-               for x in f if x.kind == AnomalyKind.ERROR_BURST}
+        got = {
+            round(x.evidence["bucket_start"] / 60.0 - sc.bucket_start(0) / 60.0)
+            for x in f
+            if x.kind == AnomalyKind.ERROR_BURST
+        }
         hits += len(got & set(spots))
         total += len(spots)
     fa = nb = 0

@@ -23,13 +23,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiokafka import AIOKafkaProducer
+from selfheal.connectors.broker import kafka_broker
+from selfheal.connectors.fleet_ledger import KafkaFleet
+from selfheal.connectors.kafka import ensure_topics
+from selfheal.pipeline.core.fleet import FleetArbiter
+from selfheal.pipeline.kernel.types import FleetRequest, RepairAction
 
 from benchmarks.common import nproc, publish
-from connectors.broker import kafka_broker
-from connectors.fleet_ledger import KafkaFleet
-from connectors.kafka import ensure_topics
-from pipeline.fleet import FleetArbiter, FleetRequest
-from pipeline.types import RepairAction
 
 
 def _arbiter() -> FleetArbiter:

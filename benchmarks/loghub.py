@@ -1,4 +1,5 @@
-"""Loghub 2k grouping accuracy of ``models.log_templates`` vs drain3's default configuration.
+"""Loghub 2k grouping accuracy of ``selfheal.models.log_templates`` vs drain3's default
+configuration.
 
 Run: ``.venv/bin/python benchmarks/loghub.py`` (writes ``benchmarks/results/loghub.md``).
 
@@ -35,9 +36,9 @@ if str(ROOT) not in sys.path:
 
 from drain3 import TemplateMiner  # noqa: E402
 from drain3.template_miner_config import TemplateMinerConfig  # noqa: E402
+from selfheal.models.log_templates import LogTemplateConfig, LogTemplateMiner  # noqa: E402
 
 from benchmarks.common import publish  # noqa: E402
-from models.log_templates import LogTemplateConfig, LogTemplateMiner  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data" / "loghub"
 RESULT = ROOT / "benchmarks" / "results" / "loghub.md"
@@ -183,7 +184,7 @@ def main() -> int:
         "Command: `.venv/bin/python benchmarks/loghub.py`  ",
         f"Machine: {platform.platform()}, Python {platform.python_version()}, "
         f"{platform.processor() or platform.machine()}, nproc={os.cpu_count()}  ",
-        f"Ours: `models.log_templates.LogTemplateMiner` defaults (sim_th={cfg.sim_th}, "
+        f"Ours: `selfheal.models.log_templates.LogTemplateMiner` defaults (sim_th={cfg.sim_th}, "
         f"depth={cfg.depth}, max_children={cfg.max_children}, max_clusters={cfg.max_clusters}, "
         f"parametrize_numeric_tokens={cfg.parametrize_numeric_tokens}, default masking), "
         "one configuration for every system.  ",

@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from selfheal.models.memory import MemoryLeakJudge  # noqa: E402
+
 from benchmarks.common import publish  # noqa: E402
 from benchmarks.scenarios import (  # noqa: E402
     HOUR,
@@ -33,7 +35,6 @@ from benchmarks.scenarios import (  # noqa: E402
     memory_daily_stress_scenarios,
     memory_leak_scenarios,
 )
-from models.memory import MemoryLeakJudge  # noqa: E402
 
 RANGE_S = 3600.0
 PREDICT_S = 4 * 3600.0
@@ -103,9 +104,7 @@ def baseline_alarms(sc: MemoryScenario, check_every: int = 97) -> list[float]:
             slope = (np.dot(x, y) - sx * sy / n) / (np.dot(x, x) - sx * sx / n)
             pred = float(slope * PREDICT_S + (sy / n - slope * sx / n))
         if k % check_every == 0:
-            exact = prometheus_predict_linear(
-                ts_ms[lo : k + 1].tolist(), y.tolist(), ev, PREDICT_S
-            )
+            exact = prometheus_predict_linear(ts_ms[lo : k + 1].tolist(), y.tolist(), ev, PREDICT_S)
             assert exact is not None and abs(exact - pred) <= 1e-6 * abs(exact), (exact, pred)
         if pred > sc.limit:
             fired.append(float(sc.ts[k]))

@@ -6,10 +6,12 @@ Usage::
     .venv/bin/python benchmarks/nab.py --files 8 --runs 1   # quick subset
     .venv/bin/python benchmarks/nab.py --no-baseline-score  # skip HST scoring on all files
 
-Scores every file of ``../shared/data/nab/data`` through ``pipeline.scoring.score_series`` (the
+Scores every file of ``../shared/data/nab/data`` through
+``selfheal.pipeline.core.scoring.score_series`` (the
 ``selfheal score`` code path, default ``LatencyConfig``), applies the NAB rules of
 ``benchmarks.nab_scoring`` and reports normalised scores at the corpus-optimised threshold and at
-``models.latency.DEFAULT_THRESHOLD``, single-knob config variants, throughput (median of runs)
+``selfheal.models.latency.DEFAULT_THRESHOLD``, single-knob config variants, throughput (median of
+runs)
 and the baseline: river's
 ``HalfSpaceTrees(n_trees=25, height=15, window_size=250)`` on the value scaled online by river's
 ``MinMaxScaler`` (no peeking at the series' min/max). HST runs at a few hundred points/s, so its
@@ -33,6 +35,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from selfheal.models.latency import DEFAULT_THRESHOLD, LatencyConfig  # noqa: E402
+from selfheal.pipeline.core.scoring import parse_timestamp, read_nab_csv, score_series  # noqa: E402
+
 from benchmarks.common import nproc, publish  # noqa: E402
 from benchmarks.nab_scoring import (  # noqa: E402
     PROFILES,
@@ -45,8 +50,6 @@ from benchmarks.nab_scoring import (  # noqa: E402
     sweep_corpus,
     window_indices,
 )
-from models.latency import DEFAULT_THRESHOLD, LatencyConfig  # noqa: E402
-from pipeline.scoring import parse_timestamp, read_nab_csv, score_series  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data" / "nab"
 RESULTS = ROOT / "benchmarks" / "results" / "nab.md"
@@ -233,7 +236,6 @@ def main(argv: list[str]) -> int:
     text = "\n".join(lines)
     publish(text, None if args.no_write else RESULTS)
     return 0
-
 
 
 if __name__ == "__main__":

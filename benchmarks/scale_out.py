@@ -26,9 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+from selfheal.connectors.broker import EmbeddedBroker, free_port  # noqa: E402
+from selfheal.connectors.kafka import ensure_topics  # noqa: E402
+
 from benchmarks.common import publish  # noqa: E402
-from connectors.broker import EmbeddedBroker, free_port  # noqa: E402
-from connectors.kafka import ensure_topics  # noqa: E402
 from tests.spine_helpers import valid_samples  # noqa: E402
 from tests.test_scale_out import (  # noqa: E402
     committed_offsets,

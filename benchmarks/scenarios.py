@@ -19,8 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-
-from pipeline.types import LogLevel, LogLine, Sample
+from selfheal.pipeline.kernel.types import LogLevel, LogLine, Sample
 
 T0 = 1_795_842_000.0  # 2026-11-28T05:00:00Z
 HOUR = 3600.0
@@ -134,8 +133,15 @@ def memory_leak_scenarios() -> list[MemoryScenario]:
         _make("leak_12h_slow_gc", 13, 48, 0.30, 1200.0, 0.12, 0.005, leak_hours_to_oom=12),
         _make("leak_16h", 14, 48, 0.40, 240.0, 0.12, 0.01, leak_hours_to_oom=16),
         _make(
-            "leak_24h_irregular", 15, 48, 0.35, 60.0, 0.06, 0.005,
-            leak_hours_to_oom=24, irregular=True,
+            "leak_24h_irregular",
+            15,
+            48,
+            0.35,
+            60.0,
+            0.06,
+            0.005,
+            leak_hours_to_oom=24,
+            irregular=True,
         ),
         _make("leak_32h_noisy", 16, 48, 0.35, 180.0, 0.10, 0.015, leak_hours_to_oom=32),
     ]
@@ -172,9 +178,16 @@ def memory_daily_stress_scenarios() -> list[MemoryScenario]:
                 y = 0.10 + _warmup(t, T0, base - 0.10, 0.25 * HOUR)
                 y = y + amp * (1.0 - np.cos(2 * np.pi * (x + phase) / 24.0)) - amp
                 y = y + _sawtooth(rng, t, 120.0, 0.08) + rng.normal(0.0, 0.005, len(t))
-                out.append(MemoryScenario(
-                    f"daily_a{amp:.2f}_b{base:.2f}_p{int(phase)}", t, y * LIMIT, LIMIT, None, None
-                ))
+                out.append(
+                    MemoryScenario(
+                        f"daily_a{amp:.2f}_b{base:.2f}_p{int(phase)}",
+                        t,
+                        y * LIMIT,
+                        LIMIT,
+                        None,
+                        None,
+                    )
+                )
     return out
 
 
@@ -186,8 +199,12 @@ def leak_then_restart(seed: int = 31) -> MemoryScenario:
     flat = _make("post", seed + 1, 10, 0.35, 120.0, 0.10, 0.01)
     t2 = flat.ts + (t1[-1] + 15.0 - T0)
     return MemoryScenario(
-        "leak_then_restart", np.concatenate([t1, t2]), np.concatenate([v1, flat.values]),
-        LIMIT, leak.leak_start, None,
+        "leak_then_restart",
+        np.concatenate([t1, t2]),
+        np.concatenate([v1, flat.values]),
+        LIMIT,
+        leak.leak_start,
+        None,
     )
 
 
@@ -233,8 +250,12 @@ def error_stream(
         p[b] = burst_p
     errors = rng.binomial(totals, p)
     return ErrorScenario(
-        name or f"p{p_before}->{p_after}@{shift_bucket}", errors, totals, shift_bucket,
-        p_before, p_before if p_after is None else p_after,
+        name or f"p{p_before}->{p_after}@{shift_bucket}",
+        errors,
+        totals,
+        shift_bucket,
+        p_before,
+        p_before if p_after is None else p_after,
     )
 
 
@@ -243,11 +264,19 @@ def error_shift_scenarios(seeds: range = range(5)) -> list[ErrorScenario]:
     out = []
     for s in seeds:
         for k, (p0, p1, vol) in enumerate(
-            [(0.01, 0.03, 200.0), (0.01, 0.05, 200.0), (0.02, 0.04, 200.0),
-             (0.005, 0.02, 500.0), (0.05, 0.10, 100.0)]
+            [
+                (0.01, 0.03, 200.0),
+                (0.01, 0.05, 200.0),
+                (0.02, 0.04, 200.0),
+                (0.005, 0.02, 500.0),
+                (0.05, 0.10, 100.0),
+            ]
         ):
-            out.append(error_stream(100 * s + k, 1200, p0, p1, 600, vol,
-                                    name=f"up_{p0}_{p1}_v{int(vol)}_s{s}"))
+            out.append(
+                error_stream(
+                    100 * s + k, 1200, p0, p1, 600, vol, name=f"up_{p0}_{p1}_v{int(vol)}_s{s}"
+                )
+            )
     return out
 
 
@@ -256,13 +285,18 @@ def error_null_scenarios(seeds: range = range(5)) -> list[ErrorScenario]:
     out = []
     for s in seeds:
         for k, (p0, vol) in enumerate([(0.01, 200.0), (0.02, 50.0), (0.05, 100.0)]):
-            out.append(error_stream(1000 + 100 * s + k, 4000, p0, volume=vol,
-                                    name=f"null_{p0}_v{int(vol)}_s{s}"))
+            out.append(
+                error_stream(
+                    1000 + 100 * s + k, 4000, p0, volume=vol, name=f"null_{p0}_v{int(vol)}_s{s}"
+                )
+            )
     return out
 
 
 def counter_samples(
-    sc: ErrorScenario, entity: str = "svc-1", scrape_seconds: float = 15.0,
+    sc: ErrorScenario,
+    entity: str = "svc-1",
+    scrape_seconds: float = 15.0,
     reset_at_bucket: int | None = None,
 ) -> list[Sample]:
     """``requests_total``/``errors_total`` scrapes; a counter reset (restart) if asked."""
@@ -294,7 +328,10 @@ def log_lines(sc: ErrorScenario, entity: str = "svc-1", seed: int = 0) -> list[L
         is_err[rng.choice(tot, size=e, replace=False)] = True
         start = sc.bucket_start(b)
         for off, bad in zip(offs.tolist(), is_err.tolist(), strict=True):
-            lvl = (LogLevel.ERROR if off % 1.0 < 0.8 else LogLevel.CRITICAL) if bad else (
-                LogLevel.INFO if off % 1.0 < 0.9 else LogLevel.WARNING)
+            lvl = (
+                (LogLevel.ERROR if off % 1.0 < 0.8 else LogLevel.CRITICAL)
+                if bad
+                else (LogLevel.INFO if off % 1.0 < 0.9 else LogLevel.WARNING)
+            )
             out.append(LogLine(start + off, entity, lvl, "request failed" if bad else "ok"))
     return out

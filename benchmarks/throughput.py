@@ -29,13 +29,13 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from selfheal.connectors.broker import kafka_broker
+from selfheal.connectors.kafka import ensure_topics
+from selfheal.pipeline.app.runner import Runner
+from selfheal.pipeline.core.config import KafkaConfig, load_settings
+from selfheal.pipeline.core.policy import PolicyEngine
 
 from benchmarks.common import publish
-from connectors.broker import kafka_broker
-from connectors.kafka import ensure_topics
-from pipeline.config import KafkaConfig, load_settings
-from pipeline.policy import PolicyEngine
-from pipeline.runner import Runner
 
 
 def make_samples(n: int, entities: int = 1000) -> list[tuple[bytes, bytes]]:
@@ -97,7 +97,8 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
         await p.stop()
 
 
-#: the fetch settings of ``connectors.kafka.KafkaSource``, so the ceiling reads the same way
+#: the fetch settings of ``selfheal.connectors.kafka.KafkaSource``, so the ceiling reads the same
+#: way
 FETCH = {
     "max_partition_fetch_bytes": 4 * 1024 * 1024,
     "fetch_max_bytes": 32 * 1024 * 1024,

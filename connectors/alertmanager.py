@@ -16,9 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
-
-from connectors.executor import (
+from selfheal.connectors.executor import (
     DEFAULT_IDEMPOTENCY_CAPACITY,
     ExecutionResult,
     HttpClientOwner,
@@ -26,8 +24,9 @@ from connectors.executor import (
     elapsed,
     refuse_unless_execute,
 )
-from pipeline.schemas import epoch_to_rfc3339
-from pipeline.types import Decision, RepairAction
+from selfheal.pipeline.kernel.schemas import epoch_to_rfc3339
+from selfheal.pipeline.kernel.types import Decision, RepairAction
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 ALERTNAME = "SelfhealEscalation"
 ALERTS_PATH = "/api/v2/alerts"

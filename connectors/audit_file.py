@@ -1,6 +1,7 @@
 """Audit file sink: append JSON-lines batches and fsync each batch (durable before commit).
 
-Accepts anything with ``to_json() -> bytes`` (``pipeline.audit.AuditRecord``) or raw ``bytes``
+Accepts anything with ``to_json() -> bytes`` (``selfheal.pipeline.core.audit.AuditRecord``) or raw
+``bytes``
 lines. Writes run in a worker thread so the event loop never blocks on ``fsync``; one lock
 keeps batches whole and in order.
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
-from connectors.errors import BrokerStartError
+from selfheal.connectors.errors import BrokerStartError
 
 
 def free_port(host: str = "127.0.0.1") -> int:

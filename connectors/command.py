@@ -26,14 +26,14 @@ import string
 import time
 from collections.abc import Mapping, Sequence
 
-from connectors.executor import (
+from selfheal.connectors.executor import (
     DEFAULT_IDEMPOTENCY_CAPACITY,
     ExecutionResult,
     IdempotencyCache,
     elapsed,
     refuse_unless_execute,
 )
-from pipeline.types import Decision
+from selfheal.pipeline.kernel.types import Decision
 
 #: template fields always available
 BASE_FIELDS = ("entity", "action", "decision_id", "rule", "mode", "ts")

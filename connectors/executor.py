@@ -6,7 +6,7 @@ Executors never raise for a failed repair: the outcome is an ``ExecutionResult``
 result without acting again. Failures that may succeed later (``retriable``) are not cached.
 
 >>> import asyncio
->>> from pipeline.types import Decision, Mode, RepairAction
+>>> from selfheal.pipeline.kernel.types import Decision, Mode, RepairAction
 >>> class Echo:
 ...     name = "echo"
 ...     def handles(self, decision: Decision) -> bool:
@@ -32,55 +32,19 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from typing import Any, Protocol, Self, runtime_checkable
+from dataclasses import replace
+from typing import Self
 
 import httpx
+from selfheal.pipeline.kernel.protocols import ExecutionResult, Executor
+from selfheal.pipeline.kernel.types import Decision, DecisionStatus
 
-from pipeline.types import Decision, DecisionStatus
+__all__ = ["ExecutionResult", "Executor", "IdempotencyCache"]
 
 #: executed decision ids remembered per executor
 DEFAULT_IDEMPOTENCY_CAPACITY = 10_000
 #: ``detail`` of a result returned without calling because the target's breaker is open
 BREAKER_OPEN = "breaker_open"
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutionResult:
-    """Outcome of one decision on one executor."""
-
-    decision_id: str
-    executor: str
-    ok: bool
-    detail: str = ""
-    retriable: bool = False
-    duration_seconds: float = 0.0
-    #: True when returned from the idempotency cache (the action did not run again)
-    cached: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "decision_id": self.decision_id,
-            "executor": self.executor,
-            "ok": self.ok,
-            "detail": self.detail,
-            "retriable": self.retriable,
-            "duration_seconds": self.duration_seconds,
-            "cached": self.cached,
-        }
-
-
-@runtime_checkable
-class Executor(Protocol):
-    """Carries out decisions (the runner only hands it ``DecisionStatus.EXECUTE`` ones)."""
-
-    name: str
-
-    def handles(self, decision: Decision) -> bool:
-        """Whether this executor is responsible for ``decision`` (route before calling)."""
-        ...
-
-    async def execute(self, decision: Decision) -> ExecutionResult: ...
 
 
 class IdempotencyCache:

@@ -16,8 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
-
-from pipeline.types import Envelope
+from selfheal.pipeline.kernel.types import Envelope
 
 
 def _is_log_line(line: bytes) -> bool:
@@ -107,7 +106,6 @@ class FileSource:
                 batch = []
         if batch:
             yield batch
-
 
 
 class JsonlSink:

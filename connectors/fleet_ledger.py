@@ -1,7 +1,8 @@
 """The fleet gate of a deployment: a one-partition Kafka topic every process reads and writes.
 
 Every partition engine of every process asks this gate before a repair (see
-``pipeline.fleet``). A request is produced to partition 0 of the ledger topic and answered once
+``selfheal.pipeline.core.fleet``). A request is produced to partition 0 of the ledger topic and
+answered once
 this process has read the log up to it: all processes apply the same records in the same order
 to a ``FleetArbiter``, so they agree on every verdict, and the budget and the storm window are
 fleet-wide however the input partitions are spread.
@@ -25,21 +26,17 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
-
-from connectors.errors import BrokerUnavailable
-from pipeline.fleet import (
-    FleetArbiter,
+from selfheal.connectors.errors import BrokerUnavailable
+from selfheal.pipeline.kernel.protocols import FleetLog
+from selfheal.pipeline.kernel.types import (
     FleetOutcome,
     FleetRequest,
-    RecordError,
+    RepairAction,
     StormEnd,
-    decode_record,
-    encode_end,
-    encode_request,
 )
-from pipeline.types import RepairAction
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +55,7 @@ class KafkaFleet:
         bootstrap: str,
         topic: str,
         group: str,
-        arbiter: FleetArbiter,
+        arbiter: FleetLog,
         *,
         client: dict[str, Any] | None = None,
         timeout_seconds: float = 10.0,
@@ -268,3 +265,71 @@ class KafkaFleet:
         if outcome is None:  # only if it was evicted already: the log is far ahead
             raise BrokerUnavailable(f"fleet ledger verdict for {req.id} no longer known")
         return outcome
+
+
+#: wire format version of ledger records
+RECORD_VERSION = 1
+
+
+# -- ledger records ------------------------------------------------------------------------
+
+
+class RecordError(ValueError):
+    """A ledger record that is not ours or not readable (skipped by readers)."""
+
+
+def encode_request(req: FleetRequest, group: str) -> bytes:
+    return orjson.dumps(
+        {
+            "v": RECORD_VERSION,
+            "group": group,
+            "type": "request",
+            "id": req.id,
+            "ts": req.ts,
+            "entity": req.entity,
+            "action": req.action.value,
+            "claim": req.claim,
+            "storm_id": req.storm_id,
+        }
+    )
+
+
+def encode_end(end: StormEnd, group: str) -> bytes:
+    return orjson.dumps(
+        {
+            "v": RECORD_VERSION,
+            "group": group,
+            "type": "storm_end",
+            "storm_id": end.storm_id,
+            "action": end.action.value,
+            "ts": end.ts,
+        }
+    )
+
+
+def decode_record(raw: bytes, group: str) -> FleetRequest | StormEnd | None:
+    """The record's request or storm end; None when it belongs to another group."""
+    try:
+        rec = orjson.loads(raw)
+        if not isinstance(rec, dict) or rec.get("v") != RECORD_VERSION:
+            raise RecordError(f"unknown ledger record version {rec.get('v')!r}")
+        if rec.get("group") != group:
+            return None
+        action = RepairAction(rec["action"])
+        ts = float(rec["ts"])
+        if rec["type"] == "request":
+            return FleetRequest(
+                id=str(rec["id"]),
+                ts=ts,
+                entity=str(rec["entity"]),
+                action=action,
+                claim=bool(rec["claim"]),
+                storm_id=str(rec["storm_id"]),
+            )
+        if rec["type"] == "storm_end":
+            return StormEnd(storm_id=str(rec["storm_id"]), action=action, ts=ts)
+        raise RecordError(f"unknown ledger record type {rec['type']!r}")
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, RecordError):
+            raise
+        raise RecordError(f"unreadable ledger record: {exc}") from exc

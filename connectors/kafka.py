@@ -17,9 +17,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-
-from connectors.errors import BrokerUnavailable, DeliveryFailed, is_retriable
-from pipeline.types import Batch, Envelope
+from selfheal.connectors.errors import BrokerUnavailable, DeliveryFailed, is_retriable
+from selfheal.pipeline.kernel.types import Batch, Envelope
 
 OutRecord = tuple[str, bytes | None, bytes]  # topic, key, value
 PartitionsCallback = Callable[[set[TopicPartition]], Awaitable[None]]

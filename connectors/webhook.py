@@ -17,15 +17,8 @@ from typing import Any
 
 import httpx
 import orjson
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
-
-from connectors.breaker import BreakerState, CircuitBreaker
-from connectors.executor import (
+from selfheal.connectors.breaker import BreakerState, CircuitBreaker
+from selfheal.connectors.executor import (
     BREAKER_OPEN,
     DEFAULT_IDEMPOTENCY_CAPACITY,
     ExecutionResult,
@@ -34,8 +27,14 @@ from connectors.executor import (
     elapsed,
     refuse_unless_execute,
 )
-from pipeline.schemas import epoch_to_rfc3339
-from pipeline.types import Decision
+from selfheal.pipeline.kernel.schemas import epoch_to_rfc3339
+from selfheal.pipeline.kernel.types import Decision
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 #: response text kept in a result's detail
 MAX_DETAIL = 300

@@ -15,7 +15,7 @@ import copy
 import inspect
 from typing import Any, Protocol, runtime_checkable
 
-from pipeline.types import Finding, LogLine, Sample
+from selfheal.pipeline.kernel.types import Finding, LogLine, Sample
 
 
 @runtime_checkable

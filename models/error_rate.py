@@ -47,7 +47,7 @@ expectation under the recent baseline rate (pooled over the last ``baseline_buck
 non-burst buckets), with ``burst_min_errors`` errors and ``burst_min_ratio`` x the baseline,
 is an ``error_burst`` (re-emitted at most every ``burst_cooldown_buckets``).
 
->>> from pipeline.types import LogLevel, LogLine
+>>> from selfheal.pipeline.kernel.types import LogLevel, LogLine
 >>> judge = ErrorRateJudge(min_requests=10)
 >>> t0 = 1_795_842_000.0
 >>> found = []
@@ -76,9 +76,8 @@ from typing import Any
 import numpy as np
 from river import drift
 from scipy import stats
-
-from models.base import Judge, LogJudge
-from pipeline.types import AnomalyKind, Finding, LogLevel, LogLine, Sample, Severity
+from selfheal.models.base import Judge, LogJudge
+from selfheal.pipeline.kernel.types import AnomalyKind, Finding, LogLevel, LogLine, Sample, Severity
 
 DETECTORS = ("adwin", "page_hinkley", "kswin")
 
@@ -186,12 +185,26 @@ class KSWin:
         self.drift_detected = False
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return (self.alpha, self.window_size, self.stat_size, self._win.tobytes(), self._n,
-                self._pos, self.drift_detected)
+        return (
+            self.alpha,
+            self.window_size,
+            self.stat_size,
+            self._win.tobytes(),
+            self._n,
+            self._pos,
+            self.drift_detected,
+        )
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        (self.alpha, self.window_size, self.stat_size, win, self._n, self._pos,
-         self.drift_detected) = state
+        (
+            self.alpha,
+            self.window_size,
+            self.stat_size,
+            win,
+            self._n,
+            self._pos,
+            self.drift_detected,
+        ) = state
         self._win = array("d", win)
 
     def update(self, x: float) -> None:
@@ -213,6 +226,7 @@ class KSWin:
             return
         self.drift_detected = _ks_pvalue(ordered, cut, gap) <= self.alpha
 
+
 class _Stream:
     """Bucketed error counts of one source, its drift detector and its burst baseline.
 
@@ -221,9 +235,25 @@ class _Stream:
     """
 
     __slots__ = (
-        "b_err", "b_len", "b_pos", "b_tot", "bucket", "closed_through", "detector", "entity",
-        "err", "h_bkt", "h_err", "h_len", "h_origin", "h_pos", "h_tot", "labels", "last_burst",
-        "since_change", "tot",
+        "b_err",
+        "b_len",
+        "b_pos",
+        "b_tot",
+        "bucket",
+        "closed_through",
+        "detector",
+        "entity",
+        "err",
+        "h_bkt",
+        "h_err",
+        "h_len",
+        "h_origin",
+        "h_pos",
+        "h_tot",
+        "labels",
+        "last_burst",
+        "since_change",
+        "tot",
     )
 
     def __init__(self, detector: Any, history: int, baseline: int) -> None:
@@ -275,7 +305,7 @@ class _Stream:
 
         def last(a: array[Any]) -> list[Any]:
             ordered = (a[p:] + a[:p]).tolist() if full else a[:p].tolist()
-            return ordered[len(ordered) - k:]
+            return ordered[len(ordered) - k :]
 
         origin = self.h_origin or 0
         return [origin + x for x in last(self.h_bkt)], last(self.h_err), last(self.h_tot)
@@ -402,8 +432,10 @@ class ErrorRateJudge(Judge, LogJudge):
             return drift.ADWIN(delta=self.adwin_delta, clock=self.adwin_clock)
         if self.detector == "page_hinkley":
             return drift.PageHinkley(
-                min_instances=self.ph_min_instances, delta=self.ph_delta,
-                threshold=self.ph_threshold, mode="up",
+                min_instances=self.ph_min_instances,
+                delta=self.ph_delta,
+                threshold=self.ph_threshold,
+                mode="up",
             )
         return KSWin(
             alpha=self.kswin_alpha, window_size=self.kswin_window, stat_size=self.kswin_stat
@@ -472,7 +504,11 @@ class ErrorRateJudge(Judge, LogJudge):
         return out
 
     def observe_bucket(
-        self, bucket_start: float, errors: float, total: float, entity: str,
+        self,
+        bucket_start: float,
+        errors: float,
+        total: float,
+        entity: str,
         source: str = "counters",
     ) -> list[Finding]:
         """Feed one already-aggregated bucket (replays, benchmarks); closes it at once."""
@@ -551,8 +587,13 @@ class ErrorRateJudge(Judge, LogJudge):
             threshold=self.burst_z,
             value=rate,
             evidence={
-                "rate": rate, "baseline_rate": be / bn, "errors": e, "requests": n,
-                "z": z, "bucket_start": end - self.bucket_seconds, "source": source,
+                "rate": rate,
+                "baseline_rate": be / bn,
+                "errors": e,
+                "requests": n,
+                "z": z,
+                "bucket_start": end - self.bucket_seconds,
+                "source": source,
             },
             labels=dict(st.labels),
         )
@@ -572,8 +613,7 @@ class ErrorRateJudge(Judge, LogJudge):
         for e, n in zip(errs[cp:], tots[cp:], strict=True):
             st.push_baseline(e, n)
         if not (
-            after - before >= self.min_increase_abs
-            and after >= self.min_increase_ratio * before
+            after - before >= self.min_increase_abs and after >= self.min_increase_ratio * before
         ):
             return None
         sev = Severity.CRITICAL if after >= self.critical_error_rate else Severity.WARNING

@@ -46,8 +46,8 @@ from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from typing import Any
 
-from models.base import Judge
-from pipeline.types import AnomalyKind, Finding, Sample, Severity
+from selfheal.models.base import Judge
+from selfheal.pipeline.kernel.types import AnomalyKind, Finding, Sample, Severity
 
 _LOG_1E_10 = math.log(1e-10)
 #: values kept for the evidence and the materiality check of the severity
@@ -490,7 +490,7 @@ class LatencyJudge(Judge):
     (:meth:`LatencyDetector.material`); otherwise ``warning``. The policy repairs on critical
     findings, so a value a little above anything seen on a healthy service must not be one.
 
-    >>> from pipeline.types import Sample
+    >>> from selfheal.pipeline.kernel.types import Sample
     >>> judge = LatencyJudge()
     >>> findings = []
     >>> for i in range(700):

@@ -1,6 +1,6 @@
 """Per-entity log analyzer: new-template bursts, error-template rate jumps, attack patterns.
 
-Every line is mined into a template (``models.log_templates``: drain3 with masking). Per
+Every line is mined into a template (``selfheal.models.log_templates``: drain3 with masking). Per
 template the judge keeps time-bucketed counts (a fixed-size ring of ``history_buckets``
 buckets of ``bucket_seconds`` event time, all levels and level >= ERROR separately) and reports
 ``AnomalyKind.LOG_PATTERN`` when
@@ -13,13 +13,13 @@ buckets of ``bucket_seconds`` event time, all levels and level >= ERROR separate
   per bucket), with at least ``error_min_count`` errors in the window.
 
 One finding per template per burst: a template that fired stays silent for ``cooldown_seconds``
-of event time. With ``security=True`` the judge also runs ``models.security.SecurityJudge``
+of event time. With ``security=True`` the judge also runs ``selfheal.models.security.SecurityJudge``
 (``AnomalyKind.SECURITY``: SQL injection, path traversal, brute force).
 
 State is bounded: at most ``max_templates`` templates (drain3's LRU of clusters); the counters
 of an evicted template are dropped with it.
 
->>> from pipeline.types import LogLine, LogLevel
+>>> from selfheal.pipeline.kernel.types import LogLine, LogLevel
 >>> judge = LogAnalyzerJudge(warmup_lines=10, warmup_seconds=60.0)
 >>> for i in range(100):
 ...     _ = judge.observe_log(LogLine(float(i), "api", LogLevel.INFO, f"served request {i} ok"))
@@ -36,10 +36,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from models.base import LogJudge
-from models.log_templates import LogTemplateMiner
-from models.security import SecurityJudge
-from pipeline.types import AnomalyKind, Finding, LogLevel, LogLine, Severity
+from selfheal.models.base import LogJudge
+from selfheal.models.log_templates import LogTemplateMiner
+from selfheal.models.security import SecurityJudge
+from selfheal.pipeline.kernel.types import AnomalyKind, Finding, LogLevel, LogLine, Severity
 
 __all__ = ["LogAnalyzerConfig", "LogAnalyzerJudge"]
 
@@ -50,7 +50,7 @@ EXAMPLE_CHARS = 300
 class LogAnalyzerConfig:
     """Shipped defaults."""
 
-    # template mining (see models.log_templates)
+    # template mining (see selfheal.models.log_templates)
     sim_th: float = 0.9
     depth: int = 5
     max_children: int = 100
@@ -69,7 +69,7 @@ class LogAnalyzerConfig:
     error_jump_factor: float = 3.0
     error_baseline_floor: float = 0.2
     cooldown_seconds: float = 900.0
-    # attack patterns (models.security)
+    # attack patterns (selfheal.models.security)
     security: bool = True
     brute_force_threshold: int = 5
     brute_force_critical: int = 20

@@ -33,7 +33,7 @@ river's online regressors (SGD ``LinearRegression``) are not robust to steps and
 outliers and need feature scaling, so the fit is numpy Theil-Sen on a bounded deque of floors
 (``max_history_seconds / bucket_seconds`` points, decimated to ``max_fit_points`` per fit).
 
->>> from pipeline.types import Sample
+>>> from selfheal.pipeline.kernel.types import Sample
 >>> judge = MemoryLeakJudge(limit=1e9)
 >>> t0 = 1_795_842_000.0
 >>> found = []
@@ -56,9 +56,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-
-from models.base import Judge
-from pipeline.types import AnomalyKind, Finding, Forecast, Sample, Severity
+from selfheal.models.base import Judge
+from selfheal.pipeline.kernel.types import AnomalyKind, Finding, Forecast, Sample, Severity
 
 DEFAULT_MEMORY_METRICS: tuple[str, ...] = (
     "container_memory_working_set_bytes",

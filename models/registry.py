@@ -18,13 +18,13 @@ import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from models.base import Judge, LogJudge
-from models.error_rate import ErrorRateConfig, ErrorRateJudge
-from models.latency import LatencyConfig, LatencyJudge
-from models.logs import LogAnalyzerConfig, LogAnalyzerJudge
-from models.memory import MemoryLeakConfig, MemoryLeakJudge
-from models.rules import RuleSpec
-from pipeline.types import LogLine, Sample
+from selfheal.models.base import Judge, LogJudge
+from selfheal.models.error_rate import ErrorRateConfig, ErrorRateJudge
+from selfheal.models.latency import LatencyConfig, LatencyJudge
+from selfheal.models.logs import LogAnalyzerConfig, LogAnalyzerJudge
+from selfheal.models.memory import MemoryLeakConfig, MemoryLeakJudge
+from selfheal.models.rules import RuleSpec
+from selfheal.pipeline.kernel.types import LogLine, Sample
 
 SeriesKey = tuple[str, str, tuple[tuple[str, str], ...]] | tuple[str, str]
 

@@ -5,7 +5,7 @@ Each rule is a frozen dataclass spec (validated from YAML at the edge) plus a pe
 severity rises, then at most once per ``repeat_seconds`` of event time while it stays bad, so
 the policy sees a steady signal without a finding per sample.
 
->>> from pipeline.types import Sample
+>>> from selfheal.pipeline.kernel.types import Sample
 >>> rule = RatioOfLimitRule(name="memory", metrics=("mem",), kind="memory_high")
 >>> judge = rule.judge()
 >>> [f.severity.value for f in judge.observe(Sample(0.0, "a", "mem", 96.0, limit=100.0))]
@@ -18,8 +18,8 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from models.base import Judge
-from pipeline.types import AnomalyKind, Finding, Sample, Severity
+from selfheal.models.base import Judge
+from selfheal.pipeline.kernel.types import AnomalyKind, Finding, Sample, Severity
 
 MEMORY_METRICS: tuple[str, ...] = (
     "container_memory_working_set_bytes",

@@ -14,7 +14,7 @@ address in the message. State (per-source failure times, de-duplication) is boun
 [('sql_injection', "' OR 1=1")]
 >>> match_attacks("user selected a product from the list")
 []
->>> from pipeline.types import LogLine, LogLevel
+>>> from selfheal.pipeline.kernel.types import LogLine, LogLevel
 >>> judge = SecurityJudge(brute_force_threshold=3)
 >>> line = LogLine(0.0, "web-1", LogLevel.INFO, "GET /../../etc/passwd", {"source_ip": "1.2.3.4"})
 >>> [(f.evidence["attack"], f.labels["source_ip"]) for f in judge.observe_log(line)]
@@ -29,8 +29,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
-from models.base import LogJudge
-from pipeline.types import AnomalyKind, Finding, LogLine, Severity
+from selfheal.models.base import LogJudge
+from selfheal.pipeline.kernel.types import AnomalyKind, Finding, LogLine, Severity
 
 __all__ = [
     "AttackHit",
@@ -204,9 +204,7 @@ class SecurityJudge(LogJudge):
         if phrase is not None and source is not None:
             count = self._count_failure(source, line.ts)
             if count >= self.brute_force_threshold:
-                sev = (
-                    Severity.CRITICAL if count >= self.brute_force_critical else Severity.WARNING
-                )
+                sev = Severity.CRITICAL if count >= self.brute_force_critical else Severity.WARNING
                 f = self._emit(line, source, BRUTE_FORCE, _truncate(phrase), sev, count)
                 if f is not None:
                     findings.append(f)

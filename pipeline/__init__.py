@@ -1,1 +1,2 @@
-"""selfheal pipeline: wire schemas, config, runner, policy, repair bookkeeping, state."""
+"""selfheal pipeline, in three layers: ``kernel`` (shared types and protocols), ``core`` (pure
+decode, guard, stage, policy) and ``app`` (runners, CLI, demo, report)."""

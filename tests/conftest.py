@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-
-from connectors.broker import BrokerHandle, kafka_broker
+from selfheal.connectors.broker import BrokerHandle, kafka_broker
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

@@ -22,9 +22,8 @@ from typing import Any
 import yaml
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-
-from pipeline.config import Settings
-from pipeline.types import Envelope
+from selfheal.pipeline.core.config import Settings
+from selfheal.pipeline.kernel.types import Envelope
 
 METRICS_TOPIC = "selfheal.metrics"
 LOGS_TOPIC = "selfheal.logs"

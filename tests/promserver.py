@@ -485,7 +485,8 @@ _OBSERVATIONS = (0.003, 0.04, 0.3, 2.0, 20.0, 100.0)
 
 
 class SyntheticExporter:
-    """Serve ``pipeline.metrics.Metrics`` (every metric the pipeline defines) on loopback.
+    """Serve ``selfheal.pipeline.core.metrics.Metrics`` (every metric the pipeline defines) on
+    loopback.
 
     A background thread moves every series each ``interval`` seconds: counters increase,
     histograms observe, gauges take ``HEALTHY_GAUGES`` overridden by ``gauges``, and
@@ -497,8 +498,7 @@ class SyntheticExporter:
         import threading
 
         from prometheus_client import CollectorRegistry
-
-        from pipeline.metrics import Metrics  # the lead's module: the metric contract
+        from selfheal.pipeline.core.metrics import Metrics  # the lead's module: the metric contract
 
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)

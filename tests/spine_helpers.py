@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from selfheal.pipeline.app.runner import Runner
+from selfheal.pipeline.core.config import Settings, TopicsConfig, load_settings
+from selfheal.pipeline.core.policy import PolicyEngine
 
-from pipeline.config import Settings, TopicsConfig, load_settings
-from pipeline.policy import PolicyEngine
-from pipeline.runner import Runner
 from tests.conftest import ROOT
 
 
@@ -160,7 +160,7 @@ def start_pipeline(config: Path, bootstrap: str, log: Path) -> subprocess.Popen[
             [
                 sys.executable,
                 "-m",
-                "pipeline.cli",
+                "selfheal.pipeline.app.cli",
                 "run",
                 "--config",
                 str(config),

@@ -13,12 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-
-from connectors.alertmanager import ALERTNAME, AlertmanagerExecutor, escalation_alert
-from pipeline.policy import PolicyEngine
-from pipeline.policy_config import PolicyConfig
-from pipeline.schemas import epoch_to_rfc3339
-from pipeline.types import (
+from selfheal.connectors.alertmanager import ALERTNAME, AlertmanagerExecutor, escalation_alert
+from selfheal.pipeline.core.policy import PolicyEngine
+from selfheal.pipeline.core.policy_config import PolicyConfig
+from selfheal.pipeline.kernel.schemas import epoch_to_rfc3339
+from selfheal.pipeline.kernel.types import (
     Anomaly,
     AnomalyKind,
     Decision,

@@ -9,11 +9,10 @@ from typing import Any
 
 import orjson
 import pytest
-
-from connectors.audit_file import AuditFileSink
-from connectors.executor import ExecutionResult
-from pipeline import audit
-from pipeline.audit import (
+from selfheal.connectors.audit_file import AuditFileSink
+from selfheal.connectors.executor import ExecutionResult
+from selfheal.pipeline.core import audit
+from selfheal.pipeline.core.audit import (
     AuditRecord,
     decision_record,
     decode_line,
@@ -21,9 +20,16 @@ from pipeline.audit import (
     read_records,
     verification_record,
 )
-from pipeline.policy import PolicyEngine
-from pipeline.policy_config import PolicyConfig
-from pipeline.types import Anomaly, AnomalyKind, Decision, Finding, Severity, Verification
+from selfheal.pipeline.core.policy import PolicyEngine
+from selfheal.pipeline.core.policy_config import PolicyConfig
+from selfheal.pipeline.kernel.types import (
+    Anomaly,
+    AnomalyKind,
+    Decision,
+    Finding,
+    Severity,
+    Verification,
+)
 
 T0 = 1_795_842_000.0  # 2026-11-28T05:00:00Z
 

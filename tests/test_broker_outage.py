@@ -14,10 +14,10 @@ from typing import Any
 
 import orjson
 import pytest
+from selfheal.connectors.broker import EmbeddedBroker, free_port
+from selfheal.connectors.kafka import ensure_topics
+from selfheal.pipeline.core.config import Settings
 
-from connectors.broker import EmbeddedBroker, free_port
-from connectors.kafka import ensure_topics
-from pipeline.config import Settings
 from tests.conftest import consume_all
 from tests.spine_helpers import make_runner, settings_for
 from tests.test_scale_out import produce_keyed, scrape
@@ -60,9 +60,7 @@ async def anomalies_for(bootstrap: str, topic: str, entity: str, timeout: float)
             raw = await consume_all(bootstrap, topic, timeout=5.0, idle=1.0)
         except Exception:  # the topic may not exist yet
             raw = []
-        kinds = {
-            e["data"]["kind"] for e in map(orjson.loads, raw) if e.get("subject") == entity
-        }
+        kinds = {e["data"]["kind"] for e in map(orjson.loads, raw) if e.get("subject") == entity}
         if kinds or loop.time() > deadline:
             return kinds
         await asyncio.sleep(0.5)

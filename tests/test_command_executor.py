@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from connectors.command import NOT_ALLOWLISTED, CommandExecutor, TemplateError, render_argv
-from pipeline.types import Decision, DecisionStatus, Mode, RepairAction
+from selfheal.connectors.command import NOT_ALLOWLISTED, CommandExecutor, TemplateError, render_argv
+from selfheal.pipeline.kernel.types import Decision, DecisionStatus, Mode, RepairAction
 
 RECORDER = """\
 import json, sys

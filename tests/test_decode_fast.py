@@ -1,6 +1,7 @@
 """The decoder's fast path accepts exactly what the wire model accepts, with the same values.
 
-``pipeline.decode.validate_sample`` builds ``Sample`` in pydantic-core from the field schemas of
+``selfheal.pipeline.core.decode.validate_sample`` builds ``Sample`` in pydantic-core from the field
+schemas of
 ``MetricSampleIn``; these properties hold it to the model on generated native samples (valid,
 mutated, truncated, spliced bytes), so the fast path can never widen the wire contract.
 """
@@ -13,10 +14,10 @@ from typing import Any
 from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from selfheal.pipeline.core.decode import Decoder, sample_of, validate_sample
+from selfheal.pipeline.kernel.schemas import MetricSampleIn
+from selfheal.pipeline.kernel.types import Envelope, Sample
 
-from pipeline.decode import Decoder, sample_of, validate_sample
-from pipeline.schemas import MetricSampleIn
-from pipeline.types import Envelope, Sample
 from tests.fuzz_strategies import METRICS_TOPIC, fuzz_settings, mutated, native_metric, payloads
 
 native_documents = st.one_of(native_metric, mutated(native_metric), mutated(native_metric, 4))

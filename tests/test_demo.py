@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import orjson
-
-from pipeline.demo import main as demo_main
-from pipeline.report import FAULT_DETECTED_BY, summarize
+from selfheal.pipeline.app.demo import main as demo_main
+from selfheal.pipeline.app.report import FAULT_DETECTED_BY, summarize
 
 
 def test_demo_detects_every_fault_and_repairs_only_faulty_services(broker, tmp_path):

@@ -360,7 +360,7 @@ def test_healthcheck_probes_healthz_with_python_and_fails_when_unhealthy(
 
 
 def test_image_config_file_is_accepted_by_the_pipeline() -> None:
-    config = pytest.importorskip("pipeline.config")
+    config = pytest.importorskip("selfheal.pipeline.core.config")
     env_backup = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("SELFHEAL_")}
     try:
         settings = config.load_settings(IMAGE_CONFIG)

@@ -15,15 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-
-from models.base import Judge, LogJudge
-from models.error_rate import ErrorRateJudge
-from models.latency import LatencyJudge
-from models.logs import LogAnalyzerJudge
-from models.memory import MemoryLeakJudge
-from models.rules import DEFAULT_RULES
-from models.security import SecurityJudge
-from pipeline.types import Finding, LogLevel, LogLine, Sample
+from selfheal.models.base import Judge, LogJudge
+from selfheal.models.error_rate import ErrorRateJudge
+from selfheal.models.latency import LatencyJudge
+from selfheal.models.logs import LogAnalyzerJudge
+from selfheal.models.memory import MemoryLeakJudge
+from selfheal.models.rules import DEFAULT_RULES
+from selfheal.models.security import SecurityJudge
+from selfheal.pipeline.kernel.types import Finding, LogLevel, LogLine, Sample
 
 Record = Sample | LogLine
 

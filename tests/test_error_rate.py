@@ -10,10 +10,10 @@ import tracemalloc
 import numpy as np
 import pytest
 from scipy import stats
+from selfheal.models.error_rate import ErrorRateConfig, ErrorRateJudge, KSWin, change_point, ks_gap
+from selfheal.pipeline.kernel.types import AnomalyKind, Finding, LogLevel, LogLine, Sample
 
 from benchmarks.scenarios import T0, counter_samples, error_stream, log_lines
-from models.error_rate import ErrorRateConfig, ErrorRateJudge, KSWin, change_point, ks_gap
-from pipeline.types import AnomalyKind, Finding, LogLevel, LogLine, Sample
 
 SHIFT = 300
 UP = error_stream(3, 600, 0.01, 0.05, SHIFT, 100.0)
@@ -79,7 +79,10 @@ def test_no_finding_on_drop_or_steady_noise(sc: object) -> None:
     found = []
     for i in range(len(sc.totals)):  # type: ignore[attr-defined]
         found += judge.observe_bucket(
-            sc.bucket_start(i), float(sc.errors[i]), float(sc.totals[i]), "svc"  # type: ignore[attr-defined]
+            sc.bucket_start(i),
+            float(sc.errors[i]),
+            float(sc.totals[i]),
+            "svc",  # type: ignore[attr-defined]
         )
     assert found == []
 
@@ -204,11 +207,17 @@ def test_state_per_entity_is_small_and_bounded() -> None:
     assert len(pickle.dumps(longer, protocol=pickle.HIGHEST_PROTOCOL)) <= pickled + 64
     # restored judges carry on identically, labels included
     copy = pickle.loads(pickle.dumps(longer))
-    more = _entity_events(1000)[len(_entity_events(800)):]
-    a = [f for ev in more for f in (longer.observe(ev) if isinstance(ev, Sample)
-                                    else longer.observe_log(ev))]
-    b = [f for ev in more for f in (copy.observe(ev) if isinstance(ev, Sample)
-                                    else copy.observe_log(ev))]
+    more = _entity_events(1000)[len(_entity_events(800)) :]
+    a = [
+        f
+        for ev in more
+        for f in (longer.observe(ev) if isinstance(ev, Sample) else longer.observe_log(ev))
+    ]
+    b = [
+        f
+        for ev in more
+        for f in (copy.observe(ev) if isinstance(ev, Sample) else copy.observe_log(ev))
+    ]
     assert a == b
 
 

@@ -10,11 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
 import pytest
-
-from connectors.breaker import BreakerState, CircuitBreaker
-from connectors.executor import BREAKER_OPEN, ExecutionResult, Executor
-from connectors.webhook import WebhookExecutor
-from pipeline.types import Decision, DecisionStatus, Mode, RepairAction
+from selfheal.connectors.breaker import BreakerState, CircuitBreaker
+from selfheal.connectors.executor import BREAKER_OPEN, ExecutionResult, Executor
+from selfheal.connectors.webhook import WebhookExecutor
+from selfheal.pipeline.kernel.types import Decision, DecisionStatus, Mode, RepairAction
 
 
 @dataclass

@@ -10,30 +10,28 @@ import pickle
 import random
 
 import pytest
-
-from connectors.fleet_ledger import KafkaFleet
-from connectors.kafka import ensure_topics
-from pipeline.fleet import (
-    FleetArbiter,
-    FleetRequest,
-    LocalFleet,
+from selfheal.connectors.fleet_ledger import (
+    KafkaFleet,
     RecordError,
-    StormEnd,
-    Verdict,
     decode_record,
     encode_end,
     encode_request,
 )
-from pipeline.policy import PolicyEngine
-from pipeline.policy_config import PolicyConfig
-from pipeline.types import (
+from selfheal.connectors.kafka import ensure_topics
+from selfheal.pipeline.core.fleet import FleetArbiter, LocalFleet
+from selfheal.pipeline.core.policy import PolicyEngine
+from selfheal.pipeline.core.policy_config import PolicyConfig
+from selfheal.pipeline.kernel.types import (
     Anomaly,
     AnomalyKind,
     DecisionStatus,
     Finding,
+    FleetRequest,
     RepairAction,
     Severity,
+    StormEnd,
     Suppression,
+    Verdict,
 )
 
 RESTART = RepairAction.RESTART
@@ -239,8 +237,8 @@ async def test_kafka_ledger_gates_agree_and_a_new_one_catches_up(broker, topic_p
 
 @pytest.mark.asyncio
 async def test_kafka_ledger_unreachable_is_a_retriable_error(topic_prefix) -> None:
-    from connectors.broker import free_port
-    from connectors.errors import BrokerUnavailable, is_retriable
+    from selfheal.connectors.broker import free_port
+    from selfheal.connectors.errors import BrokerUnavailable, is_retriable
 
     gate = KafkaFleet(
         f"127.0.0.1:{free_port()}", f"{topic_prefix}.fleet", "g", _arbiter(), timeout_seconds=1.0

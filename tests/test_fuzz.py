@@ -38,15 +38,15 @@ import pytest
 import yaml
 from hypothesis import event, example, given
 from hypothesis import strategies as st
+from selfheal.pipeline.app.cli import main as cli_main
+from selfheal.pipeline.core.config import ConfigError, Settings, load_settings
+from selfheal.pipeline.core.decode import Decoded, Decoder
+from selfheal.pipeline.core.events import anomaly_event, dumps, repair_event
+from selfheal.pipeline.core.policy import PolicyEngine
+from selfheal.pipeline.core.stage import Outputs, Pipeline
+from selfheal.pipeline.kernel.schemas import LABEL_NAME_RE, MAX_LABELS, METRIC_NAME_RE
+from selfheal.pipeline.kernel.types import Envelope, LogLevel, LogLine, Reject, RejectReason, Sample
 
-from pipeline.cli import main as cli_main
-from pipeline.config import ConfigError, Settings, load_settings
-from pipeline.decode import Decoded, Decoder
-from pipeline.events import anomaly_event, dumps, repair_event
-from pipeline.policy import PolicyEngine
-from pipeline.schemas import LABEL_NAME_RE, MAX_LABELS, METRIC_NAME_RE
-from pipeline.stage import Outputs, Pipeline
-from pipeline.types import Envelope, LogLevel, LogLine, Reject, RejectReason, Sample
 from tests.fuzz_strategies import (
     LOGS_TOPIC,
     MAX_RFC3339_TS,
@@ -563,7 +563,7 @@ def test_gap_config_huge_latency_order_is_config_error(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("detection:\n  models:\n    latency:\n      orders: [1000000000000000000000]\n")
     code = (
-        "import sys\nfrom pipeline.config import ConfigError, load_settings\n"
+        "import sys\nfrom selfheal.pipeline.core.config import ConfigError, load_settings\n"
         f"try:\n    load_settings({str(path)!r})\nexcept ConfigError:\n    sys.exit(0)\n"
         "sys.exit(1)\n"
     )

@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from models.registry import series_key
-from pipeline.guard import Guard, GuardConfig
-from pipeline.types import Envelope, RejectReason, Sample
+from selfheal.models.registry import series_key
+from selfheal.pipeline.core.guard import Guard, GuardConfig
+from selfheal.pipeline.kernel.types import Envelope, RejectReason, Sample
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = Envelope("m", 0, 0, b"{}")

@@ -9,16 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from models.latency import (
+from selfheal.models.latency import (
     DEFAULT_THRESHOLD,
     LatencyConfig,
     LatencyDetector,
     LatencyJudge,
     z_to_score,
 )
-from pipeline import scoring
-from pipeline.types import AnomalyKind, Finding, Sample, Severity
+from selfheal.pipeline.core import scoring
+from selfheal.pipeline.kernel.types import AnomalyKind, Finding, Sample, Severity
 
 STEP = 300.0  # 5-minute samples: 288 points a day
 

@@ -11,10 +11,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-from models.log_templates import LogTemplateMiner
-from models.logs import LogAnalyzerConfig, LogAnalyzerJudge
-from pipeline.types import AnomalyKind, Finding, LogLevel, LogLine, Severity
+from selfheal.models.log_templates import LogTemplateMiner
+from selfheal.models.logs import LogAnalyzerConfig, LogAnalyzerJudge
+from selfheal.pipeline.kernel.types import AnomalyKind, Finding, LogLevel, LogLine, Severity
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGHUB = ROOT / ".." / "shared" / "data" / "loghub"

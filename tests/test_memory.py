@@ -7,6 +7,8 @@ import pickle
 from functools import cache
 
 import pytest
+from selfheal.models.memory import MemoryLeakConfig, MemoryLeakJudge
+from selfheal.pipeline.kernel.types import AnomalyKind, Finding, Sample, Severity
 
 from benchmarks.scenarios import (
     HOUR,
@@ -18,8 +20,6 @@ from benchmarks.scenarios import (
     memory_control_scenarios,
     memory_leak_scenarios,
 )
-from models.memory import MemoryLeakConfig, MemoryLeakJudge
-from pipeline.types import AnomalyKind, Finding, Sample, Severity
 
 
 def run(sc: MemoryScenario, judge: MemoryLeakJudge | None = None) -> list[Finding]:
@@ -86,15 +86,22 @@ def test_restart_clears_the_leak() -> None:
 def test_needs_a_limit_and_a_memory_metric() -> None:
     sc = leak("leak_6h_fast_gc")
     judge = MemoryLeakJudge()
-    assert [f for s in sc.samples() for f in judge.observe(
-        Sample(s.ts, s.entity, s.metric, s.value))] == []
+    assert [
+        f for s in sc.samples() for f in judge.observe(Sample(s.ts, s.entity, s.metric, s.value))
+    ] == []
     other = MemoryLeakJudge()
-    assert [f for s in sc.samples() for f in other.observe(
-        Sample(s.ts, s.entity, "queue_depth", s.value, {}, LIMIT))] == []
+    assert [
+        f
+        for s in sc.samples()
+        for f in other.observe(Sample(s.ts, s.entity, "queue_depth", s.value, {}, LIMIT))
+    ] == []
     # a configured limit replaces the sample's
     configured = MemoryLeakJudge(limit=LIMIT)
-    assert [f for s in sc.samples() for f in configured.observe(
-        Sample(s.ts, s.entity, MEM_METRIC, s.value))]
+    assert [
+        f
+        for s in sc.samples()
+        for f in configured.observe(Sample(s.ts, s.entity, MEM_METRIC, s.value))
+    ]
 
 
 def test_pickle_round_trip_continues_identically() -> None:

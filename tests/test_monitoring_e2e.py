@@ -28,11 +28,11 @@ from typing import Any
 import orjson
 import pytest
 import yaml
+from selfheal.connectors.broker import BrokerHandle
+from selfheal.pipeline.app.runner import Runner
+from selfheal.pipeline.core.metrics import Metrics
+from selfheal.pipeline.kernel.types import AnomalyKind, RejectReason, RepairAction
 
-from connectors.broker import BrokerHandle
-from pipeline.metrics import Metrics
-from pipeline.runner import Runner
-from pipeline.types import AnomalyKind, RejectReason, RepairAction
 from tests.promserver import JOB, RULES_FILE, PromServer, require_prometheus, start_prometheus
 from tests.spine_helpers import make_runner, malformed, settings_for
 from tests.test_dashboard import _substitute, _targets

@@ -24,8 +24,7 @@ nbclient = pytest.importorskip(
     "nbclient", reason="nbclient is not installed (pip install -e '.[dev]') - notebooks not run"
 )
 import nbformat  # noqa: E402 - nbclient depends on it
-
-from pipeline.config import load_settings  # noqa: E402
+from selfheal.pipeline.core.config import load_settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
@@ -166,8 +165,7 @@ def _cloudevent(kind: str, name: str, entity: str, ts: str, data: dict[str, Any]
 
 def test_explore_events_from_kafka(kernel_env: None, broker: Any, tmp_path: Path) -> None:
     from aiokafka import AIOKafkaProducer
-
-    from connectors.kafka import ensure_topics
+    from selfheal.connectors.kafka import ensure_topics
 
     prefix = f"nb{uuid.uuid4().hex[:8]}"
     anomalies, repairs = f"{prefix}.anomalies", f"{prefix}.repairs"

@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 import pytest
+from selfheal.connectors.broker import BrokerHandle, free_port
+from selfheal.connectors.kafka import ensure_topics
 
-from connectors.broker import BrokerHandle, free_port
-from connectors.kafka import ensure_topics
 from tests.test_scale_out import (
     config_with_port,
     group_settings,

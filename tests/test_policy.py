@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-
-from pipeline.policy import PolicyEngine, decision_id, storm_entity
-from pipeline.policy_config import PolicyConfig, load_policy, parse_policy
-from pipeline.types import (
+from selfheal.pipeline.core.policy import PolicyEngine, decision_id, storm_entity
+from selfheal.pipeline.core.policy_config import PolicyConfig, load_policy, parse_policy
+from selfheal.pipeline.kernel.types import (
     Anomaly,
     AnomalyKind,
     Decision,

@@ -16,10 +16,10 @@ from typing import Any
 
 import orjson
 import pytest
+from selfheal.pipeline.app.runner import Runner
+from selfheal.pipeline.app.wiring import build_executors
+from selfheal.pipeline.core.policy import PolicyEngine
 
-from pipeline.policy import PolicyEngine
-from pipeline.runner import Runner
-from pipeline.wiring import build_executors
 from tests.conftest import consume_all
 from tests.spine_helpers import produce_records, run_until, settings_for
 
@@ -54,7 +54,7 @@ async def _run(
         **sections,
     )
     t = s.kafka.topics
-    from connectors.kafka import ensure_topics
+    from selfheal.connectors.kafka import ensure_topics
 
     await ensure_topics(broker.bootstrap, [t.metrics, t.logs], 1)
     await produce_records(producer, t.metrics, records)
@@ -138,7 +138,7 @@ async def _run_two(
         **sections,
     )
     t = s.kafka.topics
-    from connectors.kafka import ensure_topics
+    from selfheal.connectors.kafka import ensure_topics
 
     await ensure_topics(broker.bootstrap, [t.metrics, t.logs], 4)
     runners = [Runner(s, lambda: PolicyEngine(s.policy)) for _ in range(2)]

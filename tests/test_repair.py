@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 
-from pipeline.repair import (
+from selfheal.pipeline.core.repair import (
     MAX_STORM_ENTITIES,
     Budget,
     CaseBook,
@@ -14,7 +14,7 @@ from pipeline.repair import (
     Storm,
     StormDetector,
 )
-from pipeline.types import RepairAction
+from selfheal.pipeline.kernel.types import RepairAction
 
 R = RepairAction.RESTART
 S = RepairAction.SCALE_UP

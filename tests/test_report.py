@@ -11,9 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
-
-from connectors.simulator import DEFAULT_START, FaultKind, FaultSpec, Fleet, FleetConfig
-from pipeline.report import (
+from selfheal.pipeline.app.report import (
     FAULT_DETECTED_BY,
     load_samples,
     main,
@@ -21,6 +19,7 @@ from pipeline.report import (
     summarize,
     summary_lines,
 )
+from selfheal.pipeline.app.simulator import DEFAULT_START, FaultKind, FaultSpec, Fleet, FleetConfig
 
 T = 1795842000.0
 

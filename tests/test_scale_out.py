@@ -26,9 +26,9 @@ from typing import Any
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from selfheal.connectors.broker import BrokerHandle, free_port
+from selfheal.pipeline.core.config import Settings
 
-from connectors.broker import BrokerHandle, free_port
-from pipeline.config import Settings
 from tests.conftest import ROOT, consume_all
 from tests.spine_helpers import settings_for, start_pipeline, write_config
 
@@ -122,9 +122,7 @@ def metric_sum(port: int, name: str, **labels: str) -> float:
     if status != 200:
         return 0.0
     want = set(labels.items())
-    return sum(
-        v for (n, lab), v in metric_values(body).items() if n == name and want <= set(lab)
-    )
+    return sum(v for (n, lab), v in metric_values(body).items() if n == name and want <= set(lab))
 
 
 async def produce_keyed(
@@ -202,8 +200,17 @@ def replay_ids(records: Sequence[dict[str, Any]], config: Path, tmp: Path) -> se
     src.write_bytes(b"\n".join(orjson.dumps(r) for r in records) + b"\n")
     out = tmp / "replay.jsonl"
     rc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "replay", str(src), "--out", str(out),
-         "--config", str(config)],
+        [
+            sys.executable,
+            "-m",
+            "selfheal.pipeline.app.cli",
+            "replay",
+            str(src),
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+        ],
         cwd=ROOT,
         capture_output=True,
         timeout=120,
@@ -218,7 +225,7 @@ async def test_two_processes_share_partitions_and_survive_kill_9(
 ) -> None:
     s = group_settings(topic_prefix, broker.bootstrap)
     t = s.kafka.topics
-    from connectors.kafka import ensure_topics
+    from selfheal.connectors.kafka import ensure_topics
 
     await ensure_topics(
         broker.bootstrap,
@@ -258,9 +265,7 @@ async def test_two_processes_share_partitions_and_survive_kill_9(
 
         # mid-stream: the victim is busy with the second chunk when it dies
         before = done[victim]
-        produce_task = asyncio.create_task(
-            produce_keyed(broker.bootstrap, t.metrics, chunks[1])
-        )
+        produce_task = asyncio.create_task(produce_keyed(broker.bootstrap, t.metrics, chunks[1]))
         for _ in range(600):
             if metric_sum(ports[victim], "samples_processed_total") > before + 2_000:
                 break

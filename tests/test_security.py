@@ -6,16 +6,15 @@ import pickle
 from pathlib import Path
 
 import pytest
-
-from models.logs import LogAnalyzerJudge
-from models.security import (
+from selfheal.models.logs import LogAnalyzerJudge
+from selfheal.models.security import (
     SecurityJudge,
     decode_message,
     is_failed_login,
     match_attacks,
     source_address,
 )
-from pipeline.types import AnomalyKind, Finding, LogLevel, LogLine, Severity
+from selfheal.pipeline.kernel.types import AnomalyKind, Finding, LogLevel, LogLine, Severity
 
 LOGHUB = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "loghub"
 T0 = 1_795_842_000.0

@@ -17,8 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
-
-from connectors.simulator import (
+from selfheal.pipeline.app.simulator import (
     DEFAULT_START,
     MIN_SERVICES_FOR_ALL_FAULTS,
     FaultKind,
@@ -375,7 +374,7 @@ def test_config_validation() -> None:
 
 # ---------------------------------------------------------------------------- CLI
 def test_simulate_cli_bad_args_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline.simulate_cli import main
+    from selfheal.pipeline.app.simulate_cli import main
 
     assert main([]) == 2
     assert main(["--bootstrap", "x:1", "--services", "0"]) == 2
@@ -456,8 +455,7 @@ def _repair_event(action: str, entity: str, mode: str, ts: float, status: str = 
 @pytest.mark.timeout(60)
 async def test_run_simulator_closed_loop_on_real_broker(sim_broker: str, tmp_path: Path) -> None:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
-    from connectors.simulator_kafka import ensure_topics, run_simulator
+    from selfheal.pipeline.app.simulator_kafka import ensure_topics, run_simulator
 
     topics = {"metrics_topic": "t1.metrics", "logs_topic": "t1.logs", "repairs_topic": "t1.rep"}
     await ensure_topics(sim_broker, list(topics.values()))
@@ -546,7 +544,7 @@ async def test_run_simulator_closed_loop_on_real_broker(sim_broker: str, tmp_pat
 async def test_run_simulator_stops_early_and_still_writes_truth(
     sim_broker: str, tmp_path: Path
 ) -> None:
-    from connectors.simulator_kafka import run_simulator
+    from selfheal.pipeline.app.simulator_kafka import run_simulator
 
     stop = asyncio.Event()
     cfg = FleetConfig(services=3, seed=1, faults=tuple(default_schedule(3, 600)))
@@ -575,7 +573,7 @@ async def test_run_simulator_stops_early_and_still_writes_truth(
 def test_simulate_cli_against_broker(
     sim_broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pipeline.simulate_cli import main
+    from selfheal.pipeline.app.simulate_cli import main
 
     truth, samples = tmp_path / "t.json", tmp_path / "s.jsonl"
     rc = main(

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.asyncio
 async def test_valid_and_malformed_input(broker, producer, topic_prefix):
     s = settings_for(topic_prefix, broker.bootstrap, detection={"models_enabled": False})
     t = s.kafka.topics
-    from connectors.kafka import ensure_topics
+    from selfheal.connectors.kafka import ensure_topics
 
     await ensure_topics(broker.bootstrap, [t.metrics, t.logs], 3)
     good = valid_samples(10_000)

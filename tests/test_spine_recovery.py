@@ -49,7 +49,7 @@ async def test_kill_9_restart_and_replay_equivalence(broker, producer, topic_pre
         detection={"models_enabled": False},
     )
     t = s.kafka.topics
-    from connectors.kafka import ensure_topics
+    from selfheal.connectors.kafka import ensure_topics
 
     await ensure_topics(broker.bootstrap, [t.metrics, t.logs], 1)
     good = [orjson.dumps(x) for x in valid_samples(20_000)]
@@ -114,7 +114,7 @@ async def test_kill_9_restart_and_replay_equivalence(broker, producer, topic_pre
         [
             sys.executable,
             "-m",
-            "pipeline.cli",
+            "selfheal.pipeline.app.cli",
             "replay",
             str(src),
             "--out",

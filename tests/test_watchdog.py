@@ -6,10 +6,10 @@ import asyncio
 
 import orjson
 import pytest
+from selfheal.pipeline.app.runner import Runner
+from selfheal.pipeline.core.policy import PolicyEngine
+from selfheal.pipeline.kernel.types import Decision
 
-from pipeline.policy import PolicyEngine
-from pipeline.runner import Runner
-from pipeline.types import Decision
 from tests.conftest import consume_all
 from tests.spine_helpers import produce_records, run_until, settings_for
 
@@ -60,7 +60,7 @@ async def test_watchdog_cancels_a_stuck_iteration_and_the_pipeline_continues(
         for i in range(40)
         for e in range(5)
     ]
-    from connectors.kafka import ensure_topics
+    from selfheal.connectors.kafka import ensure_topics
 
     await ensure_topics(broker.bootstrap, [t.metrics, t.logs], 1)
     await produce_records(producer, t.metrics, records)

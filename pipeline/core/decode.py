@@ -21,15 +21,14 @@ import orjson
 from pydantic import ValidationError
 from pydantic_core import SchemaValidator
 from pydantic_core import core_schema as cs
-
-from pipeline.schemas import (
+from selfheal.pipeline.kernel.schemas import (
     LogRecordIn,
     MetricSampleIn,
     PromAdapterMetricIn,
     TelegrafMetricIn,
     ts_seconds,
 )
-from pipeline.types import Envelope, LogLevel, LogLine, Reject, RejectReason, Sample
+from selfheal.pipeline.kernel.types import Envelope, LogLevel, LogLine, Reject, RejectReason, Sample
 
 _NON_METRIC_CHARS = re.compile(r"[^a-zA-Z0-9_:]")
 DEFAULT_ENTITY_KEYS: tuple[str, ...] = (

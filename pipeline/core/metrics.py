@@ -15,8 +15,13 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-
-from pipeline.types import AnomalyKind, RejectReason, RepairAction, Severity, Suppression
+from selfheal.pipeline.kernel.types import (
+    AnomalyKind,
+    RejectReason,
+    RepairAction,
+    Severity,
+    Suppression,
+)
 
 MAX_FIELD_LABELS = 64
 
@@ -130,7 +135,8 @@ class Metrics:
             registry=r,
         )
         self.process_rss = Gauge(
-            "selfheal_resident_memory_bytes", "RSS checked against runtime.max_rss_bytes",
+            "selfheal_resident_memory_bytes",
+            "RSS checked against runtime.max_rss_bytes",
             registry=r,
         )
         self.escalations = Counter(

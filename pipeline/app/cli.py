@@ -17,17 +17,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.argtypes import port, positive_float
-from pipeline.config import ConfigError, Settings, load_settings
-from pipeline.policy import PolicyEngine
+from selfheal.pipeline.app.argtypes import port, positive_float
+from selfheal.pipeline.core.config import ConfigError, Settings, load_settings
+from selfheal.pipeline.core.policy import PolicyEngine
 
 # subcommands implemented in their own modules, each with ``main(argv) -> int``
 DELEGATED: dict[str, tuple[str, str]] = {
-    "score": ("pipeline.scoring", "score a NAB-style CSV with the latency detector"),
-    "audit": ("pipeline.audit", "read the audit trail (JSONL) back, filtered"),
-    "simulate": ("pipeline.simulate_cli", "run the simulated fleet against a broker"),
-    "report": ("pipeline.report", "render an HTML report from events and ground truth"),
-    "demo": ("pipeline.demo", "embedded broker + simulated fleet + pipeline, with a summary"),
+    "score": ("selfheal.pipeline.core.scoring", "score a NAB-style CSV with the latency detector"),
+    "audit": ("selfheal.pipeline.core.audit", "read the audit trail (JSONL) back, filtered"),
+    "simulate": ("selfheal.pipeline.app.simulate_cli", "run the simulated fleet against a broker"),
+    "report": (
+        "selfheal.pipeline.app.report",
+        "render an HTML report from events and ground truth",
+    ),
+    "demo": (
+        "selfheal.pipeline.app.demo",
+        "embedded broker + simulated fleet + pipeline, with a summary",
+    ),
 }
 
 
@@ -68,7 +74,7 @@ def _policy_factory(settings: Settings) -> Callable[[], PolicyEngine]:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from connectors.broker import EmbeddedBroker
+    from selfheal.connectors.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(port=args.port, host=args.host, quiet=False).start()
     print(f"embedded broker listening on {broker.bootstrap} (Ctrl-C to stop)", flush=True)
@@ -92,8 +98,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.runner import Runner
-    from pipeline.wiring import build_executors
+    from selfheal.pipeline.app.runner import Runner
+    from selfheal.pipeline.app.wiring import build_executors
 
     settings = _settings(args.config)
     bootstrap = args.bootstrap or settings.kafka.bootstrap
@@ -136,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from pipeline.runner import replay
+    from selfheal.pipeline.app.runner import replay
 
     settings = _settings(args.config)
     try:
@@ -165,7 +171,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from pipeline.schemas import json_schemas
+    from selfheal.pipeline.kernel.schemas import json_schemas
 
     print(json.dumps(json_schemas(), indent=2))
     return 0

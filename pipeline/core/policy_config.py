@@ -1,6 +1,7 @@
 """Policy configuration: pydantic v2 models loaded from YAML (the edge of the policy layer).
 
-The engine (``pipeline.policy``) only reads these validated models; invalid input raises
+The engine (``selfheal.pipeline.core.policy``) only reads these validated models; invalid input
+raises
 ``pydantic.ValidationError`` naming the offending field (the CLI maps it to exit code 2).
 
 >>> cfg = PolicyConfig.model_validate({"rules": [{"name": "leak", "kinds": ["memory_leak"],
@@ -20,8 +21,7 @@ from typing import Any
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from pipeline.types import Anomaly, AnomalyKind, RepairAction, Severity
+from selfheal.pipeline.kernel.types import Anomaly, AnomalyKind, RepairAction, Severity
 
 #: the rules shipped with the package (``pipeline/default_policy.yaml``)
 DEFAULT_POLICY_PATH = Path(__file__).resolve().parent / "default_policy.yaml"

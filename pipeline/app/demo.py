@@ -1,6 +1,7 @@
 """``selfheal demo``: embedded broker + simulated fleet + the pipeline, closed loop, with a summary.
 
-The fleet (``connectors.simulator``) emits metrics and logs with one fault of every kind on
+The fleet (``selfheal.pipeline.app.simulator``) emits metrics and logs with one fault of every kind
+on
 its own service; the pipeline detects, decides and publishes repairs; the fleet reads the
 repair topic and heals (restart clears a leak, rollback removes a regression...). A live view
 shows anomalies and repairs as they happen; at the end a table scores every fault against the
@@ -27,16 +28,15 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-
-from connectors.broker import BrokerHandle, EmbeddedBroker
-from connectors.kafka import ensure_topics
-from connectors.simulator import FaultKind, FaultSpec, FleetConfig, default_schedule
-from connectors.simulator_kafka import run_simulator
-from pipeline.argtypes import positive_float, positive_int
-from pipeline.config import Settings, load_settings
-from pipeline.policy import PolicyEngine
-from pipeline.report import summarize
-from pipeline.runner import Runner
+from selfheal.connectors.broker import BrokerHandle, EmbeddedBroker
+from selfheal.connectors.kafka import ensure_topics
+from selfheal.pipeline.app.argtypes import positive_float, positive_int
+from selfheal.pipeline.app.report import summarize
+from selfheal.pipeline.app.runner import Runner
+from selfheal.pipeline.app.simulator import FaultKind, FaultSpec, FleetConfig, default_schedule
+from selfheal.pipeline.app.simulator_kafka import run_simulator
+from selfheal.pipeline.core.config import Settings, load_settings
+from selfheal.pipeline.core.policy import PolicyEngine
 
 STEP_SECONDS = 15.0
 
@@ -348,7 +348,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
         f"fleet applied {stats.repairs_applied} repairs"
     )
     if not args.no_report:
-        from pipeline.report import main as report_main
+        from selfheal.pipeline.app.report import main as report_main
 
         report_main(
             [

@@ -19,7 +19,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.types import RepairAction
+from selfheal.pipeline.kernel.types import RepairAction
 
 #: anomaly ids remembered per case (the reason of an escalation)
 MAX_CASE_HISTORY = 16

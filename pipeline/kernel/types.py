@@ -1,6 +1,7 @@
 """Internal, frozen value types that flow between the stages.
 
-Pydantic models live only at the edges (``pipeline.schemas``); inside the pipeline every
+Pydantic models live only at the edges (``selfheal.pipeline.kernel.schemas``); inside the pipeline
+every
 record is one of these small frozen dataclasses (or, for ``Envelope``, a named tuple), cheap to
 build and safe to share.
 """
@@ -241,3 +242,47 @@ class Reject:
     reason: RejectReason
     field: str
     error: str
+
+
+# -- fleet-wide arbitration (budget and storms): what a FleetGate is asked and answers --
+
+
+class Verdict(enum.Enum):
+    GRANTED = "granted"  # execute: a budget slot is taken
+    BUDGET = "budget"  # the fleet budget is exhausted
+    STORM = "storm"  # an active storm covers this need
+    STORM_STARTED = "storm_started"  # this need started a storm: its proposer escalates once
+    NOTED = "noted"  # counted for storm detection; no budget asked (cooldown, approval)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetRequest:
+    """One entity needing one repair action at event time ``ts``."""
+
+    id: str
+    ts: float
+    entity: str
+    action: RepairAction
+    #: asks for a budget slot (False when the entity is cooling down or awaits approval)
+    claim: bool
+    #: the id the storm escalation gets if this request starts a storm ("" for a note: its
+    #: proposer already saw a storm, so it cannot start one)
+    storm_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class FleetOutcome:
+    verdict: Verdict
+    storm_id: str = ""
+    #: distinct entities needing the action in the storm window (when a storm started)
+    count: int = 0
+    entities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StormEnd:
+    """The proposer of a storm resolved it: later needs count towards a new storm."""
+
+    storm_id: str
+    action: RepairAction
+    ts: float

@@ -9,8 +9,15 @@ from __future__ import annotations
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from pipeline.lru import LRU
-from pipeline.types import AnomalyKind, Envelope, Finding, Reject, RejectReason, Severity
+from selfheal.pipeline.kernel.lru import LRU
+from selfheal.pipeline.kernel.types import (
+    AnomalyKind,
+    Envelope,
+    Finding,
+    Reject,
+    RejectReason,
+    Severity,
+)
 
 
 @dataclass(frozen=True, slots=True)

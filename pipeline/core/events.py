@@ -3,7 +3,8 @@
 Ids are UUIDv5 over the content that defines an event (kind, detector, entity, metric, labels,
 event time), never over offsets or wall-clock time: the same input yields the same ids whether
 it comes from Kafka or a file, before or after a crash, so consumers can drop the duplicates of
-at-least-once delivery. Encoding uses orjson; ``pipeline.schemas`` documents the shapes.
+at-least-once delivery. Encoding uses orjson; ``selfheal.pipeline.kernel.schemas`` documents the
+shapes.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import uuid
 from typing import Any
 
 import orjson
-
-from pipeline.schemas import epoch_to_rfc3339
-from pipeline.types import Anomaly, Decision, Finding, Reject
+from selfheal.pipeline.kernel.schemas import epoch_to_rfc3339
+from selfheal.pipeline.kernel.types import Anomaly, Decision, Finding, Reject
 
 _NS = uuid.UUID("6f1c3f2e-5b7a-4e0c-9d35-2f6c1b8a7e41")
 

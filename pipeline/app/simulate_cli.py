@@ -16,14 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-from connectors.simulator import (
+from selfheal.pipeline.app.argtypes import positive_float, positive_int
+from selfheal.pipeline.app.simulator import (
     DEFAULT_START,
     MIN_SERVICES_FOR_ALL_FAULTS,
     FleetConfig,
     default_schedule,
 )
-from connectors.simulator_kafka import SimStats, run_simulator
-from pipeline.argtypes import positive_float, positive_int
+from selfheal.pipeline.app.simulator_kafka import SimStats, run_simulator
 
 
 def _start(text: str) -> float:

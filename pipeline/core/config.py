@@ -19,12 +19,11 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
-
-from models.registry import DetectorsConfig
-from models.rules import DEFAULT_RULES, RuleSpec
-from pipeline.decode import DEFAULT_ENTITY_KEYS
-from pipeline.policy_config import DEFAULT_POLICY_PATH, PolicyConfig
-from pipeline.types import RepairAction
+from selfheal.models.registry import DetectorsConfig
+from selfheal.models.rules import DEFAULT_RULES, RuleSpec
+from selfheal.pipeline.core.decode import DEFAULT_ENTITY_KEYS
+from selfheal.pipeline.core.policy_config import DEFAULT_POLICY_PATH, PolicyConfig
+from selfheal.pipeline.kernel.types import RepairAction
 
 _YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 

@@ -24,22 +24,26 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aiokafka.errors import KafkaError
-
-from connectors.audit_file import AuditFileSink
-from connectors.errors import BrokerUnavailable, ConnectorError, is_retriable
-from connectors.files import FileSource, JsonlSink
-from connectors.fleet_ledger import KafkaFleet
-from connectors.http_server import Health, MetricsServer
-from connectors.kafka import KafkaSink, KafkaSource, OutRecord, ensure_topics
-from connectors.state_store import KafkaStateStore
-from pipeline import state as snapshots
-from pipeline.audit import AuditRecord, decision_record, execution_record, verification_record
-from pipeline.config import KafkaConfig, Settings
-from pipeline.events import anomaly_event, deadletter_record, dumps, repair_event
-from pipeline.fleet import FleetArbiter
-from pipeline.metrics import Metrics
-from pipeline.stage import Outputs, PartitionStage, Pipeline, PolicyLike
-from pipeline.types import Batch, Decision, DecisionStatus, Envelope, RepairAction
+from selfheal.connectors.audit_file import AuditFileSink
+from selfheal.connectors.errors import BrokerUnavailable, ConnectorError, is_retriable
+from selfheal.connectors.files import FileSource, JsonlSink
+from selfheal.connectors.fleet_ledger import KafkaFleet
+from selfheal.connectors.http_server import Health, MetricsServer
+from selfheal.connectors.kafka import KafkaSink, KafkaSource, OutRecord, ensure_topics
+from selfheal.connectors.state_store import KafkaStateStore
+from selfheal.pipeline.core import state as snapshots
+from selfheal.pipeline.core.audit import (
+    AuditRecord,
+    decision_record,
+    execution_record,
+    verification_record,
+)
+from selfheal.pipeline.core.config import KafkaConfig, Settings
+from selfheal.pipeline.core.events import anomaly_event, deadletter_record, dumps, repair_event
+from selfheal.pipeline.core.fleet import FleetArbiter
+from selfheal.pipeline.core.metrics import Metrics
+from selfheal.pipeline.core.stage import Outputs, PartitionStage, Pipeline, PolicyLike
+from selfheal.pipeline.kernel.types import Batch, Decision, DecisionStatus, Envelope, RepairAction
 
 log = logging.getLogger("selfheal.runner")
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.types import RepairAction
+from selfheal.pipeline.kernel.types import RepairAction
 
 DEFAULT_START = 1795842000.0  # 2026-11-28T05:00:00Z
 

@@ -1,10 +1,10 @@
 """Audit records: one per decision (executed or suppressed), execution result and verification.
 
 Records are JSON lines (orjson), the same shape on the ``selfheal.audit`` topic and in the
-audit file (``connectors.audit_file.AuditFileSink``). ``main`` implements
+audit file (``selfheal.connectors.audit_file.AuditFileSink``). ``main`` implements
 ``selfheal audit FILE [--entity GLOB] [--since T] [--record KIND] [--json]``.
 
->>> from pipeline.types import Decision, Mode, RepairAction
+>>> from selfheal.pipeline.kernel.types import Decision, Mode, RepairAction
 >>> d = Decision(id="d1", ts=1795842000.0, action=RepairAction.RESTART, entity="web-1",
 ...     mode=Mode.ENFORCE, predictive=True, reason=("a1",), rule="leak")
 >>> rec = decision_record(d)
@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
-
-from pipeline.schemas import epoch_to_rfc3339, parse_ts
-from pipeline.types import Decision, Verification
+from selfheal.pipeline.kernel.schemas import epoch_to_rfc3339, parse_ts
+from selfheal.pipeline.kernel.types import Decision, Verification
 
 DECISION = "decision"
 EXECUTION = "execution"
@@ -35,7 +34,7 @@ _REQUIRED = ("record", "id", "ts", "entity", "action")
 
 
 class ResultLike(Protocol):
-    """What an executor reports (``connectors.executor.ExecutionResult`` fits)."""
+    """What an executor reports (``selfheal.connectors.executor.ExecutionResult`` fits)."""
 
     @property
     def decision_id(self) -> str: ...

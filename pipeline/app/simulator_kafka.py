@@ -1,4 +1,5 @@
-"""Drive a simulated :class:`~connectors.simulator.Fleet` over Kafka, closing the repair loop.
+"""Drive a simulated :class:`~selfheal.pipeline.app.simulator.Fleet` over Kafka, closing the repair
+loop.
 
 Samples and logs go to the metrics/logs topics keyed by entity; repair CloudEvents read from the
 repair topic (``mode == "enforce"`` and ``status == "execute"`` only) are applied to the fleet,
@@ -23,9 +24,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-
-from connectors.simulator import Fleet, FleetConfig
-from pipeline.schemas import parse_ts
+from selfheal.pipeline.app.simulator import Fleet, FleetConfig
+from selfheal.pipeline.kernel.schemas import parse_ts
 
 log = logging.getLogger(__name__)
 

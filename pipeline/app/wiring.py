@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from connectors.alertmanager import AlertmanagerExecutor
-from connectors.command import CommandExecutor, TemplateError
-from connectors.webhook import WebhookExecutor
-from pipeline.config import ConfigError, Settings
-from pipeline.runner import ExecutorLike
+from selfheal.connectors.alertmanager import AlertmanagerExecutor
+from selfheal.connectors.command import CommandExecutor, TemplateError
+from selfheal.connectors.webhook import WebhookExecutor
+from selfheal.pipeline.app.runner import ExecutorLike
+from selfheal.pipeline.core.config import ConfigError, Settings
 
 
 def build_executors(settings: Settings) -> list[ExecutorLike]:

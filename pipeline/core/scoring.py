@@ -4,7 +4,8 @@
 taken as UTC; ISO 8601 with ``T``/``Z`` or plain epoch seconds are accepted too) and writes
 ``timestamp,value,anomaly_score`` to stdout, one row per input row, each score computed from
 that row and the rows before it only. ``selfheal score --print-threshold`` prints
-``models.latency.DEFAULT_THRESHOLD``, the score at which the shipped configuration emits events.
+``selfheal.models.latency.DEFAULT_THRESHOLD``, the score at which the shipped configuration emits
+events.
 
 >>> score_series([0.0, 60.0, 120.0], [1.0, 1.0, 1.0])
 [0.0, 0.0, 0.0]
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from models.latency import DEFAULT_THRESHOLD, LatencyConfig, LatencyDetector
+from selfheal.models.latency import DEFAULT_THRESHOLD, LatencyConfig, LatencyDetector
 
 
 class ScoreInputError(ValueError):

@@ -7,13 +7,20 @@ partition engine asks one ``FleetGate`` instead. A gate is an ordered log of ``F
 a pure function of the log before it, so every process reading the same log agrees on it.
 
 * ``LocalFleet``: the log is this process's call order (replay, tests, one process).
-* ``connectors.fleet_ledger.KafkaFleet``: the log is a one-partition Kafka topic shared by all
+* ``selfheal.connectors.fleet_ledger.KafkaFleet``: the log is a one-partition Kafka topic shared by
+all
   processes of a consumer group; a request is produced, then answered once read back.
 
 Requests are idempotent on their id (the decision id), so at-least-once redelivery after a
 restart gets the verdict the first delivery got.
 
->>> from pipeline.types import RepairAction
+>>> from selfheal.pipeline.kernel.types import (
+    FleetOutcome,
+    FleetRequest,
+    RepairAction,
+    StormEnd,
+    Verdict,
+)
 >>> fleet = LocalFleet(FleetArbiter(max_repairs=1, window_seconds=60.0, storm_threshold=2,
 ...     storm_window_seconds=60.0))
 >>> def need(i: int, ts: float) -> FleetRequest:
@@ -27,61 +34,19 @@ restart gets the verdict the first delivery got.
 
 from __future__ import annotations
 
-import enum
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol
 
-import orjson
-
-from pipeline.policy_config import PolicyConfig
-from pipeline.repair import Budget, StormDetector
-from pipeline.types import RepairAction
-
-#: wire format version of ledger records
-RECORD_VERSION = 1
-
-
-class Verdict(enum.Enum):
-    GRANTED = "granted"  # execute: a budget slot is taken
-    BUDGET = "budget"  # the fleet budget is exhausted
-    STORM = "storm"  # an active storm covers this need
-    STORM_STARTED = "storm_started"  # this need started a storm: its proposer escalates once
-    NOTED = "noted"  # counted for storm detection; no budget asked (cooldown, approval)
-
-
-@dataclass(frozen=True, slots=True)
-class FleetRequest:
-    """One entity needing one repair action at event time ``ts``."""
-
-    id: str
-    ts: float
-    entity: str
-    action: RepairAction
-    #: asks for a budget slot (False when the entity is cooling down or awaits approval)
-    claim: bool
-    #: the id the storm escalation gets if this request starts a storm ("" for a note: its
-    #: proposer already saw a storm, so it cannot start one)
-    storm_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class FleetOutcome:
-    verdict: Verdict
-    storm_id: str = ""
-    #: distinct entities needing the action in the storm window (when a storm started)
-    count: int = 0
-    entities: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class StormEnd:
-    """The proposer of a storm resolved it: later needs count towards a new storm."""
-
-    storm_id: str
-    action: RepairAction
-    ts: float
+from selfheal.pipeline.core.policy_config import PolicyConfig
+from selfheal.pipeline.core.repair import Budget, StormDetector
+from selfheal.pipeline.kernel.types import (
+    FleetOutcome,
+    FleetRequest,
+    RepairAction,
+    StormEnd,
+    Verdict,
+)
 
 
 @dataclass(slots=True)
@@ -214,27 +179,6 @@ class FleetArbiter:
         return self._budget.used(max(ts, self.clock)) if self.clock > -math.inf else 0
 
 
-class FleetGate(Protocol):
-    """What a policy engine asks about the fleet; implementations share one ordered log."""
-
-    def request(self, req: FleetRequest) -> FleetOutcome:
-        """Append ``req`` to the log and return its verdict (may block; raises when the log
-        cannot be reached, with a ``retriable`` flag)."""
-        ...
-
-    def note(self, req: FleetRequest) -> None:
-        """Append ``req`` without waiting for its verdict (needs covered by a known storm)."""
-        ...
-
-    def end_storm(self, end: StormEnd) -> None: ...
-
-    def active_storm(self, action: RepairAction, ts: float) -> str | None: ...
-
-    def storm_last_need(self, storm_id: str) -> float | None: ...
-
-    def budget_used(self, ts: float) -> int: ...
-
-
 class LocalFleet:
     """A gate whose log is the call order of this process (replays, tests, a single process)."""
 
@@ -258,67 +202,3 @@ class LocalFleet:
 
     def budget_used(self, ts: float) -> int:
         return self.arbiter.budget_used(ts)
-
-
-# -- ledger records ------------------------------------------------------------------------
-
-
-class RecordError(ValueError):
-    """A ledger record that is not ours or not readable (skipped by readers)."""
-
-
-def encode_request(req: FleetRequest, group: str) -> bytes:
-    return orjson.dumps(
-        {
-            "v": RECORD_VERSION,
-            "group": group,
-            "type": "request",
-            "id": req.id,
-            "ts": req.ts,
-            "entity": req.entity,
-            "action": req.action.value,
-            "claim": req.claim,
-            "storm_id": req.storm_id,
-        }
-    )
-
-
-def encode_end(end: StormEnd, group: str) -> bytes:
-    return orjson.dumps(
-        {
-            "v": RECORD_VERSION,
-            "group": group,
-            "type": "storm_end",
-            "storm_id": end.storm_id,
-            "action": end.action.value,
-            "ts": end.ts,
-        }
-    )
-
-
-def decode_record(raw: bytes, group: str) -> FleetRequest | StormEnd | None:
-    """The record's request or storm end; None when it belongs to another group."""
-    try:
-        rec = orjson.loads(raw)
-        if not isinstance(rec, dict) or rec.get("v") != RECORD_VERSION:
-            raise RecordError(f"unknown ledger record version {rec.get('v')!r}")
-        if rec.get("group") != group:
-            return None
-        action = RepairAction(rec["action"])
-        ts = float(rec["ts"])
-        if rec["type"] == "request":
-            return FleetRequest(
-                id=str(rec["id"]),
-                ts=ts,
-                entity=str(rec["entity"]),
-                action=action,
-                claim=bool(rec["claim"]),
-                storm_id=str(rec["storm_id"]),
-            )
-        if rec["type"] == "storm_end":
-            return StormEnd(storm_id=str(rec["storm_id"]), action=action, ts=ts)
-        raise RecordError(f"unknown ledger record type {rec['type']!r}")
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        if isinstance(exc, RecordError):
-            raise
-        raise RecordError(f"unreadable ledger record: {exc}") from exc

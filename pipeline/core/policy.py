@@ -24,8 +24,8 @@ closed inside ``decide`` are returned by the next ``tick``.
 Decision ids are ``uuid5`` over (rule, action, entity, anomaly id), so a replay of the same
 anomaly sequence yields the same decisions with the same ids.
 
->>> from pipeline.policy_config import PolicyConfig
->>> from pipeline.types import Anomaly, AnomalyKind, Finding, Severity
+>>> from selfheal.pipeline.core.policy_config import PolicyConfig
+>>> from selfheal.pipeline.kernel.types import Anomaly, AnomalyKind, Finding, Severity
 >>> engine = PolicyEngine(PolicyConfig.model_validate({"rules": [
 ...     {"name": "hc", "kinds": ["health_check_failed"], "actions": [{"action": "restart"}]}]}))
 >>> f = Finding(ts=1000.0, entity="web-1", metric="health_check_ok", detector="rule",
@@ -47,17 +47,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pipeline.fleet import (
-    FleetArbiter,
-    FleetGate,
-    FleetOutcome,
-    FleetRequest,
-    LocalFleet,
-    StormEnd,
-    Verdict,
-)
-from pipeline.policy_config import ActionStep, PolicyConfig, Rule, rule_matches
-from pipeline.repair import (
+from selfheal.pipeline.core.fleet import FleetArbiter, LocalFleet
+from selfheal.pipeline.core.policy_config import ActionStep, PolicyConfig, Rule, rule_matches
+from selfheal.pipeline.core.repair import (
     Case,
     CaseBook,
     Cooldowns,
@@ -65,13 +57,18 @@ from pipeline.repair import (
     SeenIds,
     Storm,
 )
-from pipeline.types import (
+from selfheal.pipeline.kernel.protocols import FleetGate
+from selfheal.pipeline.kernel.types import (
     Anomaly,
     Decision,
     DecisionStatus,
+    FleetOutcome,
+    FleetRequest,
     Mode,
     RepairAction,
+    StormEnd,
     Suppression,
+    Verdict,
     Verification,
 )
 

@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
-from pipeline.schemas import parse_ts
+from selfheal.pipeline.kernel.schemas import parse_ts
 
 ANOMALY_PREFIX = "io.selfheal.anomaly."
 REPAIR_PREFIX = "io.selfheal.repair."

@@ -1,7 +1,8 @@
 """Wire schemas (pydantic v2): what producers send and what selfheal emits.
 
 These models live at the edges only. Inbound messages are validated here and converted into
-the frozen dataclasses of ``pipeline.types``; outbound events are CloudEvents 1.0 structured
+the frozen dataclasses of ``selfheal.pipeline.kernel.types``; outbound events are CloudEvents 1.0
+structured
 JSON whose ``data`` follows the models below. ``selfheal schema`` prints their JSON Schema.
 """
 

@@ -3,7 +3,7 @@
 A stage owns all state derived from its partition (guard buckets, detector bank, policy,
 watermark), so that state can be snapshotted per partition and follow the partition when a
 consumer group rebalances. ``Pipeline`` routes decoded records to stages and gathers outputs;
-it does no I/O (the runner in ``pipeline.runner`` does).
+it does no I/O (the runner in ``selfheal.pipeline.app.runner`` does).
 """
 
 from __future__ import annotations
@@ -16,15 +16,23 @@ from itertools import groupby
 from operator import attrgetter
 from typing import Any, Protocol
 
-from models.base import Judge, LogJudge
-from models.registry import Router, SeriesKey, series_key
-from pipeline.config import Settings
-from pipeline.decode import Decoded, Decoder
-from pipeline.events import to_anomaly
-from pipeline.fleet import FleetArbiter, FleetGate, LocalFleet
-from pipeline.guard import FailureRatio, Guard, GuardConfig
-from pipeline.lru import LRU
-from pipeline.types import Anomaly, Decision, Envelope, Finding, Reject, Verification
+from selfheal.models.base import Judge, LogJudge
+from selfheal.models.registry import Router, SeriesKey, series_key
+from selfheal.pipeline.core.config import Settings
+from selfheal.pipeline.core.decode import Decoded, Decoder
+from selfheal.pipeline.core.events import to_anomaly
+from selfheal.pipeline.core.fleet import FleetArbiter, LocalFleet
+from selfheal.pipeline.core.guard import FailureRatio, Guard, GuardConfig
+from selfheal.pipeline.kernel.lru import LRU
+from selfheal.pipeline.kernel.protocols import FleetGate
+from selfheal.pipeline.kernel.types import (
+    Anomaly,
+    Decision,
+    Envelope,
+    Finding,
+    Reject,
+    Verification,
+)
 
 
 class PolicyLike(Protocol):
