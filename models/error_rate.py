@@ -65,21 +65,19 @@ is an ``error_burst`` (re-emitted at most every ``burst_cooldown_buckets``).
 from __future__ import annotations
 
 import math
-import warnings
 from array import array
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from itertools import accumulate, compress, islice
-from operator import ne
 from typing import Any
 
 import numpy as np
 from river import drift
-from scipy import stats
-from selfheal.models.base import Judge, LogJudge
+from selfheal.models.base import DriftDetector, Judge, LogJudge
+from selfheal.models.cusum import BinomialCusum
+from selfheal.models.kswin import KSWin, RiverDrift
 from selfheal.pipeline.kernel.types import AnomalyKind, Finding, LogLevel, LogLine, Sample, Severity
 
-DETECTORS = ("adwin", "page_hinkley", "kswin")
+DETECTORS = ("cusum", "kswin", "adwin", "page_hinkley")
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,11 @@ class ErrorRateConfig:
     min_requests: int = 20
     requests_metric: str = "requests_total"
     errors_metric: str = "errors_total"
-    detector: str = "kswin"
+    detector: str = "cusum"
+    cusum_ratio: float = 2.5
+    cusum_threshold: float = 8.0
+    cusum_baseline_buckets: int = 60
+    cusum_margin: float = 2.0
     adwin_delta: float = 0.002
     adwin_clock: int = 1
     ph_delta: float = 0.005
@@ -99,7 +101,7 @@ class ErrorRateConfig:
     kswin_alpha: float = 0.0001
     kswin_window: int = 100
     kswin_stat: int = 30
-    min_increase_abs: float = 0.005
+    min_increase_abs: float = 0.001
     min_increase_ratio: float = 1.25
     history_buckets: int = 100
     baseline_buckets: int = 60
@@ -113,119 +115,6 @@ class ErrorRateConfig:
 
 _D = ErrorRateConfig()
 _PARAMS = tuple(f.name for f in fields(ErrorRateConfig))
-
-# exact two-sample KS p-value by (n, m, n*m*D): it depends on nothing else, so it is computed
-# once per distinct statistic (by scipy, as river does) and shared by every judge; bounded by
-# the n*m/gcd(n, m) + 1 possible statistics per window shape (211 at 70 vs 30)
-_KS_P: dict[tuple[int, int, int], float] = {}
-
-
-def ks_gap(values: list[float], cut: int) -> int:
-    """``n * m`` times the two-sample KS statistic of ``values[:cut]`` vs ``values[cut:]``.
-
-    Ties are treated as scipy does (the empirical CDFs compared after each distinct value);
-    the walk over the merged order runs in builtins (``accumulate``/``compress``), not in a
-    Python loop.
-
-    >>> ks_gap([0.1, 0.2, 0.3, 0.7, 0.8, 0.9], 3)  # disjoint samples: D = 1, n * m = 9
-    9
-    """
-    n, m = cut, len(values) - cut
-    order = sorted(range(n + m), key=values.__getitem__)
-    steps = [m] * n + [-n] * m  # +m per value of the first sample, -n per value of the second
-    cums = list(accumulate(map(steps.__getitem__, order)))
-    ranked = list(map(values.__getitem__, order))
-    ends = compress(cums, map(ne, ranked, islice(ranked, 1, None)))  # last of each tie group
-    return max(map(abs, ends), default=0)
-
-
-def _ks_pvalue(values: list[float], cut: int, gap: int) -> float:
-    key = (cut, len(values) - cut, gap)
-    p = _KS_P.get(key)
-    if p is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=RuntimeWarning)
-            p = float(stats.ks_2samp(values[:cut], values[cut:], method="auto").pvalue)
-        _KS_P[key] = p
-    return p
-
-
-class KSWin:
-    """KSWIN (Raab et al. 2020) against the whole reference window, on a compact ring.
-
-    Once ``window_size`` values are held, the last ``stat_size`` are compared with the
-    ``window_size - stat_size`` older ones by a two-sample Kolmogorov-Smirnov test (exact
-    p-value, as scipy computes it); a drift when ``p <= alpha`` and the statistic exceeds 0.1,
-    after which the window starts empty. ``river.drift.KSWIN`` does the same but tests a random
-    draw of ``stat_size`` older values: using all of them is deterministic (no seed, no 2.5 KB
-    ``random.Random`` per detector) and more powerful at the same alpha (see the module
-    docstring). The window is an ``array('d')`` ring; the exact p-value depends only on the
-    two sizes and the statistic, so it is computed once per distinct statistic and cached.
-
-    >>> det = KSWin(alpha=1e-4)
-    >>> hits = []
-    >>> for i in range(400):
-    ...     det.update((i * 7919 % 100) / 1000 + (0.5 if i >= 200 else 0.0))
-    ...     hits += [i] if det.drift_detected else []
-    >>> hits
-    [214]
-    """
-
-    __slots__ = ("_n", "_pos", "_win", "alpha", "drift_detected", "stat_size", "window_size")
-
-    def __init__(self, alpha: float = 0.005, window_size: int = 100, stat_size: int = 30) -> None:
-        if not 0.0 <= alpha <= 1.0 or not 0 < stat_size < window_size:
-            raise ValueError("need 0 <= alpha <= 1 and 0 < stat_size < window_size")
-        self.alpha = alpha
-        self.window_size = window_size
-        self.stat_size = stat_size
-        self._win = array("d", bytes(8 * window_size))
-        self._n = 0  # values held (the ring is full at window_size)
-        self._pos = 0  # next slot written
-        self.drift_detected = False
-
-    def __getstate__(self) -> tuple[Any, ...]:
-        return (
-            self.alpha,
-            self.window_size,
-            self.stat_size,
-            self._win.tobytes(),
-            self._n,
-            self._pos,
-            self.drift_detected,
-        )
-
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        (
-            self.alpha,
-            self.window_size,
-            self.stat_size,
-            win,
-            self._n,
-            self._pos,
-            self.drift_detected,
-        ) = state
-        self._win = array("d", win)
-
-    def update(self, x: float) -> None:
-        w = self.window_size
-        if self.drift_detected:  # as river: the window restarts empty after a drift
-            self.drift_detected = False
-            self._n = self._pos = 0
-        self._win[self._pos] = x
-        self._pos = (self._pos + 1) % w
-        if self._n < w:
-            self._n += 1
-            if self._n < w:
-                return
-        win, pos = self._win, self._pos
-        ordered = (win[pos:] + win[:pos]).tolist()
-        cut = w - self.stat_size
-        gap = ks_gap(ordered, cut)
-        if gap * 10 <= cut * self.stat_size:  # statistic <= 0.1: never a drift
-            return
-        self.drift_detected = _ks_pvalue(ordered, cut, gap) <= self.alpha
-
 
 class _Stream:
     """Bucketed error counts of one source, its drift detector and its burst baseline.
@@ -256,7 +145,7 @@ class _Stream:
         "tot",
     )
 
-    def __init__(self, detector: Any, history: int, baseline: int) -> None:
+    def __init__(self, detector: DriftDetector, history: int, baseline: int) -> None:
         self.bucket: int | None = None  # open bucket
         self.closed_through: int | None = None
         self.err = 0.0
@@ -356,6 +245,10 @@ class ErrorRateJudge(Judge, LogJudge):
         requests_metric: str = _D.requests_metric,
         errors_metric: str = _D.errors_metric,
         detector: str = _D.detector,
+        cusum_ratio: float = _D.cusum_ratio,
+        cusum_threshold: float = _D.cusum_threshold,
+        cusum_baseline_buckets: int = _D.cusum_baseline_buckets,
+        cusum_margin: float = _D.cusum_margin,
         adwin_delta: float = _D.adwin_delta,
         adwin_clock: int = _D.adwin_clock,
         ph_delta: float = _D.ph_delta,
@@ -384,6 +277,10 @@ class ErrorRateJudge(Judge, LogJudge):
         self.requests_metric = requests_metric
         self.errors_metric = errors_metric
         self.detector = detector
+        self.cusum_ratio = cusum_ratio
+        self.cusum_threshold = cusum_threshold
+        self.cusum_baseline_buckets = cusum_baseline_buckets
+        self.cusum_margin = cusum_margin
         self.adwin_delta = adwin_delta
         self.adwin_clock = adwin_clock
         self.ph_delta = ph_delta
@@ -427,16 +324,25 @@ class ErrorRateJudge(Judge, LogJudge):
         return type(self)(**self._get_params())
 
     # ------------------------------------------------------------------ plumbing
-    def _make_detector(self) -> Any:
+    def _make_detector(self) -> DriftDetector:
+        if self.detector == "cusum":
+            return BinomialCusum(
+                ratio=self.cusum_ratio,
+                threshold=self.cusum_threshold,
+                baseline_buckets=self.cusum_baseline_buckets,
+                floor_rate=self.burst_floor_rate,
+                margin=self.cusum_margin,
+            )
         if self.detector == "adwin":
-            return drift.ADWIN(delta=self.adwin_delta, clock=self.adwin_clock)
+            return RiverDrift(drift.ADWIN(delta=self.adwin_delta, clock=self.adwin_clock))
         if self.detector == "page_hinkley":
-            return drift.PageHinkley(
+            ph = drift.PageHinkley(
                 min_instances=self.ph_min_instances,
                 delta=self.ph_delta,
                 threshold=self.ph_threshold,
                 mode="up",
             )
+            return RiverDrift(ph)
         return KSWin(
             alpha=self.kswin_alpha, window_size=self.kswin_window, stat_size=self.kswin_stat
         )
@@ -549,7 +455,7 @@ class ErrorRateJudge(Judge, LogJudge):
             st.push_baseline(e, n)  # flagged buckets are not learned into the baseline
         st.push_history(b, e, n)
         st.since_change = min(st.since_change + 1, st.h_len)
-        st.detector.update(rate)
+        st.detector.update(e, n)
         if st.detector.drift_detected:
             found = self._on_drift(st, rate, end, source)
             if found is not None:
