@@ -22,7 +22,7 @@ import numpy as np
 
 from benchmarks.scenarios import ErrorScenario
 
-TUNING_SEEDS: tuple[int, ...] = (0, 1, 2)
+TUNING_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
 HELD_OUT_SEEDS: tuple[int, ...] = (1000, 1001, 1002, 1003, 1004)
 #: (base rate, requests per minute): expected errors per minute from 2 to 50
 RISE_CELLS: tuple[tuple[float, float], ...] = (

@@ -185,14 +185,14 @@ HEADER = [
 def tune() -> None:
     """Sweep the CUSUM on the tuning seeds (never on the held-out ones)."""
     print(*HEADER, sep="\n")
-    for ratio, h, margin, base in itertools.product(
-        (2.0, 2.5, 3.0), (5.0, 6.0, 7.0, 8.0), (0.5, 1.0, 2.0), (30, 60)
+    for ratio, h, margin, inc in itertools.product(
+        (2.0, 2.5), (7.0, 8.0, 9.0, 10.0), (0.5, 1.0, 2.0), (1.25,)
     ):
         params = {
             "cusum_ratio": ratio,
             "cusum_threshold": h,
             "cusum_margin": margin,
-            "cusum_baseline_buckets": base,
+            "min_increase_ratio": inc,
         }
         print(row(str(params), evaluate(TUNING_SEEDS, params)), flush=True)
 

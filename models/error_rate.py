@@ -11,33 +11,24 @@ Buckets of ``bucket_seconds`` close on event time (a record in a later bucket cl
 one; ``tick(watermark)`` closes a bucket whose end has passed). Buckets with fewer than
 ``min_requests`` requests/lines carry no information and are skipped.
 
-Each closed bucket's error ratio feeds a drift detector. **KSWIN (alpha=1e-4, this module's
-``KSWin``) is the default**, chosen on the measurements in ``benchmarks/results/error_drift.md``
-(alternatives measured with the 360-bucket history they were tuned with):
+Each closed bucket's (errors, requests) feeds a drift detector (``selfheal.models.base.
+DriftDetector``). **The binomial CUSUM (``selfheal.models.cusum``) is the default**: a
+sequential test of "the rate is now ``cusum_ratio`` x the baseline" on the counts themselves,
+so a 3x-10x rise is flagged within a few buckets where enough requests arrive (measured in
+``benchmarks/results/error_drift.md`` on held-out streams, against the previous default, KSWIN,
+and river's ADWIN). ``detector="kswin"`` (``selfheal.models.kswin.KSWin``: Kolmogorov-Smirnov
+on the last 30 ratios against the 70 before them), ``"adwin"`` and ``"page_hinkley"`` (river's,
+on the bucket ratio) remain selectable; ratio-based tests need 15+ buckets after a shift
+because a bucket's ratio carries little of the evidence its counts do.
 
-* ADWIN's cut threshold carries a ``2/(3m) ln(2/delta)`` term that assumes values spread over
-  [0, 1]; per-bucket ratios around 1 % move by ~0.02, so it needs hundreds of buckets after a
-  shift (it caught 10/25 shifts, median delay 239 buckets) although it never false-alarmed.
-* PageHinkley is a CUSUM whose ``delta``/``threshold`` are in ratio units: one setting cannot
-  suit a 0.5 % and a 5 % baseline at different volumes (threshold 0.1: 8 buckets delay but
-  30 false findings per 10k buckets; 0.3: 19 buckets, 1.7 per 10k).
-* KSWIN compares the last ``stat_size`` ratios with older ones from its window by a
-  Kolmogorov-Smirnov test. Ranks are invariant to the base rate and its scale, so one alpha
-  works on every stream. river's ``drift.KSWIN`` tests against a random draw of 30 of the 70
-  older ratios: 24/25 shifts, median 18 buckets, 0.13 false findings per 10k, ~165 us per
-  closed bucket and a 2.5 KB ``random.Random`` per detector. ``KSWin`` tests against all 70
-  (deterministic, no seed): 25/25 shifts, median 15 buckets (p90 21 vs 24), 0.13 false
-  findings per 10k at the shipped 100-bucket history (0.00 at 360), 0.3 raw alarms per 10k
-  (1.3), ~17 us per closed bucket.
-
-State per stream is a few KB whatever the stream length (about 11 KB in memory and 8 KB
-pickled for a judge fed counters and logs): ``array`` rings for the last ``history_buckets``
-(bucket, errors, requests), the last ``baseline_buckets`` baseline (errors, requests) and the
-KSWIN window, ``__slots__`` and tuple pickles. A record inside the open bucket only adds to
-two counters; the work happens when a bucket closes.
+State per stream is a few KB whatever the stream length: ``array`` rings for the last
+``history_buckets`` (bucket, errors, requests) and the last ``baseline_buckets`` baseline
+(errors, requests), the detector's state (seven numbers for the CUSUM), ``__slots__`` and
+tuple pickles. A record inside the open bucket only adds to two counters; the work happens
+when a bucket closes.
 
 On a drift the change point is re-estimated on a bounded history of (errors, requests) by the
-binomial two-segment likelihood ratio (ADWIN's window only tells us roughly where), giving
+binomial two-segment likelihood ratio (a sequential test tells when, not where), giving
 ``rate_before``, ``rate_after`` (volume-weighted) and ``shift_began``. Only upward shifts of
 at least ``min_increase_abs`` and ``min_increase_ratio`` produce an ``error_rate_drift``
 finding; a drop is good news, but the burst baseline follows it either way.
@@ -60,10 +51,13 @@ is an ``error_burst`` (re-emitted at most every ``burst_cooldown_buckets``).
 >>> d = drift[0].evidence
 >>> d["source"], d["rate_before"] < d["rate_after"], abs(d["shift_began"] - (t0 + 7200)) <= 600
 ('logs', True, True)
+>>> drift[0].ts - (t0 + 7200) <= 180  # flagged within 3 minutes of the rise
+True
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from array import array
 from collections.abc import Mapping
@@ -78,6 +72,7 @@ from selfheal.models.kswin import KSWin, RiverDrift
 from selfheal.pipeline.kernel.types import AnomalyKind, Finding, LogLevel, LogLine, Sample, Severity
 
 DETECTORS = ("cusum", "kswin", "adwin", "page_hinkley")
+_CUSUM = inspect.signature(BinomialCusum).parameters
 
 
 @dataclass(frozen=True)
@@ -89,10 +84,11 @@ class ErrorRateConfig:
     requests_metric: str = "requests_total"
     errors_metric: str = "errors_total"
     detector: str = "cusum"
-    cusum_ratio: float = 2.5
-    cusum_threshold: float = 8.0
-    cusum_baseline_buckets: int = 60
-    cusum_margin: float = 2.0
+    # the CUSUM's own defaults (chosen in benchmarks/error_drift.py --tune), written once there
+    cusum_ratio: float = _CUSUM["ratio"].default
+    cusum_threshold: float = _CUSUM["threshold"].default
+    cusum_baseline_buckets: int = _CUSUM["baseline_buckets"].default
+    cusum_margin: float = _CUSUM["margin"].default
     adwin_delta: float = 0.002
     adwin_clock: int = 1
     ph_delta: float = 0.005
@@ -115,6 +111,7 @@ class ErrorRateConfig:
 
 _D = ErrorRateConfig()
 _PARAMS = tuple(f.name for f in fields(ErrorRateConfig))
+
 
 class _Stream:
     """Bucketed error counts of one source, its drift detector and its burst baseline.

@@ -161,4 +161,4 @@ class RiverDrift(DriftDetector):
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
         yield {"detector": drift.ADWIN()}
-        yield {"detector": drift.PageHinkley(mode="up")}
+        yield {"detector": drift.PageHinkley(delta=0.005, threshold=0.1, mode="up")}
