@@ -22,8 +22,8 @@ import numpy as np
 
 from benchmarks.scenarios import ErrorScenario
 
-TUNING_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
-HELD_OUT_SEEDS: tuple[int, ...] = (1000, 1001, 1002, 1003, 1004)
+TUNING_SEEDS: tuple[int, ...] = tuple(range(10))
+HELD_OUT_SEEDS: tuple[int, ...] = (2000, 2001, 2002, 2003, 2004)
 #: (base rate, requests per minute): expected errors per minute from 2 to 50
 RISE_CELLS: tuple[tuple[float, float], ...] = (
     (0.01, 200.0),
@@ -74,7 +74,9 @@ def rises(seeds: tuple[int, ...]) -> list[ErrorScenario]:
                 seed = 10_000 * s + 100 * c + f
                 shift = int(np.random.default_rng(seed + 7).integers(360, 600))
                 name = f"rise_{factor:g}x_p{p0}_v{vol:g}_s{s}"
-                out.append(stream(seed, shift + TAIL, p0, vol, factor=factor, shift=shift, name=name))
+                out.append(
+                    stream(seed, shift + TAIL, p0, vol, factor=factor, shift=shift, name=name)
+                )
     return out
 
 
@@ -82,7 +84,9 @@ def controls(seeds: tuple[int, ...]) -> list[ErrorScenario]:
     out = []
     for s in seeds:
         base = 10_000 * s + 5000
-        for k, (p0, vol) in enumerate(((0.002, 1000.0), (0.01, 200.0), (0.05, 100.0), (0.02, 50.0))):
+        for k, (p0, vol) in enumerate(
+            ((0.002, 1000.0), (0.01, 200.0), (0.05, 100.0), (0.02, 50.0))
+        ):
             out.append(stream(base + k, 4000, p0, vol, name=f"stable_p{p0}_v{vol:g}_s{s}"))
         for k, (p0, vol) in enumerate(((0.01, 300.0), (0.03, 100.0), (0.003, 2000.0))):
             out.append(

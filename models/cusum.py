@@ -15,8 +15,9 @@ shrinks with the expected error count; anything below ``(ratio - 1) / ln(ratio)`
 Learning is paused while the test is suspicious (``S >= suspicious * threshold``): those
 buckets are kept aside (two sums) and learned once ``S`` falls back (their errors capped at
 the tested rate ``p1``, so a burst does not inflate the baseline), or become the new baseline
-when the drift is confirmed, so the detector restarts on the new level at once. One bucket adds at most ``max_step * threshold``: a single
-bucket far above the baseline is a burst (``error_burst``), a drift needs two or more.
+when the drift is confirmed, so the detector restarts on the new level at once. One bucket
+adds at most ``max_step * threshold``: a single bucket far above the baseline is a burst
+(``error_burst``), a drift needs two or more.
 Counts that vary more than binomial (estimated on learned buckets as the mean squared
 Pearson residual ``phi``) weigh less: the log-likelihood ratio is divided by ``max(1, phi)``,
 and ``p0`` is raised by ``margin`` standard errors of its estimate. Scoring starts when the
@@ -71,7 +72,7 @@ class BinomialCusum(DriftDetector):
 
     def __init__(
         self,
-        ratio: float = 2.5,
+        ratio: float = 2.0,
         threshold: float = 9.0,
         baseline_buckets: int = 60,
         suspicious: float = 0.5,

@@ -104,9 +104,7 @@ SIGNALS: list[tuple[str, Callable[[int, int], Iterator[Record]]]] = [
     ("counters", _counters),
     (
         "disk",
-        _series(
-            "system.filesystem.usage", _growth(5e11), limit=5e11, labels={"state": "used"}
-        ),
+        _series("system.filesystem.usage", _growth(5e11), limit=5e11, labels={"state": "used"}),
     ),
     ("fds", _series("process_open_fds", _growth(4096), limit=4096, limit_metric="process_max_fds")),
     (

@@ -185,3 +185,13 @@ async def test_forecast_through_the_pipeline(broker, producer, topic_prefix) -> 
     assert data["evidence"]["resource"] == "file_descriptors"
     assert data["metric"] == "process_open_fds" and data["evidence"]["limit"] == 4096
     assert 0 < data["forecast"]["eta_seconds"] < math.inf
+
+
+def test_settings_section_and_a_bad_resource_name() -> None:
+    from selfheal.pipeline.core.config import ConfigError, load_settings
+
+    over = {"detection": {"models": {"resources": {"resources": ["disk"], "bucket_seconds": 60}}}}
+    cfg = load_settings(None, over).detection.models.resources
+    assert cfg.resources == ("disk",) and cfg.bucket_seconds == 60
+    with pytest.raises(ConfigError, match="detection.models.resources"):
+        load_settings(None, {"detection": {"models": {"resources": {"resources": ["gpu"]}}}})
