@@ -73,13 +73,13 @@ class BinomialCusum(DriftDetector):
     def __init__(
         self,
         ratio: float = 2.0,
-        threshold: float = 9.0,
+        threshold: float = 8.0,
         baseline_buckets: int = 60,
         suspicious: float = 0.5,
         floor_rate: float = 0.001,
         warmup_buckets: int = 10,
         min_baseline_errors: float = 5.0,
-        margin: float = 1.0,
+        margin: float = 2.0,
         max_step: float = 0.5,
     ) -> None:
         if ratio <= 1.0 or threshold <= 0.0 or baseline_buckets < 1:

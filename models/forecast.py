@@ -162,13 +162,10 @@ class ResourceForecastJudge(Judge):
             raise ValueError(f"resource must be one of {sorted(RESOURCES)}, got {resource!r}")
         self.resource = resource
         self._resource = RESOURCES[resource]
-        self.metrics = None if metrics is None else tuple(metrics)
-        #: usage metric -> paired limit metric ("" = none) for the metrics this judge takes
-        self._usage = (
-            dict(self._resource.metrics)
-            if metrics is None
-            else {m: self._resource.limit_metric(m) for m in metrics}
-        )
+        #: the usage metrics taken (default: every usage metric of the resource)
+        self.metrics = tuple(self._resource.metrics if metrics is None else metrics)
+        #: usage metric -> paired limit metric ("" = none)
+        self._usage = {m: self._resource.limit_metric(m) for m in self.metrics}
         self._limits = frozenset(v for v in self._usage.values() if v)
         self.horizon_seconds = horizon_seconds
         self.min_history_seconds = min_history_seconds
