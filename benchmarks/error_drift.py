@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from selfheal.models.error_rate import ErrorRateJudge
 from selfheal.pipeline.kernel.types import AnomalyKind
 
@@ -121,8 +120,9 @@ def by_cell(seeds: tuple[int, ...]) -> list[str]:
         shift_ts = sc.bucket_start(sc.shift_bucket)
         post = [f for f in run(sc, {}, ErrorRateJudge) if f.ts > shift_ts]
         d = round((post[0].ts - shift_ts) / sc.bucket_seconds) if post else TAIL + 1
-        vol = float(np.mean(sc.totals))
-        key = (sc.p_before, round(vol, -1), round(sc.p_after / sc.p_before))
+        # the cell's nominal volume and factor, from the stream's name (rise_<f>x_p<p>_v<v>_s<s>)
+        parts = sc.name.split("_")
+        key = (sc.p_before, float(parts[3][1:]), float(parts[1][:-1]))
         delays.setdefault(key, []).append(d)
     cells = sorted({(p, v) for p, v, _ in delays}, key=lambda c: c[0] * c[1])
     out = [
@@ -134,7 +134,7 @@ def by_cell(seeds: tuple[int, ...]) -> list[str]:
     for p, v in cells:
         cols = []
         for f in FACTORS:
-            d = delays[(p, v, round(f))]
+            d = delays[(p, v, f)]
             cols.append(f"{_d(statistics.median(d))} ({_d(max(d))})")
         out.append(f"| {p:g} | {v:g} | {p * v:.1f} | " + " | ".join(cols) + " |")
     return out
