@@ -224,7 +224,8 @@ def test_clone_has_same_params_and_fresh_state() -> None:
     run_judge(noise(1, 400), judge)
     clone = judge.clone()
     assert isinstance(clone, LatencyJudge)
-    assert (clone.memory, clone.suppress, clone.threshold) == (500, 100, 0.3)
+    assert (clone.config.memory, clone.config.suppress, clone.threshold) == (500, 100, 0.3)
+    assert clone.config is judge.config  # one shared config object per distinct setting
     assert clone.detector.n == 0 and judge.detector.n == 400
 
 
