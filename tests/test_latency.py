@@ -348,3 +348,16 @@ def test_cli_errors(tmp_path: Path) -> None:
     nohdr.write_text("a,b\n1,2\n")
     code, _, err = _cli([str(nohdr)])
     assert code == 2 and "header" in err
+
+
+def test_hyperparameters_live_in_the_config_only() -> None:
+    """``LatencyConfig`` is the single source: keywords override its fields, nothing else."""
+    cfg = LatencyConfig(suppress=10, memory=400)
+    assert LatencyJudge(cfg).config == LatencyJudge(suppress=10, memory=400).config == cfg
+    assert LatencyDetector(cfg).config is LatencyDetector(suppress=10, memory=400).config
+    assert LatencyJudge(cfg, threshold=0.4).clone().config == cfg
+    assert LatencyDetector(orders=[1, 3]).config.orders == (1, 3)  # YAML lists become tuples
+    with pytest.raises(TypeError, match="bogus"):
+        LatencyJudge(bogus=1)
+    with pytest.raises(ValueError):
+        LatencyDetector(memory=0)  # validated by the config
