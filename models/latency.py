@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 import statistics
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from typing import Any
@@ -126,6 +127,12 @@ def _normalise(overrides: dict[str, Any]) -> dict[str, Any]:
     if "orders" in overrides:
         overrides = {**overrides, "orders": tuple(overrides["orders"])}
     return overrides
+
+
+def _config_of(values: Sequence[Any]) -> LatencyConfig:
+    """The shared config from its field values in order (as snapshots store it)."""
+    names = [f.name for f in fields(LatencyConfig)]
+    return _intern(LatencyConfig(**_normalise(dict(zip(names, values, strict=True)))))
 
 
 #: score at which the shipped configuration emits events (the alarm level of ``LatencyConfig``)
@@ -261,7 +268,7 @@ class LatencyDetector:
         )
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self._reset(_intern(LatencyConfig(*state[0])))
+        self._reset(_config_of(state[0]))
         (_, self.lo, self.hi, self.n, ring, self._counts, self._raw) = state[:7]
         self._ring = bytearray(ring)
         (self._hn, self._mean, self._var, self._cooldown, self._recent) = state[7:]
@@ -506,6 +513,17 @@ class LatencyJudge(Judge):
             z_to_score(critical_z) if critical_threshold is None else critical_threshold
         )
         self._flag_run = 0
+
+    # the config travels as a tuple of its fields (plain data for snapshots), shared on restore
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["config"] = tuple(getattr(self.config, f.name) for f in fields(self.config))
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        state["config"] = _config_of(state["config"])
+        self.__dict__.update(state)
 
     def observe(self, sample: Sample) -> list[Finding]:
         det = self.detector
