@@ -2,8 +2,9 @@
 
 These models live at the edges only. Inbound messages are validated here and converted into
 the frozen dataclasses of ``selfheal.pipeline.kernel.types``; outbound events are CloudEvents 1.0
-structured
-JSON whose ``data`` follows the models below. ``selfheal schema`` prints their JSON Schema.
+structured JSON whose ``data`` follows the models below (built in
+``selfheal.pipeline.kernel.cloudevents``). ``selfheal schema`` prints their JSON Schema; outbound
+models forbid unknown fields, so the schema is a complete description of what is emitted.
 """
 
 from __future__ import annotations
@@ -159,13 +160,19 @@ class PromAdapterMetricIn(BaseModel):
 # -- outbound -------------------------------------------------------------------------------
 
 
-class ForecastOut(BaseModel):
+class _Out(BaseModel):
+    """Outbound: the JSON Schema says ``additionalProperties: false``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ForecastOut(_Out):
     eta_seconds: float
     horizon_seconds: float
     confidence: float = Field(ge=0, le=1)
 
 
-class AnomalyData(BaseModel):
+class AnomalyData(_Out):
     entity: str
     metric: str
     detector: str
@@ -179,18 +186,19 @@ class AnomalyData(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
-class RepairData(BaseModel):
+class RepairData(_Out):
     action: str
     entity: str
     mode: Literal["enforce", "dry_run"]
     predictive: bool
     reason: list[str]
     params: dict[str, Any]
-    status: str
+    status: Literal["execute", "dry_run", "pending_approval"]
     rule: str
+    explanation: str
 
 
-class DeadLetterData(BaseModel):
+class DeadLetterData(_Out):
     topic: str
     partition: int
     offset: int
@@ -215,6 +223,22 @@ class CloudEvent(BaseModel):
     data: dict[str, Any]
 
 
+class AnomalyEvent(CloudEvent):
+    """``io.selfheal.anomaly.<kind>`` on the anomalies topic."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Annotated[str, Field(pattern=r"^io\.selfheal\.anomaly\.[a-z_]+$")]
+    data: AnomalyData  # type: ignore[assignment]
+
+
+class RepairEvent(CloudEvent):
+    """``io.selfheal.repair.<action>`` on the repairs topic and in webhook bodies."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Annotated[str, Field(pattern=r"^io\.selfheal\.repair\.[a-z_]+$")]
+    data: RepairData  # type: ignore[assignment]
+
+
 def epoch_to_rfc3339(ts: float) -> str:
     """Epoch seconds -> RFC 3339 UTC with millisecond precision (stable text for ids)."""
     return (
@@ -233,6 +257,8 @@ def json_schemas() -> dict[str, Any]:
         },
         "outbound": {
             "CloudEvent": CloudEvent.model_json_schema(),
+            "AnomalyEvent": AnomalyEvent.model_json_schema(),
+            "RepairEvent": RepairEvent.model_json_schema(),
             "AnomalyData": AnomalyData.model_json_schema(),
             "RepairData": RepairData.model_json_schema(),
             "DeadLetterData": DeadLetterData.model_json_schema(),
