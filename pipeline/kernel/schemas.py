@@ -28,6 +28,10 @@ LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_LABELS = 32
 MAX_LABEL_VALUE = 1024
 MAX_MESSAGE_CHARS = 64 * 1024
+#: the CDEvents types selfheal reads (any spec version of the event)
+CDEVENT_TYPE_RE = re.compile(
+    r"^dev\.cdevents\.service\.(deployed|upgraded|rolledback)\.\d+\.\d+\.\d+(-draft)?$"
+)
 
 
 def parse_ts(value: Any) -> float:
@@ -160,6 +164,42 @@ class PromAdapterMetricIn(BaseModel):
 # -- outbound -------------------------------------------------------------------------------
 
 
+class _CDContext(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(min_length=1, max_length=256)
+    source: str = Field(min_length=1, max_length=1024)
+    type: str = Field(pattern=CDEVENT_TYPE_RE.pattern)
+    timestamp: AwareDatetime
+    version: str = Field(min_length=1, max_length=32)
+
+
+class _CDContent(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    artifactId: str = Field(min_length=1, max_length=1024)  # the spec spells it so
+
+
+class _CDSubject(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: Entity
+    content: _CDContent
+
+
+class CDEventIn(BaseModel):
+    """A CDEvents (v0.4) service event: ``dev.cdevents.service.{deployed,upgraded,rolledback}``.
+
+    The entity is ``subject.id``, the version ``subject.content.artifactId``; fields selfheal does
+    not read (``chainId``, ``links``, ``environment`` ...) are accepted and ignored.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    context: _CDContext
+    subject: _CDSubject
+
+
 class _Out(BaseModel):
     """Outbound: the JSON Schema says ``additionalProperties: false``."""
 
@@ -254,6 +294,7 @@ def json_schemas() -> dict[str, Any]:
             "LogRecord": LogRecordIn.model_json_schema(),
             "TelegrafMetric": TelegrafMetricIn.model_json_schema(),
             "PromAdapterMetric": PromAdapterMetricIn.model_json_schema(),
+            "CDEvent": CDEventIn.model_json_schema(),
         },
         "outbound": {
             "CloudEvent": CloudEvent.model_json_schema(),
