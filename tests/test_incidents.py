@@ -195,3 +195,15 @@ def test_a_note_related_to_two_incidents_merges_them_into_the_older() -> None:
     assert inc.id == first.data["incident_id"]
     assert set(inc.entities) == {"web-1", "worker-1", "api-1"}
     assert book.incident_of("worker-1") is inc
+
+
+def test_incident_events_match_the_published_schema() -> None:
+    from selfheal.pipeline.kernel.cloudevents import incident_event
+    from selfheal.pipeline.kernel.schemas import IncidentEvent
+
+    book = IncidentBook(IncidentConfig(resolve_after_seconds=60.0))
+    events = [e for n in database_outage()[:30] for e in book.apply(n)] + book.tick(1e6)
+    assert {e.state for e in events} == {"opened", "updated", "resolved"}
+    for e in events:
+        body = incident_event(e.id, e.state, e.ts, e.data, "test")
+        assert IncidentEvent.model_validate(body).subject == e.data["incident_id"]

@@ -20,6 +20,7 @@ from selfheal.pipeline.kernel.types import Anomaly, Decision
 
 ANOMALY_PREFIX = "io.selfheal.anomaly."
 REPAIR_PREFIX = "io.selfheal.repair."
+INCIDENT_PREFIX = "io.selfheal.incident."
 
 
 def cloudevent(
@@ -76,3 +77,10 @@ def repair_event(d: Decision, source: str) -> dict[str, Any]:
         "explanation": d.explanation,
     }
     return cloudevent(d.id, source, REPAIR_PREFIX + d.action.value, d.entity, d.ts, data)
+
+
+def incident_event(
+    event_id: str, state: str, ts: float, data: dict[str, Any], source: str
+) -> dict[str, Any]:
+    """``io.selfheal.incident.<opened|updated|resolved>``; ``subject`` is the incident id."""
+    return cloudevent(event_id, source, INCIDENT_PREFIX + state, data["incident_id"], ts, data)

@@ -250,6 +250,28 @@ class DeadLetterData(_Out):
     payload_bytes: int
 
 
+class CauseOut(_Out):
+    entity: str
+    score: float = Field(ge=0, le=1)
+    evidence: list[str]
+
+
+class IncidentData(_Out):
+    incident_id: str
+    state: Literal["opened", "updated", "resolved"]
+    #: increases with every event of the incident (consumers keep the highest)
+    revision: int = Field(ge=1)
+    entities: list[str]
+    #: anomaly ids (the first ones; ``anomaly_count`` counts them all)
+    anomalies: list[str]
+    anomaly_count: int = Field(ge=0)
+    causes: list[CauseOut]
+    started: float
+    resolved: float | None
+    #: set when the incident was merged into another one
+    merged_into: str | None = None
+
+
 class CloudEvent(BaseModel):
     """CloudEvents 1.0, structured JSON mode."""
 
@@ -279,6 +301,14 @@ class RepairEvent(CloudEvent):
     data: RepairData  # type: ignore[assignment]
 
 
+class IncidentEvent(CloudEvent):
+    """``io.selfheal.incident.<state>`` on the incidents topic; ``subject`` is the incident id."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Annotated[str, Field(pattern=r"^io\.selfheal\.incident\.(opened|updated|resolved)$")]
+    data: IncidentData  # type: ignore[assignment]
+
+
 def epoch_to_rfc3339(ts: float) -> str:
     """Epoch seconds -> RFC 3339 UTC with millisecond precision (stable text for ids)."""
     return (
@@ -300,6 +330,7 @@ def json_schemas() -> dict[str, Any]:
             "CloudEvent": CloudEvent.model_json_schema(),
             "AnomalyEvent": AnomalyEvent.model_json_schema(),
             "RepairEvent": RepairEvent.model_json_schema(),
+            "IncidentEvent": IncidentEvent.model_json_schema(),
             "AnomalyData": AnomalyData.model_json_schema(),
             "RepairData": RepairData.model_json_schema(),
             "DeadLetterData": DeadLetterData.model_json_schema(),
