@@ -42,7 +42,7 @@ from selfheal.pipeline.core.config import KafkaConfig, Settings
 from selfheal.pipeline.core.events import anomaly_event, deadletter_record, dumps, repair_event
 from selfheal.pipeline.core.fleet import FleetArbiter
 from selfheal.pipeline.core.metrics import Metrics
-from selfheal.pipeline.core.stage import Outputs, PartitionStage, Pipeline, PolicyLike
+from selfheal.pipeline.core.stage import Outputs, Pipeline, PolicyLike
 from selfheal.pipeline.kernel.types import Batch, Decision, DecisionStatus, Envelope, RepairAction
 
 log = logging.getLogger("selfheal.runner")
@@ -322,26 +322,12 @@ class Runner:
             if part not in keep:
                 del self.pipeline.stages[part]
         new = sorted(keep - set(self.pipeline.stages))
-        blobs = await self._store.load(new) if new else {}
+        blobs = await self._store.load(new, self._load_timeout) if new else {}
         restored: dict[tuple[str, int], int] = {}
         for part in new:
-            blob = blobs.get(part)
-            if blob is None:
-                continue
-            try:
-                offsets, stage = snapshots.decode(blob)
-                if not isinstance(stage, PartitionStage):
-                    raise snapshots.SnapshotError("snapshot holds no partition stage")
-            except snapshots.SnapshotError as exc:
-                log.error("partition %d: unusable snapshot (%s); starting it fresh", part, exc)
-                self.metrics.state_restores.labels("corrupt").inc()
-                continue
-            # the current deployment's routing config and fleet gate win over the pickled ones
-            stage.data_wall = float("inf")
-            stage.partition = part
-            self.pipeline.adopt(stage)
-            self.metrics.state_restores.labels("restored").inc()
-            restored.update(offsets)
+            offsets = self._restore(part, blobs.get(part))
+            if offsets is not None:
+                restored.update(offsets)
         for tp in assigned:
             key = (tp.topic, tp.partition)
             if tp.partition not in new:
@@ -360,6 +346,39 @@ class Runner:
                     await consumer.seek_to_beginning(tp)
                 else:
                     await consumer.seek_to_end(tp)
+
+    @property
+    def _load_timeout(self) -> float:
+        return self.settings.state.load_timeout_seconds
+
+    def _state_key(self) -> bytes | None:
+        key = self.settings.state.hmac_key
+        return key.get_secret_value().encode() if key is not None else None
+
+    def _restore(self, part: int, blob: bytes | None) -> dict[tuple[str, int], int] | None:
+        """Restore one partition's stage from its snapshot; its offsets, or None (fresh)."""
+        assert self._store is not None
+        if blob is None:
+            if part in self._store.timed_out:
+                log.error("partition %d: snapshot load timed out; starting it fresh", part)
+                self.metrics.state_restores.labels("timeout").inc()
+            elif part in self._store.incomplete:
+                log.error("partition %d: %s; starting it fresh", part, self._store.incomplete[part])
+                self.metrics.state_restores.labels("corrupt").inc()
+            return None
+        # a stage built from this process's settings; the snapshot only fills in its state
+        stage = self.pipeline.stage(part)
+        try:
+            offsets, state = snapshots.decode(blob, self._state_key())
+            snapshots.restore(stage, state)
+        except Exception as exc:  # a bad snapshot never stops the pipeline
+            log.error("partition %d: unusable snapshot (%s); starting it fresh", part, exc)
+            self.metrics.state_restores.labels("corrupt").inc()
+            self.pipeline.stages.pop(part, None)
+            return None
+        stage.data_wall = float("inf")
+        self.metrics.state_restores.labels("restored").inc()
+        return offsets
 
     async def _rewind(self, batch: Sequence[Envelope]) -> None:
         """Put back a batch fetched across a rebalance: resume from the last processed offset."""
@@ -391,7 +410,7 @@ class Runner:
             st = self.pipeline.stages.get(part)
             if st is not None:
                 covered = {k: v for k, v in self._position.items() if k[1] == part}
-                blobs[part] = snapshots.encode(st, covered)
+                blobs[part] = snapshots.encode(st, covered, self._state_key())
         await self._store.save(self._sink.producer, blobs)
         self.metrics.state_snapshots.inc(len(blobs))
         try:
