@@ -105,6 +105,8 @@ class Codec:
             raise CodecError("not a selfheal snapshot (bad magic)")
         if version != VERSION:
             raise CodecError(f"codec version {version}, this build reads {VERSION}")
+        if flags & ~_SIGNED:
+            raise CodecError(f"unknown flags {flags:#x}")
         start = _HEADER.size
         mac = b""
         if flags & _SIGNED:
