@@ -1,9 +1,8 @@
 """Contract tests run over every detector (river's generic checks).
 
 For each judge: a snapshot round trip (the data-only codec) mid-stream changes nothing that
-follows, ``clone()`` gives a fresh
-judge with the same hyperparameters, the same stream gives the same findings (determinism),
-and state stops growing once the judge is warm (bounded).
+follows, ``clone()`` gives a fresh judge with the same hyperparameters, the same stream gives
+the same findings (determinism), and state stops growing once the judge is warm (bounded).
 """
 
 from __future__ import annotations
