@@ -128,7 +128,7 @@ class EventClock:
             return False
         if rec.ts > self.clock:
             self.clock = rec.ts
-        (out.samples if isinstance(rec, Sample) else out.logs).append(item)  # type: ignore[arg-type]
+        (out.samples if isinstance(rec, Sample) else out.logs).append(item)
         return True
 
     def _decide(self, out: Decoded, earlier: list[Envelope], *, final: bool) -> None:
