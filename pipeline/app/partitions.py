@@ -21,6 +21,7 @@ from selfheal.pipeline.kernel.types import Envelope
 if TYPE_CHECKING:
     from selfheal.connectors.kafka import KafkaSink, KafkaSource
     from selfheal.connectors.state_store import KafkaStateStore
+    from selfheal.pipeline.app.backpressure import Backpressure
     from selfheal.pipeline.core.config import Settings
     from selfheal.pipeline.core.metrics import Metrics
     from selfheal.pipeline.core.stage import Pipeline
@@ -41,6 +42,7 @@ class PartitionState:
     _position: dict[tuple[str, int], int]
     _pending_messages: int
     _last_checkpoint: float
+    backpressure: Backpressure
 
     async def _on_revoke(self, revoked: set[Any]) -> None:
         """Snapshot and commit what we leave behind, then drop its state."""
@@ -66,7 +68,9 @@ class PartitionState:
         """
         async with self._rebalance_lock:
             self._generation += 1
+            self.backpressure.assignment(assigned)
             await self._assign(assigned)
+            self.backpressure.reapply()
 
     async def _assign(self, assigned: set[Any]) -> None:
         assert self._source is not None and self._store is not None

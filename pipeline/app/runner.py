@@ -22,12 +22,14 @@ from operator import attrgetter
 from typing import Any, Protocol
 
 from aiokafka.errors import KafkaError
+from selfheal.connectors.assignor import PartitionCountMismatch
 from selfheal.connectors.audit_file import AuditFileSink
 from selfheal.connectors.errors import BrokerUnavailable, ConnectorError, is_retriable
 from selfheal.connectors.fleet_ledger import KafkaFleet
 from selfheal.connectors.http_server import Health, MetricsServer
 from selfheal.connectors.kafka import KafkaSink, KafkaSource, ensure_topics
 from selfheal.connectors.state_store import KafkaStateStore
+from selfheal.pipeline.app.backpressure import Backpressure
 from selfheal.pipeline.app.outputs import audit_records, encode_outputs, observe_outputs
 from selfheal.pipeline.app.partitions import PartitionState
 from selfheal.pipeline.app.replay import ReplayResult, replay
@@ -35,7 +37,7 @@ from selfheal.pipeline.core.audit import (
     AuditRecord,
     execution_record,
 )
-from selfheal.pipeline.core.config import KafkaConfig, Settings
+from selfheal.pipeline.core.config import ConfigError, KafkaConfig, Settings
 from selfheal.pipeline.core.fleet import FleetArbiter
 from selfheal.pipeline.core.metrics import Metrics
 from selfheal.pipeline.core.stage import Outputs, Pipeline, PolicyLike
@@ -134,6 +136,10 @@ class Runner(PartitionState):
         self._source: KafkaSource | None = None
         self._sink: KafkaSink | None = None
         self._store: KafkaStateStore | None = None
+        rt = settings.runtime
+        self.backpressure = Backpressure(
+            rt.max_pending_outputs, rt.max_rss_bytes, self.metrics.registry
+        )
 
     # -- public ---------------------------------------------------------------------------
 
@@ -215,6 +221,7 @@ class Runner(PartitionState):
             on_revoke=self._on_revoke,
         )
         self._source, self._sink = source, sink
+        self.backpressure.source = source
         self._store = KafkaStateStore(bootstrap, t.state, k.group_id, client)
         # uncommitted work from a failed session is replayed from the last snapshot
         self._pending.clear()
@@ -240,7 +247,10 @@ class Runner(PartitionState):
         try:
             await sink.start()
             try:
-                await source.start()
+                try:
+                    await source.start()
+                except PartitionCountMismatch as exc:
+                    raise ConfigError("kafka.topics", str(exc)) from exc
                 # What exists now (modules, config, clients) lives as long as the session:
                 # frozen, it is left out of the full collections that batch churn still
                 # triggers, each of which would otherwise re-scan the whole heap (tens of ms).
@@ -311,7 +321,11 @@ class Runner(PartitionState):
             self._next_tick = now + self.settings.detection.tick_seconds
             out.extend(self.pipeline.tick(now, self.settings.detection.idle_grace_seconds))
         if out:
-            await sink.write_batch(encode_outputs(out, self.settings))
+            records = encode_outputs(out, self.settings)
+            # fetching pauses while many outputs wait for the broker's acks
+            self.backpressure.outputs_pending(len(records))
+            await sink.write_batch(records)
+            self.backpressure.outputs_pending(0)
             if self._audit is not None:
                 self._audit.write_sync(audit_records(out))
             # executors act only on decisions the broker has acknowledged (they are on the
@@ -417,6 +431,7 @@ class Runner(PartitionState):
         cap = self.settings.runtime.max_rss_bytes
         rss = current_rss_bytes()
         self.metrics.process_rss.set(rss)
+        self.backpressure.rss(rss)
         if cap is None or rss <= cap:
             return
         log.warning(
