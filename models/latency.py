@@ -61,7 +61,13 @@ _SYM = 0x7F
 
 @dataclass(frozen=True, slots=True)
 class LatencyConfig:
-    """The shipped configuration (tuned once on the 40 NAB tuning files, used for every series)."""
+    """The shipped configuration (tuned once on the 40 NAB tuning files, used for every series).
+
+    The single source of the model's hyperparameters: ``LatencyDetector``, ``LatencyJudge``,
+    ``selfheal score``, the registry and the tuning notebook all read them from here (keywords
+    given to the detector or judge override these fields). Cross-validated NAB score of this
+    setting and of its neighbours: ``benchmarks/nab.py``, BENCHMARKS.md.
+    """
 
     bins: int = 6
     bins_alt: int = 5
