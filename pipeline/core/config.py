@@ -269,29 +269,32 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def setting_paths(model: type[BaseModel] = Settings, prefix: str = "") -> dict[str, bool]:
-    """Every settings path (``kafka.topics.metrics``) -> whether it is a leaf (not a section).
+def setting_paths(model: type[BaseModel] = Settings, prefix: str = "") -> dict[str, str]:
+    """Every settings path (``kafka.topics.metrics``) -> "section", "mapping" or "value".
 
     >>> paths = setting_paths()
-    >>> paths["policy.dry_run"], paths["kafka.topics"]
-    (True, False)
+    >>> paths["policy.dry_run"], paths["kafka.topics"], paths["executors.webhook_urls"]
+    ('value', 'section', 'mapping')
     """
-    out: dict[str, bool] = {}
+    out: dict[str, str] = {}
     for name, info in model.model_fields.items():
         path = f"{prefix}{name}"
         sub = _model_of(info.annotation)
-        out[path] = sub is None
         if sub is not None:
+            out[path] = "section"
             out.update(setting_paths(sub, f"{path}."))
+        else:
+            mapping = typing.get_origin(info.annotation) in (dict, Mapping)
+            out[path] = "mapping" if mapping else "value"
     return out
 
 
 @functools.cache
 def _env_names() -> tuple[frozenset[str], tuple[str, ...]]:
     paths = setting_paths()
-    names = {"SELFHEAL_" + p.replace(".", "__").upper(): leaf for p, leaf in paths.items()}
-    # a leaf holding a mapping (``executors.webhook_urls``) takes nested keys below it
-    open_prefixes = tuple(n + "__" for n, leaf in names.items() if leaf)
+    names = {"SELFHEAL_" + p.replace(".", "__").upper(): kind for p, kind in paths.items()}
+    # a mapping (``executors.webhook_urls``) takes its keys as nested names below it
+    open_prefixes = tuple(n + "__" for n, kind in names.items() if kind == "mapping")
     return frozenset(names), open_prefixes
 
 
