@@ -407,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulator ground truth: adds the scorecard section (default: none)")  # fmt: skip
     add("--grace", type=float, default=DEFAULT_GRACE_S, metavar="S",
         help="seconds after a fault ends before anomalies count as false alarms")  # fmt: skip
+    add("--quiet", action="store_true", help="print nothing but errors")
     return p
 
 
@@ -455,6 +456,8 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         print(f"selfheal report: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    if args.quiet:
+        return 0
     if summary is not None:
         print("\n".join(summary_lines(summary)))
     else:
