@@ -10,6 +10,8 @@ are drawn as marks and named once in the legend with their count (``scale_up x39
 (1000.0, 'ms')
 >>> fmt_value("container_memory_working_set_bytes", 7.1e8), fmt_value("loop_iteration_seconds", 42)
 ('710 MB', '42 s')
+>>> fmt_value("queue_depth", 1620.0)
+'1,620'
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ def unit_for(metric: str, values: Sequence[float]) -> tuple[float, str]:
 def fmt_value(metric: str, value: float) -> str:
     """One value in words with its unit (``710 MB``, ``230 ms``)."""
     scale, unit = unit_for(metric, [value])
+    if not unit and abs(value) >= 1000:  # counts and depths: 1,620 rather than 1.62e+03
+        return f"{value:,.0f}"
     return f"{value * scale:.3g} {unit}".strip()
 
 
