@@ -97,14 +97,15 @@ def test_demo_detects_every_fault_and_repairs_only_faulty_services(broker, tmp_p
     )
     assert len(progress) >= 3 and int(progress[-1][0]) > int(progress[0][0]), console
     assert console.count("summary: ") == 1 and "interrupted" not in console
-    repairs_line = re.search(r"repairs (\d+) executed \((\d+) verified ok", console)
+    final = console[console.index("summary: ") :]
+    repairs_line = re.search(r"repairs (\d+) executed \((\d+) verified ok", final)
     executed = sum(
         1
         for e in events
         if e["type"].startswith("io.selfheal.repair.") and e["data"]["status"] == "execute"
     )
     assert repairs_line and int(repairs_line.group(1)) == executed, console
-    assert re.search(r"dead letters: [\d,]+ rate_limited: an entity sent faster than", console)
+    assert re.search(r"dead letters: [\d,]+ rate_limited: an entity sent faster than", final)
 
     # the report, read in a real browser: with the ground truth, and from the events alone
     assert_report_layout(inspect_report(out / "report.html"), truth=True)

@@ -93,7 +93,8 @@ class DemoState:
         if not ident or ident in self.events or not typ.startswith("io.selfheal."):
             return False
         self.events[ident] = dict(ev)
-        data = ev.get("data") if isinstance(ev.get("data"), Mapping) else {}
+        raw = ev.get("data")
+        data: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
         entity = str(ev.get("subject") or data.get("entity") or "")
         try:
             ts = parse_ts(ev.get("time"))
