@@ -148,8 +148,9 @@ def test_help_is_plain_words_with_every_default() -> None:
             assert action.help, (name, action.option_strings)
             if action.default not in (None, False, argparse.SUPPRESS):
                 # the rendered line of this option states its default
-                flag = action.option_strings[-1]
-                block = text[text.index(flag) :].split("\n  -", 1)[0]
+                flag = action.option_strings[0]
+                opts = text[text.index("options:") :]
+                block = opts[opts.index(flag) :].split("\n  -", 1)[0]
                 assert "default" in " ".join(block.split()), (name, flag, block)
     run_help = _parsers()["run"].format_help()
     assert "SELFHEAL_" in run_help and "9464" in run_help and "SIGUSR1" in run_help
