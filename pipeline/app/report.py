@@ -56,7 +56,7 @@ FAULT_DETECTED_BY: dict[str, frozenset[str]] = {
 PREDICTABLE_FAULTS = frozenset({"memory_leak", "queue_filling"})
 #: detectors may keep firing briefly after a fault clears; not counted as false alarms
 DEFAULT_GRACE_S = 300.0
-__all__ = ["load_samples", "main", "normalize_event", "render_html", "summarize"]
+__all__ = ["load_samples", "main", "normalize_event", "read_jsonl", "render_html", "summarize"]
 
 
 def parse_time(value: Any) -> float | None:
@@ -323,6 +323,26 @@ def summary_lines(s: Summary) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- inputs
+def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """JSON objects, one per line, and the number of lines skipped as malformed."""
+    out: list[dict[str, Any]] = []
+    bad = 0
+    with path.open("rb") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+            else:
+                bad += 1
+    return out, bad
+
+
 class ReportInputError(Exception):
     """An input the report cannot use; the message names the file and the problem."""
 
