@@ -301,40 +301,8 @@ def render_html(
         if open_rows
         else "<p class='ok'>Every problem seen was cleared.</p>"
     )
-    pend_html = (
-        table(
-            [
-                "time (UTC)",
-                "entity",
-                "action",
-                "cited anomalies",
-                "decision id (selfheal approve ID)",
-            ],
-            [
-                (
-                    iso(e.ts),
-                    e.entity,
-                    e.kind,
-                    "; ".join(cited(by_id.get(str(r)), str(r)) for r in e.data.get("reason") or [])
-                    or "-",
-                    e.id or "-",
-                )
-                for e in pending
-            ],
-        )
-        if pending
-        else "<p>None.</p>"
-    )
-    plot_entities = [f.entity for f in faults] or [
-        name for name, _ in Counter(e.entity for e in anomalies).most_common(MAX_PLOTS)
-    ]
-    figs = []
-    if anomalies or faults:
-        figs.append(_img("overview", overview_figure(events, t0, t_end)))
-    for entity in dict.fromkeys(plot_entities[:MAX_PLOTS]):
-        fs = [f for f in faults if f.entity == entity]
-        png = entity_figure(entity, fs, events, (samples or {}).get(entity), t0, t_end, truth)
-        figs.append(_img(entity, png))
+    pend_html = _pending_html(pending, by_id)
+    figs = _plots_html(events, faults, samples or {}, truth, t0, t_end)
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>{head}",
@@ -353,10 +321,51 @@ def render_html(
         section("scorecard", "Scorecard against the ground truth", _scorecard_html(summary))
         if summary is not None
         else "",
-        section("plots", "Plots (times UTC)", "".join(figs) or "<p>Nothing to plot.</p>"),
+        section("plots", "Plots (times UTC)", figs or "<p>Nothing to plot.</p>"),
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def _pending_html(pending: Sequence[Event], by_id: Mapping[str, Event]) -> str:
+    if not pending:
+        return "<p>None.</p>"
+    rows = []
+    for e in pending:
+        reasons = e.data.get("reason") or []
+        why = "; ".join(cited(by_id.get(str(r)), str(r)) for r in reasons) or "-"
+        rows.append((iso(e.ts), e.entity, e.kind, why, e.id or "-"))
+    head = [
+        "time (UTC)",
+        "entity",
+        "action",
+        "cited anomalies",
+        "decision id (selfheal approve ID)",
+    ]
+    return table(head, rows)
+
+
+def _plots_html(
+    events: Sequence[Event],
+    faults: Sequence[FaultResult],
+    samples: Mapping[str, Series],
+    truth: Sequence[Mapping[str, Any]],
+    t0: float,
+    t_end: float,
+) -> str:
+    """The overview, then one figure per faulty entity (or per most anomalous entity)."""
+    anomalies = [e for e in events if e.category == "anomaly"]
+    entities = [f.entity for f in faults] or [
+        name for name, _ in Counter(e.entity for e in anomalies).most_common(MAX_PLOTS)
+    ]
+    figs = []
+    if anomalies or faults:
+        figs.append(_img("overview", overview_figure(events, t0, t_end)))
+    for entity in list(dict.fromkeys(entities))[:MAX_PLOTS]:
+        fs = [f for f in faults if f.entity == entity]
+        png = entity_figure(entity, fs, events, samples.get(entity), t0, t_end, truth)
+        figs.append(_img(entity, png))
+    return "".join(figs)
 
 
 def _img(name: str, png: str) -> str:

@@ -203,6 +203,48 @@ def _repair_marks(ax: Any, repairs: Sequence[Event]) -> None:
         )
 
 
+def _kind_colors(plt: Any, anomalies: Sequence[Event]) -> dict[str, Any]:
+    kinds = sorted({e.kind for e in anomalies})
+    return {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(kinds)}
+
+
+def _draw_series(
+    plt: Any, ax: Any, prim: tuple[str, Points, float | None], anomalies: Sequence[Event]
+) -> None:
+    """The signal in its unit, its limit, and anomaly marks along the top edge."""
+    metric, pts, limit = prim
+    scale, unit = unit_for(metric, [v for _, v in pts])
+    ax.plot([_dt(t) for t, _ in pts], [v * scale for _, v in pts], lw=1, color="#333", label=metric)
+    if limit:
+        ax.axhline(limit * scale, color="red", lw=0.8, ls="--", label="limit")
+    ax.set_ylabel(f"{metric[:28]}\n({unit})" if unit else metric[:28], fontsize=8)
+    for k, color in _kind_colors(plt, anomalies).items():
+        xs = [_dt(e.ts) for e in anomalies if e.kind == k]
+        label = f"anomaly {k}" + (f" x{len(xs)}" if len(xs) > 1 else "")
+        ax.plot(
+            xs,
+            [0.97] * len(xs),
+            "v",
+            ms=6,
+            color=color,
+            ls="none",
+            label=label,
+            transform=ax.get_xaxis_transform(),
+        )
+
+
+def _draw_timeline(plt: Any, ax: Any, anomalies: Sequence[Event]) -> None:
+    """No samples: one row per anomaly kind."""
+    colors = _kind_colors(plt, anomalies)
+    for i, (k, color) in enumerate(colors.items()):
+        xs = [_dt(e.ts) for e in anomalies if e.kind == k]
+        ax.plot(xs, [i] * len(xs), "o", ms=5, color=color, label=f"anomaly {k} x{len(xs)}")
+    ax.set_yticks(range(len(colors)), list(colors), fontsize=8)
+    ax.set_ylim(-1, max(1, len(colors)))
+    if not colors:
+        ax.text(0.5, 0.5, "no anomalies", transform=ax.transAxes, ha="center")
+
+
 def entity_figure(
     entity: str,
     faults: Sequence[FaultResult],
@@ -224,38 +266,10 @@ def entity_figure(
         if prim:
             break
     plt, fig, ax = _axes()
-    kinds = sorted({e.kind for e in anomalies})
-    colors = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(kinds)}
     if prim is not None:
-        metric, pts, limit = prim
-        scale, unit = unit_for(metric, [v for _, v in pts])
-        ax.plot(
-            [_dt(t) for t, _ in pts], [v * scale for _, v in pts], lw=1, color="#333", label=metric
-        )
-        if limit:
-            ax.axhline(limit * scale, color="red", lw=0.8, ls="--", label="limit")
-        ax.set_ylabel(f"{metric[:28]}\n({unit})" if unit else metric[:28], fontsize=8)
-        for k in kinds:
-            xs = [_dt(e.ts) for e in anomalies if e.kind == k]
-            n = len(xs)
-            ax.plot(
-                xs,
-                [0.97] * n,
-                "v",
-                ms=6,
-                color=colors[k],
-                ls="none",
-                label=f"anomaly {k}" + (f" x{n}" if n > 1 else ""),
-                transform=ax.get_xaxis_transform(),
-            )
-    else:  # no samples: one row per anomaly kind
-        for i, k in enumerate(kinds):
-            xs = [_dt(e.ts) for e in anomalies if e.kind == k]
-            ax.plot(xs, [i] * len(xs), "o", ms=5, color=colors[k], label=f"anomaly {k} x{len(xs)}")
-        ax.set_yticks(range(len(kinds)), kinds, fontsize=8)
-        ax.set_ylim(-1, max(1, len(kinds)))
-        if not kinds:
-            ax.text(0.5, 0.5, "no anomalies", transform=ax.transAxes, ha="center")
+        _draw_series(plt, ax, prim, anomalies)
+    else:
+        _draw_timeline(plt, ax, anomalies)
     for f in faults:
         hi = f.end if f.end is not None else t_end
         label = "fault (ground truth)" if f.end is not None else "fault never cleared"
