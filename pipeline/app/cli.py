@@ -169,6 +169,15 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return proc.returncode or 1
 
 
+def _port_taken(settings: Settings, exc: OSError) -> str:
+    h = settings.http
+    return (
+        f"selfheal run: cannot serve /metrics on {h.host}:{h.port}: "
+        f"{(exc.strerror or str(exc)).lower()} (another selfheal run? set "
+        "SELFHEAL_HTTP__PORT or http.port; 0 picks a free port)"
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from selfheal.pipeline.app.runner import Runner
     from selfheal.pipeline.app.status import StatusLine, status_loop
@@ -184,13 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         server = runner.start_http()
     except OSError as exc:
-        h = settings.http
-        print(
-            f"selfheal run: cannot serve /metrics on {h.host}:{h.port}: "
-            f"{(exc.strerror or str(exc)).lower()} (another selfheal run? set "
-            "SELFHEAL_HTTP__PORT or http.port; 0 picks a free port)",
-            file=sys.stderr,
-        )
+        print(_port_taken(settings, exc), file=sys.stderr)
         return 2
     log = logging.getLogger("selfheal")
     if server is not None:
