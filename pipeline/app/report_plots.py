@@ -260,8 +260,9 @@ def entity_figure(
     metrics = [
         m for m, _ in Counter(str(e.data.get("metric", "")) for e in anomalies).most_common()
     ]
+    candidates: list[str | None] = [f.fault for f in faults] or [None]
     prim = None
-    for fault in [f.fault for f in faults] or [None]:
+    for fault in candidates:
         prim = primary_series(fault, series or {}, metrics)
         if prim:
             break
