@@ -217,7 +217,7 @@ def _draw_series(
     ax.plot([_dt(t) for t, _ in pts], [v * scale for _, v in pts], lw=1, color="#333", label=metric)
     if limit:
         ax.axhline(limit * scale, color="red", lw=0.8, ls="--", label="limit")
-    ax.set_ylabel(f"{metric[:28]}\n({unit})" if unit else metric[:28], fontsize=8)
+    ax.set_ylabel(unit or "value", fontsize=9)  # the legend names the metric
     for k, color in _kind_colors(plt, anomalies).items():
         xs = [_dt(e.ts) for e in anomalies if e.kind == k]
         label = f"anomaly {k}" + (f" x{len(xs)}" if len(xs) > 1 else "")
