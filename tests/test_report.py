@@ -411,3 +411,17 @@ def test_report_to_a_missing_folder_is_one_line(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines()[-1] == (
         "selfheal report: error: cannot write /missing/dir/x.html: no such directory /missing/dir"
     )
+
+
+def test_report_refuses_a_truth_file_that_is_not_ground_truth(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ev = tmp_path / "ev.jsonl"
+    _write_jsonl(ev, _operator_events())
+    bad = tmp_path / "truth.json"
+    bad.write_text('{"faults": [{"fault": "x"}]}')
+    assert main([str(ev), "--truth", str(bad), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"selfheal report: {bad} is not simulator ground truth: no faults with entity and start\n"
+    )
