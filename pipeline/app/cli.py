@@ -38,7 +38,7 @@ DELEGATED: dict[str, tuple[str, str]] = {
 
 
 #: commands that read the configuration, so a misspelled SELFHEAL_ variable matters to them
-READS_SETTINGS = frozenset({"run", "replay", "demo", "simulate"})
+READS_SETTINGS = frozenset({"run", "replay", "demo"})
 VERBOSE_FLAGS = ("-v", "--verbose")
 
 RUN_EPILOG = """\
