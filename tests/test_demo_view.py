@@ -58,3 +58,11 @@ def test_plain_progress_line_for_logs() -> None:
     assert "\n" not in line
     assert line.startswith("[ 48%] 2026-12-01 08:29 UTC | 99 messages, 0 dead letters")
     assert "faulty: db-1; repairing: web-1; awaiting approval: api-1" in line
+
+
+def test_demo_to_a_folder_it_cannot_create_is_one_line(capsys) -> None:
+    from selfheal.pipeline.app.demo import main
+
+    assert main(["--out", "/proc/selfheal-demo"]) == 2
+    err = capsys.readouterr().err
+    assert err == "selfheal demo: cannot create /proc/selfheal-demo: No such file or directory\n"

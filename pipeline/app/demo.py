@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -450,6 +451,11 @@ def main(argv: list[str]) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # usage errors exit 2, --help 0
         return int(exc.code or 0)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"selfheal demo: cannot create {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     logging.getLogger("drain3").setLevel(logging.WARNING)
     console = Console()
     if not console.is_terminal:  # a log file: tables at a readable width, no frozen frames
