@@ -17,9 +17,9 @@ sequential test of "the rate is now ``cusum_ratio`` x the baseline" on the count
 so a 3x-10x rise is flagged within a few buckets where enough requests arrive (measured in
 ``benchmarks/results/error_drift.md`` on held-out streams, against the previous default, KSWIN,
 and river's ADWIN). ``detector="kswin"`` (``selfheal.models.kswin.KSWin``: Kolmogorov-Smirnov
-on the last 30 ratios against the 70 before them), ``"adwin"`` and ``"page_hinkley"`` (river's,
-on the bucket ratio) remain selectable; ratio-based tests need 15+ buckets after a shift
-because a bucket's ratio carries little of the evidence its counts do.
+on the last 30 ratios against the 70 before them) remains selectable; ratio-based tests (it,
+and river's ADWIN in the benchmark) need 15+ buckets after a shift because a bucket's ratio
+carries little of the evidence its counts do.
 
 State per stream is a few KB whatever the stream length: ``array`` rings for the last
 ``history_buckets`` (bucket, errors, requests) and the last ``baseline_buckets`` baseline
@@ -65,13 +65,12 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
-from river import drift
 from selfheal.models.base import DriftDetector, Judge, LogJudge
 from selfheal.models.cusum import BinomialCusum
-from selfheal.models.kswin import KSWin, RiverDrift
+from selfheal.models.kswin import KSWin
 from selfheal.pipeline.kernel.types import AnomalyKind, Finding, LogLevel, LogLine, Sample, Severity
 
-DETECTORS = ("cusum", "kswin", "adwin", "page_hinkley")
+DETECTORS = ("cusum", "kswin")
 _CUSUM = inspect.signature(BinomialCusum).parameters
 
 
@@ -89,11 +88,6 @@ class ErrorRateConfig:
     cusum_threshold: float = _CUSUM["threshold"].default
     cusum_baseline_buckets: int = _CUSUM["baseline_buckets"].default
     cusum_margin: float = _CUSUM["margin"].default
-    adwin_delta: float = 0.002
-    adwin_clock: int = 1
-    ph_delta: float = 0.005
-    ph_threshold: float = 0.1
-    ph_min_instances: int = 30
     kswin_alpha: float = 0.0001
     kswin_window: int = 100
     kswin_stat: int = 30
@@ -246,11 +240,6 @@ class ErrorRateJudge(Judge, LogJudge):
         cusum_threshold: float = _D.cusum_threshold,
         cusum_baseline_buckets: int = _D.cusum_baseline_buckets,
         cusum_margin: float = _D.cusum_margin,
-        adwin_delta: float = _D.adwin_delta,
-        adwin_clock: int = _D.adwin_clock,
-        ph_delta: float = _D.ph_delta,
-        ph_threshold: float = _D.ph_threshold,
-        ph_min_instances: int = _D.ph_min_instances,
         kswin_alpha: float = _D.kswin_alpha,
         kswin_window: int = _D.kswin_window,
         kswin_stat: int = _D.kswin_stat,
@@ -278,11 +267,6 @@ class ErrorRateJudge(Judge, LogJudge):
         self.cusum_threshold = cusum_threshold
         self.cusum_baseline_buckets = cusum_baseline_buckets
         self.cusum_margin = cusum_margin
-        self.adwin_delta = adwin_delta
-        self.adwin_clock = adwin_clock
-        self.ph_delta = ph_delta
-        self.ph_threshold = ph_threshold
-        self.ph_min_instances = ph_min_instances
         self.kswin_alpha = kswin_alpha
         self.kswin_window = kswin_window
         self.kswin_stat = kswin_stat
@@ -330,16 +314,6 @@ class ErrorRateJudge(Judge, LogJudge):
                 floor_rate=self.burst_floor_rate,
                 margin=self.cusum_margin,
             )
-        if self.detector == "adwin":
-            return RiverDrift(drift.ADWIN(delta=self.adwin_delta, clock=self.adwin_clock))
-        if self.detector == "page_hinkley":
-            ph = drift.PageHinkley(
-                min_instances=self.ph_min_instances,
-                delta=self.ph_delta,
-                threshold=self.ph_threshold,
-                mode="up",
-            )
-            return RiverDrift(ph)
         return KSWin(
             alpha=self.kswin_alpha, window_size=self.kswin_window, stat_size=self.kswin_stat
         )

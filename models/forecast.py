@@ -212,6 +212,18 @@ class ResourceForecastJudge(Judge):
         for name in RESOURCES:
             yield {"resource": name}
 
+    # snapshots hold the state and hyperparameters, not the lookups derived from the table
+    _DERIVED = ("_resource", "_usage", "_limits")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in self._DERIVED}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._resource = RESOURCES[self.resource]
+        self._usage = {m: self._resource.limit_metric(m) for m in self.metrics}
+        self._limits = frozenset(v for v in self._usage.values() if v)
+
     # ------------------------------------------------------------------ ingestion
     def observe(self, sample: Sample) -> list[Finding]:
         metric = sample.metric

@@ -1,31 +1,18 @@
-"""KSWIN on per-bucket error ratios, and river's drift detectors behind the same contract.
+"""KSWIN on per-bucket error ratios (the error-rate judge's detector before the CUSUM).
 
 :class:`KSWin` was the error-rate judge's shipped detector before the binomial CUSUM
 (``selfheal.models.cusum``); it stays selectable (``detector="kswin"``) and is the same-run
-baseline in ``benchmarks/error_drift.py``. :class:`RiverDrift` puts any ``river.drift``
-detector (ADWIN, PageHinkley, river's KSWIN) on the bucket's error ratio.
-
->>> from river import drift
->>> det = RiverDrift(drift.ADWIN())
->>> for b in range(400):
-...     det.update(1.0 if b < 200 else 30.0, 100.0)
-...     if det.drift_detected:
-...         break
->>> 200 <= b < 260
-True
+baseline in ``benchmarks/error_drift.py``.
 """
 
 from __future__ import annotations
 
 import warnings
 from array import array
-from collections.abc import Iterator
 from itertools import accumulate, compress, islice
 from operator import ne
 from typing import Any
 
-from river import base as river_base
-from river import drift
 from scipy import stats
 from selfheal.models.base import DriftDetector
 
@@ -140,25 +127,3 @@ class KSWin(DriftDetector):
         if gap * 10 <= cut * self.stat_size:  # statistic <= 0.1: never a drift
             return
         self.drift_detected = _ks_pvalue(ordered, cut, gap) <= self.alpha
-
-
-class RiverDrift(DriftDetector):
-    """A ``river.drift`` detector fed each bucket's error ratio."""
-
-    def __init__(self, detector: river_base.DriftDetector) -> None:
-        self.detector = detector
-
-    @property
-    def drift_detected(self) -> bool:  # type: ignore[override]
-        return bool(self.detector.drift_detected)
-
-    def update(self, errors: float, total: float) -> None:
-        self.detector.update(errors / total)
-
-    def clone(self) -> RiverDrift:
-        return RiverDrift(self.detector.clone())
-
-    @classmethod
-    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
-        yield {"detector": drift.ADWIN()}
-        yield {"detector": drift.PageHinkley(delta=0.005, threshold=0.1, mode="up")}

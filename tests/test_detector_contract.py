@@ -7,10 +7,11 @@ something: metric judges from a catalog of signals (data, not detectors: a new d
 new metric needs a new signal here, and ``test_every_detector_is_exercised`` says so), log
 judges a log stream, drift detectors a count stream with a rise.
 
-For each: a snapshot mid-stream changes nothing that follows, ``clone()`` gives a fresh
-detector with the same hyperparameters, the same stream gives the same output
-(determinism), state stops growing once warm (bounded), hyperparameters are stored under
-their argument names, and there is a runnable docstring example.
+For each: a snapshot round trip (the data-only codec) mid-stream changes nothing that
+follows, ``clone()`` gives a fresh detector with the same hyperparameters, the same stream
+gives the same output (determinism), state stops growing once warm (bounded),
+hyperparameters are stored under their argument names, and there is a runnable docstring
+example.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import functools
 import importlib
 import inspect
 import math
-import pickle
 import pkgutil
 import random
 from collections.abc import Callable, Iterator
@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 import selfheal.models
 from selfheal.models.base import DriftDetector, Estimator, Judge, LogJudge
+from selfheal.pipeline.core import state as snapshots
 from selfheal.pipeline.kernel.types import Finding, LogLevel, LogLine, Sample
 
 T0 = 1_795_842_000.0
@@ -226,12 +227,13 @@ def _key(f: Finding | int) -> tuple[Any, ...]:
 
 
 def snapshot_round_trip(det: Any) -> Any:
-    """Snapshot and restore one detector (the one place that knows the snapshot format)."""
-    return pickle.loads(pickle.dumps(det))
+    """Snapshot and restore one detector (the one place that knows the snapshot format):
+    through the data-only codec checkpoints use, never pickle."""
+    return snapshots.loads(snapshots.dumps(det))
 
 
 def _state_size(det: Any) -> int:
-    return len(pickle.dumps(det))
+    return len(snapshots.dumps(det))
 
 
 # ------------------------------------------------------------------ tests
