@@ -193,5 +193,5 @@ def test_settings_section_and_a_bad_resource_name() -> None:
     over = {"detection": {"models": {"resources": {"resources": ["disk"], "bucket_seconds": 60}}}}
     cfg = load_settings(None, over).detection.models.resources
     assert cfg.resources == ("disk",) and cfg.bucket_seconds == 60
-    with pytest.raises(ConfigError, match="detection.models.resources"):
+    with pytest.raises(ConfigError, match=r"detection\.models\.resources"):
         load_settings(None, {"detection": {"models": {"resources": {"resources": ["gpu"]}}}})
