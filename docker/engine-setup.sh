@@ -9,7 +9,8 @@
 #  1. installs podman/buildah/runc/... from Debian when no working engine is present
 #     (a `docker` client without a daemon does not count);
 #  2. podman only: a containers.conf drop-in with runtime "runc" (crun fails on hosts with mixed
-#     cgroup v1/v2 hierarchies) and default ulimits root may set (it cannot raise them here);
+#     cgroup v1/v2 hierarchies), default ulimits root may set (it cannot raise them here), and
+#     file-based logs/events (no journald or syslog in CI containers);
 #  3. builds the local base image $SELFHEAL_BASE_IMAGE (python3 + venv on Debian bookworm
 #     minbase) from the machine's own Debian mirror, unless it already exists. Real users skip
 #     this and build on python:3.11-slim (the Dockerfile's default BASE_IMAGE).
@@ -52,9 +53,11 @@ install_podman() {
 # written by selfheal docker/engine-setup.sh
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+log_driver = "k8s-file"
 
 [engine]
 runtime = "runc"
+events_logger = "file"
 EOF
 )
   if [ ! -f "$CONF_FILE" ] || [ "$(cat "$CONF_FILE")" != "$want" ]; then

