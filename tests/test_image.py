@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 try:
-    from tests.engine import Engine, engine, http_get, images, wait_for  # noqa: F401
+    from tests.engine import Engine, engine, http_get, images, wait_for
 except ModuleNotFoundError:  # pytest run without the repository root on sys.path
     from engine import Engine, engine, http_get, images, wait_for  # type: ignore[no-redef]  # noqa: F401
 
@@ -45,7 +45,7 @@ def _run_detached(e: Engine, name: str, network: str, *args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(engine: Engine, images: tuple[str, str]) -> Iterator[Stack]:  # noqa: F811
+def stack(engine: Engine, images: tuple[str, str]) -> Iterator[Stack]:
     image, broker_image = images
     tag = uuid.uuid4().hex[:8]
     broker, pipeline = f"selfheal-broker-{tag}", f"selfheal-pipeline-{tag}"
