@@ -223,7 +223,8 @@ class KubernetesExecutor:
 
     def _workload_api(self, apps: Any, target: Target, verb: str) -> Callable[..., Any]:
         kind = "deployment" if target.kind == "Deployment" else "stateful_set"
-        return getattr(apps, f"{verb}_namespaced_{kind}")  # type: ignore[no-any-return]
+        method: Callable[..., Any] = getattr(apps, f"{verb}_namespaced_{kind}")
+        return method
 
     def _restart(self, core: Any, apps: Any, target: Target, decision: Decision) -> str:
         if self.restart == "delete_pod" or target.kind == "Pod":

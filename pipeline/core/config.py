@@ -109,6 +109,15 @@ class StateConfig(_Section):
     snapshot_every_messages: int = Field(default=50_000, ge=1)
 
 
+KubernetesOperation = Literal["restart", "scale", "rollback", "cordon"]
+_KUBERNETES_ACTIONS: dict[RepairAction, KubernetesOperation] = {
+    RepairAction.RESTART: "restart",
+    RepairAction.SCALE_UP: "scale",
+    RepairAction.SCALE_DOWN: "scale",
+    RepairAction.ROLLBACK: "rollback",
+}
+
+
 class KubernetesExecutorConfig(_Section):
     """The Kubernetes executor (``selfheal.connectors.kubernetes``, needs the ``kubernetes``
     extra): rollout restart, scale, rollback and cordon of the entity's workload."""
@@ -125,13 +134,8 @@ class KubernetesExecutorConfig(_Section):
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=10, ge=1)
     #: repair action -> operation; an action not listed is left to the other executors
-    actions: dict[RepairAction, Literal["restart", "scale", "rollback", "cordon"]] = Field(
-        default_factory=lambda: {
-            RepairAction.RESTART: "restart",
-            RepairAction.SCALE_UP: "scale",
-            RepairAction.SCALE_DOWN: "scale",
-            RepairAction.ROLLBACK: "rollback",
-        }
+    actions: dict[RepairAction, KubernetesOperation] = Field(
+        default_factory=lambda: dict(_KUBERNETES_ACTIONS)
     )
     timeout_seconds: float = Field(default=10.0, gt=0)
 
