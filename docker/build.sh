@@ -32,8 +32,13 @@ fi
 fmt=()
 [ "$ENGINE" = podman ] && fmt=(--format docker)
 
+# docker (BuildKit) reads docker/Dockerfile.dockerignore by itself; podman is told: without it
+# tests/, docs/... would be in the context and any change there would rebuild the image
+ignore=()
+[ "$ENGINE" = podman ] && ignore=(--ignorefile docker/Dockerfile.dockerignore)
+
 build() { "$ENGINE" build "${fmt[@]}" --build-arg BASE_IMAGE="$BASE_IMAGE" "$@"; }
 start=$(date +%s)
-build -t "$IMAGE" -f docker/Dockerfile .
+build "${ignore[@]}" -t "$IMAGE" -f docker/Dockerfile .
 [ "${SKIP_BROKER_IMAGE:-}" = 1 ] || build -t "$BROKER_IMAGE" -f docker/broker/Dockerfile docker/broker
 echo "build.sh: $IMAGE and $BROKER_IMAGE built with $ENGINE on $BASE_IMAGE in $(( $(date +%s) - start ))s" >&2

@@ -138,3 +138,42 @@ def wait_for(predicate: object, timeout: float, interval: float = 0.5, what: str
             last = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last})")
+
+
+@pytest.fixture(scope="session")
+def docker_host(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Docker API endpoint for Docker clients (docker-compose, testcontainers): docker's own
+    socket, or podman's compatible API served on a private socket for this session only (never
+    /var/run/docker.sock, which would switch everyone's broker fixture to containers)."""
+    if engine.binary == "docker":
+        yield os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        return
+    sock = tmp_path_factory.mktemp("podman") / "podman.sock"
+    proc = subprocess.Popen(
+        [engine.binary, "system", "service", "--time=0", f"unix://{sock}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"unix://{sock}"
+        wait_for(lambda: _ping(sock), 30, interval=0.2, what=f"podman API on {url}")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _ping(sock: Path) -> bool:
+    import socket
+
+    if not sock.exists():
+        return False
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(2)
+        s.connect(str(sock))
+        s.sendall(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
+        return s.recv(64).startswith(b"HTTP/1.")
