@@ -2,6 +2,7 @@
 # Build the selfheal image (and the broker image the smoke tests use) with docker or podman.
 #
 #   docker/build.sh            selfheal:latest and selfheal-broker:latest
+#   docker/build.sh monitoring selfheal-prometheus and selfheal-alertmanager (Debian packages)
 #   IMAGE=... BROKER_IMAGE=... BASE_IMAGE=... ENGINE=docker|podman docker/build.sh
 #
 # BASE_IMAGE defaults to python:3.11-slim (pulled); where no registry is reachable, run
@@ -39,6 +40,15 @@ ignore=()
 
 build() { "$ENGINE" build "${fmt[@]}" --build-arg BASE_IMAGE="$BASE_IMAGE" "$@"; }
 start=$(date +%s)
+if [ "${1:-}" = monitoring ]; then
+  # Prometheus and Alertmanager from Debian's packages, for docker/compose.local.yaml
+  for target in prometheus alertmanager; do
+    build --target "$target" -t "localhost/selfheal-$target:latest" \
+      -f docker/monitoring/Dockerfile docker/monitoring
+  done
+  echo "build.sh: monitoring images built with $ENGINE in $(( $(date +%s) - start ))s" >&2
+  exit 0
+fi
 build "${ignore[@]}" -t "$IMAGE" -f docker/Dockerfile .
 [ "${SKIP_BROKER_IMAGE:-}" = 1 ] || build -t "$BROKER_IMAGE" -f docker/broker/Dockerfile docker/broker
 echo "build.sh: $IMAGE and $BROKER_IMAGE built with $ENGINE on $BASE_IMAGE in $(( $(date +%s) - start ))s" >&2
