@@ -100,6 +100,55 @@ def test_compose_has_the_whole_stack(compose: dict[str, Any]) -> None:
     )
 
 
+def test_escalations_go_to_alertmanager_and_repairs_to_the_webhook(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    env = _env(services["pipeline"])
+    assert env["SELFHEAL_EXECUTORS__ALERTMANAGER_URL"] == "http://alertmanager:9093"
+    webhook = env["SELFHEAL_EXECUTORS__WEBHOOK_URL"]
+    assert webhook == "http://webhook:8080/repairs"  # default when SELFHEAL_WEBHOOK_URL unset
+    receiver = _bind_mounts(services["webhook"])
+    assert Path(receiver["/opt/receiver.py"]) == DOCKER_DIR / "webhook" / "receiver.py"
+    assert services["webhook"]["entrypoint"][-1] == "8080"
+    # the settings the pipeline builds from that environment have both executors
+    from selfheal.pipeline.app.wiring import build_executors
+    from selfheal.pipeline.core.config import load_settings
+
+    keys = [k for k in os.environ if k.startswith("SELFHEAL_")]
+    saved = {k: os.environ.pop(k) for k in keys}
+    try:
+        os.environ.update(env)
+        names = {e.name for e in build_executors(load_settings(IMAGE_CONFIG))}
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
+        os.environ.update(saved)
+    assert {"webhook", "alertmanager"} <= names
+
+
+def test_local_compose_file_validates_and_runs_only_local_images() -> None:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose not found (apt-get install -y docker-compose)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFHEAL_")}
+    res = subprocess.run(
+        [binary, "-f", str(DOCKER_DIR / "compose.local.yaml"), "config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    services = yaml.safe_load(res.stdout)["services"]
+    assert {"broker", "topics", "pipeline", "simulator", "prometheus", "alertmanager"} <= set(
+        services
+    )
+    assert all(svc["image"].startswith("localhost/") for svc in services.values())
+    deps = services["pipeline"]["depends_on"]
+    assert deps["topics"]["condition"] == "service_completed_successfully"
+
+
 def test_kafka_runs_single_node_kraft(compose: dict[str, Any]) -> None:
     kafka = compose["services"]["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
