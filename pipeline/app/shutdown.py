@@ -46,7 +46,7 @@ class ExitDeadline:
 
     def _expire(self) -> None:
         log.error(
-            "shutdown did not finish within %.0fs of the stop signal (broker unreachable?); "
+            "shutdown did not finish within %gs of the stop signal (broker unreachable?); "
             "exiting now: work not yet committed is replayed on restart",
             self.seconds,
         )
