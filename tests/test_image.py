@@ -186,8 +186,9 @@ def test_sigterm_exits_within_10s_when_the_broker_has_gone(stack: Stack) -> None
     started = time.monotonic()
     stack.engine.run("stop", "-t", "30", stack.pipeline, timeout=60)
     elapsed = time.monotonic() - started
-    assert elapsed < MAX_STOP_SECONDS, f"stop took {elapsed:.1f}s"
     state = stack.engine.inspect(stack.pipeline, "{{.State.ExitCode}} {{.State.OOMKilled}}")
     code = int(state.split()[0])
+    print(f"stop with the broker gone: {elapsed:.1f}s, exit status {code}")
+    assert elapsed < MAX_STOP_SECONDS, f"stop took {elapsed:.1f}s"
     # 0: clean stop; 1: the shutdown deadline fired; 137/143 would mean killed by the engine
     assert code in (0, 1), state
