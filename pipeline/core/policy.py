@@ -42,11 +42,11 @@ from __future__ import annotations
 
 import heapq
 import math
-import pickle
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from selfheal.pipeline.core import state as state_codec
 from selfheal.pipeline.core.fleet import FleetArbiter, LocalFleet
 from selfheal.pipeline.core.policy_config import ActionStep, PolicyConfig, Rule, rule_matches
 from selfheal.pipeline.core.repair import (
@@ -58,6 +58,7 @@ from selfheal.pipeline.core.repair import (
     Storm,
 )
 from selfheal.pipeline.kernel.protocols import FleetGate
+from selfheal.pipeline.kernel.schemas import epoch_to_rfc3339
 from selfheal.pipeline.kernel.types import (
     Anomaly,
     Decision,
@@ -222,11 +223,11 @@ class PolicyEngine:
         own = None
         if self._owns_fleet and isinstance(self.fleet, LocalFleet):
             own = self.fleet.arbiter
-        return pickle.dumps((SNAPSHOT_VERSION, self._state, own), protocol=pickle.HIGHEST_PROTOCOL)
+        return state_codec.dumps((SNAPSHOT_VERSION, self._state, own))  # data only, no pickle
 
     def restore(self, data: bytes) -> None:
         """Replace the state with a ``snapshot()`` (only ever restore your own checkpoints)."""
-        loaded = pickle.loads(data)  # our own checkpoint bytes only
+        loaded = state_codec.loads(data)  # allow-listed state classes only; never executes
         version = loaded[0] if isinstance(loaded, tuple) and loaded else None
         if version != SNAPSHOT_VERSION or not isinstance(loaded[1], _State):
             raise ValueError(f"unsupported policy snapshot version {version!r}")
@@ -458,7 +459,7 @@ class PolicyEngine:
                 make(
                     action,
                     suppressed,
-                    f"already escalated at {case.escalated_at:g}; waiting for "
+                    f"already escalated at {epoch_to_rfc3339(case.escalated_at)}; waiting for "
                     f"{self.config.verification_window_seconds:g}s without anomalies",
                     why,
                 )
@@ -471,7 +472,7 @@ class PolicyEngine:
                     current,
                     suppressed,
                     f"same finding within the {self._dedup(rule):g}s dedup window of the "
-                    f"decision at {case.last_acted:g}",
+                    f"decision at {epoch_to_rfc3339(case.last_acted)}",
                     Suppression.DUPLICATE,
                 )
             ]
@@ -526,7 +527,7 @@ class PolicyEngine:
                 make(
                     action,
                     suppressed,
-                    f"{action.value} on {f.entity} cooling down until {until:g}",
+                    f"{action.value} on {f.entity} cooling down until {epoch_to_rfc3339(until)}",
                     Suppression.COOLDOWN,
                     dict(step.params),
                 )
