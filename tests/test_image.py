@@ -127,7 +127,7 @@ def test_container_is_healthy_and_serves_its_endpoints(stack: Stack) -> None:
 
 def test_simulated_fleet_is_processed_and_anomalies_produced(stack: Stack) -> None:
     # the simulator's default start lies within the pipeline's accepted past (7 days), so
-    # every sample is valid: nothing may be dead-lettered
+    # every sample is valid
     sim = stack.engine.run(
         "run",
         "--rm",
@@ -160,7 +160,10 @@ def test_simulated_fleet_is_processed_and_anomalies_produced(stack: Stack) -> No
         for (name, labels), v in s.items()
         if name == "deadletter_messages_total" and v
     }
-    assert not rejected, rejected
+    # every record is valid; the only rejects allowed are the guard's rate limit, which the
+    # fleet's abusive-client fault is there to trip (a small share of the traffic)
+    assert set(rejected) <= {"rate_limited"}, rejected
+    assert sum(rejected.values()) < 0.05 * _total(s, "samples_processed_total"), rejected
     kinds = {
         dict(labels)["type"]
         for (name, labels), v in s.items()
