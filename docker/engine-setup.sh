@@ -11,9 +11,10 @@
 #  2. podman only: a containers.conf drop-in with runtime "runc" (crun fails on hosts with mixed
 #     cgroup v1/v2 hierarchies), default ulimits root may set (it cannot raise them here), and
 #     file-based logs/events (no journald or syslog in CI containers);
-#  3. builds the local base image $SELFHEAL_BASE_IMAGE (python3 + venv on Debian bookworm
-#     minbase) from the machine's own Debian mirror, unless it already exists. Real users skip
-#     this and build on python:3.11-slim (the Dockerfile's default BASE_IMAGE).
+#  3. with podman (or SELFHEAL_LOCAL_BASE=1), builds the local base image $SELFHEAL_BASE_IMAGE
+#     (python3 + venv on Debian bookworm minbase) from the machine's own Debian mirror, unless
+#     it already exists. With docker (or SELFHEAL_LOCAL_BASE=0) the build uses python:3.11-slim
+#     (the Dockerfile's default BASE_IMAGE).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -128,7 +129,11 @@ main() {
   eng=$(engine)
   if [ "$eng" = podman ]; then install_podman; fi
   [ "${1:-}" = "--engine" ] && { echo "$eng"; return; }
-  build_base "$eng"
+  # the local base is for the Debian/podman path (no registry here); a working docker pulls
+  # python:3.11-slim unless SELFHEAL_LOCAL_BASE=1 asks for the local one
+  local want_local="${SELFHEAL_LOCAL_BASE:-}"
+  [ -n "$want_local" ] || { [ "$eng" = podman ] && want_local=1 || want_local=0; }
+  [ "$want_local" = 1 ] && build_base "$eng"
   echo "$eng"
 }
 
