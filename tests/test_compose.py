@@ -37,7 +37,8 @@ except ModuleNotFoundError:  # pytest run without the repository root on sys.pat
 
 __all__ = ["docker_host", "engine", "images"]  # fixtures used by name
 
-pytestmark = pytest.mark.slow
+# the first test of a session may build the images (minutes on a cold machine)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 COMPOSE_FILE = REPO_ROOT / "docker" / "compose.local.yaml"
 

@@ -22,7 +22,8 @@ try:
 except ModuleNotFoundError:  # pytest run without the repository root on sys.path
     from engine import Engine, engine, http_get, images, wait_for  # type: ignore[no-redef]  # noqa: F401
 
-pytestmark = pytest.mark.slow
+# the first test of a session may build the images (minutes on a cold machine)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 MAX_IMAGE_BYTES = 400 * 1000 * 1000
 UID = "10001"
