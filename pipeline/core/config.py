@@ -288,10 +288,6 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
 
 
 # -- environment variable names -------------------------------------------------------------
-#: ``SELFHEAL_`` variables read by the project's tooling, not by the settings
-NON_SETTING_VARIABLES = frozenset({"SELFHEAL_FUZZ_EXAMPLES"})
-
-
 def _model_of(annotation: Any) -> type[BaseModel] | None:
     """The pydantic model inside ``annotation`` (``X``, ``X | None``, ``Annotated[X, ...]``)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -351,7 +347,7 @@ def check_environment(environ: Mapping[str, str]) -> None:
     known, open_prefixes = _env_names()
     for var in sorted(environ):
         name = var.upper()
-        if not name.startswith("SELFHEAL_") or name in NON_SETTING_VARIABLES:
+        if not name.startswith("SELFHEAL_"):
             continue
         if name in known or name.startswith(open_prefixes):
             continue
