@@ -38,7 +38,7 @@ def kvs(attrs: dict[str, Any] | None) -> list[KeyValue]:
 
 
 def ns(ts: float) -> int:
-    return int(round(ts * NS))
+    return round(ts * NS)
 
 
 def gauge(name: str, points: Iterable[tuple[float, float, dict[str, Any] | None]]) -> m.Metric:

@@ -351,8 +351,9 @@ class MetricsConverter:
                     continue
                 if value < prev[2] or (start > 0 and start != prev[1]):
                     req.count("reset")
-                    delta = value  # the counter restarted from zero
-                    since = start if 0 < start < ts else prev[0]
+                    delta = value  # the counter restarted from zero: at its new start time
+                    # when that is known and after the last point, else since the last point
+                    since = start if prev[0] <= start < ts else prev[0]
                 else:
                     delta = value - prev[2]
                     since = prev[0]
