@@ -11,7 +11,6 @@ from selfheal.pipeline.core.otlp_metrics import quantile
 from selfheal.pipeline.kernel.types import Envelope, LogLevel
 
 from tests.otlp_helpers import (
-    CUMULATIVE,
     DELTA,
     encode,
     exp_histogram,
