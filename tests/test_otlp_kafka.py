@@ -258,3 +258,30 @@ async def test_otlp_logs_levels_bodies_and_source(broker, producer, topic_prefix
     assert sec and sec[0]["subject"] == POD
     assert sec[0]["data"]["labels"]["source_ip"] == "203.0.113.9"
     assert any(a["data"]["severity"] == "critical" for a in sec), "25 failures >= critical (20)"
+
+
+async def test_cumulative_state_survives_a_restart(broker, producer, topic_prefix):
+    """A second process resumes from the snapshot: it knows each series' last point."""
+    s = await _start(broker, topic_prefix)
+    base = time.time() - 1800
+    topic = s.kafka.topics.metrics
+
+    def req(start: float, ts: float, value: int) -> bytes:
+        m = sum_metric("app.jobs.processed", [(start, ts, value, None)])
+        return encode(metrics_request([(RESOURCE, [m])]), "otlp_proto")
+
+    first = [req(base, base + 10 * i, 100 * i) for i in range(1, 4)]
+    await produce(producer, topic, first, [POD.encode()] * len(first))
+    one = make_runner(s)
+    await run_until(one, broker.bootstrap, lambda: one.stats.messages >= len(first))
+    assert one.pipeline.stages[0].otlp_counts == {}
+    # after the restart: a late retry of the second point, then the next point
+    later = [req(base, base + 20, 200), req(base, base + 40, 400)]
+    await produce(producer, topic, later, [POD.encode()] * len(later))
+    two = make_runner(s)
+    await run_until(two, broker.bootstrap, lambda: two.stats.messages >= len(later))
+    stage = two.pipeline.stages[0]
+    # a fresh state would have taken the retry as the series' first point (a baseline)
+    assert stage.otlp_counts == {"out_of_order": 1}
+    ((key, last),) = stage.otlp_series.items()
+    assert key[0] == "sum" and last[0] == pytest.approx(base + 40) and last[2] == 400.0
