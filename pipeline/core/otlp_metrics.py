@@ -263,14 +263,20 @@ class MetricsConverter:
         split = mp is not None and mp.state_attribute is not None
         groups: dict[tuple[Any, ...], list[Any]] = {}
         append = req.samples.append
+        running = kind == SUM and temporality == DELTA
+        isfinite = math.isfinite
+        # the most common points: checked inline, a path is only built for a bad one
         for i, p in enumerate(points):
             if p is None:
                 continue
-            path = f"{mpath}.{kind}.dataPoints[{i}]"
-            ts = self._ts(p[0], path)
-            value = self._finite(p[3], f"{path}.value")
-            labels = self._labels(base, p[2])
-            if kind == SUM and temporality == DELTA:
+            ns, value, attrs = p[0], p[3], p[2]
+            if ns <= 0 or value is None or not isfinite(value):
+                path = f"{mpath}.{kind}.dataPoints[{i}]"
+                self._ts(ns, path)
+                self._finite(value, f"{path}.value")
+            ts = ns / 1e9
+            labels = {**base, **attrs} if attrs else base
+            if running:
                 # a non-monotonic delta sum: the level is the running total
                 key = ("level", entity, name, tuple(sorted(labels.items())))
                 prev = req.get(key)
@@ -279,8 +285,8 @@ class MetricsConverter:
             if split:
                 self._split_point(groups, mp, ts, value, labels)  # type: ignore[arg-type]
                 continue
-            limit = self._limit_for(req, mp, entity, labels, limits)
-            append(Sample(ts, entity, target, value, labels, limit))
+            limit = None if mp is None else self._limit_for(req, mp, entity, labels, limits)
+            append(Sample(ts, entity, target, float(value), labels, limit))
         for (ts, _k), (used, total, labels) in groups.items():
             limit = mp.limit if mp is not None and mp.limit is not None else total
             if limit is not None and limit > 0:

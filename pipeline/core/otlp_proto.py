@@ -61,7 +61,12 @@ def text(v: Any) -> str:
 
 
 def attrs(kvs: Any) -> dict[str, str]:
-    return {kv.key: text(kv.value) for kv in kvs} if kvs else {}
+    out: dict[str, str] = {}
+    for kv in kvs:
+        v = kv.value
+        s = v.string_value
+        out[kv.key] = s if s else text(v)  # strings without a call: most attributes are
+    return out
 
 
 def _number(p: Any) -> Point:
@@ -123,11 +128,12 @@ def _summary(p: Any) -> Point:
 
 
 def _metric(m: Any, mpath: str) -> MetricIn:
-    if not m.name:
+    name = m.name
+    if not name:
         raise OtlpError(f"{mpath}.name", "empty metric name")
     kind = m.WhichOneof("data")
     if kind == "gauge":
-        return (mpath, m.name, GAUGE, 0, False, [_number(p) for p in m.gauge.data_points])
+        return (mpath, name, GAUGE, 0, False, [_number(p) for p in m.gauge.data_points])
     if kind == "sum":
         s = m.sum
         points = [_number(p) for p in s.data_points]
