@@ -289,6 +289,9 @@ class Decoder:
             out.rejects.append(Reject(env, err.reason, err.path, err.message))
         except RecursionError:
             out.rejects.append(Reject(env, RejectReason.SCHEMA, "message", "nested too deeply"))
+        except (ArithmeticError, ValueError) as exc:
+            # numbers beyond float range (a 400-digit timestamp): errors as data, never raised
+            out.rejects.append(Reject(env, RejectReason.SCHEMA, "message", str(exc)[:200]))
 
     def _load(self, env: Envelope, out: Decoded) -> Any:
         if len(env.value) > self.max_message_bytes:

@@ -540,6 +540,10 @@ def _exp_buckets(p: tuple[Any, ...], path: str) -> Buckets:
         raise OtlpError(f"{path}.scale", f"scale {scale} outside [-10, 20]")
     if zero + sum(pos) + sum(neg) != p[3]:
         raise OtlpError(f"{path}.count", f"count {p[3]} != zero count plus bucket counts")
+    # a bucket bound beyond float range (2^1024) cannot be a real measurement
+    for key, off, counts in (("positive", pos_off, pos), ("negative", neg_off, neg)):
+        if counts and max(abs(off), abs(off + len(counts))) * 2.0**-scale > 1000:
+            raise OtlpError(f"{path}.{key}.offset", "bucket bounds beyond float range")
     base = 2.0 ** (2.0**-scale)
     out: list[tuple[float, float, float]] = []
     for i in range(len(neg) - 1, -1, -1):
