@@ -48,7 +48,7 @@ def ensure_state(holder: Any, max_series: int) -> OtlpState:
         holder.otlp_series = LRU("otlp_series", max_series)
     if getattr(holder, "otlp_counts", None) is None:
         holder.otlp_counts = {}
-    return holder  # type: ignore[no-any-return]
+    return holder
 
 
 class Otlp:

@@ -283,7 +283,7 @@ class MetricsConverter:
                 value += prev[0] if prev is not None else 0.0
                 req.local[key] = (value,)
             if split:
-                self._split_point(groups, mp, ts, value, labels)  # type: ignore[arg-type]
+                self._split_point(groups, mp, ts, value, labels)
                 continue
             limit = None if mp is None else self._limit_for(req, mp, entity, labels, limits)
             append(Sample(ts, entity, target, float(value), labels, limit))
