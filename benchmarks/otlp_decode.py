@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/otlp_decode.py [--requests N] [--per-request K]
 
-Decoder only (no broker): ``K`` gauges per request, as ``benchmarks/otlp.py`` sends them. The
+Decoder only (no broker): ``K`` gauges per request, as ``benchmarks/otlp.py`` sends them, next
+to the same points as native messages (one per message) in the same run. The
 ``json_format.ParseDict`` row is the alternative the OTLP/JSON reader replaces (orjson parse,
 then protobuf's own JSON mapping into the request message, then the protobuf walk).
 """
@@ -30,7 +31,7 @@ from selfheal.pipeline.core.otlp_proto import metrics_request as proto_front
 from selfheal.pipeline.kernel.types import Envelope
 
 from benchmarks.common import publish
-from benchmarks.otlp import make_points, otlp_records
+from benchmarks.otlp import make_points, native_records, otlp_records
 
 
 class _State:
@@ -65,6 +66,7 @@ def main() -> None:
     penv = [Envelope("m", 0, i, v) for i, v in enumerate(protos)]
     jenv = [Envelope("m", 0, i, v) for i, v in enumerate(jsons)]
     conv = MetricsConverter(OtlpConfig())
+    nenv = [Envelope("m", 0, i, v) for i, (_k, v) in enumerate(native_records(scrapes))]
 
     def via_json_format() -> None:
         st = _State()
@@ -76,6 +78,10 @@ def main() -> None:
             conv.convert(proto_front(req.SerializeToString()), st)  # type: ignore[arg-type]
 
     rows = [
+        (
+            "native MetricSample JSON, one per message (baseline)",
+            _best(lambda: dec.decode_metrics(nenv)),
+        ),
         ("OTLP protobuf (`otlp_proto`)", _best(lambda: dec.decode_metrics(penv, _State()))),
         ("OTLP/JSON, orjson + this reader", _best(lambda: dec.decode_metrics(jenv, _State()))),
         ("OTLP/JSON, orjson + `json_format.ParseDict`", _best(via_json_format, 1)),
