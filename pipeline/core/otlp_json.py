@@ -2,9 +2,9 @@
 
 The OTLP/JSON rules as the Collector writes them: lowerCamelCase keys, 64-bit integers as
 decimal strings (numbers accepted too), enums as integers (their names accepted too), bytes
-as hex (trace and span ids, which selfheal does not read), unknown fields ignored. Reading the parsed
-dicts directly costs about a third of ``google.protobuf.json_format.ParseDict`` per point
-(``benchmarks/otlp_decode.py``), and paths in errors come for free.
+as hex (trace and span ids, which selfheal does not read), unknown fields ignored. Reading
+the parsed dicts directly costs about a third of ``google.protobuf.json_format.ParseDict``
+per point (``benchmarks/otlp_decode.py``), and paths in errors come for free.
 """
 
 from __future__ import annotations
