@@ -174,3 +174,51 @@ def test_entity_attribute_order_is_configurable():
     dec = Decoder(otlp=OtlpConfig(entity_attributes=("service.name", "host.name")))
     assert [s.entity for _e, s in dec.decode_metrics([env]).samples] == ["api"]
     assert [s.entity for _e, s in Decoder().decode_metrics([env]).samples] == ["h1"]
+
+
+@pytest.mark.parametrize(
+    ("otlp", "field"),
+    [
+        ({"quantiles": [0.5, 1.5]}, "otlp.quantiles"),
+        ({"metrics": {"x": {"target": "y", "state_attribute": "s"}}}, "otlp.metrics.x"),
+        ({"entity_attributes": []}, "otlp.entity_attributes"),
+        ({"unknown": 1}, "otlp.unknown"),
+    ],
+)
+def test_bad_otlp_config_names_the_field(otlp, field):
+    from selfheal.pipeline.core.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError) as exc:
+        load_settings(None, {"otlp": otlp})
+    assert exc.value.field == field
+
+
+def test_configured_metric_table_maps_names():
+    from selfheal.pipeline.core.config import load_settings
+
+    s = load_settings(
+        None,
+        {
+            "otlp": {
+                "metrics": {
+                    "queue.size": {"target": "queue_depth", "limit_metric": "queue.capacity"}
+                }
+            }
+        },
+    )
+    from tests.otlp_helpers import gauge
+
+    req = metrics_request(
+        [
+            (
+                RES,
+                [
+                    gauge("queue.size", [(T, 80.0, None)]),
+                    gauge("queue.capacity", [(T, 100.0, None)]),
+                ],
+            )
+        ]
+    )
+    dec = Decoder(otlp=s.otlp)
+    out = dec.decode_metrics([Envelope("m", 0, 0, encode(req, "otlp_proto"))])
+    assert [(x.metric, x.value, x.limit) for _e, x in out.samples] == [("queue_depth", 80.0, 100.0)]

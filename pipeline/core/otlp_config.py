@@ -7,7 +7,7 @@ the table keeps its OpenTelemetry name.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class MetricMap(BaseModel):
@@ -88,8 +88,9 @@ class OtlpConfig(BaseModel):
     #: a status code at or above this counts as an error (``http.response.status_code``)
     error_status_from: int = Field(default=500, ge=100, le=599)
 
-    @model_validator(mode="after")
-    def _check(self) -> OtlpConfig:
-        if any(not 0.0 < q < 1.0 for q in self.quantiles):
+    @field_validator("quantiles")
+    @classmethod
+    def _quantiles(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 < q < 1.0 for q in value):
             raise ValueError("quantiles must lie strictly between 0 and 1")
-        return self
+        return value
