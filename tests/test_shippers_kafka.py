@@ -41,6 +41,11 @@ async def _settings(broker, prefix: str, metrics_topic: str, logs_topic: str):
     return s
 
 
+def _rfc3339_nanos(ts: float) -> str:
+    whole = datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{whole}.{min(round((ts % 1) * 1e9), 999_999_999):09d}Z"
+
+
 def _messages(n: int, base: float) -> list[tuple[float, str]]:
     """Failed logins from one address, then an error line: what the checks must catch."""
     out = [(base + k, f"sshd: Failed password for root from {ATTACKER} port 22") for k in range(n)]
@@ -134,7 +139,7 @@ async def test_vector_kafka_sink(broker, producer, topic_prefix):
             "message": line,
             "source_type": "kubernetes_logs",
             "stream": "stderr",
-            "timestamp": datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z"),
+            "timestamp": _rfc3339_nanos(ts),  # Vector writes nanoseconds
         }
         key: Any = event
         for part in key_path:
