@@ -222,3 +222,24 @@ def test_configured_metric_table_maps_names():
     dec = Decoder(otlp=s.otlp)
     out = dec.decode_metrics([Envelope("m", 0, 0, encode(req, "otlp_proto"))])
     assert [(x.metric, x.value, x.limit) for _e, x in out.samples] == [("queue_depth", 80.0, 100.0)]
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_long_attribute_values_are_capped(encoding):
+    m = sum_metric("c", [(T, T + 10, 5, {"q": "x" * 5000})], temporality=DELTA)
+    env = Envelope("m", 0, 0, encode(metrics_request([(RES, [m])]), encoding))
+    (sample,) = [x for _e, x in Decoder().decode_metrics([env]).samples]
+    assert sample.labels["q"] == "x" * 1024
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_bad_log_record_rejects_the_request_with_its_path(encoding):
+    good = log_record(T, "fine")
+    bad = log_record(T, "bad")
+    bad.time_unix_nano = 0
+    env = Envelope("l", 0, 0, encode(logs_request([(RES, [good]), (RES, [good, bad])]), encoding))
+    out = Decoder().decode_logs([env])
+    assert not out.logs
+    assert [(r.reason.value, r.field) for r in out.rejects] == [
+        ("schema", "resourceLogs[1].scopeLogs[0].logRecords[1].timeUnixNano")
+    ]

@@ -26,6 +26,7 @@ from selfheal.pipeline.core.otlp_metrics import (
     ResourceIn,
 )
 from selfheal.pipeline.core.otlp_proto import body_text
+from selfheal.pipeline.kernel.schemas import MAX_LABEL_VALUE
 
 _TEMPORALITY = {
     "AGGREGATION_TEMPORALITY_UNSPECIFIED": 0,
@@ -114,7 +115,7 @@ def attrs(kvs: list[Any], path: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, val in attrs_plain(kvs, path).items():
         if isinstance(val, str):
-            out[key] = val
+            out[key] = val[:MAX_LABEL_VALUE]  # capped like native label values
         elif isinstance(val, bool):
             out[key] = "true" if val else "false"
         elif val is None:
@@ -122,7 +123,7 @@ def attrs(kvs: list[Any], path: str) -> dict[str, str]:
         elif isinstance(val, int | float):
             out[key] = str(val)
         else:
-            out[key] = body_text(val)
+            out[key] = body_text(val)[:MAX_LABEL_VALUE]
     return out
 
 

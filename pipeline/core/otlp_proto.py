@@ -26,6 +26,7 @@ from selfheal.pipeline.core.otlp_metrics import (
     Point,
     ResourceIn,
 )
+from selfheal.pipeline.kernel.schemas import MAX_LABEL_VALUE
 from selfheal.pipeline.kernel.types import RejectReason
 
 _NO_RECORDED_VALUE = 1
@@ -57,7 +58,7 @@ def text(v: Any) -> str:
         return "true" if v.bool_value else "false"
     if kind in ("int_value", "double_value"):
         return str(getattr(v, kind))
-    return orjson.dumps(plain(v)).decode()
+    return orjson.dumps(plain(v)).decode()[:MAX_LABEL_VALUE]
 
 
 def attrs(kvs: Any) -> dict[str, str]:
@@ -65,7 +66,8 @@ def attrs(kvs: Any) -> dict[str, str]:
     for kv in kvs:
         v = kv.value
         s = v.string_value
-        out[kv.key] = s if s else text(v)  # strings without a call: most attributes are
+        # strings without a call (most attributes are); values capped like native labels
+        out[kv.key] = (s if len(s) <= MAX_LABEL_VALUE else s[:MAX_LABEL_VALUE]) if s else text(v)
     return out
 
 
