@@ -243,3 +243,13 @@ def test_bad_log_record_rejects_the_request_with_its_path(encoding):
     assert [(r.reason.value, r.field) for r in out.rejects] == [
         ("schema", "resourceLogs[1].scopeLogs[0].logRecords[1].timeUnixNano")
     ]
+
+
+def test_a_series_switching_temporality_does_not_break_decoding():
+    st = Holder()
+    dec = Decoder()
+    delta = sum_metric("c", [(T, T + 10, 5, None)], temporality=DELTA)
+    cum = [sum_metric("c", [(T, T + s, 10 * s, None)]) for s in (20, 30)]
+    samples = _decode(dec, [metrics_request([(RES, [m])]) for m in (delta, *cum)], "otlp_proto", st)
+    # the delta point: 5 in 10 s; the cumulative series starts with a baseline: 100 in 10 s
+    assert [(x.ts - T, x.value) for x in samples] == [(10.0, 0.5), (30.0, 10.0)]

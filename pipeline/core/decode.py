@@ -289,7 +289,7 @@ class Decoder:
             out.rejects.append(Reject(env, err.reason, err.path, err.message))
         except RecursionError:
             out.rejects.append(Reject(env, RejectReason.SCHEMA, "message", "nested too deeply"))
-        except (ArithmeticError, ValueError) as exc:
+        except (ArithmeticError, ValueError, LookupError, TypeError) as exc:
             # numbers beyond float range (a 400-digit timestamp): errors as data, never raised
             out.rejects.append(Reject(env, RejectReason.SCHEMA, "message", str(exc)[:200]))
 

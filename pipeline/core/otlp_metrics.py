@@ -345,7 +345,7 @@ class MetricsConverter:
             start = p[1] / 1e9
             value = self._finite(p[3], f"{path}.value")
             labels = self._labels(base, p[2])
-            key = ("sum", entity, name, tuple(sorted(labels.items())))
+            key = ("sum", temporality, entity, name, tuple(sorted(labels.items())))
             if temporality == DELTA:
                 prev = req.get(key)
                 req.local[key] = (ts, start)
