@@ -286,9 +286,7 @@ class PartitionStage:
 
     def collections(self) -> list[LRU[Any, Any]]:
         g = self.guard
-        colls = [self.series, self.entities, self.tickers, g.buckets, g.label_sets]
-        otlp = getattr(self, "otlp_series", None)  # None: restored from an older snapshot
-        return [*colls, otlp] if otlp is not None else colls
+        return [self.series, self.entities, self.tickers, g.buckets, g.label_sets, self.otlp_series]
 
 
 class Pipeline:
