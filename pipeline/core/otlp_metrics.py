@@ -160,15 +160,29 @@ class MetricsConverter:
         """All samples of one request; raises ``OtlpError`` (and changes no state) if malformed."""
         req = _Request(holder.otlp_series)
         cfg = self.config
+        isfinite = math.isfinite
         for rpath, attrs, metrics in resources:
             entity = entity_of(attrs, cfg.entity_attributes, rpath)
             base = {k: attrs[k] for k in cfg.label_attributes if k in attrs}
             limits = self._limits(req, entity, base, metrics)
+            append = req.samples.append
             for mpath, name, kind, temporality, monotonic, points in metrics:
                 if name in self.limit_names:
                     continue
                 mp = self.table.get(name)
-                if kind == GAUGE or (kind == SUM and not monotonic):
+                if kind == GAUGE and mp is None:
+                    # the common case, inline: a gauge that keeps its name (no limit, no state)
+                    for p in points:
+                        if p is None:
+                            continue
+                        ns, value, pattrs = p[0], p[3], p[2]
+                        if ns <= 0 or value is None or not isfinite(value):
+                            self._levels(
+                                req, entity, base, limits, mp, mpath, name, kind, 0, points
+                            )
+                        labels = {**base, **pattrs} if pattrs else base
+                        append(Sample(ns / 1e9, entity, name, float(value), labels))
+                elif kind == GAUGE or (kind == SUM and not monotonic):
                     self._levels(
                         req, entity, base, limits, mp, mpath, name, kind, temporality, points
                     )
