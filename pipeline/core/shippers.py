@@ -9,6 +9,11 @@ json``): ``{"timestamp": "2026-...Z", "message": "...", "kubernetes": {"pod_name
 The entity is the pod, else the host; namespace and container are kept as labels (with the
 OpenTelemetry names, so OTLP and shipper logs of one pod group together). The level comes from
 a ``level``/``severity`` field, else from a level word near the start of the line, else INFO.
+
+>>> line = shipper_line({"@timestamp": 1795842000.5, "log": "ERROR db timeout",
+...     "kubernetes": {"pod_name": "web-1", "namespace_name": "shop"}})
+>>> line.entity, line.level.name, line.labels
+('web-1', 'ERROR', {'k8s.namespace.name': 'shop'})
 """
 
 from __future__ import annotations
