@@ -253,3 +253,13 @@ def test_a_series_switching_temporality_does_not_break_decoding():
     samples = _decode(dec, [metrics_request([(RES, [m])]) for m in (delta, *cum)], "otlp_proto", st)
     # the delta point: 5 in 10 s; the cumulative series starts with a baseline: 100 in 10 s
     assert [(x.ts - T, x.value) for x in samples] == [(10.0, 0.5), (30.0, 10.0)]
+
+
+@pytest.mark.parametrize("module", ["otlp", "otlp_metrics", "otlp_logs", "shippers", "decode"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"selfheal.pipeline.core.{module}")
+    result = doctest.testmod(mod)
+    assert result.attempted and not result.failed
