@@ -36,10 +36,10 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from selfheal.pipeline.core.policy_config import PolicyConfig
-from selfheal.pipeline.core.repair import Budget, StormDetector
+from selfheal.pipeline.core.repair import MAX_STORM_ENTITIES, Budget, StormDetector
 from selfheal.pipeline.kernel.types import (
     FleetOutcome,
     FleetRequest,
@@ -53,6 +53,15 @@ from selfheal.pipeline.kernel.types import (
 class _Storm:
     id: str
     last_need: float
+    #: the entities that needed the action while it lasted (the first MAX_STORM_ENTITIES)
+    entities: dict[str, None] = field(default_factory=dict)
+    count: int = 0
+
+    def join(self, entity: str) -> None:
+        if entity not in self.entities:
+            self.count += 1
+            if len(self.entities) < MAX_STORM_ENTITIES:
+                self.entities[entity] = None
 
 
 class FleetArbiter:
@@ -83,6 +92,9 @@ class FleetArbiter:
         self._active: dict[RepairAction, _Storm] = {}
         #: storm id -> its last need, for storms over (bounded)
         self._ended: OrderedDict[str, float] = OrderedDict()
+        #: action -> last need since an operator released its storm: no new storm on it
+        #: starts until its needs stopped for a storm window (the incident is over)
+        self._released: dict[RepairAction, float] = {}
         #: request id -> verdict, so redelivered requests are answered alike (bounded)
         self._outcomes: OrderedDict[str, FleetOutcome] = OrderedDict()
         self.applied = 0
@@ -110,18 +122,25 @@ class FleetArbiter:
         now = self._advance(req.ts)
         count = self._needs.record(req.action, req.entity, now)
         storm = self._active.get(req.action)
+        released = self._released.get(req.action)
+        if released is not None:
+            if now - released >= self.storm_window_seconds:
+                del self._released[req.action]
+                released = None
+            else:
+                self._released[req.action] = now
         if storm is not None:
             storm.last_need = now
-            outcome = FleetOutcome(Verdict.STORM, storm.id)
-        elif count > self.storm_threshold and req.storm_id:
+            storm.join(req.entity)
+            outcome = FleetOutcome(Verdict.STORM, storm.id, storm.count, tuple(storm.entities))
+        elif count > self.storm_threshold and req.storm_id and released is None:
             # (a note, storm_id "", never starts a storm: its proposer would not escalate)
-            self._active[req.action] = _Storm(req.storm_id, now)
-            outcome = FleetOutcome(
-                Verdict.STORM_STARTED,
-                req.storm_id,
-                count,
-                tuple(self._needs.entities(req.action)),
-            )
+            entities = self._needs.entities(req.action)
+            started = self._active[req.action] = _Storm(req.storm_id, now)
+            for entity in entities:
+                started.join(entity)
+            started.count = count
+            outcome = FleetOutcome(Verdict.STORM_STARTED, req.storm_id, count, tuple(entities))
         elif not req.claim:
             outcome = FleetOutcome(Verdict.NOTED)
         elif self._budget.available(now):
@@ -141,6 +160,10 @@ class FleetArbiter:
         storm = self._active.get(end.action)
         if storm is not None and storm.id == end.storm_id:
             self._close(end.action, storm)
+            if end.released:
+                # an operator released the hold: the action runs at budget rate until the
+                # needs stop for a storm window, instead of storming again at once
+                self._released[end.action] = self.clock
 
     def outcome(self, request_id: str) -> FleetOutcome | None:
         return self._outcomes.get(request_id)
@@ -175,6 +198,13 @@ class FleetArbiter:
                 return storm.last_need
         return self._ended.get(storm_id)
 
+    def storm_entities(self, storm_id: str) -> tuple[int, tuple[str, ...]]:
+        """How many entities the running storm ``storm_id`` holds, and the first of them."""
+        for storm in self._active.values():
+            if storm.id == storm_id:
+                return storm.count, tuple(storm.entities)
+        return 0, ()
+
     def budget_used(self, ts: float) -> int:
         return self._budget.used(max(ts, self.clock)) if self.clock > -math.inf else 0
 
@@ -199,6 +229,9 @@ class LocalFleet:
 
     def storm_last_need(self, storm_id: str) -> float | None:
         return self.arbiter.storm_last_need(storm_id)
+
+    def storm_entities(self, storm_id: str) -> tuple[int, tuple[str, ...]]:
+        return self.arbiter.storm_entities(storm_id)
 
     def budget_used(self, ts: float) -> int:
         return self.arbiter.budget_used(ts)

@@ -9,6 +9,7 @@ it does no I/O (the runner in ``selfheal.pipeline.app.runner`` does).
 from __future__ import annotations
 
 import gc
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from selfheal.pipeline.core.decode import Decoded, Decoder
 from selfheal.pipeline.core.events import to_anomaly
 from selfheal.pipeline.core.fleet import FleetArbiter, LocalFleet
 from selfheal.pipeline.core.guard import FailureRatio, Guard, GuardConfig
+from selfheal.pipeline.core.verification import ConditionReport, reports
 from selfheal.pipeline.kernel.lru import LRU
 from selfheal.pipeline.kernel.protocols import FleetGate
 from selfheal.pipeline.kernel.types import (
@@ -34,11 +36,17 @@ from selfheal.pipeline.kernel.types import (
     Verification,
 )
 
+log = logging.getLogger(__name__)
+
 
 class PolicyLike(Protocol):
     def decide(self, anomaly: Anomaly) -> list[Decision]: ...
 
     def tick(self, watermark: float) -> tuple[list[Verification], list[Decision]]: ...
+
+
+#: what the detectors pass the policy, in event-time order: findings and condition reports
+Signal = Finding | ConditionReport
 
 
 def attach_fleet(policy: PolicyLike, fleet: FleetGate) -> None:
@@ -134,8 +142,12 @@ class PartitionStage:
         count messages in that order, whatever the batching was.
         """
         out = Outputs()
-        findings: list[Finding] = []
+        findings: list[Signal] = []
         guard = self.guard
+        # entities whose condition the policy watches (open repairs, storm holds), plus those
+        # found anomalous in this batch: their judges' states are reported in sample order
+        watched = getattr(self.policy, "watched", None)
+        watch: set[str] | None = set(watched) if watched is not None else None
         rejects_by_env: dict[int, list[Reject]] = {}
         for r in decoded.rejects:
             rejects_by_env.setdefault(id(r.envelope), []).append(r)
@@ -185,6 +197,11 @@ class PartitionStage:
                 found = j.observe(s)
                 if found:
                     findings.extend(found)
+                    if watch is not None:
+                        watch.add(s.entity)
+            if watch and s.entity in watch:
+                for j in judges:
+                    findings.extend(reports(j, s.entity, ts))
             if s.metric in entity_metrics:
                 for name, factory in entity_judges(s):
                     ej = self.entities.get_or_create((s.entity, name), factory)
@@ -250,7 +267,7 @@ class PartitionStage:
         self._decide(findings, out)
         return out
 
-    def _tick_into(self, now: float, findings: list[Finding], out: Outputs) -> None:
+    def _tick_into(self, now: float, findings: list[Signal], out: Outputs) -> None:
         # ticks fire inline at fixed event-time boundaries, so absence checks see the same
         # watermark whatever the batching was
         self._next_tick = (now // self.tick_seconds + 1) * self.tick_seconds
@@ -265,21 +282,44 @@ class PartitionStage:
         out.verifications.extend(verifications)
         out.decisions.extend(decisions)
 
-    def _decide(self, findings: list[Finding], out: Outputs) -> None:
+    def _decide(self, findings: list[Signal], out: Outputs) -> None:
+        observed = False
         for f in findings:
-            a = to_anomaly(f)
+            if type(f) is ConditionReport:
+                self.policy.observe(f)  # type: ignore[attr-defined]
+                observed = True
+                continue
+            a = to_anomaly(f)  # type: ignore[arg-type]
             out.anomalies.append(a)
             out.decisions.extend(self.policy.decide(a))
+        if observed:
+            # what closed while observing (failed verifications, resolutions) goes out now
+            verifications, decisions = self.policy.drain()  # type: ignore[attr-defined]
+            out.verifications.extend(verifications)
+            out.decisions.extend(decisions)
 
     def tick(self, now: float) -> Outputs:
         """Absence checks and verification windows, against ``now`` (watermark or clock)."""
         out = Outputs()
-        findings: list[Finding] = []
+        findings: list[Signal] = []
         self._tick_into(now, findings, out)
         self._decide(findings, out)
         return out
 
     # -- snapshots --------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the policy travels as plain state, never with its configuration: the process that
+        # restores the partition installs its own policy (``Pipeline.adopt``)
+        state = dict(self.__dict__)
+        policy = state.pop("policy")
+        to_state = getattr(policy, "to_state", None)
+        state["policy_state"] = to_state() if to_state is not None else None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.policy = None  # type: ignore[assignment]  # installed by Pipeline.adopt
 
     def collections(self) -> list[LRU[Any, Any]]:
         return [self.series, self.entities, self.tickers, self.guard.buckets, self.guard.label_sets]
@@ -336,9 +376,19 @@ class Pipeline:
         return st
 
     def adopt(self, stage: PartitionStage) -> None:
-        """Install a restored stage: this deployment's routing and fleet gate win."""
+        """Install a restored stage: this deployment's routing, policy config and fleet gate
+        win; only the policy's plain state is carried over."""
         stage.router = self.router
-        attach_fleet(stage.policy, self._fleet)
+        policy = self.policy_factory()
+        plain = stage.__dict__.pop("policy_state", None)
+        load = getattr(policy, "load_state", None)
+        if plain is not None and load is not None:
+            try:
+                load(plain)
+            except ValueError as exc:  # unusable state: the policy starts fresh
+                log.error("partition %d: policy state not restored (%s)", stage.partition, exc)
+        stage.policy = policy
+        attach_fleet(policy, self._fleet)
         self.stages[stage.partition] = stage
 
     def process(self, batch: Sequence[Envelope], now: float | None) -> Outputs:

@@ -286,3 +286,5 @@ class StormEnd:
     storm_id: str
     action: RepairAction
     ts: float
+    #: an operator released the hold (no new storm on the action until its needs stop)
+    released: bool = False

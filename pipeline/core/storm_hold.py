@@ -1,0 +1,268 @@
+"""Storm hold: while a storm lasts, no entity in it is repaired automatically (``PolicyEngine``).
+
+More than ``storm_threshold`` distinct entities needing one action within
+``storm_window_seconds`` is a storm (counted fleet-wide by the fleet gate). From then on:
+
+* every entity needing any action of the rule's ladder is held (SUPPRESSED/STORM): no trickle
+  at the budget's rate, no climb to the next rung either;
+* the engine whose need started the storm sends one escalation (entity ``storm:<action>``);
+  an entity joining later sends an update of it (``params["update"]``, same
+  ``params["escalation_id"]``, the held entities listed) instead of a new escalation;
+* a held entity whose detectors still flag its condition re-notes its need every third of the
+  storm window, so the storm lasts as long as any held entity is unhealthy and ends (one
+  resolution) only after every condition has been clear for the storm window;
+* ``release_storm`` (an operator) ends the hold: the action then runs at the budget's rate
+  and no new storm starts on it until its needs stop for a storm window.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from selfheal.pipeline.core.ladder import SUPPRESSED, Ask
+from selfheal.pipeline.core.policy_state import decision_id, storm_entity
+from selfheal.pipeline.core.repair import MAX_STORM_ENTITIES, Case, Hold, Storm
+from selfheal.pipeline.kernel.types import (
+    Decision,
+    DecisionStatus,
+    FleetOutcome,
+    FleetRequest,
+    Mode,
+    RepairAction,
+    StormEnd,
+    Suppression,
+    Verdict,
+)
+
+if TYPE_CHECKING:
+    from selfheal.pipeline.core.policy import PolicyEngine
+
+#: a held entity re-notes its need this often (as a fraction of the storm window)
+HEARTBEAT_FRACTION = 1 / 3
+
+
+def hold_if_storm(
+    eng: PolicyEngine, ask: Ask, case: Case, current: RepairAction
+) -> list[Decision] | None:
+    """Hold ``case`` when a storm runs on any action of its rule's ladder (else None)."""
+    actions = [current] + [s.action for s in ask.rule.actions if s.action is not current]
+    for action in actions:
+        storm_id = eng.fleet.active_storm(action, ask.now)
+        if storm_id is None:
+            continue
+        count, listed = eng.fleet.storm_entities(storm_id)
+        joined = ask.entity not in listed and len(listed) < MAX_STORM_ENTITIES
+        # the need keeps the storm going; a note neither takes budget nor waits
+        eng.fleet.note(ask.need(action, claim=False))
+        outcome = FleetOutcome(Verdict.STORM, storm_id, count + joined, listed)
+        return _held(eng, ask, case, action, current, outcome, joined=joined)
+    eng._state.held.pop((ask.rule.name, ask.entity), None)
+    return None
+
+
+def storm_verdict(
+    eng: PolicyEngine, ask: Ask, case: Case, action: RepairAction, outcome: FleetOutcome
+) -> list[Decision]:
+    """The fleet answered STORM or STORM_STARTED to this need."""
+    out: list[Decision] = []
+    if outcome.verdict is Verdict.STORM_STARTED:
+        out.append(_start(eng, ask, action, outcome))
+        joined = False
+    else:
+        joined = ask.entity not in outcome.entities
+    out.extend(_held(eng, ask, case, action, action, outcome, joined=joined))
+    return out
+
+
+def _held(
+    eng: PolicyEngine,
+    ask: Ask,
+    case: Case,
+    action: RepairAction,
+    current: RepairAction,
+    outcome: FleetOutcome,
+    *,
+    joined: bool,
+) -> list[Decision]:
+    st = eng._state
+    key = (ask.rule.name, ask.entity)
+    hold = st.held.get(key)
+    out: list[Decision] = []
+    if joined and (hold is None or hold.storm_id != outcome.storm_id):
+        out.append(_update(eng, ask, action, outcome))
+    st.held[key] = Hold(action, outcome.storm_id, ask.now)
+    eng.watched.add(ask.entity)
+    text = f"storm: more than {eng.config.storm_threshold} entities need {action.value} within "
+    text += f"{eng.config.storm_window_seconds:g}s; held until it is over or released; "
+    text += f"escalated once as {outcome.storm_id}"
+    params = (
+        dict(ask.rule.actions[case.rung].params) if current is not RepairAction.ESCALATE else {}
+    )
+    out.append(ask.make(current, SUPPRESSED, text, Suppression.STORM, params))
+    return out
+
+
+def _storm_status(eng: PolicyEngine) -> tuple[Mode, DecisionStatus]:
+    if eng.config.dry_run:
+        return Mode.DRY_RUN, DecisionStatus.DRY_RUN
+    return Mode.ENFORCE, DecisionStatus.EXECUTE
+
+
+def _start(eng: PolicyEngine, ask: Ask, action: RepairAction, outcome: FleetOutcome) -> Decision:
+    """This need started the storm: its one escalation."""
+    f = ask.anomaly.finding
+    storm = Storm(
+        action=action,
+        started=ask.now,
+        last_need=ask.now,
+        decision_id=outcome.storm_id,
+        params={
+            "resolved": False,
+            "storm": True,
+            "kind": f.kind.value,
+            "severity": "critical",
+            "escalated_action": action.value,
+            "rule": ask.rule.name,
+            "count": outcome.count,
+            "entities": list(outcome.entities),
+        },
+        reason=(ask.anomaly.id,),
+    )
+    eng._state.storms[action] = storm
+    mode, status = _storm_status(eng)
+    return Decision(
+        id=storm.decision_id,
+        ts=ask.now,
+        action=RepairAction.ESCALATE,
+        entity=storm_entity(action),
+        mode=mode,
+        predictive=False,
+        reason=storm.reason,
+        params=dict(storm.params),
+        rule=ask.rule.name,
+        status=status,
+        explanation=f"storm: {outcome.count} distinct entities need {action.value} within "
+        f"{eng.config.storm_window_seconds:g}s (threshold {eng.config.storm_threshold}); "
+        f"automatic {action.value} held for every entity in it",
+    )
+
+
+def _update(eng: PolicyEngine, ask: Ask, action: RepairAction, outcome: FleetOutcome) -> Decision:
+    """An entity joined a running storm: an update of its escalation, not a new one."""
+    entities = sorted({*outcome.entities, ask.entity})[:MAX_STORM_ENTITIES]
+    count = max(outcome.count, len(entities))
+    mode, status = _storm_status(eng)
+    return Decision(
+        id=decision_id(
+            "storm",
+            RepairAction.ESCALATE,
+            storm_entity(action),
+            f"update:{outcome.storm_id}:{ask.entity}",
+        ),
+        ts=ask.now,
+        action=RepairAction.ESCALATE,
+        entity=storm_entity(action),
+        mode=mode,
+        predictive=False,
+        reason=(ask.anomaly.id,),
+        params={
+            "resolved": False,
+            "storm": True,
+            "update": True,
+            "escalation_id": outcome.storm_id,
+            "kind": ask.anomaly.finding.kind.value,
+            "severity": "critical",
+            "escalated_action": action.value,
+            "rule": ask.rule.name,
+            "count": count,
+            "entities": entities,
+        },
+        rule=ask.rule.name,
+        status=status,
+        explanation=f"storm update: {ask.entity} joined; {count} entities held, automatic "
+        f"{action.value} stays stopped (escalation {outcome.storm_id})",
+    )
+
+
+def heartbeat(eng: PolicyEngine, key: tuple[str, str], now: float) -> None:
+    """A held entity's condition is still flagged at ``now``: keep its storm going."""
+    st = eng._state
+    hold = st.held.get(key)
+    if hold is None:
+        return
+    if eng.fleet.active_storm(hold.action, now) != hold.storm_id:
+        del st.held[key]
+        return
+    if now - hold.last_note >= eng.config.storm_window_seconds * HEARTBEAT_FRACTION:
+        entity = key[1]
+        seed = f"hold:{hold.storm_id}:{now!r}"
+        eng.fleet.note(
+            FleetRequest(
+                decision_id(key[0], hold.action, entity, seed),
+                now,
+                entity,
+                hold.action,
+                claim=False,
+                storm_id="",
+            )
+        )
+        hold.last_note = now
+
+
+def end_storms(eng: PolicyEngine, now: float) -> list[Decision]:
+    """Resolve the storms this engine escalated once no need came for a storm window."""
+    st = eng._state
+    window = eng.config.storm_window_seconds
+    over: list[tuple[float, Storm]] = []
+    for storm in st.storms.values():
+        last = eng.fleet.storm_last_need(storm.decision_id)
+        last = storm.last_need if last is None else max(last, storm.last_need)
+        if now - last >= window:
+            over.append((last, storm))
+    out: list[Decision] = []
+    for last, storm in sorted(over, key=lambda x: (x[0], x[1].action.value)):
+        del st.storms[storm.action]
+        text = f"storm over: every held entity's condition clear for {window:g}s"
+        resolution = _resolution(eng, storm, last + window, text)
+        eng.fleet.end_storm(StormEnd(storm.decision_id, storm.action, resolution.ts))
+        out.append(resolution)
+    for key in [k for k, h in st.held.items() if eng.fleet.active_storm(h.action, now) is None]:
+        del st.held[key]
+    return out
+
+
+def _resolution(eng: PolicyEngine, storm: Storm, ts: float, why: str) -> Decision:
+    entity = storm_entity(storm.action)
+    mode, status = _storm_status(eng)
+    return Decision(
+        id=decision_id("storm", RepairAction.ESCALATE, entity, f"resolved:{storm.decision_id}"),
+        ts=ts,
+        action=RepairAction.ESCALATE,
+        entity=entity,
+        mode=mode,
+        predictive=False,
+        reason=storm.reason,
+        params={**storm.params, "resolved": True, "escalation_id": storm.decision_id},
+        rule=str(storm.params.get("rule", "")),
+        status=status,
+        explanation=f"{why}; resolving escalation {storm.decision_id}",
+    )
+
+
+def release_storm(eng: PolicyEngine, action: RepairAction | None, by: str) -> list[Decision]:
+    """An operator releases the storm hold on ``action`` (every action when None)."""
+    st = eng._state
+    now = st.watermark
+    out: list[Decision] = []
+    for act in [a for a in RepairAction if action is None or a is action]:
+        running = eng.fleet.active_storm(act, now)
+        if running is not None:
+            eng.fleet.end_storm(StormEnd(running, act, now, released=True))
+        storm = st.storms.pop(act, None)
+        if storm is not None:
+            out.append(
+                _resolution(eng, storm, now, f"storm hold released by {by or 'an operator'}")
+            )
+        for key in [k for k, h in st.held.items() if h.action is act]:
+            del st.held[key]
+    return out
