@@ -270,6 +270,7 @@ class PolicyEngine:
                 heapq.heappush(st.due, (due, rule_name, entity))  # moved later: requeue
                 continue
             self._close(case, due)
+        st.decisions.extend(storm_hold.announce_due(self, now))
         st.decisions.extend(storm_hold.end_storms(self, now))
 
     def _close(self, case: Case, due: float) -> None:

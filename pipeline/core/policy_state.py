@@ -86,6 +86,8 @@ class PolicyState:
     storms: dict[RepairAction, Storm] = field(default_factory=dict)
     #: (rule, entity) -> the storm holding its repair
     held: dict[tuple[str, str], Hold] = field(default_factory=dict)
+    #: storm id -> when this engine last announced its held entities (escalation or update)
+    announced: dict[str, float] = field(default_factory=dict)
     watermark: float = -math.inf
     #: (due, rule, entity): when an open case may close (lazily revalidated; derived)
     due: list[tuple[float, str, str]] = field(default_factory=list)
@@ -112,6 +114,7 @@ class PolicyState:
             "seen": self.seen.to_plain(),
             "storms": [s.to_plain() for s in self.storms.values()],
             "held": [[rule, entity, h.to_plain()] for (rule, entity), h in self.held.items()],
+            "announced": [[storm_id, ts] for storm_id, ts in self.announced.items()],
             "verifications": [_verification_to_plain(v) for v in self.verifications],
         }
 
@@ -148,6 +151,7 @@ class PolicyState:
                 for rule, entity, h in data["held"]
                 if rule in rules
             },
+            announced={str(sid): float(ts) for sid, ts in data.get("announced", [])},
             watermark=-math.inf if wm is None else float(wm),
             verifications=[_verification_from_plain(v) for v in data["verifications"]],
         )

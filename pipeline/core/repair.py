@@ -133,13 +133,32 @@ class Hold:
     storm_id: str
     #: event time of the last need sent to the fleet for this entity (keeps the storm alive)
     last_note: float
+    #: listed in an escalation or update of the storm already
+    announced: bool = True
+    #: the anomaly kind and id that put it on hold (for the update that lists it)
+    kind: str = ""
+    reason: str = ""
 
     def to_plain(self) -> Plain:
-        return {"action": self.action.value, "storm_id": self.storm_id, "last_note": self.last_note}
+        return {
+            "action": self.action.value,
+            "storm_id": self.storm_id,
+            "last_note": self.last_note,
+            "announced": self.announced,
+            "kind": self.kind,
+            "reason": self.reason,
+        }
 
     @classmethod
     def from_plain(cls, d: Plain) -> Hold:
-        return cls(RepairAction(d["action"]), str(d["storm_id"]), float(d["last_note"]))
+        return cls(
+            RepairAction(d["action"]),
+            str(d["storm_id"]),
+            float(d["last_note"]),
+            bool(d.get("announced", True)),
+            str(d.get("kind", "")),
+            str(d.get("reason", "")),
+        )
 
 
 class StormDetector:

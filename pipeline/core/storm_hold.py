@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 #: a held entity re-notes its need this often (as a fraction of the storm window)
 HEARTBEAT_FRACTION = 1 / 3
+#: entities joining a storm are announced (an update of its escalation) at most this often
+UPDATE_FRACTION = 1 / 5
 
 
 def hold_if_storm(
@@ -88,9 +90,16 @@ def _held(
     key = (ask.rule.name, ask.entity)
     hold = st.held.get(key)
     out: list[Decision] = []
-    if joined and (hold is None or hold.storm_id != outcome.storm_id):
-        out.append(_update(eng, ask, action, outcome))
-    st.held[key] = Hold(action, outcome.storm_id, ask.now)
+    if hold is None or hold.storm_id != outcome.storm_id:
+        kind = ask.anomaly.finding.kind.value
+        hold = Hold(action, outcome.storm_id, ask.now, not joined, kind, ask.anomaly.id)
+        st.held[key] = hold
+        # the first sight of a storm starts this engine's update interval: whoever joins
+        # meanwhile is listed in one update at its end (never an update per entity)
+        last = st.announced.setdefault(outcome.storm_id, ask.now)
+        if joined and ask.now - last >= _update_interval(eng):
+            out.append(_announce(eng, outcome.storm_id, ask.now, outcome))
+    hold.last_note = ask.now
     eng.watched.add(ask.entity)
     text = f"storm: more than {eng.config.storm_threshold} entities need {action.value} within "
     text += f"{eng.config.storm_window_seconds:g}s; held until it is over or released; "
@@ -100,6 +109,10 @@ def _held(
     )
     out.append(ask.make(current, SUPPRESSED, text, Suppression.STORM, params))
     return out
+
+
+def _update_interval(eng: PolicyEngine) -> float:
+    return eng.config.storm_window_seconds * UPDATE_FRACTION
 
 
 def _storm_status(eng: PolicyEngine) -> tuple[Mode, DecisionStatus]:
@@ -129,6 +142,7 @@ def _start(eng: PolicyEngine, ask: Ask, action: RepairAction, outcome: FleetOutc
         reason=(ask.anomaly.id,),
     )
     eng._state.storms[action] = storm
+    eng._state.announced[outcome.storm_id] = ask.now  # the escalation lists the first ones
     mode, status = _storm_status(eng)
     return Decision(
         id=storm.decision_id,
@@ -147,41 +161,61 @@ def _start(eng: PolicyEngine, ask: Ask, action: RepairAction, outcome: FleetOutc
     )
 
 
-def _update(eng: PolicyEngine, ask: Ask, action: RepairAction, outcome: FleetOutcome) -> Decision:
-    """An entity joined a running storm: an update of its escalation, not a new one."""
-    entities = sorted({*outcome.entities, ask.entity})[:MAX_STORM_ENTITIES]
-    count = max(outcome.count, len(entities))
+def _announce(
+    eng: PolicyEngine, storm_id: str, ts: float, outcome: FleetOutcome | None = None
+) -> Decision:
+    """An update of the storm's escalation listing the entities held since the last one."""
+    st = eng._state
+    fresh = [(k, h) for k, h in st.held.items() if h.storm_id == storm_id and not h.announced]
+    for _, hold in fresh:
+        hold.announced = True
+    st.announced[storm_id] = ts
+    count, listed = eng.fleet.storm_entities(storm_id)
+    if outcome is not None:
+        listed = tuple({*listed, *outcome.entities})
+    entities = sorted({*listed, *(entity for (_, entity), _ in fresh)})[:MAX_STORM_ENTITIES]
+    count = max(count, len(entities))
+    (rule, _), first = fresh[0]
+    storm = storm_entity(first.action)
     mode, status = _storm_status(eng)
+    joined = ", ".join(sorted(e for (_, e), _ in fresh))
     return Decision(
-        id=decision_id(
-            "storm",
-            RepairAction.ESCALATE,
-            storm_entity(action),
-            f"update:{outcome.storm_id}:{ask.entity}",
-        ),
-        ts=ask.now,
+        id=decision_id("storm", RepairAction.ESCALATE, storm, f"update:{storm_id}:{ts!r}"),
+        ts=ts,
         action=RepairAction.ESCALATE,
-        entity=storm_entity(action),
+        entity=storm,
         mode=mode,
         predictive=False,
-        reason=(ask.anomaly.id,),
+        reason=tuple(h.reason for _, h in fresh),
         params={
             "resolved": False,
             "storm": True,
             "update": True,
-            "escalation_id": outcome.storm_id,
-            "kind": ask.anomaly.finding.kind.value,
+            "escalation_id": storm_id,
+            "kind": first.kind,
             "severity": "critical",
-            "escalated_action": action.value,
-            "rule": ask.rule.name,
+            "escalated_action": first.action.value,
+            "rule": rule,
             "count": count,
             "entities": entities,
         },
-        rule=ask.rule.name,
+        rule=rule,
         status=status,
-        explanation=f"storm update: {ask.entity} joined; {count} entities held, automatic "
-        f"{action.value} stays stopped (escalation {outcome.storm_id})",
+        explanation=f"storm update: {joined} joined; {count} entities held, automatic "
+        f"{first.action.value} stays stopped (escalation {storm_id})",
     )
+
+
+def announce_due(eng: PolicyEngine, now: float) -> list[Decision]:
+    """Updates for entities held since the last announcement, once per update interval."""
+    st = eng._state
+    waiting = {h.storm_id for h in st.held.values() if not h.announced}
+    due = {sid: st.announced.get(sid, now) + _update_interval(eng) for sid in waiting}
+    return [
+        _announce(eng, sid, at)
+        for sid, at in sorted(due.items(), key=lambda x: (x[1], x[0]))
+        if at < now
+    ]
 
 
 def heartbeat(eng: PolicyEngine, key: tuple[str, str], now: float) -> None:
@@ -228,6 +262,9 @@ def end_storms(eng: PolicyEngine, now: float) -> list[Decision]:
         out.append(resolution)
     for key in [k for k, h in st.held.items() if eng.fleet.active_storm(h.action, now) is None]:
         del st.held[key]
+    live = {h.storm_id for h in st.held.values()} | {s.decision_id for s in st.storms.values()}
+    for storm_id in [sid for sid in st.announced if sid not in live]:
+        del st.announced[storm_id]
     return out
 
 
@@ -264,5 +301,5 @@ def release_storm(eng: PolicyEngine, action: RepairAction | None, by: str) -> li
                 _resolution(eng, storm, now, f"storm hold released by {by or 'an operator'}")
             )
         for key in [k for k, h in st.held.items() if h.action is act]:
-            del st.held[key]
+            st.announced.pop(st.held.pop(key).storm_id, None)
     return out
