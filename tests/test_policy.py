@@ -360,7 +360,8 @@ def test_requires_approval_is_pending_and_cools_down() -> None:
         {"ttl": 3600, "address": "10.0.0.9"},  # the address to block, from the finding
     )
     (d,) = eng.decide(anomaly(T0 + 120, kind=AnomalyKind.SECURITY))
-    assert d.suppressed_by is Suppression.COOLDOWN
+    # one request per attempt: while it awaits approval the same finding is a duplicate
+    assert d.suppressed_by is Suppression.DUPLICATE and "awaiting approval" in d.explanation
     (d,) = eng.decide(anomaly(T0 + 200, kind=AnomalyKind.HEALTH_CHECK_FAILED))
     assert d.status is DecisionStatus.PENDING_APPROVAL
     # awaiting approval is an attempt of the rung (watched, no verification record), no budget

@@ -21,6 +21,7 @@ cooldown, awaiting approval or held by a storm is only noted (it still counts fo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from selfheal.pipeline.core.policy_config import ActionStep, Rule
@@ -112,13 +113,13 @@ def decide_rule(eng: PolicyEngine, rule: Rule, anomaly: Anomaly, now: float) -> 
         action = RepairAction.ESCALATE if case.escalation_id else rule.actions[-1].action
         why = Suppression.DUPLICATE if case.escalation_id else Suppression.MAX_ATTEMPTS
         window = eng.config.verification_window_seconds
-        text = f"already escalated at {case.escalated_at:g}; waiting for the condition to "
+        text = f"already escalated at {at(case.escalated_at)}; waiting for the condition to "
         text += f"clear for {window:g}s (or an operator release)"
         return [ask.make(action, SUPPRESSED, text, why)]
     dedup = eng.dedup(rule)
     if case.last_acted is not None and now - case.last_acted < dedup:
         text = f"same finding within the {dedup:g}s dedup window of the decision at "
-        text += f"{case.last_acted:g}"
+        text += at(case.last_acted)
         return [ask.make(current, SUPPRESSED, text, Suppression.DUPLICATE)]
     held = eng.storm_hold(ask, case, current)
     if held is not None:
@@ -132,6 +133,15 @@ def attempt(eng: PolicyEngine, ask: Ask, case: Case) -> list[Decision]:
     """Try the case's current rung (steps 5-8)."""
     st, rule, now = eng._state, ask.rule, ask.now
     step = rule.actions[case.rung]
+    if case.pending is not None:
+        # an approval request still open: its window decides, one request per attempt
+        pending = case.pending
+        text = f"awaiting approval of {pending.decision_id} until {at(pending.deadline)}"
+        return [
+            ask.make(
+                step.action, SUPPRESSED, text, Suppression.DUPLICATE, step_params(step, ask.anomaly)
+            )
+        ]
     action = step.action
     params = step_params(step, ask.anomaly)
     until = st.cooldowns.until(ask.entity, action, now)
@@ -146,7 +156,7 @@ def attempt(eng: PolicyEngine, ask: Ask, case: Case) -> list[Decision]:
     if outcome.verdict in (Verdict.STORM, Verdict.STORM_STARTED):
         return eng.storm_verdict(ask, case, action, outcome)
     if until is not None:
-        text = f"{action.value} on {ask.entity} cooling down until {until:g}"
+        text = f"{action.value} on {ask.entity} cooling down until {at(until)}"
         return [ask.make(action, SUPPRESSED, text, Suppression.COOLDOWN, params)]
     rung_text = f"rung {case.rung + 1}/{len(rule.actions)}, attempt {case.attempts + 1}"
     trigger = trigger_text(rule, ask.anomaly)
@@ -266,6 +276,11 @@ def succeed(eng: PolicyEngine, case: Case) -> None:
             )
         )
     case.reset()
+
+
+def at(ts: float) -> str:
+    """An event time as operators read it (UTC, seconds)."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def trigger_text(rule: Rule, anomaly: Anomaly) -> str:
