@@ -157,6 +157,8 @@ class PolicyEngine:
             if not report.present:
                 if was and case.escalated:
                     st.schedule(case, self.config.verification_window_seconds)
+                if was:
+                    storm_hold.heartbeat(self, (rule.name, report.entity), now, last=True)
                 continue
             case.last_seen = max(case.last_seen, now)
             self._seen_again(rule, case, now, f"{report.kind.value} still flagged")

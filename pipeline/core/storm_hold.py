@@ -218,8 +218,9 @@ def announce_due(eng: PolicyEngine, now: float) -> list[Decision]:
     ]
 
 
-def heartbeat(eng: PolicyEngine, key: tuple[str, str], now: float) -> None:
-    """A held entity's condition is still flagged at ``now``: keep its storm going."""
+def heartbeat(eng: PolicyEngine, key: tuple[str, str], now: float, *, last: bool = False) -> None:
+    """A held entity's condition is still flagged at ``now`` (or, ``last``, has just cleared):
+    keep its storm going, so it ends a storm window after the last condition cleared."""
     st = eng._state
     hold = st.held.get(key)
     if hold is None:
@@ -227,7 +228,7 @@ def heartbeat(eng: PolicyEngine, key: tuple[str, str], now: float) -> None:
     if eng.fleet.active_storm(hold.action, now) != hold.storm_id:
         del st.held[key]
         return
-    if now - hold.last_note >= eng.config.storm_window_seconds * HEARTBEAT_FRACTION:
+    if last or now - hold.last_note >= eng.config.storm_window_seconds * HEARTBEAT_FRACTION:
         entity = key[1]
         seed = f"hold:{hold.storm_id}:{now!r}"
         eng.fleet.note(
