@@ -294,6 +294,7 @@ def encode_request(req: FleetRequest, group: str) -> bytes:
             "action": req.action.value,
             "claim": req.claim,
             "storm_id": req.storm_id,
+            "held": req.held,
         }
     )
 
@@ -330,6 +331,7 @@ def decode_record(raw: bytes, group: str) -> FleetRequest | StormEnd | None:
                 action=action,
                 claim=bool(rec["claim"]),
                 storm_id=str(rec["storm_id"]),
+                held=None if rec.get("held") is None else bool(rec["held"]),
             )
         if rec["type"] == "storm_end":
             return StormEnd(

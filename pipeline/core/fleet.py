@@ -56,6 +56,8 @@ class _Storm:
     #: the entities that needed the action while it lasted (the first MAX_STORM_ENTITIES)
     entities: dict[str, None] = field(default_factory=dict)
     count: int = 0
+    #: held entities whose condition is still flagged: the storm lasts while there are any
+    flagged: dict[str, None] = field(default_factory=dict)
 
     def join(self, entity: str) -> None:
         if entity not in self.entities:
@@ -132,6 +134,10 @@ class FleetArbiter:
         if storm is not None:
             storm.last_need = now
             storm.join(req.entity)
+            if req.held is True:
+                storm.flagged[req.entity] = None
+            elif req.held is False:
+                storm.flagged.pop(req.entity, None)
             outcome = FleetOutcome(Verdict.STORM, storm.id, storm.count, tuple(storm.entities))
         elif count > self.storm_threshold and req.storm_id and released is None:
             # (a note, storm_id "", never starts a storm: its proposer would not escalate)
@@ -172,7 +178,7 @@ class FleetArbiter:
         self.clock = max(self.clock, ts)
         now = self.clock
         for action, storm in list(self._active.items()):
-            if now - storm.last_need >= self.storm_window_seconds:
+            if not storm.flagged and now - storm.last_need >= self.storm_window_seconds:
                 self._close(action, storm)
         return now
 
@@ -187,7 +193,9 @@ class FleetArbiter:
     def active_storm(self, action: RepairAction, ts: float) -> str | None:
         """The id of the storm on ``action`` still running at ``ts``, if any."""
         storm = self._active.get(action)
-        if storm is None or max(ts, self.clock) - storm.last_need >= self.storm_window_seconds:
+        if storm is None:
+            return None
+        if not storm.flagged and max(ts, self.clock) - storm.last_need >= self.storm_window_seconds:
             return None
         return storm.id
 
@@ -195,7 +203,8 @@ class FleetArbiter:
         """When the storm ``storm_id`` last saw a need (running or over); None if unknown."""
         for storm in self._active.values():
             if storm.id == storm_id:
-                return storm.last_need
+                # a held entity still flagged needs it now: the storm is not over
+                return math.inf if storm.flagged else storm.last_need
         return self._ended.get(storm_id)
 
     def storm_entities(self, storm_id: str) -> tuple[int, tuple[str, ...]]:

@@ -83,9 +83,11 @@ class Ask:
             explanation=explanation,
         )
 
-    def need(self, action: RepairAction, *, claim: bool) -> FleetRequest:
+    def need(
+        self, action: RepairAction, *, claim: bool, held: bool | None = None, seed: str = ""
+    ) -> FleetRequest:
         return FleetRequest(
-            id=decision_id(self.rule.name, action, self.entity, self.anomaly.id),
+            id=decision_id(self.rule.name, action, self.entity, seed + self.anomaly.id),
             ts=self.now,
             entity=self.entity,
             action=action,
@@ -96,6 +98,7 @@ class Ask:
             )
             if claim
             else "",
+            held=held,
         )
 
 

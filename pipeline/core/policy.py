@@ -170,6 +170,7 @@ class PolicyEngine:
         """Close verification windows, resolve recovered escalations and ended storms."""
         st = self._state
         self._advance(watermark)
+        storm_hold.unflag_stale(self, st.watermark)
         verifications, st.verifications = st.verifications, []
         decisions, st.decisions = st.decisions, []
         st.cooldowns.expire(st.watermark)
@@ -203,7 +204,8 @@ class PolicyEngine:
         for rule in self.config.rules:
             if kind is not None and kind not in rule.kinds:
                 continue
-            st.held.pop((rule.name, entity), None)
+            if (rule.name, entity) in st.held:
+                storm_hold.heartbeat(self, (rule.name, entity), st.watermark, last=True)
             case = st.cases.get(rule.name, entity)
             if case is None:
                 continue

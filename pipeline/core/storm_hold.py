@@ -54,8 +54,9 @@ def hold_if_storm(
             continue
         count, listed = eng.fleet.storm_entities(storm_id)
         joined = ask.entity not in listed and len(listed) < MAX_STORM_ENTITIES
-        # the need keeps the storm going; a note neither takes budget nor waits
-        eng.fleet.note(ask.need(action, claim=False))
+        # the need keeps the storm going (and flags the entity held); a note neither takes
+        # budget nor waits
+        eng.fleet.note(ask.need(action, claim=False, held=True))
         outcome = FleetOutcome(Verdict.STORM, storm_id, count + joined, listed)
         return _held(eng, ask, case, action, current, outcome, joined=joined)
     eng._state.held.pop((ask.rule.name, ask.entity), None)
@@ -67,6 +68,7 @@ def storm_verdict(
 ) -> list[Decision]:
     """The fleet answered STORM or STORM_STARTED to this need."""
     out: list[Decision] = []
+    eng.fleet.note(ask.need(action, claim=False, held=True, seed="hold:"))
     if outcome.verdict is Verdict.STORM_STARTED:
         out.append(_start(eng, ask, action, outcome))
         joined = False
@@ -239,9 +241,38 @@ def heartbeat(eng: PolicyEngine, key: tuple[str, str], now: float, *, last: bool
                 hold.action,
                 claim=False,
                 storm_id="",
+                held=not last,
             )
         )
         hold.last_note = now
+        if last:
+            del st.held[key]  # cleared: no longer flagged (a new need holds it again)
+
+
+def unflag_stale(eng: PolicyEngine, now: float) -> None:
+    """Held entities not seen flagged for two storm windows (no detector reports their
+    condition, or their data stopped) stop holding their storm up, in this engine's event time
+    (so a partition lagging behind the others never has its entities dropped early)."""
+    st = eng._state
+    quiet = 2 * eng.config.storm_window_seconds
+    for key, hold in list(st.held.items()):
+        case = st.cases.get(*key)
+        last = max(hold.last_note if case is None else case.last_seen, hold.last_note)
+        if now - last > quiet:
+            rule, entity = key
+            at = last + quiet
+            eng.fleet.note(
+                FleetRequest(
+                    decision_id(rule, hold.action, entity, f"hold:{hold.storm_id}:{at!r}"),
+                    at,
+                    entity,
+                    hold.action,
+                    claim=False,
+                    storm_id="",
+                    held=False,
+                )
+            )
+            del st.held[key]
 
 
 def end_storms(eng: PolicyEngine, now: float) -> list[Decision]:

@@ -268,6 +268,9 @@ class FleetRequest:
     #: the id the storm escalation gets if this request starts a storm ("" for a note: its
     #: proposer already saw a storm, so it cannot start one)
     storm_id: str
+    #: a storm-held entity's condition: True still flagged, False cleared (None: a plain need).
+    #: A storm does not end while an entity it holds is flagged, whichever process holds it.
+    held: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
