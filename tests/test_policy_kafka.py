@@ -253,7 +253,7 @@ async def test_failing_health_checks_climb_the_ladder_escalate_once_then_resolve
     assert [a["success"] for a in failed] == [False, False], failed
 
 
-async def test_storm_holds_fifty_entities_over_processes_until_memory_clears(
+async def test_storm_holds_fifty_entities_until_memory_clears(
     broker, producer, topic_prefix, tmp_path
 ):
     base = time.time() - 2 * 3600
@@ -263,28 +263,25 @@ async def test_storm_holds_fifty_entities_over_processes_until_memory_clears(
         for t in range(0, 3600, 15)
         for e in range(50)
     ]
-    repairs, decisions, runners = await _run_two(broker, producer, topic_prefix, records, tmp_path)
-    assert all(r.stats.messages > 0 for r in runners)
+    repairs, audit, runner = await _run(broker, producer, topic_prefix, records, tmp_path)
     escalations = [r for r in repairs if r["data"]["action"] == "escalate"]
     firing = [e for e in escalations if not e["data"]["params"]["resolved"]]
     first = [e for e in firing if not e["data"]["params"].get("update")]
-    for r in repairs:
-        print(r["time"], r["subject"], r["data"]["action"], r["data"]["status"], r["data"]["params"].get("update"), r["data"]["params"].get("resolved"))
-    assert len(first) == 1
+    assert len(first) == 1, [(e["time"], e["subject"], e["data"]["params"]) for e in firing]
     storm = first[0]
     updates = [e for e in firing if e["data"]["params"].get("update")]
-    assert all(e["data"]["params"]["escalation_id"] == storm["id"] for e in updates)
+    assert updates and all(e["data"]["params"]["escalation_id"] == storm["id"] for e in updates)
     listed = {x for e in firing for x in e["data"]["params"]["entities"]}
     assert listed == {f"svc-{e:02d}" for e in range(50)}, "the held entities are listed"
     # no trickle: only needs decided before the storm was known were repaired
     restarts = [r for r in repairs if r["data"]["action"] == "restart"]
     assert all(r["data"]["status"] == "execute" for r in restarts)
-    assert len(restarts) <= runners[0].settings.policy.storm_threshold
+    assert len(restarts) == runner.settings.policy.storm_threshold
     assert all(_epoch(r["time"]) <= _epoch(storm["time"]) for r in restarts)
     assert not [r for r in repairs if r["data"]["action"] == "scale_up"]
     # one resolution, a storm window after the last entity's memory cleared
     resolved = [e for e in escalations if e["data"]["params"]["resolved"]]
     assert [e["subject"] for e in resolved] == ["storm:restart"]
     assert _epoch(resolved[0]["time"]) >= base + 3000 - 15 + 300 - 1
-    stormed = [d for d in decisions if d.get("suppressed_by") == "storm"]
-    assert len({d["entity"] for d in stormed}) == 50
+    stormed = [a for a in audit if a["record"] == "decision" and a.get("suppressed_by") == "storm"]
+    assert len({a["entity"] for a in stormed}) == 50

@@ -280,7 +280,12 @@ def end_storms(eng: PolicyEngine, now: float) -> list[Decision]:
     st = eng._state
     window = eng.config.storm_window_seconds
     over: list[tuple[float, Storm]] = []
+    # entities this engine holds whose detectors still flag them: known here at once, while
+    # the fleet gate may not have read this engine's latest notes yet
+    flagged = {h.storm_id for k, h in st.held.items() if _flagged(st.cases.get(*k))}
     for storm in st.storms.values():
+        if storm.decision_id in flagged:
+            continue
         last = eng.fleet.storm_last_need(storm.decision_id)
         last = storm.last_need if last is None else max(last, storm.last_need)
         if now - last >= window:
@@ -298,6 +303,10 @@ def end_storms(eng: PolicyEngine, now: float) -> list[Decision]:
     for storm_id in [sid for sid in st.announced if sid not in live]:
         del st.announced[storm_id]
     return out
+
+
+def _flagged(case: Case | None) -> bool:
+    return case is not None and case.present is True
 
 
 def _resolution(eng: PolicyEngine, storm: Storm, ts: float, why: str) -> Decision:
