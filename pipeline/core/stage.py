@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from operator import attrgetter
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 from selfheal.models.base import Judge, LogJudge
 from selfheal.models.registry import Router, SeriesKey, series_key
@@ -46,7 +46,7 @@ class PolicyLike(Protocol):
 
 
 #: what the detectors pass the policy, in event-time order: findings and condition reports
-Signal = Finding | ConditionReport
+Signal: TypeAlias = Finding | ConditionReport
 
 
 def attach_fleet(policy: PolicyLike, fleet: FleetGate) -> None:
