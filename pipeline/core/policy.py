@@ -35,6 +35,7 @@ anomaly sequence yields the same decisions with the same ids.
 from __future__ import annotations
 
 import heapq
+import math
 from typing import Any
 
 from selfheal.pipeline.core import ladder, storm_hold
@@ -71,6 +72,10 @@ __all__ = [
 ]
 
 
+#: storm updates and ends are checked at most this often (seconds of event time)
+STORM_CHECK_SECONDS = 1.0
+
+
 class PolicyEngine:
     """Pure, deterministic policy: ``decide`` per anomaly, ``observe`` per condition report,
     ``tick`` per watermark.
@@ -87,6 +92,7 @@ class PolicyEngine:
         #: entities whose condition the engine needs to hear about (open cases, holds); the
         #: stage reports conditions for these only. Mutated in place, never replaced.
         self.watched: set[str] = set()
+        self._storm_check = -math.inf
         self.fleet: FleetGate = fleet or LocalFleet(FleetArbiter.from_policy(config))
 
     def attach_fleet(self, fleet: FleetGate) -> None:
@@ -274,8 +280,11 @@ class PolicyEngine:
                 heapq.heappush(st.due, (due, rule_name, entity))  # moved later: requeue
                 continue
             self._close(case, due)
-        st.decisions.extend(storm_hold.announce_due(self, now))
-        st.decisions.extend(storm_hold.end_storms(self, now))
+        if (st.storms or st.held) and now >= self._storm_check:
+            # at most once per second of event time: condition reports arrive per sample
+            self._storm_check = now + STORM_CHECK_SECONDS
+            st.decisions.extend(storm_hold.announce_due(self, now))
+            st.decisions.extend(storm_hold.end_storms(self, now))
 
     def _close(self, case: Case, due: float) -> None:
         st = self._state
