@@ -301,3 +301,14 @@ def test_condition_reports_for_unwatched_entities_are_ignored() -> None:
     eng = PolicyEngine(PolicyConfig.model_validate({"rules": [_HC]}))
     eng.observe(ConditionReport("nobody", AnomalyKind.HEALTH_CHECK_FAILED, T0, True))
     assert eng.to_state()["cases"] == [] and not eng.watched
+
+
+def test_a_paused_engine_decides_as_in_dry_run_and_resumes() -> None:
+    eng = PolicyEngine(PolicyConfig.model_validate({"rules": [_HC]}))
+    eng.paused = True
+    (d,) = eng.decide(_finding(T0, "web-1", AnomalyKind.HEALTH_CHECK_FAILED))
+    assert (d.status, d.mode.value) == (DecisionStatus.DRY_RUN, "dry_run")
+    assert "paused" not in str(eng.to_state())  # the control topic carries it, not the state
+    eng.paused = False
+    (d,) = eng.decide(_finding(T0 + 400, "web-2", AnomalyKind.HEALTH_CHECK_FAILED))
+    assert (d.status, d.mode.value) == (EXECUTE, "enforce")

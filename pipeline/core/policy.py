@@ -93,6 +93,9 @@ class PolicyEngine:
         #: stage reports conditions for these only. Mutated in place, never replaced.
         self.watched: set[str] = set()
         self._storm_check = -math.inf
+        #: the operator's emergency stop (set by the control path, e.g. ``selfheal pause``):
+        #: decide and audit as in dry run. Runtime only: never part of the state.
+        self.paused = False
         self.fleet: FleetGate = fleet or LocalFleet(FleetArbiter.from_policy(config))
 
     def attach_fleet(self, fleet: FleetGate) -> None:
@@ -228,12 +231,15 @@ class PolicyEngine:
         return storm_hold.release_storm(self, action, by)
 
     # ----------------------------------------------------------------- used by ladder/storms
+    def dry(self, rule: Rule | None = None) -> bool:
+        """Decide without executing: paused, the policy in dry run, or the rule in dry run."""
+        return self.paused or self.config.dry_run or (rule is not None and rule.dry_run)
+
     def mode(self, rule: Rule) -> Mode:
-        return Mode.DRY_RUN if self.config.dry_run or rule.dry_run else Mode.ENFORCE
+        return Mode.DRY_RUN if self.dry(rule) else Mode.ENFORCE
 
     def act_status(self, rule: Rule | None) -> DecisionStatus:
-        dry = self.config.dry_run or (rule is not None and rule.dry_run)
-        return DecisionStatus.DRY_RUN if dry else DecisionStatus.EXECUTE
+        return DecisionStatus.DRY_RUN if self.dry(rule) else DecisionStatus.EXECUTE
 
     def dedup(self, rule: Rule) -> float:
         if rule.dedup_seconds is not None:

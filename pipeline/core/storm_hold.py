@@ -118,7 +118,7 @@ def _update_interval(eng: PolicyEngine) -> float:
 
 
 def _storm_status(eng: PolicyEngine) -> tuple[Mode, DecisionStatus]:
-    if eng.config.dry_run:
+    if eng.dry():
         return Mode.DRY_RUN, DecisionStatus.DRY_RUN
     return Mode.ENFORCE, DecisionStatus.EXECUTE
 
