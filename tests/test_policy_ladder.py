@@ -312,3 +312,21 @@ def test_a_paused_engine_decides_as_in_dry_run_and_resumes() -> None:
     eng.paused = False
     (d,) = eng.decide(_finding(T0 + 400, "web-2", AnomalyKind.HEALTH_CHECK_FAILED))
     assert (d.status, d.mode.value) == (EXECUTE, "enforce")
+
+
+def test_block_source_carries_the_address_to_block() -> None:
+    s = load_settings(None, {})
+    pipe = Pipeline(s, lambda: PolicyEngine(s.policy), live=False)
+    topic = s.kafka.topics.logs
+    line = {
+        "ts": T0,
+        "entity": "web-1",
+        "level": "INFO",
+        "message": "GET /search?q=1' UNION SELECT password FROM users-- from 203.0.113.9",
+        "labels": {},
+    }
+    out = pipe.process([Envelope(topic, 0, 0, orjson.dumps(line))], None)
+    blocks = [d for d in out.decisions if d.action is RepairAction.BLOCK_SOURCE]
+    assert [(d.status, d.params.get("address")) for d in blocks] == [
+        (DecisionStatus.PENDING_APPROVAL, "203.0.113.9")
+    ], out.anomalies
