@@ -330,3 +330,20 @@ def test_block_source_carries_the_address_to_block() -> None:
     assert [(d.status, d.params.get("address")) for d in blocks] == [
         (DecisionStatus.PENDING_APPROVAL, "203.0.113.9")
     ], out.anomalies
+
+
+def test_an_entity_stays_watched_while_any_of_its_cases_is_open() -> None:
+    mem = {"name": "mem", "kinds": ["memory_high"], "actions": [{"action": "evict_cache"}]}
+    eng = PolicyEngine(PolicyConfig.model_validate({"rules": [_HC, mem]}))
+    eng.decide(_finding(T0, "web-1", AnomalyKind.MEMORY_HIGH))
+    eng.decide(_finding(T0 + 100, "web-1", AnomalyKind.HEALTH_CHECK_FAILED))
+    assert eng.watched == {"web-1"}
+    # memory back to normal and verified: the health-check repair is still being watched
+    eng.observe(ConditionReport("web-1", AnomalyKind.MEMORY_HIGH, T0 + 70, False))
+    (ok,) = eng.tick(T0 + 302)[0]
+    assert ok.success and ok.action is RepairAction.EVICT_CACHE
+    eng.observe(ConditionReport("web-1", AnomalyKind.MEMORY_HIGH, T0 + 303, False))
+    assert eng.watched == {"web-1"}
+    eng.observe(ConditionReport("web-1", AnomalyKind.HEALTH_CHECK_FAILED, T0 + 304, True))
+    (failed,) = eng.tick(T0 + 305)[0]
+    assert not failed.success and "still flagged" in failed.explanation

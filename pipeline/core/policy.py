@@ -172,8 +172,8 @@ class PolicyEngine:
             case.last_seen = max(case.last_seen, now)
             self._seen_again(rule, case, now, f"{report.kind.value} still flagged")
             storm_hold.heartbeat(self, (rule.name, report.entity), now)
-        if not relevant and not any(e == report.entity for _, e in st.held):
-            self.watched.discard(report.entity)
+        if not relevant:
+            self._unwatch(report.entity)
 
     def tick(self, watermark: float) -> tuple[list[Verification], list[Decision]]:
         """Close verification windows, resolve recovered escalations and ended storms."""
@@ -184,10 +184,19 @@ class PolicyEngine:
         decisions, st.decisions = st.decisions, []
         st.cooldowns.expire(st.watermark)
         for case in st.cases.drop_idle(st.watermark, self.config.verification_window_seconds):
-            self.watched.discard(case.entity)
+            self._unwatch(case.entity)
         if len(self.watched) > len(st.cases) + len(st.held):
             self._rewatch()  # cases evicted by the LRU bound left their entities behind
         return verifications, decisions
+
+    def _unwatch(self, entity: str) -> None:
+        """Stop hearing about ``entity`` unless one of its cases is open or a storm holds it."""
+        st = self._state
+        for rule in self.config.rules:
+            case = st.cases.get(rule.name, entity)
+            if (case is not None and not case.idle) or (rule.name, entity) in st.held:
+                return
+        self.watched.discard(entity)
 
     def _rewatch(self) -> None:
         st = self._state
