@@ -597,3 +597,16 @@ def test_default_policy_loads_and_covers_the_main_kinds() -> None:
     (d,) = eng.decide(leak)
     assert (d.action, d.status, d.predictive) == (RepairAction.RESTART, EXECUTE, True)
     assert parse_policy("").rules == []
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["policy", "policy_state", "policy_config", "repair", "fleet", "verification"],
+)
+def test_docstring_examples_run(module: str) -> None:
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"selfheal.pipeline.core.{module}")
+    result = doctest.testmod(mod)
+    assert result.attempted > 0 and result.failed == 0

@@ -7,20 +7,14 @@ partition engine asks one ``FleetGate`` instead. A gate is an ordered log of ``F
 a pure function of the log before it, so every process reading the same log agrees on it.
 
 * ``LocalFleet``: the log is this process's call order (replay, tests, one process).
-* ``selfheal.connectors.fleet_ledger.KafkaFleet``: the log is a one-partition Kafka topic shared by
-all
-  processes of a consumer group; a request is produced, then answered once read back.
+* ``selfheal.connectors.fleet_ledger.KafkaFleet``: the log is a one-partition Kafka topic
+  shared by all processes of a consumer group; a request is produced, then answered once read
+  back.
 
 Requests are idempotent on their id (the decision id), so at-least-once redelivery after a
 restart gets the verdict the first delivery got.
 
->>> from selfheal.pipeline.kernel.types import (
-    FleetOutcome,
-    FleetRequest,
-    RepairAction,
-    StormEnd,
-    Verdict,
-)
+>>> from selfheal.pipeline.kernel.types import FleetRequest, RepairAction
 >>> fleet = LocalFleet(FleetArbiter(max_repairs=1, window_seconds=60.0, storm_threshold=2,
 ...     storm_window_seconds=60.0))
 >>> def need(i: int, ts: float) -> FleetRequest:
