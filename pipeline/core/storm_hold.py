@@ -233,17 +233,21 @@ def heartbeat(eng: PolicyEngine, key: tuple[str, str], now: float, *, last: bool
     if last or now - hold.last_note >= eng.config.storm_window_seconds * HEARTBEAT_FRACTION:
         entity = key[1]
         seed = f"hold:{hold.storm_id}:{now!r}"
-        eng.fleet.note(
-            FleetRequest(
-                decision_id(key[0], hold.action, entity, seed),
-                now,
-                entity,
-                hold.action,
-                claim=False,
-                storm_id="",
-                held=not last,
-            )
+        req = FleetRequest(
+            decision_id(key[0], hold.action, entity, seed),
+            now,
+            entity,
+            hold.action,
+            claim=False,
+            storm_id="",
+            held=not last,
         )
+        if last:
+            # waited for (once per entity and storm): the fleet's view of the storm must
+            # include the clearing before this engine judges whether the storm is over
+            eng.fleet.request(req)
+        else:
+            eng.fleet.note(req)
         hold.last_note = now
         if last:
             del st.held[key]  # cleared: no longer flagged (a new need holds it again)
@@ -261,7 +265,7 @@ def unflag_stale(eng: PolicyEngine, now: float) -> None:
         if now - last > quiet:
             rule, entity = key
             at = last + quiet
-            eng.fleet.note(
+            eng.fleet.request(  # waited for, as a clearing (see heartbeat)
                 FleetRequest(
                     decision_id(rule, hold.action, entity, f"hold:{hold.storm_id}:{at!r}"),
                     at,
