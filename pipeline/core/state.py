@@ -46,7 +46,7 @@ def state_classes() -> tuple[type, ...]:
         rules,
         security,
     )
-    from selfheal.pipeline.core import fleet, guard, policy, repair
+    from selfheal.pipeline.core import fleet, guard, repair
     from selfheal.pipeline.kernel import lru, types
 
     return (
@@ -83,7 +83,6 @@ def state_classes() -> tuple[type, ...]:
         repair.SeenIds,
         fleet.FleetArbiter,
         fleet._Storm,
-        policy._State,
         # detectors (hyperparameters are part of a river-style model's state)
         rules.RatioOfLimitRule,
         rules.ConsecutiveRule,
@@ -160,7 +159,7 @@ def stage_state(stage: Any) -> dict[str, Any]:
         "series": stage.series,
         "entities": stage.entities,
         "tickers": stage.tickers,
-        # the engine's own snapshot (rules and budget config stay out of it)
+        # the engine's own snapshot: plain data (rules, budgets, dry run stay out of it)
         "policy": snap() if snap is not None else None,
         # OTLP cumulative series (last point per series, plain tuples) and ignored-point counts
         "otlp": {"series": stage.otlp_series, "counts": stage.otlp_counts}
