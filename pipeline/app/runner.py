@@ -203,7 +203,10 @@ class Runner(PartitionState):
         if k.create_topics:
             await ensure_topics(
                 bootstrap,
-                [t.metrics, t.logs, t.anomalies, t.repairs, t.deadletter, t.audit, t.state],
+                [
+                    *(t.metrics, t.logs, t.changes),
+                    *(t.anomalies, t.repairs, t.incidents, t.deadletter, t.audit, t.state),
+                ],
                 k.partitions,
                 client,
                 compacted=[t.state],
@@ -213,7 +216,7 @@ class Runner(PartitionState):
         sink = KafkaSink(bootstrap, client=client)
         source = KafkaSource(
             bootstrap,
-            [t.metrics, t.logs],
+            [t.metrics, t.logs, t.changes],
             k.group_id,
             client=client,
             max_batch=k.max_batch,
@@ -221,6 +224,7 @@ class Runner(PartitionState):
             auto_offset_reset=k.auto_offset_reset,
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
+            optional_topics=[t.changes],
         )
         self._source, self._sink = source, sink
         self.backpressure.source = source
