@@ -83,7 +83,7 @@ class PartitionState:
         blobs = await self._store.load(new, self._load_timeout) if new else {}
         restored: dict[tuple[str, int], int] = {}
         for part in new:
-            offsets = self._restore(part, blobs.get(part))
+            offsets = await self._restore(part, blobs.get(part))
             if offsets is not None:
                 restored.update(offsets)
         for tp in assigned:
@@ -113,7 +113,7 @@ class PartitionState:
         key = self.settings.state.hmac_key
         return key.get_secret_value().encode() if key is not None else None
 
-    def _restore(self, part: int, blob: bytes | None) -> dict[tuple[str, int], int] | None:
+    async def _restore(self, part: int, blob: bytes | None) -> dict[tuple[str, int], int] | None:
         """Restore one partition's stage from its snapshot; its offsets, or None (fresh)."""
         assert self._store is not None
         if blob is None:
@@ -127,7 +127,8 @@ class PartitionState:
         # a stage built from this process's settings; the snapshot only fills in its state
         stage = self.pipeline.stage(part)
         try:
-            offsets, state = snapshots.decode(blob, self._state_key())
+            # decoding 100k series takes seconds: off the event loop, so heartbeats go on
+            offsets, state = await asyncio.to_thread(snapshots.decode, blob, self._state_key())
             snapshots.restore(stage, state)
         except Exception as exc:  # a bad snapshot never stops the pipeline
             log.error("partition %d: unusable snapshot (%s); starting it fresh", part, exc)
@@ -168,7 +169,11 @@ class PartitionState:
             st = self.pipeline.stages.get(part)
             if st is not None:
                 covered = {k: v for k, v in self._position.items() if k[1] == part}
-                blobs[part] = snapshots.encode(st, covered, self._state_key())
+                # off the event loop (heartbeats go on); the loop holds the rebalance lock or
+                # is itself waiting here, so nothing mutates the stage meanwhile
+                blobs[part] = await asyncio.to_thread(
+                    snapshots.encode, st, covered, self._state_key()
+                )
         await self._store.save(self._sink.producer, blobs)
         self.metrics.state_snapshots.inc(len(blobs))
         try:

@@ -144,14 +144,20 @@ class _Encoder:
         if t is float:
             return o if math.isfinite(o) else ["f", repr(o)]
         if t is list:
-            return ["l", *map(self.encode, o)]
+            return ["l", *o] if _plain(o) else ["l", *self._items(o)]
         if t is tuple:
-            return ["t", *map(self.encode, o)]
+            return ["t", *o] if _plain(o) else ["t", *self._items(o)]
         if t is dict:
             if all(type(k) is str for k in o):
-                return {k: self.encode(v) for k, v in o.items()}
+                enc = self.encode
+                # scalars inline: most state fields are plain numbers and strings
+                return {k: v if _scalar(v) else enc(v) for k, v in o.items()}
             return ["d", *self._pairs(o)]
         return self._other(o, t)
+
+    def _items(self, o: list[Any] | tuple[Any, ...]) -> list[Any]:
+        enc = self.encode
+        return [x if _scalar(x) else enc(x) for x in o]
 
     def _pairs(self, o: dict[Any, Any]) -> list[Any]:
         out: list[Any] = []
@@ -209,20 +215,23 @@ class _Decoder:
     def __init__(self, classes: dict[str, type]) -> None:
         self.classes = classes
         self.objects: list[Any] = []
+        #: (class, field) pairs already checked: a field never shadows a method
+        self.settable: set[tuple[type, Any]] = set()
 
     def decode(self, v: Any) -> Any:
         t = type(v)
         if t is dict:
-            return {k: self.decode(x) for k, x in v.items()}
+            dec = self.decode
+            return {k: x if type(x) not in _NESTED else dec(x) for k, x in v.items()}
         if t is not list:
             return v  # str, int, float, bool, None
         if not v or type(v[0]) is not str:
             raise CodecError("untagged array")
         tag, rest = v[0], v[1:]
         if tag == "l":
-            return [self.decode(x) for x in rest]
+            return rest if _flat(rest) else [self.decode(x) for x in rest]
         if tag == "t":
-            return tuple(self.decode(x) for x in rest)
+            return tuple(rest) if _flat(rest) else tuple(self.decode(x) for x in rest)
         if tag == "d" or tag == "o":
             if len(rest) % 2:
                 raise CodecError("odd mapping")
@@ -298,10 +307,49 @@ class _Decoder:
             if type(attrs) is not dict:
                 raise CodecError(f"bad state for {class_name(cls)}")
             for k, x in attrs.items():
-                if type(k) is not str or k.startswith("__") or callable(getattr(cls, k, None)):
-                    raise CodecError(f"field {str(k)[:60]!r} not settable on {class_name(cls)}")
+                if (cls, k) not in self.settable:
+                    if type(k) is not str or k.startswith("__") or callable(getattr(cls, k, None)):
+                        raise CodecError(f"field {str(k)[:60]!r} not settable on {class_name(cls)}")
+                    self.settable.add((cls, k))
                 object.__setattr__(obj, k, x)
         return obj
+
+
+_NESTED = (list, dict)
+
+
+def _scalar(x: Any) -> bool:
+    """A JSON scalar that needs no tag."""
+    t = type(x)
+    if t is float:
+        return x - x == 0.0  # not inf or nan
+    if t is int:
+        return -_INT64 <= x < _INT64
+    return t is str or t is bool or x is None
+
+
+def _plain(seq: list[Any] | tuple[Any, ...]) -> bool:
+    """Only JSON scalars that need no tag (finite floats, 64-bit ints, str, bool, None)."""
+    for x in seq:
+        t = type(x)
+        if t is float:
+            if x - x != 0.0:  # inf or nan
+                return False
+        elif t is int:
+            if not -_INT64 <= x < _INT64:
+                return False
+        elif t is not str and t is not bool and x is not None:
+            return False
+    return True
+
+
+def _flat(items: list[Any]) -> bool:
+    """No nested array or object: every item decodes to itself."""
+    for x in items:
+        t = type(x)
+        if t is list or t is dict:
+            return False
+    return True
 
 
 def _one(rest: list[Any], kind: type) -> Any:
