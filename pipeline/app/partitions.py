@@ -189,6 +189,10 @@ class PartitionState:
             self._pending_messages = 0
             self._last_checkpoint = time.monotonic()
 
+    async def _checkpoint_if_due(self) -> None:
+        async with self._rebalance_lock:
+            await self._maybe_checkpoint()
+
     async def _maybe_checkpoint(self) -> None:
         st = self.settings.state
         if self._pending and (
