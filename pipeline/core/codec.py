@@ -149,15 +149,45 @@ class _Encoder:
             return ["t", *o] if _plain(o) else ["t", *self._items(o)]
         if t is dict:
             if all(type(k) is str for k in o):
-                enc = self.encode
-                # scalars inline: most state fields are plain numbers and strings
-                return {k: v if _scalar(v) else enc(v) for k, v in o.items()}
+                return self._fields(o)
             return ["d", *self._pairs(o)]
         return self._other(o, t)
 
     def _items(self, o: list[Any] | tuple[Any, ...]) -> list[Any]:
+        # the scalar test inline (no call per item): most state values are plain numbers
         enc = self.encode
-        return [x if _scalar(x) else enc(x) for x in o]
+        out: list[Any] = []
+        append = out.append
+        for x in o:
+            t = type(x)
+            if (
+                t is str
+                or (t is float and x - x == 0.0)
+                or (t is int and -_INT64 <= x < _INT64)
+                or t is bool
+                or x is None
+            ):
+                append(x)
+            else:
+                append(enc(x))
+        return out
+
+    def _fields(self, o: dict[str, Any]) -> dict[str, Any]:
+        enc = self.encode
+        out: dict[str, Any] = {}
+        for k, x in o.items():
+            t = type(x)
+            if (
+                t is str
+                or (t is float and x - x == 0.0)
+                or (t is int and -_INT64 <= x < _INT64)
+                or t is bool
+                or x is None
+            ):
+                out[k] = x
+            else:
+                out[k] = enc(x)
+        return out
 
     def _pairs(self, o: dict[Any, Any]) -> list[Any]:
         out: list[Any] = []
@@ -215,8 +245,8 @@ class _Decoder:
     def __init__(self, classes: dict[str, type]) -> None:
         self.classes = classes
         self.objects: list[Any] = []
-        #: (class, field) pairs already checked: a field never shadows a method
-        self.settable: set[tuple[type, Any]] = set()
+        #: fields already checked per class: a field never shadows a method
+        self.fields: dict[type, set[str]] = {}
 
     def decode(self, v: Any) -> Any:
         t = type(v)
@@ -301,18 +331,32 @@ class _Decoder:
         slots: Any = None
         if isinstance(state, tuple) and len(state) == 2:
             state, slots = state
+        if slots is None and type(state) is dict and hasattr(obj, "__dict__"):
+            known = self.fields.setdefault(cls, set())
+            if not state.keys() <= known:
+                for k in state:
+                    self._check_field(cls, k)
+                known.update(state)
+            obj.__dict__.update(state)
+            return obj
         for attrs in (state, slots):
             if attrs is None:
                 continue
             if type(attrs) is not dict:
                 raise CodecError(f"bad state for {class_name(cls)}")
+            known = self.fields.setdefault(cls, set())
             for k, x in attrs.items():
-                if (cls, k) not in self.settable:
-                    if type(k) is not str or k.startswith("__") or callable(getattr(cls, k, None)):
-                        raise CodecError(f"field {str(k)[:60]!r} not settable on {class_name(cls)}")
-                    self.settable.add((cls, k))
+                if k not in known:
+                    self._check_field(cls, k)
+                    known.add(k)
                 object.__setattr__(obj, k, x)
         return obj
+
+    @staticmethod
+    def _check_field(cls: type, k: Any) -> None:
+        """A field must be a plain name that does not shadow a method or a dunder."""
+        if type(k) is not str or k.startswith("__") or callable(getattr(cls, k, None)):
+            raise CodecError(f"field {str(k)[:60]!r} not settable on {class_name(cls)}")
 
 
 _NESTED = (list, dict)
