@@ -192,6 +192,20 @@ def test_replay_of_sparse_ssh_logs_rejects_nothing(tmp_path: Path) -> None:
     assert summary["messages"] == 600 and summary["rejects"] == 0
 
 
+def test_replay_of_an_attack_log_of_only_failures(tmp_path: Path) -> None:
+    # every line an error (a pure brute-force log, as in Loghub's OpenSSH sample): the
+    # error-rate baseline is 100 %, which must not break the burst test
+    t = datetime(2026, 12, 10, 6, 55, tzinfo=UTC).timestamp()
+    lines = [
+        f"{datetime.fromtimestamp(t + 3 * i + (i > 400) * 7200, UTC):%b %d %H:%M:%S} LabSZ "
+        f"sshd[{24200 + i}]: Failed password for invalid user admin from 5.188.10.{i % 200} "
+        f"port {40000 + i} ssh2"
+        for i in range(800)
+    ]
+    summary, _ = _replay_cli(tmp_path, syslog_to_jsonl(lines, tmp_path / "attack.jsonl"))
+    assert summary["messages"] == 800 and summary["rejects"] == 0
+
+
 @pytest.mark.skipif(not NAB_EC2.is_file(), reason=f"NAB data absent at {NAB_EC2}")
 def test_nab_ec2_request_latency_replays_with_nothing_rejected(tmp_path: Path) -> None:
     summary, _ = _replay_cli(tmp_path, NAB_EC2)
