@@ -402,15 +402,17 @@ def test_report_to_a_missing_folder_is_one_line(tmp_path: Path) -> None:
 
     ev = tmp_path / "ev.jsonl"
     _write_jsonl(ev, _operator_events())
+    missing = tmp_path / "missing" / "dir"  # never created: the test cannot pass by accident
     proc = subprocess.run(
         [sys.executable, "-m", "selfheal.pipeline.app.cli", "report", str(ev), "--out",
-         "/missing/dir/x.html"],
+         str(missing / "x.html")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        "selfheal report: error: cannot write /missing/dir/x.html: no such directory /missing/dir"
+        f"selfheal report: error: cannot write {missing}/x.html: no such directory {missing}"
     )
+    assert not missing.exists()
 
 
 def test_report_refuses_a_truth_file_that_is_not_ground_truth(
