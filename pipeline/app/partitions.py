@@ -48,6 +48,7 @@ class PartitionState:
         """Snapshot and commit what we leave behind, then drop its state."""
         async with self._rebalance_lock:
             self._generation += 1
+            self.backpressure.revoked(revoked)
             parts = {tp.partition for tp in revoked}
             try:
                 await self._checkpoint(parts)
