@@ -175,6 +175,11 @@ class _EdgeJudge(Judge):
             )
         ]
 
+    def conditions(self) -> tuple[tuple[AnomalyKind, bool], ...]:
+        """The kind this rule watches and whether it flags it now (the policy's verification
+        judges this state, not the absence of a new finding)."""
+        return ((self.rule.kind, self._active is not None),)  # type: ignore[union-attr]
+
     def _edge(self, severity: Severity | None, ts: float) -> bool:
         prev, self._active = self._active, severity
         if severity is None:
@@ -372,6 +377,10 @@ class LoopJudge(_EdgeJudge):
                 "fraction_of_interval": round(frac, 6),
             },
         )
+
+    def conditions(self) -> tuple[tuple[AnomalyKind, bool], ...]:
+        # an iteration just arrived: the loop is not stuck, and slow only if flagged
+        return ((AnomalyKind.LOOP_SLOW, self._active is not None), (AnomalyKind.LOOP_STUCK, False))
 
     def tick(self, watermark: float) -> list[Finding]:
         last = self._last

@@ -269,6 +269,9 @@ class FleetRequest:
     #: the id the storm escalation gets if this request starts a storm ("" for a note: its
     #: proposer already saw a storm, so it cannot start one)
     storm_id: str
+    #: a storm-held entity's condition: True still flagged, False cleared (None: a plain need).
+    #: A storm does not end while an entity it holds is flagged, whichever process holds it.
+    held: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +290,8 @@ class StormEnd:
     storm_id: str
     action: RepairAction
     ts: float
+    #: an operator released the hold (no new storm on the action until its needs stop)
+    released: bool = False
 
 
 # -- changes (deploys) and incidents ---------------------------------------------------------
