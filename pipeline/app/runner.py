@@ -295,6 +295,8 @@ class Runner(PartitionState):
                 raise WatchdogTimeout(f"iteration exceeded {timeout:.1f}s") from exc
             elapsed = time.monotonic() - started
             self.metrics.iteration_duration.observe(elapsed)
+            # outside the watchdog: a large state takes seconds to encode (in a thread)
+            await self._checkpoint_if_due()
             now = self.clock()
             self.metrics.last_iteration.set(now)
             self.health.last_iteration = now
@@ -343,7 +345,6 @@ class Runner(PartitionState):
             self._pending.update(nxt)
             self._position.update(nxt)
             self._pending_messages += len(batch)
-        await self._maybe_checkpoint()
         self._account(batch, out)
 
     async def _execute(self, decisions: Sequence[Decision], sink: KafkaSink) -> None:
