@@ -30,6 +30,10 @@ DELEGATED: dict[str, tuple[str, str]] = {
         "selfheal.pipeline.app.report",
         "render an HTML report from events and ground truth",
     ),
+    "whatif": (
+        "selfheal.pipeline.app.whatif",
+        "replay recorded anomalies through the current and a candidate policy, show the diff",
+    ),
     "demo": (
         "selfheal.pipeline.app.demo",
         "embedded broker + simulated fleet + pipeline, with a summary",
