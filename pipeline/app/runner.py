@@ -39,6 +39,7 @@ from selfheal.pipeline.core.audit import (
     verification_record,
 )
 from selfheal.pipeline.core.config import KafkaConfig, Settings
+from selfheal.pipeline.core.effectiveness import observe_effectiveness
 from selfheal.pipeline.core.events import anomaly_event, deadletter_record, dumps, repair_event
 from selfheal.pipeline.core.fleet import FleetArbiter
 from selfheal.pipeline.core.metrics import Metrics
@@ -563,6 +564,7 @@ class Runner:
                 acc[1] += coll.evictions
         for name, (size, ev) in sizes.items():
             self.metrics.observe_collection(name, size, ev)
+        observe_effectiveness(self.metrics, [st.policy for st in self.pipeline.stages.values()])
         self._enforce_memory_cap()
 
     def _enforce_memory_cap(self) -> None:
@@ -716,6 +718,8 @@ def replay(
             if m is not None:
                 observe_outputs(m, out, batch, settings)
         emit(pipe.final_tick())
+        if m is not None:
+            observe_effectiveness(m, [st.policy for st in pipe.stages.values()])
     finally:
         sink.close()
         if dl_sink is not None:

@@ -38,7 +38,10 @@ import statistics
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from selfheal.pipeline.core.metrics import Metrics
 
 #: recovery times kept per record (the most recent ones; their median is reported)
 RECOVERY_WINDOW = 32
@@ -48,6 +51,8 @@ MAX_RECORDS = 2048
 MAX_OPEN = 10_000
 #: the pseudo-service of the records pooled over every service
 ALL_SERVICES = "*"
+#: distinct ``service`` label values exported (the rest are summed into ``other``)
+MAX_SERVICE_LABELS = 50
 
 Key = tuple[str, str, str]
 
@@ -229,3 +234,39 @@ def learned_order(
     order = [pos for _, _, pos, _ in scored]
     names = " > ".join(actions[pos] for pos in order)
     return order, f"learned order {names} ({'; '.join(parts)})"
+
+
+def export(engines: Sequence[Any]) -> tuple[dict[Key, Record], tuple[float, float]]:
+    """The records of every engine that learns, merged, and the running prior."""
+    books = [e.learning for e in engines if isinstance(getattr(e, "learning", None), Effectiveness)]
+    if not books:
+        return {}, (1.0, 1.0)
+    learning = engines[0].config.learning
+    return books[0].merged(books[1:]), (learning.prior_successes, learning.prior_failures)
+
+
+def bounded(records: dict[Key, Record]) -> dict[Key, Record]:
+    """At most ``MAX_SERVICE_LABELS`` services (the most repaired), the rest as ``other``;
+    the pooled records as service ``all``."""
+    totals: dict[str, int] = {}
+    for (_, _, service), rec in records.items():
+        if service != ALL_SERVICES:
+            totals[service] = totals.get(service, 0) + rec.count
+    keep = set(sorted(totals, key=lambda s: (-totals[s], s))[:MAX_SERVICE_LABELS])
+    out: dict[Key, Record] = {}
+    for (kind, action, service), rec in records.items():
+        label = "all" if service == ALL_SERVICES else service if service in keep else "other"
+        out.setdefault((kind, action, label), Record()).add(rec)
+    return out
+
+
+def observe_effectiveness(m: Metrics, engines: Sequence[Any]) -> None:
+    """Set ``repair_success_ratio`` and ``repair_recovery_seconds`` from the engines' books."""
+    records, prior = export(engines)
+    m.repair_success_ratio.clear()
+    m.repair_recovery_seconds.clear()
+    for (kind, action, service), rec in sorted(bounded(records).items()):
+        m.repair_success_ratio.labels(kind, action, service).set(rec.mean(*prior))
+        median = rec.median_recovery()
+        if median is not None:
+            m.repair_recovery_seconds.labels(kind, action, service).set(median)
