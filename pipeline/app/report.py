@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from selfheal.pipeline.app.report_effectiveness import effectiveness_rows, section_html
 from selfheal.pipeline.kernel.schemas import parse_ts
 
 ANOMALY_PREFIX = "io.selfheal.anomaly."
@@ -562,6 +563,7 @@ def render_html(
     truth: Sequence[Mapping[str, Any]] = (),
     title: str = "selfheal report",
     notes: str = "",
+    extra_html: str = "",
 ) -> str:
     """The whole report as one self-contained HTML page."""
     s, esc = summary, html.escape
@@ -611,7 +613,7 @@ def render_html(
         "<h2>False alarms</h2>", fa_html,
         "<h2>Repairs</h2>",
         _table(_REPAIR_COLS.split("|"), rep_rows) if rep_rows else "<p>none</p>",
-        "<h2>Faulty entities</h2>", *figs, "</body></html>",
+        extra_html, "<h2>Faulty entities</h2>", *figs, "</body></html>",
     ]  # fmt: skip
     return "\n".join(parts)
 
@@ -626,6 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--truth", type=Path, metavar="TRUTH.json", help="simulator ground truth")
     add("--samples", type=Path, metavar="SAMPLES.jsonl", help="metric samples to plot")
     add("--out", type=Path, required=True, metavar="report.html")
+    add("--audit", type=Path, metavar="AUDIT.jsonl",
+        help="audit trail: adds the repair effectiveness section")  # fmt: skip
     add("--grace", type=float, default=DEFAULT_GRACE_S, metavar="S",
         help="seconds after a fault ends before anomalies count as false alarms")  # fmt: skip
     return p
@@ -635,7 +639,7 @@ def main(argv: list[str]) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        for path in (args.events, args.truth, args.samples):
+        for path in (args.events, args.truth, args.samples, args.audit):
             if path is not None and not path.is_file():
                 parser.error(f"no such file: {path}")
     except SystemExit as exc:  # usage errors exit 2, --help 0
@@ -653,10 +657,14 @@ def main(argv: list[str]) -> int:
         notes += f", {bad} malformed lines skipped"
     if len(raw) != len(events):
         notes += f", {len(raw) - len(events)} neither anomaly nor repair"
-    args.out.write_text(
-        render_html(summary, events, samples=samples, truth=truth or [], notes=notes),
-        encoding="utf-8",
-    )
+    rows = None
+    if args.audit is not None:
+        rows = effectiveness_rows(raw, read_jsonl(args.audit)[0])
+    page = render_html(
+        summary, events, samples=samples, truth=truth or [], notes=notes,
+        extra_html=section_html(rows),
+    )  # fmt: skip
+    args.out.write_text(page, encoding="utf-8")
     print("\n".join(summary_lines(summary)))
     print(f"wrote {args.out}")
     return 0
