@@ -10,6 +10,8 @@ in-process in event time; executed repairs are applied to the fleet.
 
     .venv/bin/python -m benchmarks.learned_repair [--incidents 50] [--services 3]
 
+(writes the Markdown section to ``benchmarks/results/learned_repair.md``)
+
 Mean time to recovery is measured per incident from its detection (the first ``queue_high``
 anomaly on the entity after the fault started) to the fault being cleared, and reported over
 all incidents and after the first ``--warmup`` (10) incidents; a useless repair is an
@@ -22,6 +24,7 @@ import argparse
 import json
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -172,7 +175,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{order}: {json.dumps(rows[order])}", flush=True)
     ratio = rows["configured"]["mttr_after_warmup_s"] / rows["learned"]["mttr_after_warmup_s"]
     print(json.dumps({"speedup_after_warmup": round(ratio, 2)}))
+    RESULTS.write_text(markdown(rows, ratio, args), encoding="utf-8")
+    print(f"wrote {RESULTS}")
     return 0
+
+
+RESULTS = Path(__file__).resolve().parent / "results" / "learned_repair.md"
+
+
+def markdown(rows: dict[str, dict[str, Any]], ratio: float, args: argparse.Namespace) -> str:
+    cmd = ".venv/bin/python -m benchmarks.learned_repair"
+    lines = [
+        "### Learned repair order vs the static ladder (closed-loop simulator)",
+        "",
+        f"Command: `{cmd} --incidents {args.incidents} --services {args.services} "
+        f"--min-tries {args.min_tries}`",
+        "",
+        "| ladder [restart, scale_up] | MTTR all (s) | MTTR after first "
+        f"{args.warmup} (s) | median after (s) | repairs | useless repairs | unrecovered |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for order, r in rows.items():
+        reps = ", ".join(f"{k} {v}" for k, v in sorted(r["repairs"].items()))
+        lines.append(
+            f"| {order} | {r['mttr_all_s']} | {r['mttr_after_warmup_s']} | "
+            f"{r['median_after_warmup_s']} | {reps} | {r['useless_repairs']} | "
+            f"{r['unrecovered']} |"
+        )
+    lines += ["", f"Learned / static speed-up after the first {args.warmup}: **{ratio:.1f}x**.", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
