@@ -152,3 +152,35 @@ async def test_whatif_reads_the_anomalies_topic(broker, producer, topic_prefix, 
     assert summary["baseline"]["repairs"] == {"restart": 4}
     assert summary["candidate"]["repairs"] == {"restart": 10}
     assert summary["baseline"]["escalations"] == summary["candidate"]["escalations"] == 2
+
+
+def test_whatif_counts_storms_and_holds(tmp_path: Path) -> None:
+    """Eight entities at critical memory together: the shipped policy holds them in one storm;
+    a candidate with a higher storm threshold repairs them at the budget's rate instead."""
+    events = []
+    for i in range(10):
+        for e in range(8):
+            f = Finding(
+                ts=T0 + i * 60 + e,
+                entity=f"svc-{e}",
+                metric="container_memory_working_set_bytes",
+                detector="rule",
+                kind=AnomalyKind.MEMORY_HIGH,
+                severity=Severity.CRITICAL,
+                score=0.97,
+                threshold=0.95,
+                value=0.97,
+            )
+            events.append(anomaly_event(to_anomaly(f), "test"))
+    path = _write(tmp_path / "storm.jsonl", events)
+    cand = tmp_path / "cand.yaml"
+    cand.write_text("storm_threshold: 20\n")
+    res = _whatif(str(path), "--policy", str(cand), "--fail-on-more-repairs")
+    assert res.returncode == 1, res.stderr  # more repairs without the storm hold
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    base, new = summary["baseline"], summary["candidate"]
+    assert (base["storms"], new["storms"]) == (1, 0)
+    assert base["held"] > 0 and new["held"] == 0
+    assert new["suppressed"].get("budget", 0) > 0  # the budget is what holds them back now
+    assert sum(new["repairs"].values()) > sum(base["repairs"].values())
+    assert "storms: 1 -> 0" in res.stdout
