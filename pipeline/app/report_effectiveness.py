@@ -73,13 +73,11 @@ def effectiveness_rows(
     return sorted(rows, key=lambda r: (-(r.successes + r.failures), r.kind, r.action, r.service))
 
 
-def section_html(rows: list[Row] | None) -> str:
-    """The section (a hint when no audit trail was given)."""
-    head = "<h2>Repair effectiveness</h2>"
-    if rows is None:
-        return head + "<p>pass --audit AUDIT.jsonl (runtime.audit_path) to see it</p>"
+def section_html(rows: list[Row]) -> str:
+    """The report section (``report_html.section`` layout)."""
+    head = '<section id="effectiveness"><h2>Repair effectiveness</h2>'
     if not rows:
-        return head + "<p>no verified repair in the audit trail</p>"
+        return head + "<p>no verified repair in the audit trail</p></section>"
     cells = "".join(
         "<tr>"
         + "".join(
@@ -94,4 +92,4 @@ def section_html(rows: list[Row] | None) -> str:
         for c in ("kind", "action", "service", "successes", "failures", "success ratio")
     )
     note = "<p>success ratio: posterior mean, Beta(1, 1) prior plus the verified outcomes</p>"
-    return f"{head}{note}<table><tr>{cols}</tr>{cells}</table>"
+    return f"{head}{note}<table><tr>{cols}</tr>{cells}</table></section>"

@@ -16,18 +16,19 @@ For the anomaly's (rule, entity) case, in order:
 
 The fleet gate is asked (and waited for) only when a budget slot is needed: a need in
 cooldown, awaiting approval or held by a storm is only noted (it still counts for storms).
+(The one other wait: a storm-held entity's clearing, once per entity and storm.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from selfheal.pipeline.core.effectiveness import service_of
 from selfheal.pipeline.core.policy_config import ActionStep, Rule
 from selfheal.pipeline.core.policy_state import decision_id, storm_entity
 from selfheal.pipeline.core.repair import Case, PendingVerification
+from selfheal.pipeline.kernel.schemas import epoch_to_rfc3339
 from selfheal.pipeline.kernel.types import (
     Anomaly,
     Decision,
@@ -291,8 +292,8 @@ def succeed(eng: PolicyEngine, case: Case) -> None:
 
 
 def at(ts: float) -> str:
-    """An event time as operators read it (UTC, seconds)."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """An event time as operators read it (RFC 3339, UTC)."""
+    return epoch_to_rfc3339(ts)
 
 
 def trigger_text(rule: Rule, anomaly: Anomaly) -> str:

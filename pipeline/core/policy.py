@@ -12,7 +12,8 @@ at whichever call moves event time past them, so the output does not depend on h
 ``tick`` is called; what they produce is handed out by the next ``decide`` or ``tick``.
 
 Configuration is the running process's only: ``to_state`` / ``load_state`` carry plain data
-(``selfheal.pipeline.core.policy_state``), and an engine refuses to be pickled.
+(``selfheal.pipeline.core.policy_state``), ``snapshot`` / ``restore`` the same through the
+data-only snapshot codec, and an engine refuses to be pickled.
 
 Decision ids are ``uuid5`` over (rule, action, entity, anomaly id), so a replay of the same
 anomaly sequence yields the same decisions with the same ids.
@@ -118,6 +119,20 @@ class PolicyEngine:
         """
         self._state = PolicyState.from_plain(data, self.config)
         self._rewatch()
+
+    def snapshot(self) -> bytes:
+        """The plain state through the data-only snapshot codec (what partition snapshots
+        carry; ``selfheal.pipeline.core.state``)."""
+        from selfheal.pipeline.core import state as snapshots
+
+        return snapshots.dumps(self.to_state())
+
+    def restore(self, data: bytes) -> None:
+        """Continue from a ``snapshot()`` under the running configuration (``ValueError`` when
+        it cannot be trusted; the engine is then unchanged)."""
+        from selfheal.pipeline.core import state as snapshots
+
+        self.load_state(snapshots.loads(data))
 
     @property
     def watermark(self) -> float:

@@ -9,7 +9,6 @@ it does no I/O (the runner in ``selfheal.pipeline.app.runner`` does).
 from __future__ import annotations
 
 import gc
-import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +34,6 @@ from selfheal.pipeline.kernel.types import (
     Reject,
     Verification,
 )
-
-log = logging.getLogger(__name__)
 
 
 class PolicyLike(Protocol):
@@ -308,19 +305,6 @@ class PartitionStage:
 
     # -- snapshots --------------------------------------------------------------------------
 
-    def __getstate__(self) -> dict[str, Any]:
-        # the policy travels as plain state, never with its configuration: the process that
-        # restores the partition installs its own policy (``Pipeline.adopt``)
-        state = dict(self.__dict__)
-        policy = state.pop("policy")
-        to_state = getattr(policy, "to_state", None)
-        state["policy_state"] = to_state() if to_state is not None else None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.policy = None  # type: ignore[assignment]  # installed by Pipeline.adopt
-
     def collections(self) -> list[LRU[Any, Any]]:
         return [self.series, self.entities, self.tickers, self.guard.buckets, self.guard.label_sets]
 
@@ -376,19 +360,9 @@ class Pipeline:
         return st
 
     def adopt(self, stage: PartitionStage) -> None:
-        """Install a restored stage: this deployment's routing, policy config and fleet gate
-        win; only the policy's plain state is carried over."""
+        """Install a restored stage: this deployment's routing and fleet gate win."""
         stage.router = self.router
-        policy = self.policy_factory()
-        plain = stage.__dict__.pop("policy_state", None)
-        load = getattr(policy, "load_state", None)
-        if plain is not None and load is not None:
-            try:
-                load(plain)
-            except ValueError as exc:  # unusable state: the policy starts fresh
-                log.error("partition %d: policy state not restored (%s)", stage.partition, exc)
-        stage.policy = policy
-        attach_fleet(policy, self._fleet)
+        attach_fleet(stage.policy, self._fleet)
         self.stages[stage.partition] = stage
 
     def process(self, batch: Sequence[Envelope], now: float | None) -> Outputs:
@@ -430,7 +404,13 @@ class Pipeline:
                 decoded.logs.extend(dl.logs)
                 decoded.rejects.extend(dl.rejects)
             st = self.stage(part)
-            out.extend(st.process(decoded, envs, now, self.use_watermark))
+            if self.use_watermark:
+                # event time judged by the partition's own progress (core/eventtime.py), so
+                # the stage's clock-based future/past checks are off (reference None)
+                decoded, envs = st.guard.events.sequence(decoded, envs)
+                out.extend(st.process(decoded, envs, None, False))
+            else:
+                out.extend(st.process(decoded, envs, now, False))
             if now is not None:
                 st.data_wall = now
         return out
@@ -450,8 +430,13 @@ class Pipeline:
         return out
 
     def final_tick(self) -> Outputs:
-        """End of a replay: one last check at each partition's watermark."""
+        """End of a replay: records still held for confirmation are judged, then one last
+        check at each partition's watermark."""
         out = Outputs()
+        for st in self.stages.values():
+            decoded, envs = st.guard.events.flush()
+            if envs:
+                out.extend(st.process(decoded, envs, None, False))
         for st in self.stages.values():
             if st.watermark > float("-inf"):
                 out.extend(st.tick(st.watermark))

@@ -49,7 +49,7 @@ def hold_if_storm(
     """Hold ``case`` when a storm runs on any action of its rule's ladder (else None)."""
     actions = [current] + [s.action for s in ask.rule.actions if s.action is not current]
     for action in actions:
-        storm_id = eng.fleet.active_storm(action, ask.now)
+        storm_id = eng.fleet.active_storm(action, ask.now) or _held_here(eng, action)
         if storm_id is None:
             continue
         count, listed = eng.fleet.storm_entities(storm_id)
@@ -227,23 +227,27 @@ def heartbeat(eng: PolicyEngine, key: tuple[str, str], now: float, *, last: bool
     hold = st.held.get(key)
     if hold is None:
         return
-    if eng.fleet.active_storm(hold.action, now) != hold.storm_id:
-        del st.held[key]
+    if not last and eng.fleet.active_storm(hold.action, now) not in (hold.storm_id, None):
+        del st.held[key]  # another storm runs: this one is over
         return
     if last or now - hold.last_note >= eng.config.storm_window_seconds * HEARTBEAT_FRACTION:
         entity = key[1]
         seed = f"hold:{hold.storm_id}:{now!r}"
-        eng.fleet.note(
-            FleetRequest(
-                decision_id(key[0], hold.action, entity, seed),
-                now,
-                entity,
-                hold.action,
-                claim=False,
-                storm_id="",
-                held=not last,
-            )
+        req = FleetRequest(
+            decision_id(key[0], hold.action, entity, seed),
+            now,
+            entity,
+            hold.action,
+            claim=False,
+            storm_id="",
+            held=not last,
         )
+        if last:
+            # waited for (once per entity and storm): the fleet's view of the storm must
+            # include the clearing before this engine judges whether the storm is over
+            eng.fleet.request(req)
+        else:
+            eng.fleet.note(req)
         hold.last_note = now
         if last:
             del st.held[key]  # cleared: no longer flagged (a new need holds it again)
@@ -261,7 +265,7 @@ def unflag_stale(eng: PolicyEngine, now: float) -> None:
         if now - last > quiet:
             rule, entity = key
             at = last + quiet
-            eng.fleet.note(
+            eng.fleet.request(  # waited for, as a clearing (see heartbeat)
                 FleetRequest(
                     decision_id(rule, hold.action, entity, f"hold:{hold.storm_id}:{at!r}"),
                     at,
@@ -297,12 +301,28 @@ def end_storms(eng: PolicyEngine, now: float) -> list[Decision]:
         resolution = _resolution(eng, storm, last + window, text)
         eng.fleet.end_storm(StormEnd(storm.decision_id, storm.action, resolution.ts))
         out.append(resolution)
-    for key in [k for k, h in st.held.items() if eng.fleet.active_storm(h.action, now) is None]:
+    # holds of storms that are over; a flagged one stays until its entity clears (the fleet
+    # gate may not have read the latest notes of this engine yet)
+    for key in [
+        k
+        for k, h in st.held.items()
+        if eng.fleet.active_storm(h.action, now) is None and not _flagged(st.cases.get(*k))
+    ]:
         del st.held[key]
     live = {h.storm_id for h in st.held.values()} | {s.decision_id for s in st.storms.values()}
     for storm_id in [sid for sid in st.announced if sid not in live]:
         del st.announced[storm_id]
     return out
+
+
+def _held_here(eng: PolicyEngine, action: RepairAction) -> str | None:
+    """A storm on ``action`` this engine still holds flagged entities for: it is not over,
+    even if the fleet gate has not read this engine's latest notes yet."""
+    st = eng._state
+    for key, hold in st.held.items():
+        if hold.action is action and _flagged(st.cases.get(*key)):
+            return hold.storm_id
+    return None
 
 
 def _flagged(case: Case | None) -> bool:
