@@ -35,7 +35,17 @@ def state_classes() -> tuple[type, ...]:
     import drain3.drain as drain
     from cachetools import LRUCache
     from drain3.simple_profiler import NullProfiler
-    from selfheal.models import error_rate, latency, log_templates, logs, memory, rules, security
+    from selfheal.models import (
+        cusum,
+        error_rate,
+        forecast,
+        latency,
+        log_templates,
+        logs,
+        memory,
+        rules,
+        security,
+    )
     from selfheal.pipeline.core import fleet, guard, repair
     from selfheal.pipeline.kernel import lru, types
 
@@ -83,6 +93,8 @@ def state_classes() -> tuple[type, ...]:
         rules.ThresholdJudge,
         rules.LoopJudge,
         memory.MemoryLeakJudge,
+        forecast.ResourceForecastJudge,
+        cusum.BinomialCusum,
         latency.LatencyDetector,
         latency.LatencyJudge,
         latency._Layout,

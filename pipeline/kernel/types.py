@@ -36,6 +36,8 @@ class AnomalyKind(enum.StrEnum):
     LATENCY_ANOMALY = "latency_anomaly"
     LOG_PATTERN = "log_pattern"
     SECURITY = "security"
+    #: a resource other than memory (disk, descriptors, pools, queue) forecast to hit its limit
+    RESOURCE_EXHAUSTION = "resource_exhaustion"
     # static threshold rules (models/rules)
     MEMORY_HIGH = "memory_high"
     QUEUE_HIGH = "queue_high"
