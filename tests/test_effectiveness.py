@@ -132,3 +132,22 @@ def test_service_of() -> None:
     assert service_of("checkout-12") == "checkout"
     assert service_of("checkout-12", {"service": "pay"}) == "pay"
     assert service_of("db") == "db"
+
+
+def test_learning_survives_the_partition_snapshot_codec() -> None:
+    """The runner's snapshot path (``core.state.encode`` / ``decode`` / ``restore``)."""
+    from selfheal.pipeline.core import state as snapshots
+    from selfheal.pipeline.core.stage import Pipeline
+
+    from benchmarks.learned_repair import settings_for
+
+    eng = PolicyEngine(_config())
+    for i in range(3):
+        _incident(eng, "orders-1", 10_000.0 * (i + 1))
+    settings = settings_for("learned")
+    blob = snapshots.encode(Pipeline(settings, lambda: eng, live=False).stage(0), {}, None)
+    _, state = snapshots.decode(blob, None)
+    restored = Pipeline(settings, lambda: PolicyEngine(_config()), live=False).stage(0)
+    snapshots.restore(restored, state)
+    rec = restored.policy.learning.get("queue_high", "scale_up", "orders")  # type: ignore[attr-defined]
+    assert rec is not None and (rec.successes, rec.failures) == (3, 0)
