@@ -70,8 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="selfheal whatif",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="The last line printed is a JSON summary. Exit codes: 0; 1 with\n"
+        "--fail-on-more-repairs when the candidate repairs more, or when the topic cannot\n"
+        "be read; 2 for bad usage, an unreadable file or an invalid policy.",
     )
-    p.add_argument("events", nargs="?", type=Path, metavar="EVENTS.jsonl", help="CloudEvents")
+    p.add_argument(
+        "events",
+        nargs="?",
+        type=Path,
+        metavar="EVENTS.jsonl",
+        help="recorded CloudEvents (JSON lines); other event types are skipped",
+    )
     p.add_argument(
         "--baseline",
         type=Path,
@@ -91,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=since_arg,
         help="only anomalies at or after this event time (RFC 3339, epoch, or 2h/30m/1d ago)",
     )
-    p.add_argument("--timeout", type=positive_float, default=60.0, help="topic read timeout (s)")
+    p.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=60.0,
+        help="seconds to read the topic to its end (default: 60)",
+    )
     p.add_argument(
         "--fail-on-more-repairs",
         action="store_true",
