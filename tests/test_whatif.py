@@ -82,6 +82,7 @@ def test_whatif_file_diff_and_ci_gate(tmp_path: Path) -> None:
     assert summary["changed"] > 0
     assert summary["anomalies"] == 20  # repair events in the file are not anomalies
     assert "rollback pending_approval" in res.stdout  # the first differing decision, listed
+    assert "    -> health-check\n" in res.stdout  # the candidate's rules replace the shipped ones
     assert f"record {len(recorded) + 1}: not JSON" in res.stderr  # a bad line is named, not fatal
     gate = _whatif(str(events), "--policy", str(cand), "--fail-on-more-repairs")
     assert gate.returncode == 1

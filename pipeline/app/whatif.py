@@ -174,6 +174,10 @@ def compare(
     base, cand = replay_policy(baseline, ordered), replay_policy(candidate, ordered)
     diffs = differences(base, cand, ordered)
     return {
+        "rules": {
+            "baseline": [r.name for r in baseline.rules],
+            "candidate": [r.name for r in candidate.rules],
+        },
         "anomalies": len(ordered),
         "baseline": summary(base),
         "candidate": summary(cand),
@@ -206,6 +210,11 @@ def _delta_lines(name: str, base: dict[str, int], cand: dict[str, int]) -> list[
 def render(report: dict[str, Any], out: TextIO) -> None:
     b, c = report["baseline"], report["candidate"]
     lines = [f"{report['anomalies']} anomalies replayed (baseline -> candidate)"]
+    rules = report["rules"]
+    if rules["baseline"] != rules["candidate"]:
+        # a rules list replaces the shipped one as a whole, as in a run config
+        lines.append(f"rules: {', '.join(rules['baseline']) or '(none)'}")
+        lines.append(f"    -> {', '.join(rules['candidate']) or '(none)'}")
     lines += _delta_lines("repairs by action", b["repairs"], c["repairs"])
     lines += _delta_lines("repairs by rule", b["repairs_by_rule"], c["repairs_by_rule"])
     lines += _delta_lines("suppressed", b["suppressed"], c["suppressed"])
