@@ -88,3 +88,42 @@ def test_replay_exports_effectiveness_metrics(tmp_path: Path) -> None:
     assert m.registry.get_sample_value("repair_success_ratio", pooled) == pytest.approx(1 / 3)
     # no success: no recovery time to report
     assert m.registry.get_sample_value("repair_recovery_seconds", restart) is None
+
+
+@pytest.mark.asyncio
+async def test_kafka_runner_exports_effectiveness(broker, producer, topic_prefix, tmp_path) -> None:
+    """The Kafka runner (real broker) sets the gauges from its partition engines."""
+    import time
+
+    from selfheal.connectors.kafka import ensure_topics
+    from selfheal.pipeline.app.runner import Runner
+
+    from tests.spine_helpers import produce_records, run_until, settings_for
+
+    start = time.time() - 3 * 3600
+    spec = FaultSpec("checkout-1", FaultKind.QUEUE_FILLING, start + 300.0, time_to_breach=300.0)
+    fleet = Fleet(FleetConfig(services=2, start=start, log_lines=0, faults=(spec,)))
+    records = [s for _ in range(140) for s in fleet.step()[0]]
+    s = settings_for(
+        topic_prefix,
+        broker.bootstrap,
+        partitions=2,
+        detection={"models_enabled": False},
+        policy={"rules": [RULE]},
+    )
+    await ensure_topics(broker.bootstrap, [s.kafka.topics.metrics, s.kafka.topics.logs], 2)
+    await produce_records(producer, s.kafka.topics.metrics, records)
+    runner = Runner(s, lambda: PolicyEngine(s.policy))
+    labels = {"kind": "queue_high", "action": "restart", "service": "checkout"}
+
+    def gauge() -> float | None:
+        return runner.metrics.registry.get_sample_value("repair_success_ratio", labels)
+
+    await run_until(
+        runner,
+        broker.bootstrap,
+        lambda: runner.stats.messages >= len(records) and gauge() is not None,
+        timeout=90,
+    )
+    assert runner.stats.messages >= len(records)
+    assert gauge() == pytest.approx(1 / 3)  # one verified failure, Beta(1, 1) prior
