@@ -185,3 +185,16 @@ def test_whatif_counts_storms_and_holds(tmp_path: Path) -> None:
     assert new["suppressed"].get("budget", 0) > 0  # the budget is what holds them back now
     assert sum(new["repairs"].values()) > sum(base["repairs"].values())
     assert "storms: 1 -> 0" in res.stdout
+
+
+def test_since_accepts_times_and_durations() -> None:
+    import argparse
+    import time
+
+    from selfheal.pipeline.app.whatif import since_arg
+
+    assert since_arg("2026-11-28T05:00:00Z") == T0
+    assert since_arg(str(T0)) == T0
+    assert abs(since_arg("2h") - (time.time() - 7200)) < 5
+    with pytest.raises(argparse.ArgumentTypeError):
+        since_arg("yesterday")
