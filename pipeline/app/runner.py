@@ -426,6 +426,9 @@ class Runner(PartitionState):
         for name, (size, ev) in sizes.items():
             self.metrics.observe_collection(name, size, ev)
         observe_effectiveness(self.metrics, [st.policy for st in self.pipeline.stages.values()])
+        self.metrics.observe_otlp(
+            [getattr(st, "otlp_counts", {}) for st in self.pipeline.stages.values()]
+        )
         self._enforce_memory_cap()
 
     def _enforce_memory_cap(self) -> None:

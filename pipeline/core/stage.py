@@ -117,6 +117,9 @@ class PartitionStage:
         self.series: LRU[SeriesKey, list[Judge]] = LRU("series", d.max_series)
         self.entities: LRU[tuple[str, str], Judge | LogJudge] = LRU("entity_judges", d.max_series)
         self.tickers: LRU[object, Judge | LogJudge] = LRU("tickers", d.max_series)
+        #: OTLP cumulative series (last point, plain tuples) and counts of ignored points
+        self.otlp_series: LRU[tuple[Any, ...], tuple[Any, ...]] = LRU("otlp_series", d.max_series)
+        self.otlp_counts: dict[str, int] = {}
 
     # -- processing -------------------------------------------------------------------------
 
@@ -306,7 +309,8 @@ class PartitionStage:
     # -- snapshots --------------------------------------------------------------------------
 
     def collections(self) -> list[LRU[Any, Any]]:
-        return [self.series, self.entities, self.tickers, self.guard.buckets, self.guard.label_sets]
+        g = self.guard
+        return [self.series, self.entities, self.tickers, g.buckets, g.label_sets, self.otlp_series]
 
 
 class Pipeline:
@@ -332,8 +336,13 @@ class Pipeline:
         )
         self.live = live
         v = settings.validation
+        er = settings.detection.models.error_rate
         self.decoder = Decoder(
-            max_message_bytes=v.max_message_bytes, entity_label_keys=v.entity_label_keys
+            max_message_bytes=v.max_message_bytes,
+            entity_label_keys=v.entity_label_keys,
+            otlp=settings.otlp,
+            counters=(er.requests_metric, er.errors_metric),
+            max_series=settings.detection.max_series,
         )
         self.topics = settings.kafka.topics
         self.use_watermark = (not live) or v.time_reference == "watermark"
@@ -398,12 +407,13 @@ class Pipeline:
             else:
                 metrics = [e for e in envs if e.topic != logs_topic]
                 logs = [e for e in envs if e.topic == logs_topic]
-            decoded = self.decoder.decode_metrics(metrics) if metrics else Decoded()
+            st = self.stage(part)
+            decoded = self.decoder.decode_metrics(metrics, st) if metrics else Decoded()
             if logs:
-                dl = self.decoder.decode_logs(logs)
+                dl = self.decoder.decode_logs(logs, st)
+                decoded.samples.extend(dl.samples)  # OTLP/JSON metrics replayed as logs
                 decoded.logs.extend(dl.logs)
                 decoded.rejects.extend(dl.rejects)
-            st = self.stage(part)
             if self.use_watermark:
                 # event time judged by the partition's own progress (core/eventtime.py), so
                 # the stage's clock-based future/past checks are off (reference None)

@@ -161,6 +161,10 @@ def stage_state(stage: Any) -> dict[str, Any]:
         "tickers": stage.tickers,
         # the engine's own snapshot: plain data (rules, budgets, dry run stay out of it)
         "policy": snap() if snap is not None else None,
+        # OTLP cumulative series (last point per series, plain tuples) and ignored-point counts
+        "otlp": {"series": stage.otlp_series, "counts": stage.otlp_counts}
+        if hasattr(stage, "otlp_series")
+        else None,
     }
 
 
@@ -234,6 +238,18 @@ def restore(stage: Any, state: dict[str, Any]) -> None:
         coll.maxsize = getattr(stage, name).maxsize
         coll.shrink(coll.maxsize)
         setattr(stage, name, coll)
+    from selfheal.pipeline.kernel.lru import LRU
+
+    otlp = state.get("otlp")
+    if isinstance(otlp, dict) and isinstance(otlp.get("series"), LRU):
+        otlp["series"].maxsize = stage.otlp_series.maxsize
+        otlp["series"].shrink(stage.otlp_series.maxsize)
+        stage.otlp_series = otlp["series"]
+        try:
+            counts = {str(k): int(v) for k, v in dict(otlp.get("counts") or {}).items()}
+        except (TypeError, ValueError) as exc:
+            raise SnapshotError(f"otlp counts: {exc}") from exc
+        stage.otlp_counts = counts
     restore_policy = getattr(stage.policy, "restore", None)
     if state["policy"] is not None and restore_policy is not None:
         try:
