@@ -34,6 +34,11 @@ DELEGATED: dict[str, tuple[str, str]] = {
         "selfheal.pipeline.app.demo",
         "embedded broker + simulated fleet + pipeline, with a summary",
     ),
+    # operator control (``main_<command>`` in the module)
+    "pause": ("selfheal.pipeline.app.control", "pause automatic repair in every process"),
+    "resume": ("selfheal.pipeline.app.control", "resume automatic repair"),
+    "approve": ("selfheal.pipeline.app.control", "approve a pending decision (runs it once)"),
+    "reject": ("selfheal.pipeline.app.control", "reject a pending decision"),
 }
 
 
@@ -98,16 +103,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from selfheal.pipeline.app.runner import Runner
-    from selfheal.pipeline.app.wiring import build_executors
+    from selfheal.pipeline.app.wiring import SelfhealProcess
 
     settings = _settings(args.config)
     bootstrap = args.bootstrap or settings.kafka.bootstrap
-    runner = Runner(
-        settings,
-        _policy_factory(settings),
-        executors=build_executors(settings),
-    )
+    # detection publishes decisions; the process's executor stage runs them
+    process = SelfhealProcess(settings, _policy_factory(settings))
+    runner = process.runner
     server = runner.start_http()
     if server is not None:
         logging.getLogger("selfheal").info(
@@ -119,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        stats = await runner.run(bootstrap, duration=args.duration, stop=stop)
+        stats = await process.run(bootstrap, duration=args.duration, stop=stop)
         print(
             json.dumps(
                 {
@@ -199,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in DELEGATED:
         module = importlib.import_module(DELEGATED[argv[0]][0])
         try:
-            return int(module.main(argv[1:]))
+            entry = getattr(module, f"main_{argv[0]}", None) or module.main
+            return int(entry(argv[1:]))
         except ConfigError as exc:
             print(f"selfheal {argv[0]}: invalid configuration: {exc}", file=sys.stderr)
             return 2

@@ -162,6 +162,8 @@ class Runner:
         self._source: KafkaSource | None = None
         self._sink: KafkaSink | None = None
         self._store: KafkaStateStore | None = None
+        #: applied to each batch's outputs before they are written (``selfheal pause``)
+        self.outputs_hook: Callable[[Outputs], None] | None = None
 
     # -- public ---------------------------------------------------------------------------
 
@@ -467,6 +469,8 @@ class Runner:
         if now >= self._next_tick:
             self._next_tick = now + self.settings.detection.tick_seconds
             out.extend(self.pipeline.tick(now, self.settings.detection.idle_grace_seconds))
+        if out and self.outputs_hook is not None:
+            self.outputs_hook(out)
         if out:
             await sink.write_batch(encode_outputs(out, self.settings))
             if self._audit is not None:

@@ -29,7 +29,9 @@ from selfheal.pipeline.kernel.types import Decision, Verification
 DECISION = "decision"
 EXECUTION = "execution"
 VERIFICATION = "verification"
-RECORD_KINDS = (DECISION, EXECUTION, VERIFICATION)
+#: who approved or rejected a pending decision (written by the executor stage)
+APPROVAL = "approval"
+RECORD_KINDS = (DECISION, EXECUTION, VERIFICATION, APPROVAL)
 _REQUIRED = ("record", "id", "ts", "entity", "action")
 
 
@@ -263,7 +265,7 @@ def _table(records: list[AuditRecord]) -> None:
             r.entity,
             r.action,
             str(d.get("status", "")),
-            str(d.get("suppressed_by") or d.get("executor") or ""),
+            str(d.get("suppressed_by") or d.get("executor") or d.get("by") or ""),
             str(d.get("rule", "")),
             str(d.get("explanation") or d.get("detail") or ""),
         )

@@ -42,6 +42,12 @@ class TopicsConfig(_Section):
     state: str = "selfheal.state"
     #: one-partition log of repair needs: the fleet-wide budget and storm window
     fleet: str = "selfheal.fleet"
+    #: execution record per decision id ("started", then the outcome): at most once per id
+    outcomes: str = "selfheal.repair_outcomes"
+    #: one-partition log of pause / resume commands every process follows
+    control: str = "selfheal.control"
+    #: one-partition log of approvals and rejections of pending decisions
+    approvals: str = "selfheal.approvals"
 
 
 class KafkaConfig(_Section):
@@ -125,6 +131,12 @@ class ExecutorsConfig(_Section):
     #: escalations go to Alertmanager's /api/v2/alerts
     alertmanager_url: str | None = None
     generator_url: str = ""
+    #: decisions executed at the same time by the executor stage (outside the detection loop)
+    max_concurrent: int = Field(default=4, ge=1, le=256)
+    #: a pending decision can be approved for this long after it was published
+    approval_expiry_seconds: float = Field(default=3600.0, gt=0)
+    #: how far back a starting process reads the repair, outcome, control and approval logs
+    history_seconds: float = Field(default=86_400.0, gt=0)
 
 
 class RuntimeConfig(_Section):
