@@ -190,6 +190,21 @@ class RepairData(BaseModel):
     rule: str
 
 
+class RepairOutcomeData(BaseModel):
+    """``io.selfheal.repair.outcome`` (and ``.started``) on the repair-outcome topic."""
+
+    decision_id: str
+    action: str
+    entity: str
+    rule: str
+    outcome: Literal["started", "ok", "failed", "timeout", "error", "skipped", "unknown", "paused"]
+    executor: str
+    detail: str
+    duration_seconds: float
+    approved_decision_id: str | None = None
+    approved_by: str | None = None
+
+
 class DeadLetterData(BaseModel):
     topic: str
     partition: int
@@ -236,5 +251,6 @@ def json_schemas() -> dict[str, Any]:
             "AnomalyData": AnomalyData.model_json_schema(),
             "RepairData": RepairData.model_json_schema(),
             "DeadLetterData": DeadLetterData.model_json_schema(),
+            "RepairOutcomeData": RepairOutcomeData.model_json_schema(),
         },
     }
