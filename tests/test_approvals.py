@@ -9,6 +9,7 @@ never runs; the audit says who decided. A late approval (after the expiry) runs 
 from __future__ import annotations
 
 import asyncio
+import shlex
 import sys
 import time
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 
 from tests.conftest import consume_all
 from tests.spine_helpers import produce_records, settings_for, write_config
+from tests.test_alertmanager import alertmanager, alerts  # noqa: F401 (the fixture)
 from tests.test_control import RECORD, Proc, _until, entities_on_both, selfheal
 
 pytestmark = pytest.mark.asyncio
@@ -35,7 +37,13 @@ def _mem(entity: str, ts: float) -> dict[str, Any]:
     }
 
 
-async def test_approve_reject_expire_across_restart(broker, producer, topic_prefix, tmp_path):
+async def test_approve_reject_expire_across_restart(
+    broker,
+    producer,
+    topic_prefix,
+    tmp_path,
+    alertmanager,  # noqa: F811
+):
     script = tmp_path / "record.py"
     script.write_text(RECORD)
     marker = tmp_path / "executed.txt"
@@ -48,6 +56,7 @@ async def test_approve_reject_expire_across_restart(broker, producer, topic_pref
         executors={
             "commands": {"restart": [sys.executable, str(script), "{entity}", str(marker)]},
             "approval_expiry_seconds": EXPIRY,
+            "alertmanager_url": alertmanager,
         },
         runtime={"audit_path": str(tmp_path / "audit.jsonl")},
     )
@@ -97,11 +106,24 @@ async def test_approve_reject_expire_across_restart(broker, producer, topic_pref
         await _until(all_pending, 60, "three pending decisions")
         ids = await pending()
         assert not marker.exists(), "nothing runs without an approval"
+
+        async def requested() -> bool:
+            found = {a["annotations"].get("decision_id") for a in alerts(alertmanager)}
+            return set(ids.values()) <= found
+
+        await _until(requested, 30, "approval requests in Alertmanager")
+        request = next(
+            a for a in alerts(alertmanager) if a["annotations"]["decision_id"] == ids[approve]
+        )
+        command = request["annotations"]["approve_command"]
+        assert command.startswith(f"selfheal approve {ids[approve]} --by NAME ")
+        assert approve in request["annotations"]["summary"]
         first.popen.kill()
         first.popen.wait(timeout=10)
 
         args = ("--config", str(config), "--bootstrap", broker.bootstrap)
-        res = selfheal("approve", ids[approve], "--by", "bob", *args)
+        # the exact command of the alert, as an SRE pastes it (no config file needed)
+        res = selfheal(*shlex.split(command.replace("NAME", "bob"))[1:])
         assert res.returncode == 0, res.stderr
         res = selfheal("reject", ids[reject], "--by", "carol", *args)
         assert res.returncode == 0, res.stderr
@@ -147,8 +169,22 @@ async def test_approve_reject_expire_across_restart(broker, producer, topic_pref
     assert (reject, "rejected", "carol") in votes
     assert (late, "expired", "erin") in votes
     assert not [r for r in records if r["record"] == "approval" and r["by"] == "dave"]
-    done = [r for r in records if r["record"] == "execution" and r["status"] == "ok"]
+    done = [
+        r
+        for r in records
+        if r["record"] == "execution" and r["status"] == "ok" and r["executor"] == "command"
+    ]
     assert [(r["entity"], r["approved_decision_id"]) for r in done] == [(approve, ids[approve])]
     outcomes = [orjson.loads(v) for v in await consume_all(broker.bootstrap, t.outcomes)]
-    oks = [ev["data"] for ev in outcomes if ev["data"]["outcome"] == "ok"]
+    oks = [
+        ev["data"]
+        for ev in outcomes
+        if ev["data"]["outcome"] == "ok" and ev["data"]["executor"] == "command"
+    ]
+    notified = [
+        ev["data"]
+        for ev in outcomes
+        if ev["data"]["outcome"] == "ok" and ev["data"]["executor"] == "alertmanager"
+    ]
+    assert sorted(d["entity"] for d in notified) == sorted([approve, reject, late])
     assert [(d["entity"], d["approved_by"]) for d in oks] == [(approve, "bob")]

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import getpass
 import logging
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -229,7 +230,20 @@ def _parser(op: str) -> argparse.ArgumentParser:
         p.add_argument("--reason", default="", help="why (shown in /readyz and the audit)")
     p.add_argument("--config", type=Path, help="YAML configuration (topics, group, TLS)")
     p.add_argument("--bootstrap", help="HOST:PORT (default: config kafka.bootstrap)")
+    p.add_argument("--group", help="consumer group of the processes (default: config)")
+    p.add_argument("--topic", help="control/approvals topic (default: config)")
     return p
+
+
+def operator_command(op: str, decision_id: str, settings: Settings, bootstrap: str) -> str:
+    """The exact ``selfheal approve|reject`` command line for ``decision_id`` (NAME to fill)."""
+    k = settings.kafka
+    parts = ["selfheal", op, shlex.quote(decision_id), "--by", "NAME", "--bootstrap", bootstrap]
+    if k.group_id != "selfheal":
+        parts += ["--group", shlex.quote(k.group_id)]
+    if k.topics.approvals != "selfheal.approvals":
+        parts += ["--topic", shlex.quote(k.topics.approvals)]
+    return " ".join(parts)
 
 
 _HELP = {
@@ -275,16 +289,17 @@ def run_command(op: str, argv: list[str]) -> int:
         print(f"selfheal {op}: invalid configuration: {exc}", file=sys.stderr)
         return 2
     bootstrap = args.bootstrap or settings.kafka.bootstrap
-    group, t, now = settings.kafka.group_id, settings.kafka.topics, time.time()
+    group, t, now = args.group or settings.kafka.group_id, settings.kafka.topics, time.time()
     if op in CONTROL_OPS:
         by = args.by or _login()
-        topic, value = t.control, encode_control(op, group, by=by, reason=args.reason, ts=now)
+        topic = args.topic or t.control
+        value = encode_control(op, group, by=by, reason=args.reason, ts=now)
         what = f"{op} published for group {group}"
     else:
         if not args.by.strip():
             print(f"selfheal {op}: --by must name someone", file=sys.stderr)
             return 2
-        topic = t.approvals
+        topic = args.topic or t.approvals
         value = encode_approval(op, group, args.decision_id, by=args.by, ts=now)
         what = f"{op} of {args.decision_id} by {args.by} published for group {group}"
     try:

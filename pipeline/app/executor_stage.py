@@ -37,13 +37,13 @@ from selfheal.connectors.errors import BrokerUnavailable, is_retriable
 from selfheal.connectors.kafka import KafkaSink, ensure_topics
 from selfheal.connectors.tail import TailRecord, TopicTail
 from selfheal.pipeline.app import outcomes as oc
-from selfheal.pipeline.app.control import ApprovalVote, ControlPlane
+from selfheal.pipeline.app.control import ApprovalVote, ControlPlane, operator_command
 from selfheal.pipeline.app.runner import ExecutorLike, kafka_client_options
 from selfheal.pipeline.core.audit import AuditRecord, decision_record
 from selfheal.pipeline.core.config import Settings
 from selfheal.pipeline.core.events import dumps
 from selfheal.pipeline.core.metrics import Metrics
-from selfheal.pipeline.kernel.types import Decision, DecisionStatus, Mode
+from selfheal.pipeline.kernel.types import Decision, DecisionStatus, Mode, RepairAction
 
 log = logging.getLogger("selfheal.executor")
 
@@ -126,6 +126,7 @@ class ExecutorStage:
         self._consumer: AIOKafkaConsumer | None = None
         self._sink: KafkaSink | None = None
         self._outcomes: TopicTail | None = None
+        self._boot = settings.kafka.bootstrap
         control.on_vote = self._on_vote
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -168,6 +169,7 @@ class ExecutorStage:
         k = self.settings.kafka
         t = k.topics
         client = kafka_client_options(k)
+        self._boot = bootstrap
         if k.create_topics:
             await ensure_topics(bootstrap, [t.repairs, t.outcomes], k.partitions, client)
         self._sink = KafkaSink(bootstrap, client=client, linger_ms=0)
@@ -280,14 +282,17 @@ class ExecutorStage:
                     self.swallowed("executor.decode", exc)
                     continue
                 live = m.offset >= self._live_from.get(tp, 0)
-                if d.status is DecisionStatus.PENDING_APPROVAL:
+                pending = d.status is DecisionStatus.PENDING_APPROVAL
+                if pending:
                     self._remember_pending(d, m.timestamp, tp.partition)
-                elif d.status is DecisionStatus.EXECUTE and d.mode is Mode.ENFORCE and live:
+                if not live or not (pending or d.status is DecisionStatus.EXECUTE):
+                    continue
+                if d.mode is Mode.ENFORCE or pending:
                     if not synced:  # see every outcome written so far, once per batch
                         assert self._outcomes is not None
                         await self._outcomes.sync()
                         synced = True
-                    await self._admit(d, tp, m.offset)
+                    await self._admit(self.approval_request(d) if pending else d, tp, m.offset)
 
     async def _admit(self, d: Decision, tp: TopicPartition, offset: int) -> None:
         handlers = [ex for ex in self.executors if ex.handles(d)]
@@ -320,6 +325,7 @@ class ExecutorStage:
                     return
                 await self._write([self._outcome_out(oc.started_event(d, self._src, self.clock()))])
                 self.ledger.note(d.id, oc.STARTED)
+                d = self.with_commands(d)
                 results = await asyncio.gather(
                     *(asyncio.wait_for(ex.execute(d), self.timeout) for ex in handlers),
                     return_exceptions=True,
@@ -336,6 +342,40 @@ class ExecutorStage:
         finally:
             self._inflight.discard(d.id)
             self._open.get(tp, set()).discard(offset)
+
+    def approval_request(self, pending: Decision) -> Decision:
+        """The escalation telling humans a decision awaits them, with the exact commands."""
+        return replace(
+            pending,
+            id=str(uuid.uuid5(_APPROVED_NS, f"request|{pending.id}")),
+            action=RepairAction.ESCALATE,
+            mode=Mode.ENFORCE,
+            status=DecisionStatus.EXECUTE,
+            params={
+                **pending.params,
+                "approval_required": True,
+                "approval_decision_id": pending.id,
+                "escalated_action": pending.action.value,
+                "kind": "approval_required",
+                "severity": "warning",
+            },
+            explanation=f"{pending.action.value} of {pending.entity} awaits approval. "
+            + pending.explanation,
+        )
+
+    def with_commands(self, d: Decision) -> Decision:
+        """Escalations carry the decision id to act on and the commands to do it."""
+        if d.action is not RepairAction.ESCALATE:
+            return d
+        target = str(d.params.get("approval_decision_id", d.id))
+        return replace(
+            d,
+            params={
+                **d.params,
+                "approve_command": operator_command("approve", target, self.settings, self._boot),
+                "reject_command": operator_command("reject", target, self.settings, self._boot),
+            },
+        )
 
     @property
     def _src(self) -> str:
