@@ -465,10 +465,9 @@ class Runner:
 
     async def _process(self, batch: list[Envelope], source: KafkaSource, sink: KafkaSink) -> None:
         now = self.clock()
-        out = self.pipeline.process(batch, now) if batch else Outputs()
-        if now >= self._next_tick:
-            self._next_tick = now + self.settings.detection.tick_seconds
-            out.extend(self.pipeline.tick(now, self.settings.detection.idle_grace_seconds))
+        # in a worker thread: a policy waiting on the fleet ledger (up to its timeout) must not
+        # stall the event loop (heartbeats, the executor stage, the control topics)
+        out = await asyncio.to_thread(self._detect, batch, now)
         if out and self.outputs_hook is not None:
             self.outputs_hook(out)
         if out:
@@ -486,6 +485,13 @@ class Runner:
             self._pending_messages += len(batch)
         await self._maybe_checkpoint()
         self._account(batch, out)
+
+    def _detect(self, batch: list[Envelope], now: float) -> Outputs:
+        out = self.pipeline.process(batch, now) if batch else Outputs()
+        if now >= self._next_tick:
+            self._next_tick = now + self.settings.detection.tick_seconds
+            out.extend(self.pipeline.tick(now, self.settings.detection.idle_grace_seconds))
+        return out
 
     async def _execute(self, decisions: Sequence[Decision], sink: KafkaSink) -> None:
         jobs = [
