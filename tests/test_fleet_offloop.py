@@ -73,3 +73,36 @@ async def test_slow_fleet_verdict_leaves_the_loop_free(broker, producer, topic_p
     assert len(during) > 20 and max(gaps) < 1.0, (len(during), max(gaps, default=None))
     repairs = await consume_all(broker.bootstrap, s.kafka.topics.repairs, idle=1)
     assert repairs, "the decision went out after the verdict"
+
+
+async def test_unreadable_ledger_record_is_logged_and_counted(broker, producer, topic_prefix):
+    from selfheal.connectors.kafka import ensure_topics
+    from selfheal.pipeline.app.runner import Runner
+    from selfheal.pipeline.core.fleet import FleetArbiter
+
+    s = settings_for(topic_prefix, broker.bootstrap, partitions=1)
+    topic = s.kafka.topics.fleet
+    await ensure_topics(broker.bootstrap, [topic], 1)
+    runner = Runner(s, lambda: None)  # type: ignore[arg-type,return-value]
+    fleet = KafkaFleet(
+        broker.bootstrap,
+        topic,
+        s.kafka.group_id,
+        FleetArbiter.from_policy(s.policy),
+        on_error=runner._swallowed,
+    )
+    await fleet.start()
+    try:
+        await producer.send_and_wait(topic, b'{"v": 1, "group": "x", "type": "?"}', partition=0)
+        await producer.send_and_wait(topic, b"\xff not json", partition=0)
+        reg = runner.metrics.registry
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            value = reg.get_sample_value("errors_swallowed_total", {"where": "fleet.record"})
+            if value == 1:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await fleet.stop()
+    # the other group's record is not ours (ignored); the garbage is counted once
+    assert reg.get_sample_value("errors_swallowed_total", {"where": "fleet.record"}) == 1

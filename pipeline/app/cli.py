@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    # aiokafka's warnings (lost connections, failed commits, rebalances) are worth seeing
+    logging.getLogger("aiokafka").setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("drain3").setLevel(logging.WARNING)
     if argv and argv[0] in DELEGATED:
         module = importlib.import_module(DELEGATED[argv[0]][0])

@@ -43,6 +43,7 @@ from selfheal.pipeline.core.events import anomaly_event, deadletter_record, dump
 from selfheal.pipeline.core.fleet import FleetArbiter
 from selfheal.pipeline.core.metrics import Metrics
 from selfheal.pipeline.core.stage import Outputs, PartitionStage, Pipeline, PolicyLike
+from selfheal.pipeline.kernel.protocols import ExecutionResult
 from selfheal.pipeline.kernel.types import Batch, Decision, DecisionStatus, Envelope, RepairAction
 
 log = logging.getLogger("selfheal.runner")
@@ -194,6 +195,7 @@ class Runner:
                 self.metrics.pipeline_ready.set(0)
                 self.metrics.system_health_status.set(0.0)
                 self.stats.reconnects += 1
+                self.metrics.errors_swallowed.labels("runner.session").inc()
                 wait = min(backoff, k.retry_backoff_max_seconds) * (0.8 + 0.4 * random.random())
                 log.warning(
                     "kafka session failed (%s: %s); retrying in %.1fs",
@@ -212,9 +214,16 @@ class Runner:
         for ex in self.executors:
             close = getattr(ex, "aclose", None)
             if close is not None:
-                with contextlib.suppress(Exception):
+                try:
                     await close()
+                except Exception as exc:
+                    self._swallowed("runner.executor_close", exc)
         return self.stats
+
+    def _swallowed(self, where: str, exc: BaseException) -> None:
+        """An exception handled by carrying on: a log line and ``errors_swallowed_total``."""
+        log.warning("%s: %s: %s", where, type(exc).__name__, exc)
+        self.metrics.errors_swallowed.labels(where).inc()
 
     # -- internals ------------------------------------------------------------------------
 
@@ -264,6 +273,7 @@ class Runner:
             lookback_seconds=3600
             + 2 * max(policy.budget.window_seconds, policy.storm_window_seconds),
             observe=self.metrics.fleet_request_seconds.observe,
+            on_error=self._swallowed,
         )
         await fleet.start()
         self.pipeline.fleet = fleet
@@ -298,7 +308,7 @@ class Runner:
             try:
                 await self._checkpoint(parts)
             except Exception as exc:  # the new owner replays from the previous snapshot
-                log.warning("checkpoint on revocation failed: %s", exc)
+                self._swallowed("runner.revoke_checkpoint", exc)
             for part in parts:
                 self.pipeline.stages.pop(part, None)
             for tp in revoked:
@@ -402,6 +412,7 @@ class Runner:
             # a rebalance is under way: the snapshot is written, the commit waits for the
             # revocation checkpoint (or the next owner resumes from this snapshot)
             log.info("commit deferred: %s", exc)
+            self.metrics.errors_swallowed.labels("runner.commit").inc()
             return
         for key in pending:
             self._pending.pop(key, None)
@@ -507,8 +518,16 @@ class Runner:
         records: list[AuditRecord] = []
         for (d, ex), res in zip(jobs, results, strict=True):
             if isinstance(res, BaseException):
+                # an executor bug is audited and counted like any failed execution
                 log.error("executor %s failed on %s: %s", ex.name, d.id, res)
+                self.metrics.repairs_executed.labels(d.action.value, "error").inc()
+                err = f"error: {type(res).__name__}: {res}"
+                records.append(execution_record(d, ExecutionResult(d.id, ex.name, False, err)))
                 continue
+            outcome = (
+                "ok" if res.ok else "timeout" if res.detail.startswith("timeout") else "failed"
+            )
+            self.metrics.repairs_executed.labels(d.action.value, outcome).inc()
             records.append(execution_record(d, res))
             if not res.ok:
                 log.warning(
