@@ -127,6 +127,7 @@ class ExecutorStage:
         self._sink: KafkaSink | None = None
         self._outcomes: TopicTail | None = None
         self._boot = settings.kafka.bootstrap
+        self._broken: BaseException | None = None
         control.on_vote = self._on_vote
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -170,6 +171,10 @@ class ExecutorStage:
         t = k.topics
         client = kafka_client_options(k)
         self._boot = bootstrap
+        # a fresh session re-reads from the committed offsets
+        self._broken = None
+        self._open.clear()
+        self._read_to.clear()
         if k.create_topics:
             await ensure_topics(bootstrap, [t.repairs, t.outcomes], k.partitions, client)
         self._sink = KafkaSink(bootstrap, client=client, linger_ms=0)
@@ -198,6 +203,8 @@ class ExecutorStage:
                 raise BrokerUnavailable(str(exc)) from exc
             self._consumer.subscribe([t.repairs], listener=_Listener(self))
             while not stop.is_set():
+                if self._broken is not None:
+                    raise BrokerUnavailable(f"execution record not written: {self._broken!r}")
                 batch = await self._consumer.getmany(timeout_ms=500)
                 await self._handle_batch(batch)
                 await self._commit()
@@ -316,10 +323,12 @@ class ExecutorStage:
     async def _execute(
         self, d: Decision, handlers: list[ExecutorLike], tp: TopicPartition, offset: int
     ) -> None:
+        recorded = False
         try:
             async with self._sem:
                 st = self.control.state
-                if st.paused:
+                # asking humans for an approval is not a repair: it goes out while paused
+                if st.paused and not d.params.get("approval_required"):
                     detail = f"automatic repair paused by {st.by}: {st.reason}".rstrip(": ")
                     await self._finish(d, [(oc.PAUSED, "", detail, 0.0)])
                     return
@@ -336,12 +345,17 @@ class ExecutorStage:
                     if outcome == oc.ERROR:
                         log.error("executor %s raised on %s: %s", ex.name, d.id, detail)
                     rows.append((outcome, ex.name, detail, duration))
-                await self._finish(d, rows)
-        except Exception as exc:  # never lose the task silently: the offset stays counted
+                await self._finish(d, rows, retries=3)
+            recorded = True
+        except Exception as exc:
+            # the record could not be written: keep the offset uncommitted and restart the
+            # session, so the redelivery finds "started" (unknown) or runs it if it never did
             self.swallowed("executor.execute", exc)
+            self._broken = exc
         finally:
             self._inflight.discard(d.id)
-            self._open.get(tp, set()).discard(offset)
+            if recorded:
+                self._open.get(tp, set()).discard(offset)
 
     def approval_request(self, pending: Decision) -> Decision:
         """The escalation telling humans a decision awaits them, with the exact commands."""
@@ -367,6 +381,8 @@ class ExecutorStage:
         """Escalations carry the decision id to act on and the commands to do it."""
         if d.action is not RepairAction.ESCALATE:
             return d
+        if d.params.get("resolved"):
+            return d  # a resolution needs no decision from anyone
         target = str(d.params.get("approval_decision_id", d.id))
         return replace(
             d,
@@ -385,14 +401,24 @@ class ExecutorStage:
         key = str(event["data"]["decision_id"]).encode()
         return (self.settings.kafka.topics.outcomes, key, dumps(event))
 
-    async def _finish(self, d: Decision, rows: list[tuple[str, str, str, float]]) -> None:
+    async def _finish(
+        self, d: Decision, rows: list[tuple[str, str, str, float]], retries: int = 1
+    ) -> None:
         """Outcome events, audit records and metrics for one decision's executor results."""
         now = self.clock()
         events = [oc.outcome_event(d, o, ex, det, dur, self._src, now) for o, ex, det, dur in rows]
-        await self._write(
-            [self._outcome_out(ev) for ev in events],
-            [oc.outcome_record(ev, now) for ev in events],
-        )
+        for attempt in range(retries):
+            try:
+                await self._write(
+                    [self._outcome_out(ev) for ev in events],
+                    [oc.outcome_record(ev, now) for ev in events],
+                )
+                break
+            except Exception as exc:
+                if attempt + 1 == retries:
+                    raise
+                self.swallowed("executor.outcome_write", exc)
+                await asyncio.sleep(1.0 + attempt)
         for outcome, _executor, detail, _ in rows:
             self.ledger.note(d.id, outcome)
             self.metrics.repairs_executed.labels(d.action.value, outcome).inc()
