@@ -63,11 +63,13 @@ def _decision(**kw: Any) -> Decision:
 
 class Raising:
     name = "raising"
+    calls = 0
 
     def handles(self, decision: Decision) -> bool:
         return decision.action is RepairAction.RESTART
 
     async def execute(self, decision: Decision) -> ExecutionResult:
+        Raising.calls += 1
         raise RuntimeError("executor bug")
 
 
@@ -120,21 +122,38 @@ async def test_error_and_timeout_outcomes(broker, producer, topic_prefix, tmp_pa
                 break
             assert not task.done(), task
             await asyncio.sleep(0.2)
+        # a replayed batch publishes the same decision again: it is not executed twice
+        t = s.kafka.topics
+        repairs = await consume_all(broker.bootstrap, t.repairs, idle=1)
+        again = next(v for v in repairs if orjson.loads(v)["subject"] == "m-1")
+        await producer.send_and_wait(t.repairs, again, key=b"m-1")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not count("restart", "skipped"):
+            await asyncio.sleep(0.2)
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)
     assert count("restart", "error") == 1
+    assert count("restart", "skipped") == 1 and Raising.calls == 1
     assert count("scale_up", "timeout") == 1
     assert not _alive(int(pidfile.read_text())), "the timed-out command's child was killed"
     events = [orjson.loads(v) for v in await consume_all(broker.bootstrap, s.kafka.topics.outcomes)]
-    done = {ev["data"]["entity"]: ev for ev in events if ev["type"] == oc.OUTCOME_TYPE}
+    done = {
+        ev["data"]["entity"]: ev
+        for ev in events
+        if ev["type"] == oc.OUTCOME_TYPE and ev["data"]["outcome"] != "skipped"
+    }
     assert done["m-1"]["data"]["outcome"] == "error"
     assert "executor bug" in done["m-1"]["data"]["detail"]
     assert done["q-1"]["data"]["outcome"] == "timeout"
     for ev in events:
         CloudEvent.model_validate(ev)
         RepairOutcomeData.model_validate(ev["data"])
-    audit = {r.entity: r for r in read_records(tmp_path / "audit.jsonl") if r.record == "execution"}
+    records = [r for r in read_records(tmp_path / "audit.jsonl") if r.record == "execution"]
+    skipped = [r for r in records if r.data["status"] == "skipped"]
+    assert [r.entity for r in skipped] == ["m-1"]
+    assert "already executed (outcome error)" in skipped[0].data["detail"]
+    audit = {r.entity: r for r in records if r.data["status"] != "skipped"}
     assert audit["m-1"].data["status"] == "error" and audit["m-1"].data["executor"] == "raising"
     assert audit["q-1"].data["status"] == "timeout"
 
