@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import pytest
+from selfheal.connectors.webhook import WebhookExecutor
 from selfheal.pipeline.app import outcomes as oc
 from selfheal.pipeline.app.control import (
     ControlState,
@@ -100,7 +101,11 @@ async def test_error_and_timeout_outcomes(broker, producer, topic_prefix, tmp_pa
         runtime={"audit_path": str(tmp_path / "audit.jsonl")},
     )
     proc = SelfhealProcess(s, lambda: PolicyEngine(s.policy))
-    proc._executors.append(Raising())
+    # a webhook target that refuses connections: a failed outcome and an open breaker
+    dead = WebhookExecutor(
+        urls={"restart": "http://127.0.0.1:9/"}, max_attempts=1, failure_threshold=1
+    )
+    proc._executors += [Raising(), dead]
     base = time.time() - 1800
     mem = {"metric": "container_memory_working_set_bytes", "value": 0.99e9, "limit": 1e9}
     queue = {"metric": "queue_depth", "value": 95.0, "limit": 100.0}
@@ -139,13 +144,18 @@ async def test_error_and_timeout_outcomes(broker, producer, topic_prefix, tmp_pa
     assert not _alive(int(pidfile.read_text())), "the timed-out command's child was killed"
     events = [orjson.loads(v) for v in await consume_all(broker.bootstrap, s.kafka.topics.outcomes)]
     done = {
-        ev["data"]["entity"]: ev
+        (ev["data"]["entity"], ev["data"]["executor"]): ev
         for ev in events
         if ev["type"] == oc.OUTCOME_TYPE and ev["data"]["outcome"] != "skipped"
     }
-    assert done["m-1"]["data"]["outcome"] == "error"
-    assert "executor bug" in done["m-1"]["data"]["detail"]
-    assert done["q-1"]["data"]["outcome"] == "timeout"
+    assert done[("m-1", "raising")]["data"]["outcome"] == "error"
+    assert "executor bug" in done[("m-1", "raising")]["data"]["detail"]
+    assert done[("m-1", "webhook")]["data"]["outcome"] == "failed"
+    assert done[("q-1", "command")]["data"]["outcome"] == "timeout"
+    assert count("restart", "failed") == 1
+    target = {"source": "http://127.0.0.1:9/"}
+    assert reg.get_sample_value("circuit_breaker_state", target) == 1  # open
+    assert reg.get_sample_value("circuit_breaker_failures_total", target) == 1
     for ev in events:
         CloudEvent.model_validate(ev)
         RepairOutcomeData.model_validate(ev["data"])
@@ -153,9 +163,10 @@ async def test_error_and_timeout_outcomes(broker, producer, topic_prefix, tmp_pa
     skipped = [r for r in records if r.data["status"] == "skipped"]
     assert [r.entity for r in skipped] == ["m-1"]
     assert "already executed (outcome error)" in skipped[0].data["detail"]
-    audit = {r.entity: r for r in records if r.data["status"] != "skipped"}
-    assert audit["m-1"].data["status"] == "error" and audit["m-1"].data["executor"] == "raising"
-    assert audit["q-1"].data["status"] == "timeout"
+    audit = {(r.entity, r.data["executor"]): r for r in records if r.data["status"] != "skipped"}
+    assert audit[("m-1", "raising")].data["status"] == "error"
+    assert audit[("m-1", "webhook")].data["status"] == "failed"
+    assert audit[("q-1", "command")].data["status"] == "timeout"
 
 
 def test_ledger_keeps_the_first_outcome() -> None:

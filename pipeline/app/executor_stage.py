@@ -128,6 +128,7 @@ class ExecutorStage:
         self._outcomes: TopicTail | None = None
         self._boot = settings.kafka.bootstrap
         self._broken: BaseException | None = None
+        self._breaker_failures: dict[str, int] = {}
         control.on_vote = self._on_vote
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -345,6 +346,7 @@ class ExecutorStage:
                     if outcome == oc.ERROR:
                         log.error("executor %s raised on %s: %s", ex.name, d.id, detail)
                     rows.append((outcome, ex.name, detail, duration))
+                self._observe_breakers()
                 await self._finish(d, rows, retries=3)
             recorded = True
         except Exception as exc:
@@ -356,6 +358,19 @@ class ExecutorStage:
             self._inflight.discard(d.id)
             if recorded:
                 self._open.get(tp, set()).discard(offset)
+
+    def _observe_breakers(self) -> None:
+        """``circuit_breaker_state`` / ``_failures_total`` of the executors' targets."""
+        for ex in self.executors:
+            states = getattr(ex, "breakers", None)
+            if not isinstance(states, dict):
+                continue
+            for target, br in states.items():
+                self.metrics.breaker_state.labels(target).set(int(br.state))
+                seen = self._breaker_failures.get(target, 0)
+                if br.failures_total > seen:
+                    self.metrics.breaker_failures.labels(target).inc(br.failures_total - seen)
+                    self._breaker_failures[target] = br.failures_total
 
     def approval_request(self, pending: Decision) -> Decision:
         """The escalation telling humans a decision awaits them, with the exact commands."""
