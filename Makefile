@@ -20,9 +20,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(TEST_ARGS)
 
+# mypy reads the package as it is installed (selfheal.pipeline, ...): a tree of links gives it
+# the same names without an install step
+TYPECHECK := build/typecheck
+
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline models connectors tests benchmarks
-	$(BIN)/mypy
+	$(BIN)/ruff format --check pipeline models connectors tests benchmarks
+	mkdir -p $(TYPECHECK)/selfheal
+	for d in pipeline models connectors; do ln -sfn ../../../$$d $(TYPECHECK)/selfheal/$$d; done
+	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p selfheal
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py

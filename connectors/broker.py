@@ -119,7 +119,7 @@ def docker_available() -> bool:
     try:
         import docker
 
-        client = docker.from_env(timeout=3)  # type: ignore[attr-defined]
+        client = docker.from_env(timeout=3)
         client.ping()
         return True
     except Exception:

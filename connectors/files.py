@@ -9,6 +9,7 @@ real validation.
 from __future__ import annotations
 
 import csv
+import heapq
 import io
 import os
 from collections.abc import Iterator, Sequence
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+from selfheal.pipeline.kernel.schemas import parse_ts
 from selfheal.pipeline.kernel.types import Envelope
 
 
@@ -75,16 +77,46 @@ def iter_nab_csv(
             yield Envelope(metrics_topic, partition, rowno, body)
 
 
+def _iter_one(path: Path, metrics_topic: str, logs_topic: str) -> Iterator[Envelope]:
+    if path.suffix.lower() == ".csv":
+        return iter_nab_csv(path, metrics_topic)
+    return iter_jsonl(path, metrics_topic, logs_topic)
+
+
+def event_time(env: Envelope) -> float | None:
+    """A record's event time for merging inputs (None when it has none that parses)."""
+    try:
+        doc = orjson.loads(env.value)
+        ts = doc.get("ts", doc.get("timestamp")) if isinstance(doc, dict) else None
+        return parse_ts(ts) if ts is not None else None
+    except (orjson.JSONDecodeError, ValueError, TypeError, OverflowError):
+        return None
+
+
+def _keyed(envs: Iterator[Envelope], rank: int) -> Iterator[tuple[float, int, int, Envelope]]:
+    """(event time, input rank, position, envelope): a record without a time keeps the time
+    of the record before it, so it stays next to its neighbours (and reaches dead letters)."""
+    last = float("-inf")
+    for i, env in enumerate(envs):
+        ts = event_time(env)
+        if ts is not None and ts == ts:
+            last = ts
+        yield (last, rank, i, env)
+
+
 def iter_inputs(paths: Sequence[Path], metrics_topic: str, logs_topic: str) -> Iterator[Envelope]:
-    for p in paths:
-        if p.suffix.lower() == ".csv":
-            yield from iter_nab_csv(p, metrics_topic)
-        else:
-            yield from iter_jsonl(p, metrics_topic, logs_topic)
+    """One input in file order; several merged by event time (a k-way merge, like the live
+    topics interleave), ties in the order the inputs were given."""
+    if len(paths) == 1:
+        yield from _iter_one(paths[0], metrics_topic, logs_topic)
+        return
+    streams = [_keyed(_iter_one(p, metrics_topic, logs_topic), r) for r, p in enumerate(paths)]
+    for *_, env in heapq.merge(*streams):
+        yield env
 
 
 class FileSource:
-    """Batches over files, in file and line order (the same batches the Kafka source yields)."""
+    """Batches over files, merged by event time (the same batches the Kafka source yields)."""
 
     def __init__(
         self, paths: Sequence[Path], metrics_topic: str, logs_topic: str, batch_size: int = 5000

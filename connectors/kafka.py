@@ -17,6 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from selfheal.connectors.assignor import CoPartitionAssignor, check_copartitioned
 from selfheal.connectors.errors import BrokerUnavailable, DeliveryFailed, is_retriable
 from selfheal.pipeline.kernel.types import Batch, Envelope
 
@@ -104,15 +105,24 @@ class KafkaSource:
             # a fetch spanning idle partitions (say, an empty logs topic) must not park for the
             # default 500 ms while other partitions have data
             fetch_max_wait_ms=fetch_max_wait_ms,
+            # partition p of every input topic on one member: per-partition state stays whole
+            partition_assignment_strategy=(CoPartitionAssignor,),
             **(client or {}),
         )
 
     async def start(self) -> None:
         try:
             await self.consumer.start()
+            await self.consumer.topics()  # metadata of every topic, for the check below
         except KafkaError as exc:
             raise BrokerUnavailable(str(exc)) from exc
+        # refuses to join when co-partitioning is impossible (PartitionCountMismatch)
+        check_copartitioned({t: self.partition_count(t) for t in self.topics})
         self.consumer.subscribe(self.topics, listener=_Listener(self))
+
+    def partition_count(self, topic: str) -> int | None:
+        parts = self.consumer.partitions_for_topic(topic)
+        return len(parts) if parts else None
 
     async def stop(self) -> None:
         await self.consumer.stop()

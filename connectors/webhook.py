@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import httpx
 import orjson
@@ -27,7 +26,7 @@ from selfheal.connectors.executor import (
     elapsed,
     refuse_unless_execute,
 )
-from selfheal.pipeline.kernel.schemas import epoch_to_rfc3339
+from selfheal.pipeline.kernel.cloudevents import repair_event
 from selfheal.pipeline.kernel.types import Decision
 from tenacity import (
     AsyncRetrying,
@@ -46,30 +45,6 @@ class _Retriable(Exception):
 
 class _BreakerOpen(Exception):
     """The breaker refused the call: stop retrying."""
-
-
-def decision_cloudevent(decision: Decision, source: str) -> dict[str, Any]:
-    """Structured-mode CloudEvent body for a repair decision (``io.selfheal.repair.<action>``)."""
-    return {
-        "specversion": "1.0",
-        "id": decision.id,
-        "source": source,
-        "type": f"io.selfheal.repair.{decision.action.value}",
-        "subject": decision.entity,
-        "time": epoch_to_rfc3339(decision.ts),
-        "datacontenttype": "application/json",
-        "data": {
-            "action": decision.action.value,
-            "entity": decision.entity,
-            "mode": decision.mode.value,
-            "predictive": decision.predictive,
-            "reason": list(decision.reason),
-            "params": dict(decision.params),
-            "status": decision.status.value,
-            "rule": decision.rule,
-            "explanation": decision.explanation,
-        },
-    }
 
 
 class WebhookExecutor(HttpClientOwner):
@@ -152,7 +127,7 @@ class WebhookExecutor(HttpClientOwner):
                 decision.id, self.name, False, f"no webhook for {decision.action.value}"
             )
         breaker = self.breaker(url)
-        body = orjson.dumps(decision_cloudevent(decision, self.source))
+        body = orjson.dumps(repair_event(decision, self.source))
         headers = {
             **self.headers,
             "content-type": "application/cloudevents+json",

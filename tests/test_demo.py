@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from typing import Any
+
+import jsonschema
 import orjson
 from selfheal.pipeline.app.demo import main as demo_main
 from selfheal.pipeline.app.report import FAULT_DETECTED_BY, summarize
@@ -26,6 +32,7 @@ def test_demo_detects_every_fault_and_repairs_only_faulty_services(broker, tmp_p
     )
     assert rc == 0
     events = [orjson.loads(x) for x in (out / "events.jsonl").read_bytes().splitlines()]
+    assert_every_event_matches_the_published_schema(events)
     truth = orjson.loads((out / "truth.json").read_bytes())
     summary = summarize(events, truth)
 
@@ -76,3 +83,31 @@ def test_demo_detects_every_fault_and_repairs_only_faulty_services(broker, tmp_p
     )
     assert (out / "report.html").stat().st_size > 10_000
     assert (out / "audit.jsonl").stat().st_size > 0
+
+
+#: event type prefix -> the outbound schema ``selfheal schema`` publishes for it
+EVENT_SCHEMAS = {"io.selfheal.anomaly.": "AnomalyEvent", "io.selfheal.repair.": "RepairEvent"}
+
+
+def assert_every_event_matches_the_published_schema(events: list[dict[str, Any]]) -> None:
+    """Each emitted CloudEvent validates against what ``selfheal schema`` prints for its type;
+    an event of a type without a published schema fails too."""
+    printed = subprocess.run(
+        [sys.executable, "-m", "selfheal.pipeline.app.cli", "schema"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    outbound = json.loads(printed)["outbound"]
+    validators = {
+        prefix: jsonschema.Draft202012Validator(outbound[name])
+        for prefix, name in EVENT_SCHEMAS.items()
+    }
+    seen: set[str] = set()
+    for ev in events:
+        prefix = next((p for p in validators if ev["type"].startswith(p)), None)
+        assert prefix is not None, f"no published schema for {ev['type']}"
+        errors = [e.message for e in validators[prefix].iter_errors(ev)]
+        assert not errors, (ev["type"], ev["id"], errors[:3])
+        seen.add(prefix)
+    assert seen == set(EVENT_SCHEMAS), seen

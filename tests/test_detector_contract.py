@@ -1,8 +1,8 @@
 """Contract tests run over every detector (river's generic checks).
 
-For each judge: pickling mid-stream changes nothing that follows, ``clone()`` gives a fresh
-judge with the same hyperparameters, the same stream gives the same findings (determinism),
-and state stops growing once the judge is warm (bounded).
+For each judge: a snapshot round trip (the data-only codec) mid-stream changes nothing that
+follows, ``clone()`` gives a fresh judge with the same hyperparameters, the same stream gives
+the same findings (determinism), and state stops growing once the judge is warm (bounded).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from selfheal.models.logs import LogAnalyzerJudge
 from selfheal.models.memory import MemoryLeakJudge
 from selfheal.models.rules import DEFAULT_RULES
 from selfheal.models.security import SecurityJudge
+from selfheal.pipeline.core import state as snapshots
 from selfheal.pipeline.kernel.types import Finding, LogLevel, LogLine, Sample
 
 Record = Sample | LogLine
@@ -138,12 +139,13 @@ def _key(f: Finding) -> tuple[Any, ...]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_pickle_round_trip_mid_stream(case: Case) -> None:
+def test_snapshot_round_trip_mid_stream(case: Case) -> None:
     records = list(case.stream(3000, 1))
     expected = [_key(f) for f in _feed(case.make(), records)]
     judge = case.make()
     head = _feed(judge, records[:1500], final=False)
-    restored = pickle.loads(pickle.dumps(judge))
+    # through the data-only snapshot codec (what checkpoints use), never pickle
+    restored = snapshots.loads(snapshots.dumps(judge))
     got = [_key(f) for f in head + _feed(restored, records[1500:])]
     assert got == expected, "a snapshot/restore mid-stream changes nothing that follows"
     assert expected, "the stream exercises the judge"

@@ -15,36 +15,34 @@ import math
 import os
 import random
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from operator import attrgetter
-from pathlib import Path
 from typing import Any, Protocol
 
 from aiokafka.errors import KafkaError
+from selfheal.connectors.assignor import PartitionCountMismatch
 from selfheal.connectors.audit_file import AuditFileSink
 from selfheal.connectors.errors import BrokerUnavailable, ConnectorError, is_retriable
-from selfheal.connectors.files import FileSource, JsonlSink
 from selfheal.connectors.fleet_ledger import KafkaFleet
 from selfheal.connectors.http_server import Health, MetricsServer
-from selfheal.connectors.kafka import KafkaSink, KafkaSource, OutRecord, ensure_topics
+from selfheal.connectors.kafka import KafkaSink, KafkaSource, ensure_topics
 from selfheal.connectors.state_store import KafkaStateStore
-from selfheal.pipeline.core import state as snapshots
+from selfheal.pipeline.app.backpressure import Backpressure
+from selfheal.pipeline.app.outputs import audit_records, encode_outputs, observe_outputs
+from selfheal.pipeline.app.partitions import PartitionState
+from selfheal.pipeline.app.replay import ReplayResult, replay
 from selfheal.pipeline.core.audit import (
     AuditRecord,
-    decision_record,
     execution_record,
-    verification_record,
 )
-from selfheal.pipeline.core.config import KafkaConfig, Settings
-from selfheal.pipeline.core.events import anomaly_event, deadletter_record, dumps, repair_event
+from selfheal.pipeline.core.config import ConfigError, KafkaConfig, Settings
 from selfheal.pipeline.core.fleet import FleetArbiter
 from selfheal.pipeline.core.metrics import Metrics
-from selfheal.pipeline.core.stage import Outputs, PartitionStage, Pipeline, PolicyLike
+from selfheal.pipeline.core.stage import Outputs, Pipeline, PolicyLike
 from selfheal.pipeline.kernel.protocols import ExecutionResult
-from selfheal.pipeline.kernel.types import Batch, Decision, DecisionStatus, Envelope, RepairAction
+from selfheal.pipeline.kernel.types import Batch, Decision, DecisionStatus, Envelope
 
 log = logging.getLogger("selfheal.runner")
 
@@ -99,31 +97,7 @@ class RunStats:
     watchdog_timeouts: int = 0
 
 
-def audit_records(out: Outputs) -> list[AuditRecord]:
-    """Every decision (executed or suppressed) and every verification, for the audit trail."""
-    return [decision_record(d) for d in out.decisions] + [
-        verification_record(v) for v in out.verifications
-    ]
-
-
-def encode_outputs(out: Outputs, settings: Settings) -> list[OutRecord]:
-    """Kafka records for one batch's outputs, in a stable order."""
-    t = settings.kafka.topics
-    src = settings.runtime.source
-    records: list[OutRecord] = []
-    for a in out.anomalies:
-        records.append((t.anomalies, a.finding.entity.encode(), dumps(anomaly_event(a, src))))
-    for d in out.decisions:
-        if d.status is not DecisionStatus.SUPPRESSED:
-            records.append((t.repairs, d.entity.encode(), dumps(repair_event(d, src))))
-    for rec in audit_records(out):
-        records.append((t.audit, rec.entity.encode(), rec.to_json().rstrip(b"\n")))
-    for r in out.rejects:
-        records.append((t.deadletter, r.envelope.key, dumps(deadletter_record(r))))
-    return records
-
-
-class Runner:
+class Runner(PartitionState):
     """One selfheal process: consumes, detects, decides, produces, commits."""
 
     def __init__(
@@ -163,6 +137,10 @@ class Runner:
         self._source: KafkaSource | None = None
         self._sink: KafkaSink | None = None
         self._store: KafkaStateStore | None = None
+        rt = settings.runtime
+        self.backpressure = Backpressure(
+            rt.max_pending_outputs, rt.max_rss_bytes, self.metrics.registry
+        )
         #: applied to each batch's outputs before they are written (``selfheal pause``)
         self.outputs_hook: Callable[[Outputs], None] | None = None
 
@@ -254,6 +232,7 @@ class Runner:
             on_revoke=self._on_revoke,
         )
         self._source, self._sink = source, sink
+        self.backpressure.source = source
         self._store = KafkaStateStore(bootstrap, t.state, k.group_id, client)
         # uncommitted work from a failed session is replayed from the last snapshot
         self._pending.clear()
@@ -280,7 +259,10 @@ class Runner:
         try:
             await sink.start()
             try:
-                await source.start()
+                try:
+                    await source.start()
+                except PartitionCountMismatch as exc:
+                    raise ConfigError("kafka.topics", str(exc)) from exc
                 # What exists now (modules, config, clients) lives as long as the session:
                 # frozen, it is left out of the full collections that batch churn still
                 # triggers, each of which would otherwise re-scan the whole heap (tens of ms).
@@ -297,136 +279,6 @@ class Runner:
                 await _quietly(sink.stop())
         finally:
             await _quietly(fleet.stop())
-
-    # -- partition state ------------------------------------------------------------------
-
-    async def _on_revoke(self, revoked: set[Any]) -> None:
-        """Snapshot and commit what we leave behind, then drop its state."""
-        async with self._rebalance_lock:
-            self._generation += 1
-            parts = {tp.partition for tp in revoked}
-            try:
-                await self._checkpoint(parts)
-            except Exception as exc:  # the new owner replays from the previous snapshot
-                self._swallowed("runner.revoke_checkpoint", exc)
-            for part in parts:
-                self.pipeline.stages.pop(part, None)
-            for tp in revoked:
-                self._position.pop((tp.topic, tp.partition), None)
-                self._pending.pop((tp.topic, tp.partition), None)
-
-    async def _on_assign(self, assigned: set[Any]) -> None:
-        """Restore each new partition from its latest snapshot and resume where it ends.
-
-        Runs under the rebalance lock: the consume loop may already have fetched records of
-        the new partitions, and must not process them into a fresh stage while the snapshot
-        loads (it drops such a batch and the explicit seeks below decide where to resume).
-        """
-        async with self._rebalance_lock:
-            self._generation += 1
-            await self._assign(assigned)
-
-    async def _assign(self, assigned: set[Any]) -> None:
-        assert self._source is not None and self._store is not None
-        consumer = self._source.consumer
-        keep = {tp.partition for tp in assigned}
-        for part in list(self.pipeline.stages):
-            if part not in keep:
-                del self.pipeline.stages[part]
-        new = sorted(keep - set(self.pipeline.stages))
-        blobs = await self._store.load(new) if new else {}
-        restored: dict[tuple[str, int], int] = {}
-        for part in new:
-            blob = blobs.get(part)
-            if blob is None:
-                continue
-            try:
-                offsets, stage = snapshots.decode(blob)
-                if not isinstance(stage, PartitionStage):
-                    raise snapshots.SnapshotError("snapshot holds no partition stage")
-            except snapshots.SnapshotError as exc:
-                log.error("partition %d: unusable snapshot (%s); starting it fresh", part, exc)
-                self.metrics.state_restores.labels("corrupt").inc()
-                continue
-            # the current deployment's routing config and fleet gate win over the pickled ones
-            stage.data_wall = float("inf")
-            stage.partition = part
-            self.pipeline.adopt(stage)
-            self.metrics.state_restores.labels("restored").inc()
-            restored.update(offsets)
-        for tp in assigned:
-            key = (tp.topic, tp.partition)
-            if tp.partition not in new:
-                continue
-            # every new partition gets an explicit position: the snapshot's, else the
-            # committed offset, else the reset policy
-            offset = restored.get(key)
-            if offset is None:
-                offset = await consumer.committed(tp)
-            if offset is not None:
-                consumer.seek(tp, offset)
-                self._position[key] = offset
-            else:
-                self._position.pop(key, None)
-                if self.settings.kafka.auto_offset_reset == "earliest":
-                    await consumer.seek_to_beginning(tp)
-                else:
-                    await consumer.seek_to_end(tp)
-
-    async def _rewind(self, batch: Sequence[Envelope]) -> None:
-        """Put back a batch fetched across a rebalance: resume from the last processed offset."""
-        assert self._source is not None
-        consumer = self._source.consumer
-        assigned = {(tp.topic, tp.partition): tp for tp in consumer.assignment()}
-        firsts: dict[tuple[str, int], int] = {}
-        for env in batch:
-            key = (env.topic, env.partition)
-            if key not in firsts or env.offset < firsts[key]:
-                firsts[key] = env.offset
-        for key, first in firsts.items():
-            tp = assigned.get(key)
-            if tp is None:
-                continue
-            pos = self._position.get(key)
-            consumer.seek(tp, pos if pos is not None else first)
-
-    async def _checkpoint(self, only: set[int] | None) -> None:
-        """Snapshot the stages behind pending offsets, then commit those offsets."""
-        if self._sink is None or self._source is None or self._store is None:
-            return
-        pending = {k: v for k, v in self._pending.items() if only is None or k[1] in only}
-        if not pending:
-            return
-        parts = {p for _, p in pending}
-        blobs: dict[int, bytes] = {}
-        for part in parts:
-            st = self.pipeline.stages.get(part)
-            if st is not None:
-                covered = {k: v for k, v in self._position.items() if k[1] == part}
-                blobs[part] = snapshots.encode(st, covered)
-        await self._store.save(self._sink.producer, blobs)
-        self.metrics.state_snapshots.inc(len(blobs))
-        try:
-            await self._source.commit(pending)
-        except KafkaError as exc:
-            # a rebalance is under way: the snapshot is written, the commit waits for the
-            # revocation checkpoint (or the next owner resumes from this snapshot)
-            log.info("commit deferred: %s", exc)
-            self.metrics.errors_swallowed.labels("runner.commit").inc()
-            return
-        for key in pending:
-            self._pending.pop(key, None)
-        if only is None or not self._pending:
-            self._pending_messages = 0
-            self._last_checkpoint = time.monotonic()
-
-    async def _maybe_checkpoint(self) -> None:
-        st = self.settings.state
-        if self._pending and (
-            self._pending_messages >= st.snapshot_every_messages
-            or time.monotonic() - self._last_checkpoint >= st.snapshot_every_seconds
-        ):
-            await self._checkpoint(None)
 
     async def _loop(
         self, source: KafkaSource, sink: KafkaSink, stop: asyncio.Event, deadline: float | None
@@ -482,7 +334,11 @@ class Runner:
         if out and self.outputs_hook is not None:
             self.outputs_hook(out)
         if out:
-            await sink.write_batch(encode_outputs(out, self.settings))
+            records = encode_outputs(out, self.settings)
+            # fetching pauses while many outputs wait for the broker's acks
+            self.backpressure.outputs_pending(len(records))
+            await sink.write_batch(records)
+            self.backpressure.outputs_pending(0)
             if self._audit is not None:
                 self._audit.write_sync(audit_records(out))
             # executors act only on decisions the broker has acknowledged (they are on the
@@ -603,6 +459,7 @@ class Runner:
         cap = self.settings.runtime.max_rss_bytes
         rss = current_rss_bytes()
         self.metrics.process_rss.set(rss)
+        self.backpressure.rss(rss)
         if cap is None or rss <= cap:
             return
         log.warning(
@@ -611,38 +468,6 @@ class Runner:
         for st in self.pipeline.stages.values():
             for coll in st.collections():
                 coll.shrink(max(1, len(coll) * 3 // 4))
-
-
-def observe_outputs(
-    m: Metrics, out: Outputs, batch: Sequence[Envelope], settings: Settings
-) -> None:
-    """Update the counters for one batch (shared by the Kafka and file runners)."""
-    if out.accepted:
-        m.validation_success.inc(out.accepted)
-    for a in out.anomalies:
-        m.anomalies_detected.labels(a.finding.kind.value).inc()
-        m.alerts_generated.labels(a.finding.severity.value).inc()
-    for r in out.rejects:
-        m.validation_failures.labels(m.reject_field(r.field)).inc()
-        m.deadletters.labels(r.reason.value).inc()
-    for d in out.decisions:
-        if d.status is DecisionStatus.EXECUTE and d.action is RepairAction.ESCALATE:
-            # paging a human is not a repair: it is never verified, so it would read as a
-            # failed repair in the success ratio
-            m.escalations.labels(str(bool(d.params.get("resolved"))).lower()).inc()
-        elif d.status is DecisionStatus.EXECUTE:
-            m.repairs_attempted.labels(d.action.value).inc()
-        elif d.suppressed_by is not None:
-            m.repairs_suppressed.labels(d.suppressed_by.value).inc()
-    for v in out.verifications:
-        if v.success:
-            m.repairs_successful.labels(v.action.value).inc()
-        m.repair_duration.labels(v.action.value).observe(v.duration_seconds)
-    if batch:
-        # a Kafka batch comes counted; else counted in C, not per message in Python
-        counts = batch.topic_counts if isinstance(batch, Batch) else Counter(map(_TOPIC, batch))
-        for topic, n in counts.items():
-            m.samples_processed.labels(topic).inc(n)
 
 
 async def _quietly(closing: Awaitable[None]) -> None:
@@ -686,69 +511,16 @@ def _next_offsets(batch: Sequence[Envelope]) -> dict[tuple[str, int], int]:
 
 
 def _is_kafka_error(exc: BaseException) -> bool:
-    from aiokafka.errors import KafkaError
 
     return isinstance(exc, KafkaError)
 
 
-@dataclass
-class ReplayResult:
-    events: int
-    anomalies: int
-    repairs: int
-    rejects: int
-    messages: int
-
-
-def replay(
-    settings: Settings,
-    policy_factory: Callable[[], PolicyLike],
-    inputs: Sequence[Path],
-    out_path: Path,
-    *,
-    metrics: Metrics | None = None,
-    deadletter_path: Path | None = None,
-) -> ReplayResult:
-    """The same pipeline over files: event time only (watermark), outputs as JSON lines."""
-    pipe = Pipeline(settings, policy_factory, live=False)
-    t = settings.kafka.topics
-    src = settings.runtime.source
-    source = FileSource(list(inputs), t.metrics, t.logs, batch_size=settings.kafka.max_batch)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_bytes(b"")
-    sink = JsonlSink(out_path)
-    dl_sink = JsonlSink(deadletter_path) if deadletter_path else None
-    audit = AuditFileSink(settings.runtime.audit_path) if settings.runtime.audit_path else None
-    res = ReplayResult(0, 0, 0, 0, 0)
-    m = metrics
-
-    def emit(out: Outputs) -> None:
-        events = [anomaly_event(a, src) for a in out.anomalies]
-        events += [
-            repair_event(d, src) for d in out.decisions if d.status is not DecisionStatus.SUPPRESSED
-        ]
-        sink.write_batch(events)
-        res.events += len(events)
-        res.anomalies += len(out.anomalies)
-        res.repairs += sum(1 for d in out.decisions if d.status is not DecisionStatus.SUPPRESSED)
-        res.rejects += len(out.rejects)
-        if dl_sink is not None:
-            dl_sink.write_batch([deadletter_record(r) for r in out.rejects])
-        if audit is not None:
-            audit.write_sync(audit_records(out))
-
-    try:
-        for batch in source.batches():
-            res.messages += len(batch)
-            out = pipe.process(batch, None)
-            emit(out)
-            if m is not None:
-                observe_outputs(m, out, batch, settings)
-        emit(pipe.final_tick())
-    finally:
-        sink.close()
-        if dl_sink is not None:
-            dl_sink.close()
-        if audit is not None:
-            audit.close()
-    return res
+__all__ = [
+    "ReplayResult",
+    "Runner",
+    "audit_records",
+    "encode_outputs",
+    "kafka_client_options",
+    "observe_outputs",
+    "replay",
+]

@@ -15,166 +15,53 @@ perturb any other service's stream). Output dicts follow ``docs/conventions.md``
 
 from __future__ import annotations
 
-import enum
 import heapq
 import math
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from selfheal.pipeline.app.sim_plan import (
+    DEFAULT_START,
+    DEPENDENCY_METRIC,
+    ERRORS_METRIC,
+    FAULT_PRIORITY,
+    HEALTH_METRIC,
+    LATENCY_METRIC,
+    LOOP_METRIC,
+    MEMORY_METRIC,
+    MIN_SERVICES_FOR_ALL_FAULTS,
+    QUEUE_METRIC,
+    REPAIR_CLEARS,
+    REQUESTS_METRIC,
+    FaultKind,
+    FaultSpec,
+    FleetConfig,
+    default_schedule,
+    service_names,
+)
 from selfheal.pipeline.kernel.types import RepairAction
 
-DEFAULT_START = 1795842000.0  # 2026-11-28T05:00:00Z
-
-MEMORY_METRIC = "container_memory_working_set_bytes"
-LATENCY_METRIC = "http_request_duration_seconds"
-LOOP_METRIC = "loop_iteration_seconds"
-QUEUE_METRIC = "queue_depth"
-DEPENDENCY_METRIC = "dependency_request_ok"
-HEALTH_METRIC = "health_check_ok"
-REQUESTS_METRIC = "requests_total"
-ERRORS_METRIC = "errors_total"
-
-
-class FaultKind(enum.StrEnum):
-    MEMORY_LEAK = "memory_leak"
-    ERROR_RATE_DRIFT = "error_rate_drift"
-    LATENCY_REGRESSION = "latency_regression"
-    STUCK_LOOP = "stuck_loop"
-    SLOW_LOOP = "slow_loop"
-    FLAPPING_DEPENDENCY = "flapping_dependency"
-    QUEUE_FILLING = "queue_filling"
-    ABUSIVE_CLIENT = "abusive_client"
-    SQL_INJECTION = "sql_injection"
-    FAILING_HEALTH_CHECKS = "failing_health_checks"
-    MEMORY_HIGH = "memory_high"
-
-
-#: which repair clears which faults (anything else has no effect on the fault)
-REPAIR_CLEARS: dict[str, frozenset[FaultKind]] = {
-    RepairAction.RESTART: frozenset({
-        FaultKind.MEMORY_LEAK, FaultKind.MEMORY_HIGH, FaultKind.STUCK_LOOP,
-        FaultKind.SLOW_LOOP, FaultKind.FAILING_HEALTH_CHECKS,
-    }),
-    RepairAction.ROLLBACK: frozenset({FaultKind.LATENCY_REGRESSION, FaultKind.ERROR_RATE_DRIFT}),
-    RepairAction.BLOCK_SOURCE: frozenset({FaultKind.ABUSIVE_CLIENT, FaultKind.SQL_INJECTION}),
-    RepairAction.RATE_LIMIT: frozenset({FaultKind.ABUSIVE_CLIENT}),
-    RepairAction.CIRCUIT_BREAK: frozenset({FaultKind.FLAPPING_DEPENDENCY}),
-    RepairAction.SCALE_UP: frozenset({FaultKind.QUEUE_FILLING}),
-    RepairAction.EVICT_CACHE: frozenset({FaultKind.MEMORY_HIGH}),
-}  # fmt: skip
-
-#: order in which ``default_schedule`` hands out faults when there are too few services for all
-FAULT_PRIORITY: tuple[FaultKind, ...] = (
-    FaultKind.MEMORY_LEAK, FaultKind.ERROR_RATE_DRIFT, FaultKind.LATENCY_REGRESSION,
-    FaultKind.STUCK_LOOP, FaultKind.FLAPPING_DEPENDENCY, FaultKind.QUEUE_FILLING,
-    FaultKind.SQL_INJECTION, FaultKind.ABUSIVE_CLIENT, FaultKind.FAILING_HEALTH_CHECKS,
-    FaultKind.SLOW_LOOP, FaultKind.MEMORY_HIGH,
-)  # fmt: skip
-_TRANSIENT = frozenset(
-    {FaultKind.FLAPPING_DEPENDENCY, FaultKind.ABUSIVE_CLIENT, FaultKind.SQL_INJECTION}
-)
-#: every fault kind on its own service with a third of the fleet healthy needs this many services
-MIN_SERVICES_FOR_ALL_FAULTS = math.ceil(len(FaultKind) * 3 / 2)
-
-_NAMES = (
-    "checkout", "payments", "cart", "catalog", "search", "auth", "inventory", "shipping",
-    "orders", "users", "reviews", "billing", "pricing", "notify", "gateway", "ledger",
-    "media", "profile",
-)  # fmt: skip
-
-
-def service_names(n: int) -> list[str]:
-    """Entity names of an ``n``-service fleet: ``checkout-1``, ``payments-1``, ..."""
-    return [f"{_NAMES[i % len(_NAMES)]}-{i // len(_NAMES) + 1}" for i in range(n)]
-
-
-@dataclass(frozen=True, slots=True)
-class FaultSpec:
-    """One scheduled fault. ``end=None``: it lasts until a repair clears it.
-
-    ``time_to_breach`` (seconds after ``start``) sets how fast a memory leak reaches its limit
-    (default 45 min) or a queue fills up (default 20 min); other kinds ignore it.
-    """
-
-    entity: str
-    fault: FaultKind
-    start: float
-    end: float | None = None
-    time_to_breach: float | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "fault", FaultKind(self.fault))
-        if self.end is not None and self.end <= self.start:
-            raise ValueError(f"fault {self.fault} on {self.entity}: end must be after start")
-        if self.time_to_breach is not None and self.time_to_breach <= 0:
-            raise ValueError("time_to_breach must be positive")
-
-
-@dataclass(frozen=True)
-class FleetConfig:
-    """The fleet: ``services`` entities sampled every ``step_s`` seconds of event time.
-
-    ``cycle_s`` is the (compressed) "day" of the traffic cycle; ``flood_factor`` how many times
-    its normal message volume an abusive entity sends; ``breaker_hold_s`` how long an opened
-    circuit breaker stays open.
-    """
-
-    services: int = 12
-    seed: int = 0
-    start: float = DEFAULT_START
-    step_s: float = 15.0
-    log_lines: int = 4
-    faults: Sequence[FaultSpec] = ()  # stored as a tuple
-    cycle_s: float = 3600.0
-    flood_factor: int = 20
-    breaker_hold_s: float = 600.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "faults", tuple(self.faults))
-        if self.services < 1 or self.step_s <= 0 or self.log_lines < 0 or self.cycle_s <= 0:
-            raise ValueError("services >= 1, step_s > 0, log_lines >= 0, cycle_s > 0 required")
-        if self.flood_factor < 1:
-            raise ValueError("flood_factor must be >= 1")
-        names = set(service_names(self.services))
-        for f in self.faults:
-            if f.entity not in names:
-                raise ValueError(f"fault on unknown entity {f.entity!r}")
-
-
-def default_schedule(
-    n_services: int, duration_s: float, start: float = DEFAULT_START
-) -> list[FaultSpec]:
-    """One fault per kind on distinct services, at least a third of the fleet left healthy.
-
-    Faults start staggered between 20 % (after a warm-up the detectors need) and 50 % of the
-    run. Dependency flapping, the abusive client and the SQL injection are transient (they end
-    on their own); the others last until repaired. With fewer than
-    ``MIN_SERVICES_FOR_ALL_FAULTS`` services only the first kinds of ``FAULT_PRIORITY`` fit.
-
-    >>> [f.fault.value for f in default_schedule(6, 7200)]
-    ['memory_leak', 'error_rate_drift', 'latency_regression', 'stuck_loop']
-    >>> len(default_schedule(17, 7200)) == len(FaultKind)
-    True
-    """
-    if duration_s <= 0:
-        raise ValueError("duration_s must be positive")
-    n_faulty = min(len(FaultKind), n_services - math.ceil(n_services / 3))
-    names = service_names(n_services)
-    specs: list[FaultSpec] = []
-    for k, kind in enumerate(FAULT_PRIORITY[: max(0, n_faulty)]):
-        frac = 0.2 + 0.3 * k / max(1, n_faulty - 1)
-        t0 = float(round(start + duration_s * frac))
-        remaining = start + duration_s - t0
-        end = t0 + max(300.0, round(0.15 * duration_s)) if kind in _TRANSIENT else None
-        ttb: float | None = None
-        if kind is FaultKind.MEMORY_LEAK:
-            ttb = min(2700.0, max(600.0, round(0.6 * remaining)))
-        elif kind is FaultKind.QUEUE_FILLING:
-            ttb = min(1200.0, max(300.0, round(0.4 * remaining)))
-        specs.append(FaultSpec(names[k], kind, t0, end, ttb))
-    return specs
+__all__ = [
+    "DEFAULT_START",
+    "DEPENDENCY_METRIC",
+    "ERRORS_METRIC",
+    "FAULT_PRIORITY",
+    "HEALTH_METRIC",
+    "LATENCY_METRIC",
+    "LOOP_METRIC",
+    "MEMORY_METRIC",
+    "MIN_SERVICES_FOR_ALL_FAULTS",
+    "QUEUE_METRIC",
+    "REPAIR_CLEARS",
+    "REQUESTS_METRIC",
+    "FaultKind",
+    "FaultSpec",
+    "Fleet",
+    "FleetConfig",
+    "default_schedule",
+    "service_names",
+]
 
 
 @dataclass

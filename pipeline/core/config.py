@@ -113,6 +113,11 @@ class HttpConfig(_Section):
 class StateConfig(_Section):
     snapshot_every_seconds: float = Field(default=30.0, gt=0)
     snapshot_every_messages: int = Field(default=50_000, ge=1)
+    #: sign snapshots with HMAC-SHA256 under this key; unsigned or wrongly signed snapshots
+    #: are then refused (the partition starts fresh)
+    hmac_key: SecretStr | None = None
+    #: how long a partition's snapshot load may read the state topic
+    load_timeout_seconds: float = Field(default=30.0, gt=0)
 
 
 class ExecutorsConfig(_Section):

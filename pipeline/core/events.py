@@ -3,8 +3,8 @@
 Ids are UUIDv5 over the content that defines an event (kind, detector, entity, metric, labels,
 event time), never over offsets or wall-clock time: the same input yields the same ids whether
 it comes from Kafka or a file, before or after a crash, so consumers can drop the duplicates of
-at-least-once delivery. Encoding uses orjson; ``selfheal.pipeline.kernel.schemas`` documents the
-shapes.
+at-least-once delivery. Encoding uses orjson; the event bodies are built in
+``selfheal.pipeline.kernel.cloudevents``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import uuid
 from typing import Any
 
 import orjson
-from selfheal.pipeline.kernel.schemas import epoch_to_rfc3339
-from selfheal.pipeline.kernel.types import Anomaly, Decision, Finding, Reject
+from selfheal.pipeline.kernel.cloudevents import anomaly_event, repair_event
+from selfheal.pipeline.kernel.types import Anomaly, Finding, Reject
+
+__all__ = ["anomaly_event", "anomaly_id", "deadletter_record", "dumps", "repair_event"]
 
 _NS = uuid.UUID("6f1c3f2e-5b7a-4e0c-9d35-2f6c1b8a7e41")
 
@@ -39,61 +41,6 @@ def _jsonable(value: Any) -> Any:
 
 def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, default=_jsonable, option=orjson.OPT_NON_STR_KEYS)
-
-
-def anomaly_event(a: Anomaly, source: str) -> dict[str, Any]:
-    f = a.finding
-    data: dict[str, Any] = {
-        "entity": f.entity,
-        "metric": f.metric,
-        "detector": f.detector,
-        "kind": f.kind.value,
-        "severity": f.severity.value,
-        "score": f.score,
-        "threshold": f.threshold,
-        "value": f.value,
-        "evidence": dict(f.evidence),
-    }
-    if f.forecast is not None:
-        data["forecast"] = {
-            "eta_seconds": f.forecast.eta_seconds,
-            "horizon_seconds": f.forecast.horizon_seconds,
-            "confidence": f.forecast.confidence,
-        }
-    if f.labels:
-        data["labels"] = dict(f.labels)
-    return {
-        "specversion": "1.0",
-        "id": a.id,
-        "source": source,
-        "type": f"io.selfheal.anomaly.{f.kind.value}",
-        "subject": f.entity,
-        "time": epoch_to_rfc3339(f.ts),
-        "datacontenttype": "application/json",
-        "data": data,
-    }
-
-
-def repair_event(d: Decision, source: str) -> dict[str, Any]:
-    return {
-        "specversion": "1.0",
-        "id": d.id,
-        "source": source,
-        "type": f"io.selfheal.repair.{d.action.value}",
-        "subject": d.entity,
-        "time": epoch_to_rfc3339(d.ts),
-        "datacontenttype": "application/json",
-        "data": {
-            "action": d.action.value,
-            "entity": d.entity,
-            "mode": d.mode.value,
-            "predictive": d.predictive,
-            "reason": list(d.reason),
-            "params": dict(d.params),
-            "status": d.status.value,
-            "rule": d.rule,
-        },
-    }
 
 
 def deadletter_record(r: Reject) -> dict[str, Any]:

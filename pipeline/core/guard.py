@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from selfheal.pipeline.core.eventtime import EventClock
 from selfheal.pipeline.kernel.lru import LRU
 from selfheal.pipeline.kernel.types import (
     AnomalyKind,
@@ -57,6 +58,14 @@ class Guard:
             "label_sets", config.max_entities
         )
         self.findings: list[Finding] = []
+        #: event-time admission for watermark runs (gaps pass, lone far-future records do not)
+        self.events = EventClock(config.max_future_seconds, config.max_past_seconds)
+
+    def time_state(self) -> dict[str, object]:
+        return self.events.state()
+
+    def restore_time_state(self, state: dict[str, object]) -> None:
+        self.events.restore(state)
 
     def admit(
         self,

@@ -42,11 +42,11 @@ from __future__ import annotations
 
 import heapq
 import math
-import pickle
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from selfheal.pipeline.core import state as state_codec
 from selfheal.pipeline.core.fleet import FleetArbiter, LocalFleet
 from selfheal.pipeline.core.policy_config import ActionStep, PolicyConfig, Rule, rule_matches
 from selfheal.pipeline.core.repair import (
@@ -222,11 +222,11 @@ class PolicyEngine:
         own = None
         if self._owns_fleet and isinstance(self.fleet, LocalFleet):
             own = self.fleet.arbiter
-        return pickle.dumps((SNAPSHOT_VERSION, self._state, own), protocol=pickle.HIGHEST_PROTOCOL)
+        return state_codec.dumps((SNAPSHOT_VERSION, self._state, own))  # data only, no pickle
 
     def restore(self, data: bytes) -> None:
         """Replace the state with a ``snapshot()`` (only ever restore your own checkpoints)."""
-        loaded = pickle.loads(data)  # our own checkpoint bytes only
+        loaded = state_codec.loads(data)  # allow-listed state classes only; never executes
         version = loaded[0] if isinstance(loaded, tuple) and loaded else None
         if version != SNAPSHOT_VERSION or not isinstance(loaded[1], _State):
             raise ValueError(f"unsupported policy snapshot version {version!r}")

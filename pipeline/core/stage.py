@@ -380,7 +380,13 @@ class Pipeline:
                 decoded.logs.extend(dl.logs)
                 decoded.rejects.extend(dl.rejects)
             st = self.stage(part)
-            out.extend(st.process(decoded, envs, now, self.use_watermark))
+            if self.use_watermark:
+                # event time judged by the partition's own progress (core/eventtime.py), so
+                # the stage's clock-based future/past checks are off (reference None)
+                decoded, envs = st.guard.events.sequence(decoded, envs)
+                out.extend(st.process(decoded, envs, None, False))
+            else:
+                out.extend(st.process(decoded, envs, now, False))
             if now is not None:
                 st.data_wall = now
         return out
@@ -400,8 +406,13 @@ class Pipeline:
         return out
 
     def final_tick(self) -> Outputs:
-        """End of a replay: one last check at each partition's watermark."""
+        """End of a replay: records still held for confirmation are judged, then one last
+        check at each partition's watermark."""
         out = Outputs()
+        for st in self.stages.values():
+            decoded, envs = st.guard.events.flush()
+            if envs:
+                out.extend(st.process(decoded, envs, None, False))
         for st in self.stages.values():
             if st.watermark > float("-inf"):
                 out.extend(st.tick(st.watermark))

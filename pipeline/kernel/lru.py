@@ -43,6 +43,10 @@ class LRU(Generic[K, V]):
             self._data.move_to_end(key)
         return val
 
+    def peek(self, key: K) -> V | None:
+        """The value without refreshing its recency (a read that must not keep it alive)."""
+        return self._data.get(key)
+
     def put(self, key: K, value: V) -> None:
         self._data[key] = value
         self._data.move_to_end(key)

@@ -2,8 +2,9 @@
 
 These models live at the edges only. Inbound messages are validated here and converted into
 the frozen dataclasses of ``selfheal.pipeline.kernel.types``; outbound events are CloudEvents 1.0
-structured
-JSON whose ``data`` follows the models below. ``selfheal schema`` prints their JSON Schema.
+structured JSON whose ``data`` follows the models below (built in
+``selfheal.pipeline.kernel.cloudevents``). ``selfheal schema`` prints their JSON Schema; outbound
+models forbid unknown fields, so the schema is a complete description of what is emitted.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_LABELS = 32
 MAX_LABEL_VALUE = 1024
 MAX_MESSAGE_CHARS = 64 * 1024
+#: the CDEvents types selfheal reads (any spec version of the event)
+CDEVENT_TYPE_RE = re.compile(
+    r"^dev\.cdevents\.service\.(deployed|upgraded|rolledback)\.\d+\.\d+\.\d+(-draft)?$"
+)
 
 
 def parse_ts(value: Any) -> float:
@@ -159,13 +164,55 @@ class PromAdapterMetricIn(BaseModel):
 # -- outbound -------------------------------------------------------------------------------
 
 
-class ForecastOut(BaseModel):
+class _CDContext(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(min_length=1, max_length=256)
+    source: str = Field(min_length=1, max_length=1024)
+    type: str = Field(pattern=CDEVENT_TYPE_RE.pattern)
+    timestamp: AwareDatetime
+    version: str = Field(min_length=1, max_length=32)
+
+
+class _CDContent(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    artifactId: str = Field(min_length=1, max_length=1024)  # the spec spells it so
+
+
+class _CDSubject(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: Entity
+    content: _CDContent
+
+
+class CDEventIn(BaseModel):
+    """A CDEvents (v0.4) service event: ``dev.cdevents.service.{deployed,upgraded,rolledback}``.
+
+    The entity is ``subject.id``, the version ``subject.content.artifactId``; fields selfheal does
+    not read (``chainId``, ``links``, ``environment`` ...) are accepted and ignored.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    context: _CDContext
+    subject: _CDSubject
+
+
+class _Out(BaseModel):
+    """Outbound: the JSON Schema says ``additionalProperties: false``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ForecastOut(_Out):
     eta_seconds: float
     horizon_seconds: float
     confidence: float = Field(ge=0, le=1)
 
 
-class AnomalyData(BaseModel):
+class AnomalyData(_Out):
     entity: str
     metric: str
     detector: str
@@ -179,18 +226,19 @@ class AnomalyData(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
-class RepairData(BaseModel):
+class RepairData(_Out):
     action: str
     entity: str
     mode: Literal["enforce", "dry_run"]
     predictive: bool
     reason: list[str]
     params: dict[str, Any]
-    status: str
+    status: Literal["execute", "dry_run", "pending_approval"]
     rule: str
+    explanation: str
 
 
-class RepairOutcomeData(BaseModel):
+class RepairOutcomeData(_Out):
     """``io.selfheal.repair.outcome`` (and ``.started``) on the repair-outcome topic."""
 
     decision_id: str
@@ -205,7 +253,7 @@ class RepairOutcomeData(BaseModel):
     approved_by: str | None = None
 
 
-class DeadLetterData(BaseModel):
+class DeadLetterData(_Out):
     topic: str
     partition: int
     offset: int
@@ -215,6 +263,28 @@ class DeadLetterData(BaseModel):
     payload: str
     payload_encoding: Literal["utf-8", "base64"]
     payload_bytes: int
+
+
+class CauseOut(_Out):
+    entity: str
+    score: float = Field(ge=0, le=1)
+    evidence: list[str]
+
+
+class IncidentData(_Out):
+    incident_id: str
+    state: Literal["opened", "updated", "resolved"]
+    #: increases with every event of the incident (consumers keep the highest)
+    revision: int = Field(ge=1)
+    entities: list[str]
+    #: anomaly ids (the first ones; ``anomaly_count`` counts them all)
+    anomalies: list[str]
+    anomaly_count: int = Field(ge=0)
+    causes: list[CauseOut]
+    started: float
+    resolved: float | None
+    #: set when the incident was merged into another one
+    merged_into: str | None = None
 
 
 class CloudEvent(BaseModel):
@@ -228,6 +298,30 @@ class CloudEvent(BaseModel):
     time: str
     datacontenttype: Literal["application/json"] = "application/json"
     data: dict[str, Any]
+
+
+class AnomalyEvent(CloudEvent):
+    """``io.selfheal.anomaly.<kind>`` on the anomalies topic."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Annotated[str, Field(pattern=r"^io\.selfheal\.anomaly\.[a-z_]+$")]
+    data: AnomalyData  # type: ignore[assignment]
+
+
+class RepairEvent(CloudEvent):
+    """``io.selfheal.repair.<action>`` on the repairs topic and in webhook bodies."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Annotated[str, Field(pattern=r"^io\.selfheal\.repair\.[a-z_]+$")]
+    data: RepairData  # type: ignore[assignment]
+
+
+class IncidentEvent(CloudEvent):
+    """``io.selfheal.incident.<state>`` on the incidents topic; ``subject`` is the incident id."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Annotated[str, Field(pattern=r"^io\.selfheal\.incident\.(opened|updated|resolved)$")]
+    data: IncidentData  # type: ignore[assignment]
 
 
 def epoch_to_rfc3339(ts: float) -> str:
@@ -245,9 +339,13 @@ def json_schemas() -> dict[str, Any]:
             "LogRecord": LogRecordIn.model_json_schema(),
             "TelegrafMetric": TelegrafMetricIn.model_json_schema(),
             "PromAdapterMetric": PromAdapterMetricIn.model_json_schema(),
+            "CDEvent": CDEventIn.model_json_schema(),
         },
         "outbound": {
             "CloudEvent": CloudEvent.model_json_schema(),
+            "AnomalyEvent": AnomalyEvent.model_json_schema(),
+            "RepairEvent": RepairEvent.model_json_schema(),
+            "IncidentEvent": IncidentEvent.model_json_schema(),
             "AnomalyData": AnomalyData.model_json_schema(),
             "RepairData": RepairData.model_json_schema(),
             "DeadLetterData": DeadLetterData.model_json_schema(),

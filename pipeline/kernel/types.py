@@ -1,9 +1,8 @@
 """Internal, frozen value types that flow between the stages.
 
-Pydantic models live only at the edges (``selfheal.pipeline.kernel.schemas``); inside the pipeline
-every
-record is one of these small frozen dataclasses (or, for ``Envelope``, a named tuple), cheap to
-build and safe to share.
+Pydantic models live only at the edges (``selfheal.pipeline.kernel.schemas``); inside the
+pipeline every record is one of these small frozen dataclasses (or, for ``Envelope``, a named
+tuple), cheap to build and safe to share.
 """
 
 from __future__ import annotations
@@ -286,3 +285,34 @@ class StormEnd:
     storm_id: str
     action: RepairAction
     ts: float
+
+
+# -- changes (deploys) and incidents ---------------------------------------------------------
+
+
+class ChangeKind(enum.StrEnum):
+    """CDEvents service predicates selfheal reads (``dev.cdevents.service.<kind>``)."""
+
+    DEPLOYED = "deployed"
+    UPGRADED = "upgraded"
+    ROLLEDBACK = "rolledback"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A new version running on an entity (from a CDEvent on ``selfheal.changes``)."""
+
+    id: str
+    ts: float
+    entity: str
+    kind: ChangeKind
+    #: ``subject.content.artifactId`` as sent (a package URL, e.g. ``pkg:oci/api@v2``)
+    artifact: str
+    source: str = ""
+
+    @property
+    def version(self) -> str:
+        """The readable version: what follows ``@`` in the artifact id (else the whole id)."""
+        from urllib.parse import unquote
+
+        return unquote(self.artifact.rsplit("@", 1)[-1])

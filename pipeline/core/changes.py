@@ -1,0 +1,131 @@
+"""Changes (deploys) in the picture: each entity's recent versions, and whether an anomaly
+followed one.
+
+Changes arrive as CDEvents (``dev.cdevents.service.deployed|upgraded|rolledback``) on the
+changes topic or as lines of a replay input. An anomaly that starts within ``window_seconds``
+after a change on its entity is *attributed* to the change when the entity's peers (other
+replicas of its service) that did not get the change show no anomaly of the same kind: a rise
+on the changed replica only is strong evidence, a rise everywhere is not the deploy.
+
+>>> from selfheal.pipeline.kernel.types import Change, ChangeKind
+>>> log = ChangeLog()
+>>> for i, v in enumerate(["v1", "v2"]):
+...     _ = log.record(Change(f"c{i}", 100.0 * i, "api-3", ChangeKind.DEPLOYED, f"pkg:oci/api@{v}"))
+>>> ref = log.recent("api-3", 160.0, window_seconds=600.0)
+>>> ref.id, ref.version, ref.previous
+('c1', 'v2', 'v1')
+>>> log.recent("api-3", 1000.0, window_seconds=600.0) is None
+True
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from selfheal.pipeline.core.incidents import ChangeRef, IncidentBook
+from selfheal.pipeline.kernel.lru import LRU
+from selfheal.pipeline.kernel.types import AnomalyKind, Change
+
+#: kinds a bad version typically causes; a forecast or a security finding is not a deploy's
+CHANGE_SENSITIVE = frozenset(
+    {
+        AnomalyKind.ERROR_RATE_DRIFT,
+        AnomalyKind.ERROR_BURST,
+        AnomalyKind.LATENCY_ANOMALY,
+        AnomalyKind.HEALTH_CHECK_FAILED,
+        AnomalyKind.LOG_PATTERN,
+        AnomalyKind.LOOP_SLOW,
+        AnomalyKind.LOOP_STUCK,
+    }
+)
+
+
+class ChangeLog:
+    """The last ``per_entity`` changes of the ``max_entities`` entities changed most recently."""
+
+    def __init__(self, max_entities: int = 20_000, per_entity: int = 8) -> None:
+        self.max_entities = max_entities
+        self.per_entity = per_entity
+        self._by_entity: LRU[str, deque[Change]] = LRU("changes", max_entities)
+
+    def record(self, change: Change) -> bool:
+        """Keep ``change``; False when it is a redelivery (same id) and nothing changed."""
+        history = self._by_entity.get(change.entity)
+        if history is None:
+            history = deque(maxlen=self.per_entity)
+            self._by_entity.put(change.entity, history)
+        if any(c.id == change.id for c in history):
+            return False
+        history.append(change)
+        # arrivals may be out of event-time order: keep the history sorted
+        if len(history) > 1 and history[-2].ts > change.ts:
+            ordered = sorted(history, key=lambda c: (c.ts, c.id))
+            history.clear()
+            history.extend(ordered)
+        return True
+
+    def history(self, entity: str) -> list[Change]:
+        found = self._by_entity.peek(entity)
+        return list(found) if found else []
+
+    def recent(self, entity: str, ts: float, window_seconds: float) -> ChangeRef | None:
+        """The latest change on ``entity`` at most ``window_seconds`` before ``ts``."""
+        history = self.history(entity)
+        before = [c for c in history if c.ts <= ts]
+        if not before or ts - before[-1].ts > window_seconds:
+            return None
+        change = before[-1]
+        previous = before[-2].version if len(before) > 1 else None
+        return ChangeRef(change.id, change.version, previous, change.ts)
+
+    def entities(self) -> Iterable[str]:
+        return self._by_entity.keys()
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """An anomaly attributed to a change, with the evidence in words."""
+
+    change: ChangeRef
+    evidence: tuple[str, ...]
+
+
+def attribute(
+    kind: AnomalyKind,
+    entity: str,
+    service: str,
+    change: ChangeRef | None,
+    book: IncidentBook,
+    changes: ChangeLog | None = None,
+) -> Attribution | None:
+    """Attribute ``entity``'s anomaly of ``kind`` to ``change`` unless its unchanged peers show
+    the same kind (from the incident the anomaly joined)."""
+    if change is None or kind not in CHANGE_SENSITIVE:
+        return None
+    inc = book.incident_of(entity)
+    peers_hit: list[str] = []
+    if inc is not None:
+        for other, view in inc.entities.items():
+            if other == entity or view.service != service or kind.value not in view.kinds:
+                continue
+            same_change = view.change is not None and view.change.version == change.version
+            if not same_change:
+                peers_hit.append(other)
+    if peers_hit:
+        return None  # the same rise on replicas without the change: not the deploy
+    evidence = [
+        f"{kind.value} began {_ago(change.ts, inc.entities[entity].first if inc else None)} "
+        f"after {change.version} was deployed (change {change.id})",
+        f"no unchanged replica of {service} shows {kind.value}",
+    ]
+    if change.previous:
+        evidence.append(f"previous version {change.previous}")
+    return Attribution(change, tuple(evidence))
+
+
+def _ago(change_ts: float, anomaly_ts: float | None) -> str:
+    if anomaly_ts is None:
+        return "shortly"
+    return f"{max(anomaly_ts - change_ts, 0.0):.0f} s"
