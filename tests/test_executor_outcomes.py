@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import pytest
+from selfheal.connectors.kafka import ensure_topics
 from selfheal.connectors.webhook import WebhookExecutor
 from selfheal.pipeline.app import outcomes as oc
 from selfheal.pipeline.app.control import (
@@ -111,6 +112,7 @@ async def test_error_and_timeout_outcomes(broker, producer, topic_prefix, tmp_pa
     queue = {"metric": "queue_depth", "value": 95.0, "limit": 100.0}
     records = [{"ts": base + 15 * i, "entity": "m-1", **mem} for i in range(3)]
     records += [{"ts": base + 15 * i, "entity": "q-1", **queue} for i in range(3)]
+    await ensure_topics(broker.bootstrap, [s.kafka.topics.metrics, s.kafka.topics.logs], 1)
     await produce_records(producer, s.kafka.topics.metrics, records)
     stop = asyncio.Event()
     task = asyncio.create_task(proc.run(broker.bootstrap, stop=stop))

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
+from selfheal.connectors.kafka import ensure_topics
 from selfheal.pipeline.core.audit import read_records
 
 from tests.conftest import consume_all
@@ -115,6 +116,7 @@ async def test_slow_command_runs_outside_the_loop_once_per_entity(
     config = _config(tmp_path, topic_prefix, broker.bootstrap, sleep_s=90.0)
     t = f"{topic_prefix}"
     base = time.time() - 1800
+    await ensure_topics(broker.bootstrap, [f"{t}.metrics", f"{t}.logs"], 1)
     await produce_records(
         producer, f"{t}.metrics", [_mem(e, base + 15 * i, 0.99) for i in range(3) for e in ENTITIES]
     )
@@ -170,6 +172,7 @@ async def test_kill_9_during_execution_is_not_executed_again(
     config = _config(tmp_path, topic_prefix, broker.bootstrap, sleep_s=60.0)
     t = topic_prefix
     base = time.time() - 1800
+    await ensure_topics(broker.bootstrap, [f"{t}.metrics", f"{t}.logs"], 1)
     await produce_records(
         producer, f"{t}.metrics", [_mem(e, base + 15 * i, 0.99) for i in range(3) for e in ENTITIES]
     )

@@ -13,6 +13,7 @@ import time
 
 import pytest
 from selfheal.connectors.fleet_ledger import KafkaFleet
+from selfheal.connectors.kafka import ensure_topics
 
 from tests.conftest import consume_all
 from tests.spine_helpers import make_runner, produce_records, run_until, settings_for
@@ -37,6 +38,7 @@ async def test_slow_fleet_verdict_leaves_the_loop_free(broker, producer, topic_p
         topic_prefix, broker.bootstrap, partitions=1, detection={"models_enabled": False}
     )
     base = time.time() - 1800
+    await ensure_topics(broker.bootstrap, [s.kafka.topics.metrics, s.kafka.topics.logs], 1)
     await produce_records(
         producer,
         s.kafka.topics.metrics,
@@ -76,7 +78,6 @@ async def test_slow_fleet_verdict_leaves_the_loop_free(broker, producer, topic_p
 
 
 async def test_unreadable_ledger_record_is_logged_and_counted(broker, producer, topic_prefix):
-    from selfheal.connectors.kafka import ensure_topics
     from selfheal.pipeline.app.runner import Runner
     from selfheal.pipeline.core.fleet import FleetArbiter
 
