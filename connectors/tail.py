@@ -87,7 +87,8 @@ class TopicTail:
             found = await c.offsets_for_times(dict.fromkeys(self._tps, since))
             for tp in self._tps:
                 at = found.get(tp)
-                if at is None:
+                # "no such record": None from Kafka, offset 0 with timestamp -1 from Tansu
+                if at is None or at.timestamp < 0:
                     await c.seek_to_end(tp)
                 else:
                     c.seek(tp, at.offset)

@@ -101,12 +101,6 @@ async def test_error_and_timeout_outcomes(broker, producer, topic_prefix, tmp_pa
         },
         runtime={"audit_path": str(tmp_path / "audit.jsonl")},
     )
-    proc = SelfhealProcess(s, lambda: PolicyEngine(s.policy))
-    # a webhook target that refuses connections: a failed outcome and an open breaker
-    dead = WebhookExecutor(
-        urls={"restart": "http://127.0.0.1:9/"}, max_attempts=1, failure_threshold=1
-    )
-    proc._executors += [Raising(), dead]
     base = time.time() - 1800
     mem = {"metric": "container_memory_working_set_bytes", "value": 0.99e9, "limit": 1e9}
     queue = {"metric": "queue_depth", "value": 95.0, "limit": 100.0}
@@ -114,6 +108,18 @@ async def test_error_and_timeout_outcomes(broker, producer, topic_prefix, tmp_pa
     records += [{"ts": base + 15 * i, "entity": "q-1", **queue} for i in range(3)]
     await ensure_topics(broker.bootstrap, [s.kafka.topics.metrics, s.kafka.topics.logs], 1)
     await produce_records(producer, s.kafka.topics.metrics, records)
+    # a decision published before this executor group ever ran (an older deployment's):
+    # history, never executed
+    await ensure_topics(broker.bootstrap, [s.kafka.topics.repairs], 1)
+    old = _decision(id="old", entity="old-1", ts=base)
+    await producer.send_and_wait(s.kafka.topics.repairs, oc.repair_like(old), key=b"old-1")
+    await asyncio.sleep(0.01)
+    proc = SelfhealProcess(s, lambda: PolicyEngine(s.policy))
+    # a webhook target that refuses connections: a failed outcome and an open breaker
+    dead = WebhookExecutor(
+        urls={"restart": "http://127.0.0.1:9/"}, max_attempts=1, failure_threshold=1
+    )
+    proc._executors += [Raising(), dead]
     stop = asyncio.Event()
     task = asyncio.create_task(proc.run(broker.bootstrap, stop=stop))
     reg = proc.metrics.registry
@@ -158,6 +164,7 @@ async def test_error_and_timeout_outcomes(broker, producer, topic_prefix, tmp_pa
     target = {"source": "http://127.0.0.1:9/"}
     assert reg.get_sample_value("circuit_breaker_state", target) == 1  # open
     assert reg.get_sample_value("circuit_breaker_failures_total", target) == 1
+    assert not [ev for ev in events if ev["data"]["entity"] == "old-1"]
     for ev in events:
         CloudEvent.model_validate(ev)
         RepairOutcomeData.model_validate(ev["data"])

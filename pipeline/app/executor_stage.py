@@ -101,6 +101,7 @@ class ExecutorStage:
         *,
         audit: AuditFileSink | None = None,
         clock: Any = time.time,
+        started: float | None = None,
     ) -> None:
         self.settings = settings
         self.executors = list(executors)
@@ -129,6 +130,10 @@ class ExecutorStage:
         self._boot = settings.kafka.bootstrap
         self._broken: BaseException | None = None
         self._breaker_failures: dict[str, int] = {}
+        #: bumped by every rebalance callback: a batch fetched across one is dropped
+        self._generation = 0
+        #: a first-time group acts on decisions published after this (wall ms), not before
+        self._started_ms = int((clock() if started is None else started) * 1000)
         control.on_vote = self._on_vote
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -206,8 +211,10 @@ class ExecutorStage:
             while not stop.is_set():
                 if self._broken is not None:
                     raise BrokerUnavailable(f"execution record not written: {self._broken!r}")
+                generation = self._generation
                 batch = await self._consumer.getmany(timeout_ms=500)
-                await self._handle_batch(batch)
+                if generation == self._generation:  # else: the new seeks deliver it again
+                    await self._handle_batch(batch)
                 await self._commit()
         finally:
             if self._tasks:
@@ -222,31 +229,47 @@ class ExecutorStage:
 
     # -- partitions ------------------------------------------------------------------------
 
-    async def _on_assign(self, assigned: set[TopicPartition]) -> None:
-        """Re-read each partition's recent history (pending decisions); act only on new ones."""
+    async def _offsets_at(self, tps: set[TopicPartition], ms: int) -> dict[TopicPartition, int]:
+        """First offset at or after wall time ``ms`` per partition (the end when none is)."""
         assert self._consumer is not None
-        c = self._consumer
-        since = int((self.clock() - self.settings.executors.history_seconds) * 1000)
+        ends = await self._consumer.end_offsets(list(tps))
         try:
-            found = await c.offsets_for_times(dict.fromkeys(assigned, since))
-        except KafkaError as exc:
+            found = await self._consumer.offsets_for_times(dict.fromkeys(tps, ms))
+        except KafkaError as exc:  # a broker without timestamp lookups: no history, all new
             self.swallowed("executor.offsets_for_times", exc)
             found = {}
+        out = {}
+        for tp in tps:
+            at = found.get(tp)
+            # "no such record" is None from Kafka, offset 0 with timestamp -1 from Tansu
+            out[tp] = at.offset if at is not None and at.timestamp >= 0 else ends[tp]
+        return out
+
+    async def _on_assign(self, assigned: set[TopicPartition]) -> None:
+        """Re-read each partition's recent history (pending decisions); act only on new ones.
+
+        New are the records after the group's committed offset; a group without one (its first
+        start) acts on what was published since this process started, never on older history
+        (decisions an earlier version may have executed already).
+        """
+        assert self._consumer is not None
+        self._generation += 1
+        c = self._consumer
+        history = await self._offsets_at(
+            assigned, int((self.clock() - self.settings.executors.history_seconds) * 1000)
+        )
+        fresh = await self._offsets_at(assigned, self._started_ms)
         for tp in assigned:
             committed = await c.committed(tp)
-            at = found.get(tp)
-            start = at.offset if at is not None else committed
-            if start is None:
-                await c.seek_to_beginning(tp)
-                start = await c.position(tp)
-            else:
-                c.seek(tp, start)
-            # records before the committed offset already had their outcome written
-            self._live_from[tp] = committed if committed is not None else start
-            self._read_to[tp] = start
+            live = committed if committed is not None else fresh[tp]
+            start = min(history[tp], live)
+            c.seek(tp, start)
+            self._live_from[tp] = live
+            self._read_to[tp] = live  # never commit below it (re-reading history)
             self._open.setdefault(tp, set())
 
     async def _on_revoke(self, revoked: set[TopicPartition]) -> None:
+        self._generation += 1
         with contextlib.suppress(Exception):
             await self._commit()
         parts = {tp.partition for tp in revoked}
@@ -282,8 +305,10 @@ class ExecutorStage:
     async def _handle_batch(self, batch: dict[TopicPartition, list[Any]]) -> None:
         synced = False
         for tp, msgs in batch.items():
+            if tp not in self._live_from:
+                continue  # fetched before our assignment callback positioned it
             for m in msgs:
-                self._read_to[tp] = m.offset + 1
+                self._read_to[tp] = max(self._read_to.get(tp, 0), m.offset + 1)
                 try:
                     d = oc.decision_from_event(m.value or b"")
                 except ValueError as exc:

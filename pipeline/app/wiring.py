@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from aiokafka.errors import KafkaError
@@ -76,6 +77,8 @@ class SelfhealProcess:
         self.stage: ExecutorStage | None = None
         self._executors = build_executors(settings)
         self.metrics.policy_paused.set(0)
+        #: decisions published from now on are this process's to execute (a new group's start)
+        self.started = time.time()
 
     def _swallowed(self, where: str, exc: BaseException) -> None:
         log.warning("%s: %s: %s", where, type(exc).__name__, exc)
@@ -127,7 +130,12 @@ class SelfhealProcess:
         control = self.control
         self.runner.outputs_hook = lambda out: apply_pause(out, control.state)
         self.stage = ExecutorStage(
-            self.settings, self._executors, self.metrics, self.control, audit=self.audit
+            self.settings,
+            self._executors,
+            self.metrics,
+            self.control,
+            audit=self.audit,
+            started=self.started,
         )
         await self.stage.run(bootstrap, stop)
 
