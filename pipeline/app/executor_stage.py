@@ -418,12 +418,12 @@ class ExecutorStage:
         )
 
     def with_commands(self, d: Decision) -> Decision:
-        """Escalations carry the decision id to act on and the commands to do it."""
-        if d.action is not RepairAction.ESCALATE:
+        """An approval request carries the decision id to act on and the commands to do it."""
+        if d.action is not RepairAction.ESCALATE or not d.params.get("approval_required"):
+            # other escalations carry their own id; what approving them would release is
+            # the policy's (storm hold, stopped ladder), not wired here
             return d
-        if d.params.get("resolved"):
-            return d  # a resolution needs no decision from anyone
-        target = str(d.params.get("approval_decision_id", d.id))
+        target = str(d.params["approval_decision_id"])
         return replace(
             d,
             params={
