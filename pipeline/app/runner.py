@@ -119,6 +119,8 @@ class Runner(PartitionState):
         )
         self.clock = clock
         self.stats = RunStats()
+        #: called with each batch's outputs (the status line counts pending approvals)
+        self.output_hooks: list[Callable[[Outputs], None]] = []
         self._audit = (
             AuditFileSink(settings.runtime.audit_path) if settings.runtime.audit_path else None
         )
@@ -142,7 +144,7 @@ class Runner(PartitionState):
             rt.max_pending_outputs, rt.max_rss_bytes, self.metrics.registry
         )
         #: applied to each batch's outputs before they are written (``selfheal pause``)
-        self.outputs_hook: Callable[[Outputs], None] | None = None
+        self.before_write: Callable[[Outputs], None] | None = None
 
     # -- public ---------------------------------------------------------------------------
 
@@ -331,8 +333,8 @@ class Runner(PartitionState):
         # in a worker thread: a policy waiting on the fleet ledger (up to its timeout) must not
         # stall the event loop (heartbeats, the executor stage, the control topics)
         out = await asyncio.to_thread(self._detect, batch, now)
-        if out and self.outputs_hook is not None:
-            self.outputs_hook(out)
+        if out and self.before_write is not None:
+            self.before_write(out)
         if out:
             records = encode_outputs(out, self.settings)
             # fetching pauses while many outputs wait for the broker's acks
@@ -419,6 +421,8 @@ class Runner(PartitionState):
         s.rejects += len(out.rejects)
         observe_outputs(m, out, batch, self.settings)
         s.repairs += sum(1 for d in out.decisions if d.status is DecisionStatus.EXECUTE)
+        for hook in self.output_hooks:
+            hook(out)
 
     async def _observe_lag(self, source: KafkaSource) -> None:
         lag = await source.lag()
@@ -448,6 +452,9 @@ class Runner(PartitionState):
                 acc[1] += coll.evictions
         for name, (size, ev) in sizes.items():
             self.metrics.observe_collection(name, size, ev)
+        self.metrics.observe_otlp(
+            [getattr(st, "otlp_counts", {}) for st in self.pipeline.stages.values()]
+        )
         self._enforce_memory_cap()
 
     def _enforce_memory_cap(self) -> None:

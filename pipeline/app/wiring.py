@@ -18,9 +18,9 @@ from selfheal.connectors.webhook import WebhookExecutor
 from selfheal.pipeline.app.control import ControlPlane, ControlState, apply_pause
 from selfheal.pipeline.app.executor_stage import ExecutorStage
 from selfheal.pipeline.app.runner import ExecutorLike, Runner, RunStats, kafka_client_options
-from selfheal.pipeline.core.config import ConfigError, Settings
+from selfheal.pipeline.core.config import ConfigError, KubernetesExecutorConfig, Settings
 from selfheal.pipeline.core.metrics import Metrics
-from selfheal.pipeline.core.stage import PolicyLike
+from selfheal.pipeline.core.stage import Outputs, PolicyLike
 
 log = logging.getLogger("selfheal.wiring")
 
@@ -49,6 +49,8 @@ def build_executors(settings: Settings) -> list[ExecutorLike]:
             )
         except TemplateError as exc:
             raise ConfigError("executors.commands", str(exc)) from exc
+    if e.kubernetes.enabled:
+        out.append(kubernetes_executor(e.kubernetes))
     if e.alertmanager_url:
         out.append(
             AlertmanagerExecutor(
@@ -56,6 +58,30 @@ def build_executors(settings: Settings) -> list[ExecutorLike]:
             )
         )
     return out
+
+
+def kubernetes_executor(k: KubernetesExecutorConfig) -> ExecutorLike:
+    """The Kubernetes executor from its config section (the client is created lazily, at the
+    first decision, so a pod without cluster credentials still starts and reports why)."""
+    try:
+        import kubernetes  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            "executors.kubernetes.enabled",
+            "needs the kubernetes client: pip install 'selfheal[kubernetes]'",
+        ) from exc
+    from selfheal.connectors.kubernetes import KubernetesExecutor, load_api_client
+
+    kubeconfig = str(k.kubeconfig) if k.kubeconfig else None
+    return KubernetesExecutor(
+        actions={a.value: op for a, op in k.actions.items()},
+        namespace=k.namespace,
+        restart=k.restart,
+        min_replicas=k.min_replicas,
+        max_replicas=k.max_replicas,
+        timeout=k.timeout_seconds,
+        client_factory=lambda: load_api_client(k.in_cluster, kubeconfig, k.context),
+    )
 
 
 class SelfhealProcess:
@@ -84,7 +110,19 @@ class SelfhealProcess:
         log.warning("%s: %s: %s", where, type(exc).__name__, exc)
         self.metrics.errors_swallowed.labels(where).inc()
 
+    def _sync_policies(self, paused: bool) -> None:
+        """The policy engines decide paused decisions as dry runs (no ladder, no budget)."""
+        for st in list(self.runner.pipeline.stages.values()):
+            policy = getattr(st, "policy", None)
+            if policy is not None and hasattr(policy, "paused"):
+                policy.paused = paused
+
+    def _before_write(self, out: Outputs, state: ControlState) -> None:
+        self._sync_policies(state.paused)  # stages created in this batch: from the next one
+        apply_pause(out, state)
+
     def _paused(self, state: ControlState) -> None:
+        self._sync_policies(state.paused)
         self.metrics.policy_paused.set(1 if state.paused else 0)
         notes = self.runner.health.notes
         notes["paused"] = "true" if state.paused else "false"
@@ -128,7 +166,7 @@ class SelfhealProcess:
         self.control = await self._start_control(bootstrap, stop)
         self._paused(self.control.state)
         control = self.control
-        self.runner.outputs_hook = lambda out: apply_pause(out, control.state)
+        self.runner.before_write = lambda out: self._before_write(out, control.state)
         self.stage = ExecutorStage(
             self.settings,
             self._executors,

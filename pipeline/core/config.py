@@ -8,7 +8,11 @@ exit code 2.
 
 from __future__ import annotations
 
+import difflib
 import functools
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +26,7 @@ from pydantic_settings import (
 from selfheal.models.registry import DetectorsConfig
 from selfheal.models.rules import DEFAULT_RULES, RuleSpec
 from selfheal.pipeline.core.decode import DEFAULT_ENTITY_KEYS
+from selfheal.pipeline.core.otlp_config import OtlpConfig
 from selfheal.pipeline.core.policy_config import DEFAULT_POLICY_PATH, PolicyConfig
 from selfheal.pipeline.kernel.types import RepairAction
 
@@ -120,6 +125,37 @@ class StateConfig(_Section):
     load_timeout_seconds: float = Field(default=30.0, gt=0)
 
 
+KubernetesOperation = Literal["restart", "scale", "rollback", "cordon"]
+_KUBERNETES_ACTIONS: dict[RepairAction, KubernetesOperation] = {
+    RepairAction.RESTART: "restart",
+    RepairAction.SCALE_UP: "scale",
+    RepairAction.SCALE_DOWN: "scale",
+    RepairAction.ROLLBACK: "rollback",
+}
+
+
+class KubernetesExecutorConfig(_Section):
+    """The Kubernetes executor (``selfheal.connectors.kubernetes``, needs the ``kubernetes``
+    extra): rollout restart, scale, rollback and cordon of the entity's workload."""
+
+    enabled: bool = False
+    #: the pod's service account (in a cluster); else ``kubeconfig`` (or ~/.kube/config)
+    in_cluster: bool = True
+    kubeconfig: Path | None = None
+    context: str | None = None
+    #: namespace of entities that name none (``namespace/pod`` or a ``namespace`` param do)
+    namespace: str = "default"
+    #: restart: patch the owner's restartedAt (``kubectl rollout restart``) or delete the pod
+    restart: Literal["rollout", "delete_pod"] = "rollout"
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=10, ge=1)
+    #: repair action -> operation; an action not listed is left to the other executors
+    actions: dict[RepairAction, KubernetesOperation] = Field(
+        default_factory=lambda: dict(_KUBERNETES_ACTIONS)
+    )
+    timeout_seconds: float = Field(default=10.0, gt=0)
+
+
 class ExecutorsConfig(_Section):
     """Where repair decisions go besides the repair topic (which is always on)."""
 
@@ -142,6 +178,7 @@ class ExecutorsConfig(_Section):
     approval_expiry_seconds: float = Field(default=3600.0, gt=0)
     #: how far back a starting process reads the repair, outcome, control and approval logs
     history_seconds: float = Field(default=86_400.0, gt=0)
+    kubernetes: KubernetesExecutorConfig = Field(default_factory=KubernetesExecutorConfig)
 
 
 class RuntimeConfig(_Section):
@@ -176,6 +213,8 @@ class Settings(BaseSettings):
     http: HttpConfig = Field(default_factory=HttpConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    #: OpenTelemetry input: entity attribute order, metric-name table (docs/conventions.md)
+    otlp: OtlpConfig = Field(default_factory=OtlpConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -261,3 +300,72 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
         first = err.errors(include_url=False)[0]
         loc = ".".join(str(p) for p in first["loc"]) or "config"
         raise ConfigError(loc, first["msg"]) from err
+
+
+# -- environment variable names -------------------------------------------------------------
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``annotation`` (``X``, ``X | None``, ``Annotated[X, ...]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    # only unions look inside: a list or mapping of models is one value (JSON in a variable)
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None
+    for arg in typing.get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def setting_paths(model: type[BaseModel] = Settings, prefix: str = "") -> dict[str, str]:
+    """Every settings path (``kafka.topics.metrics``) -> "section", "mapping" or "value".
+
+    >>> paths = setting_paths()
+    >>> paths["policy.dry_run"], paths["kafka.topics"], paths["executors.webhook_urls"]
+    ('value', 'section', 'mapping')
+    """
+    out: dict[str, str] = {}
+    for name, info in model.model_fields.items():
+        path = f"{prefix}{name}"
+        sub = _model_of(info.annotation)
+        if sub is not None:
+            out[path] = "section"
+            out.update(setting_paths(sub, f"{path}."))
+        else:
+            mapping = typing.get_origin(info.annotation) in (dict, Mapping)
+            out[path] = "mapping" if mapping else "value"
+    return out
+
+
+@functools.cache
+def _env_names() -> tuple[frozenset[str], tuple[str, ...]]:
+    paths = setting_paths()
+    names = {"SELFHEAL_" + p.replace(".", "__").upper(): kind for p, kind in paths.items()}
+    # a mapping (``executors.webhook_urls``) takes its keys as nested names below it
+    open_prefixes = tuple(n + "__" for n, kind in names.items() if kind == "mapping")
+    return frozenset(names), open_prefixes
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Raise ``ConfigError`` for a ``SELFHEAL_`` variable that names no setting.
+
+    A misspelled variable would otherwise be ignored without a word (a typo in
+    ``SELFHEAL_POLICY__DRY_RUN`` leaves automatic repair on).
+
+    >>> check_environment({"SELFHEAL_POLICY__DRY_RUN": "true", "HOME": "/root"})
+    >>> try:
+    ...     check_environment({"SELFHEAL_POLCY__DRY_RUN": "true"})
+    ... except ConfigError as exc:
+    ...     print(exc.message)
+    unknown environment variable (did you mean SELFHEAL_POLICY__DRY_RUN?)
+    """
+    known, open_prefixes = _env_names()
+    for var in sorted(environ):
+        name = var.upper()
+        if not name.startswith("SELFHEAL_"):
+            continue
+        if name in known or name.startswith(open_prefixes):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else " (selfheal schema lists the settings)"
+        raise ConfigError(var, f"unknown environment variable{hint}")
