@@ -4,9 +4,10 @@ An ``escalate`` decision is POSTed to ``<base>/api/v2/alerts`` as a one-alert li
 set identifies the alert (Alertmanager fingerprints labels), so the firing alert and its
 resolution carry the same labels: ``alertname="SelfhealEscalation"``, ``entity``, ``action``
 (the repair that failed or was stopped, ``params["escalated_action"]``), ``kind``,
-``severity`` and ``rule``. A firing alert gets ``endsAt = now + alert_ttl_seconds`` (it stays
-active without re-sending); a resolution (``params["resolved"] is True``) is sent with
-``endsAt = now``, which resolves it.
+``severity`` and ``rule``. The annotations carry the decision id and, when the executor stage
+set them, the exact ``selfheal approve`` / ``reject`` commands. A firing alert gets
+``endsAt = now + alert_ttl_seconds`` (it stays active without re-sending); a resolution
+(``params["resolved"] is True``) is sent with ``endsAt = now``, which resolves it.
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ def escalation_alert(
     }
     ids = list(decision.reason[:MAX_REASON_IDS])
     more = len(decision.reason) - len(ids)
-    if p.get("storm"):
+    if p.get("approval_required"):
+        summary = f"selfheal awaits approval: {labels['action']} of {decision.entity}"
+        detail = f"Approve: {p.get('approve_command', '')} Reject: {p.get('reject_command', '')}"
+    elif p.get("storm"):
         summary = (
             f"selfheal storm: {p.get('count', '?')} entities need {labels['action']}; "
             "automatic repair stopped"
@@ -79,7 +83,9 @@ def escalation_alert(
         "annotations": {
             "summary": summary,
             "description": description.strip(),
-            "decision_id": decision.id,
+            # the decision an operator acts on: the pending one for an approval request
+            "decision_id": str(p.get("approval_decision_id", decision.id)),
+            **{k: str(p[k]) for k in ("approve_command", "reject_command") if p.get(k)},
         },
         "startsAt": epoch_to_rfc3339(min(decision.ts, now)),
         "endsAt": epoch_to_rfc3339(now if resolved else now + alert_ttl_seconds),

@@ -169,6 +169,11 @@ class CommandExecutor:
             )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
+        except asyncio.CancelledError:
+            # cancelled from outside (shutdown, the stage's backstop): no orphaned child
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+            raise
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, 9)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import threading
 import time
@@ -62,6 +61,7 @@ class KafkaFleet:
         lookback_seconds: float = 3600.0,
         clock: Callable[[], float] = time.time,
         observe: Callable[[float], None] | None = None,
+        on_error: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -73,6 +73,8 @@ class KafkaFleet:
         self.clock = clock
         #: called with each request's wait in seconds (a Prometheus histogram's ``observe``)
         self.observe = observe
+        #: told of every exception handled by carrying on (a counter; it is also logged)
+        self.on_error = on_error
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -104,13 +106,20 @@ class KafkaFleet:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.wait_for(asyncio.wrap_future(self._submit(self._stop())), timeout=10)
+        except Exception as exc:
+            self._swallowed("fleet.stop", exc)
         loop.call_soon_threadsafe(loop.stop)
         await asyncio.get_running_loop().run_in_executor(None, thread.join, 10)
         if not thread.is_alive():
             loop.close()
         self._loop = self._thread = None
+
+    def _swallowed(self, where: str, exc: BaseException) -> None:
+        log.warning("fleet ledger %s: %s: %s", where, type(exc).__name__, exc)
+        if self.on_error is not None:
+            self.on_error(where, exc)
 
     # -- FleetGate ---------------------------------------------------------------------------
 
@@ -166,8 +175,10 @@ class KafkaFleet:
         fut = self._submit(self._send(value))
 
         def done(f: concurrent.futures.Future[int]) -> None:
-            if f.cancelled() or f.exception() is not None:
-                log.warning("fleet ledger record not written: %r", f.exception())
+            if f.cancelled():
+                self._swallowed("fleet.write", asyncio.CancelledError())
+            elif f.exception() is not None:
+                self._swallowed("fleet.write", f.exception() or Exception())
 
         fut.add_done_callback(done)
 
@@ -212,12 +223,18 @@ class KafkaFleet:
     async def _stop(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await self._reader
+            except asyncio.CancelledError:
+                pass  # what cancel() asked for
+            except Exception as exc:
+                self._swallowed("fleet.reader", exc)
         for client in (self._consumer, self._producer):
             if client is not None:
-                with contextlib.suppress(Exception):
+                try:
                     await client.stop()
+                except Exception as exc:
+                    self._swallowed("fleet.stop", exc)
 
     async def _read(self, tp: TopicPartition) -> None:
         assert self._consumer is not None and self._progress is not None
@@ -225,7 +242,7 @@ class KafkaFleet:
             try:
                 batch = await self._consumer.getmany(tp, timeout_ms=200)
             except KafkaError as exc:
-                log.warning("fleet ledger read failed: %r", exc)
+                self._swallowed("fleet.read", exc)
                 await asyncio.sleep(0.5)
                 continue
             records = batch.get(tp, [])
@@ -242,7 +259,7 @@ class KafkaFleet:
         try:
             item = decode_record(raw or b"", self.group)
         except RecordError as exc:
-            log.warning("fleet ledger: skipping a record: %s", exc)
+            self._swallowed("fleet.record", exc)
             return
         if isinstance(item, FleetRequest):
             self.arbiter.apply(item)

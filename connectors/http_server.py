@@ -23,6 +23,8 @@ class Health:
     #: liveness fails when no iteration finished for this long
     stale_after_seconds: float = 90.0
     reason: str = "starting"
+    #: extra ``key: value`` lines for ``/readyz``'s body (say, ``paused: true``)
+    notes: dict[str, str] = field(default_factory=dict)
 
     def live(self) -> bool:
         return time.time() - self.last_iteration < self.stale_after_seconds
@@ -45,6 +47,8 @@ class MetricsServer:
                 elif path == "/readyz":
                     ok = server.health.ready
                     body = b"ready\n" if ok else f"not ready: {server.health.reason}\n".encode()
+                    notes = dict(server.health.notes)  # copied: the runner may update it
+                    body += "".join(f"{k}: {v}\n" for k, v in notes.items()).encode()
                     self._send(200 if ok else 503, body)
                 else:
                     self._send(404, b"not found\n")

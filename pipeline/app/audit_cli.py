@@ -96,7 +96,7 @@ def _cells(r: AuditRecord) -> dict[str, str]:
         "entity": r.entity,
         "action": r.action,
         "status": str(d.get("status") or ""),
-        "by": str(d.get("suppressed_by") or d.get("executor") or ""),
+        "by": str(d.get("suppressed_by") or d.get("executor") or d.get("by") or ""),
         "rule": str(d.get("rule") or ""),
         "explanation": readable(str(d.get("explanation") or d.get("detail") or "")),
     }

@@ -40,6 +40,11 @@ DELEGATED: dict[str, tuple[str, str]] = {
         "selfheal.pipeline.app.demo",
         "embedded broker + simulated fleet + pipeline, with a summary",
     ),
+    # operator control (``main_<command>`` in the module)
+    "pause": ("selfheal.pipeline.app.control", "pause automatic repair in every process"),
+    "resume": ("selfheal.pipeline.app.control", "resume automatic repair"),
+    "approve": ("selfheal.pipeline.app.control", "approve a pending decision (runs it once)"),
+    "reject": ("selfheal.pipeline.app.control", "reject a pending decision"),
 }
 
 
@@ -207,17 +212,14 @@ def _port_taken(settings: Settings, exc: OSError) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from selfheal.pipeline.app.runner import Runner
     from selfheal.pipeline.app.status import StatusLine, status_loop
-    from selfheal.pipeline.app.wiring import build_executors
+    from selfheal.pipeline.app.wiring import SelfhealProcess
 
     settings = _settings(args.config)
     brokers = args.bootstrap or settings.kafka.bootstrap
-    runner = Runner(
-        settings,
-        _policy_factory(settings),
-        executors=build_executors(settings),
-    )
+    # detection publishes decisions; the process's executor stage runs them
+    process = SelfhealProcess(settings, _policy_factory(settings))
+    runner = process.runner
     try:
         server = runner.start_http()
     except OSError as exc:
@@ -246,7 +248,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             status_loop(status, log, args.status_interval, stop=stop, wake=wake)
         )
         try:
-            stats = await runner.run(brokers, duration=args.duration, stop=stop)
+            stats = await process.run(brokers, duration=args.duration, stop=stop)
         finally:
             stop.set()
             await reporter
@@ -348,7 +350,8 @@ def _dispatch(argv: list[str]) -> int:
             if missing is not None:
                 return missing
         module = importlib.import_module(DELEGATED[argv[0]][0])
-        return int(module.main(argv[1:]))
+        entry = getattr(module, f"main_{argv[0]}", None) or module.main
+        return int(entry(argv[1:]))
     args = build_parser().parse_args(argv)  # exits 2 with usage on a bad argument
     return COMMANDS[args.command](args)
 
@@ -359,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    # aiokafka's warnings (lost connections, failed commits, rebalances) are worth seeing
+    logging.getLogger("aiokafka").setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("drain3").setLevel(logging.WARNING)
     command = argv[0] if argv else ""
     try:

@@ -46,6 +46,9 @@ class PartitionState:
 
     async def _on_revoke(self, revoked: set[Any]) -> None:
         """Snapshot and commit what we leave behind, then drop its state."""
+        # shown at once: the batch in flight (detection runs off the loop) may hold the lock
+        if self._source is not None:
+            self.backpressure.assignment(set(self._source.assignment()) - set(revoked))
         async with self._rebalance_lock:
             self._generation += 1
             self.backpressure.revoked(revoked)
@@ -54,6 +57,7 @@ class PartitionState:
                 await self._checkpoint(parts)
             except Exception as exc:  # the new owner replays from the previous snapshot
                 log.warning("checkpoint on revocation failed: %s", exc)
+                self.metrics.errors_swallowed.labels("runner.revoke_checkpoint").inc()
             for part in parts:
                 self.pipeline.stages.pop(part, None)
             for tp in revoked:
@@ -183,6 +187,7 @@ class PartitionState:
             # a rebalance is under way: the snapshot is written, the commit waits for the
             # revocation checkpoint (or the next owner resumes from this snapshot)
             log.info("commit deferred: %s", exc)
+            self.metrics.errors_swallowed.labels("runner.commit").inc()
             return
         for key in pending:
             self._pending.pop(key, None)

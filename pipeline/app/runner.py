@@ -42,6 +42,7 @@ from selfheal.pipeline.core.effectiveness import observe_effectiveness
 from selfheal.pipeline.core.fleet import FleetArbiter
 from selfheal.pipeline.core.metrics import Metrics
 from selfheal.pipeline.core.stage import Outputs, Pipeline, PolicyLike
+from selfheal.pipeline.kernel.protocols import ExecutionResult
 from selfheal.pipeline.kernel.types import Batch, Decision, DecisionStatus, Envelope
 
 log = logging.getLogger("selfheal.runner")
@@ -143,6 +144,8 @@ class Runner(PartitionState):
         self.backpressure = Backpressure(
             rt.max_pending_outputs, rt.max_rss_bytes, self.metrics.registry
         )
+        #: applied to each batch's outputs before they are written (``selfheal pause``)
+        self.before_write: Callable[[Outputs], None] | None = None
 
     # -- public ---------------------------------------------------------------------------
 
@@ -173,6 +176,7 @@ class Runner(PartitionState):
                 self.metrics.pipeline_ready.set(0)
                 self.metrics.system_health_status.set(0.0)
                 self.stats.reconnects += 1
+                self.metrics.errors_swallowed.labels("runner.session").inc()
                 wait = min(backoff, k.retry_backoff_max_seconds) * (0.8 + 0.4 * random.random())
                 log.warning(
                     "kafka session failed (%s: %s); retrying in %.1fs",
@@ -191,9 +195,16 @@ class Runner(PartitionState):
         for ex in self.executors:
             close = getattr(ex, "aclose", None)
             if close is not None:
-                with contextlib.suppress(Exception):
+                try:
                     await close()
+                except Exception as exc:
+                    self._swallowed("runner.executor_close", exc)
         return self.stats
+
+    def _swallowed(self, where: str, exc: BaseException) -> None:
+        """An exception handled by carrying on: a log line and ``errors_swallowed_total``."""
+        log.warning("%s: %s: %s", where, type(exc).__name__, exc)
+        self.metrics.errors_swallowed.labels(where).inc()
 
     # -- internals ------------------------------------------------------------------------
 
@@ -248,6 +259,7 @@ class Runner(PartitionState):
             lookback_seconds=3600
             + 2 * max(policy.budget.window_seconds, policy.storm_window_seconds),
             observe=self.metrics.fleet_request_seconds.observe,
+            on_error=self._swallowed,
         )
         await fleet.start()
         self.pipeline.fleet = fleet
@@ -325,10 +337,11 @@ class Runner(PartitionState):
 
     async def _process(self, batch: list[Envelope], source: KafkaSource, sink: KafkaSink) -> None:
         now = self.clock()
-        out = self.pipeline.process(batch, now) if batch else Outputs()
-        if now >= self._next_tick:
-            self._next_tick = now + self.settings.detection.tick_seconds
-            out.extend(self.pipeline.tick(now, self.settings.detection.idle_grace_seconds))
+        # in a worker thread: a policy waiting on the fleet ledger (up to its timeout) must not
+        # stall the event loop (heartbeats, the executor stage, the control topics)
+        out = await asyncio.to_thread(self._detect, batch, now)
+        if out and self.before_write is not None:
+            self.before_write(out)
         if out:
             records = encode_outputs(out, self.settings)
             # fetching pauses while many outputs wait for the broker's acks
@@ -348,6 +361,13 @@ class Runner(PartitionState):
             self._pending_messages += len(batch)
         self._account(batch, out)
 
+    def _detect(self, batch: list[Envelope], now: float) -> Outputs:
+        out = self.pipeline.process(batch, now) if batch else Outputs()
+        if now >= self._next_tick:
+            self._next_tick = now + self.settings.detection.tick_seconds
+            out.extend(self.pipeline.tick(now, self.settings.detection.idle_grace_seconds))
+        return out
+
     async def _execute(self, decisions: Sequence[Decision], sink: KafkaSink) -> None:
         jobs = [
             (d, ex)
@@ -362,8 +382,16 @@ class Runner(PartitionState):
         records: list[AuditRecord] = []
         for (d, ex), res in zip(jobs, results, strict=True):
             if isinstance(res, BaseException):
+                # an executor bug is audited and counted like any failed execution
                 log.error("executor %s failed on %s: %s", ex.name, d.id, res)
+                self.metrics.repairs_executed.labels(d.action.value, "error").inc()
+                err = f"error: {type(res).__name__}: {res}"
+                records.append(execution_record(d, ExecutionResult(d.id, ex.name, False, err)))
                 continue
+            outcome = (
+                "ok" if res.ok else "timeout" if res.detail.startswith("timeout") else "failed"
+            )
+            self.metrics.repairs_executed.labels(d.action.value, outcome).inc()
             records.append(execution_record(d, res))
             if not res.ok:
                 log.warning(

@@ -27,7 +27,9 @@ from selfheal.pipeline.kernel.types import Decision, Verification
 DECISION = "decision"
 EXECUTION = "execution"
 VERIFICATION = "verification"
-RECORD_KINDS = (DECISION, EXECUTION, VERIFICATION)
+#: who approved or rejected a pending decision (written by the executor stage)
+APPROVAL = "approval"
+RECORD_KINDS = (DECISION, EXECUTION, VERIFICATION, APPROVAL)
 _REQUIRED = ("record", "id", "ts", "entity", "action")
 
 

@@ -51,6 +51,12 @@ class TopicsConfig(_Section):
     changes: str = "selfheal.changes"
     #: incident CloudEvents (opened, updated, resolved)
     incidents: str = "selfheal.incidents"
+    #: execution record per decision id ("started", then the outcome): at most once per id
+    outcomes: str = "selfheal.repair_outcomes"
+    #: one-partition log of pause / resume commands every process follows
+    control: str = "selfheal.control"
+    #: one-partition log of approvals and rejections of pending decisions
+    approvals: str = "selfheal.approvals"
 
 
 class IncidentsConfig(_Section):
@@ -187,6 +193,12 @@ class ExecutorsConfig(_Section):
     #: escalations go to Alertmanager's /api/v2/alerts
     alertmanager_url: str | None = None
     generator_url: str = ""
+    #: decisions executed at the same time by the executor stage (outside the detection loop)
+    max_concurrent: int = Field(default=4, ge=1, le=256)
+    #: a pending decision can be approved for this long after it was published
+    approval_expiry_seconds: float = Field(default=3600.0, gt=0)
+    #: how far back a starting process reads the repair, outcome, control and approval logs
+    history_seconds: float = Field(default=86_400.0, gt=0)
     kubernetes: KubernetesExecutorConfig = Field(default_factory=KubernetesExecutorConfig)
 
 

@@ -170,6 +170,28 @@ class Metrics:
             ["kind", "action", "service"],
             registry=r,
         )
+        self.repairs_executed = Counter(
+            "repairs_executed_total",
+            "Decisions through the executor stage, by outcome (ok, failed, timeout, error, "
+            "skipped, unknown, paused)",
+            ["action", "outcome"],
+            registry=r,
+        )
+        self.policy_paused = Gauge(
+            "policy_paused", "1 while automatic repair is paused (selfheal pause)", registry=r
+        )
+        self.approvals = Counter(
+            "approvals_total",
+            "Votes on pending decisions (approved, rejected, expired)",
+            ["verdict"],
+            registry=r,
+        )
+        self.errors_swallowed = Counter(
+            "errors_swallowed_total",
+            "Exceptions handled by carrying on (each also logged)",
+            ["where"],
+            registry=r,
+        )
         # labelled series exist from the start at 0: rate() and ratios then see the first
         # increment instead of a series appearing out of nowhere at its first value
         for a in RepairAction:

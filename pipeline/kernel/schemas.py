@@ -238,6 +238,21 @@ class RepairData(_Out):
     explanation: str
 
 
+class RepairOutcomeData(_Out):
+    """``io.selfheal.repair.outcome`` (and ``.started``) on the repair-outcome topic."""
+
+    decision_id: str
+    action: str
+    entity: str
+    rule: str
+    outcome: Literal["started", "ok", "failed", "timeout", "error", "skipped", "unknown", "paused"]
+    executor: str
+    detail: str
+    duration_seconds: float
+    approved_decision_id: str | None = None
+    approved_by: str | None = None
+
+
 class DeadLetterData(_Out):
     topic: str
     partition: int
@@ -321,12 +336,13 @@ class AuditRecordOut(BaseModel):
     """One line of the audit trail (``selfheal.audit`` topic and audit file).
 
     Every record has ``record``, ``id`` (the decision id), ``time``, ``ts``, ``entity`` and
-    ``action``; the other fields depend on ``record`` (decision, execution, verification).
+    ``action``; the other fields depend on ``record`` (decision, execution, verification,
+    approval: ``by`` who approved or rejected).
     """
 
     model_config = ConfigDict(extra="allow")
 
-    record: Literal["decision", "execution", "verification"]
+    record: Literal["decision", "execution", "verification", "approval"]
     id: str
     time: str
     ts: float
@@ -348,6 +364,7 @@ class AuditRecordOut(BaseModel):
     retriable: bool | None = None
     duration_seconds: float | None = None
     success: bool | None = None
+    by: str | None = None
 
 
 def epoch_to_rfc3339(ts: float) -> str:
@@ -375,6 +392,7 @@ def json_schemas() -> dict[str, Any]:
             "AnomalyData": AnomalyData.model_json_schema(),
             "RepairData": RepairData.model_json_schema(),
             "DeadLetterData": DeadLetterData.model_json_schema(),
+            "RepairOutcomeData": RepairOutcomeData.model_json_schema(),
             "AuditRecord": AuditRecordOut.model_json_schema(),
         },
     }

@@ -1,0 +1,535 @@
+"""The executor stage: runs the decisions of the repair topic, outside the detection loop.
+
+The runner only publishes decisions (acknowledged by the broker before its offsets commit);
+this stage, a member of the consumer group ``<group_id>.executor`` on the repair topic, runs
+each ``execute``/``enforce`` decision on the configured executors in a pool of
+``executors.max_concurrent`` tasks, so ingestion and detection go on while a slow command runs.
+
+At most once per decision id, across crashes and restarts: before acting it writes
+``started`` to the outcome topic (keyed by the id) and after acting the outcome; it commits a
+repair-topic offset only once that record's outcome is written. A redelivered decision is
+checked against the outcome topic (followed from ``executors.history_seconds`` back): one with
+an outcome is skipped, one only ``started`` (the process died while running it) is recorded
+as ``unknown`` and not run again. Every outcome becomes an audit record, a CloudEvent on the
+outcome topic and ``repairs_executed_total{action,outcome}``.
+
+Pending decisions (``pending_approval``) are kept (per assigned partition, history included)
+until ``selfheal approve`` or ``reject``: an approval within ``executors.approval_expiry_seconds``
+publishes a new ``execute`` decision citing the approved id, which this stage then runs once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from selfheal.connectors.audit_file import AuditFileSink
+from selfheal.connectors.errors import BrokerUnavailable, is_retriable
+from selfheal.connectors.kafka import KafkaSink, ensure_topics
+from selfheal.connectors.tail import TailRecord, TopicTail
+from selfheal.pipeline.app import outcomes as oc
+from selfheal.pipeline.app.control import ApprovalVote, ControlPlane, operator_command
+from selfheal.pipeline.app.runner import ExecutorLike, kafka_client_options
+from selfheal.pipeline.core.audit import AuditRecord, decision_record
+from selfheal.pipeline.core.config import Settings
+from selfheal.pipeline.core.events import dumps
+from selfheal.pipeline.core.metrics import Metrics
+from selfheal.pipeline.kernel.types import Decision, DecisionStatus, Mode, RepairAction
+
+log = logging.getLogger("selfheal.executor")
+
+_APPROVED_NS = uuid.UUID("5d2b8e51-0f3c-4a77-b1e9-8c4f2a6d3e07")
+#: pending decisions remembered per process
+MAX_PENDING = 10_000
+
+
+def approved_decision(pending: Decision, vote: ApprovalVote) -> Decision:
+    """The ``execute`` decision an approval turns ``pending`` into (deterministic id)."""
+    return replace(
+        pending,
+        id=str(uuid.uuid5(_APPROVED_NS, f"approved|{pending.id}")),
+        ts=vote.ts,
+        mode=Mode.ENFORCE,
+        status=DecisionStatus.EXECUTE,
+        params={**pending.params, "approved_decision_id": pending.id, "approved_by": vote.by},
+        explanation=f"approved by {vote.by}: {pending.explanation}".rstrip(": "),
+    )
+
+
+def classify(result: Any) -> tuple[str, str, float]:
+    """(outcome, detail, duration) of what ``executor.execute`` returned or raised."""
+    if isinstance(result, TimeoutError):
+        return oc.TIMEOUT, "no result within the stage's timeout", 0.0
+    if isinstance(result, BaseException):
+        return oc.ERROR, f"{type(result).__name__}: {result}", 0.0
+    detail = str(result.detail)
+    if result.ok:
+        return oc.OK, detail, float(result.duration_seconds)
+    outcome = oc.TIMEOUT if detail.startswith("timeout") else oc.FAILED
+    return outcome, detail, float(result.duration_seconds)
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, stage: ExecutorStage) -> None:
+        self.stage = stage
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.stage._on_revoke(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.stage._on_assign(assigned)
+
+
+class ExecutorStage:
+    """Consumes the repair topic and runs its decisions; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        executors: Sequence[ExecutorLike],
+        metrics: Metrics,
+        control: ControlPlane,
+        *,
+        audit: AuditFileSink | None = None,
+        clock: Any = time.time,
+        started: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.executors = list(executors)
+        self.metrics = metrics
+        self.control = control
+        self.audit = audit
+        self.clock = clock
+        self.ledger = oc.Ledger()
+        e = settings.executors
+        self._sem = asyncio.Semaphore(e.max_concurrent)
+        # a backstop above every executor's own timeout (the command executor kills its child)
+        self.timeout = (
+            max(e.command_timeout_seconds, e.webhook_timeout_seconds * e.webhook_max_attempts)
+            + 10.0
+        )
+        self.pending: dict[str, tuple[Decision, int, int]] = {}  # id -> (decision, ms, partition)
+        self._acted: set[str] = set()
+        self._inflight: set[str] = set()
+        self._open: dict[TopicPartition, set[int]] = {}
+        self._read_to: dict[TopicPartition, int] = {}
+        self._live_from: dict[TopicPartition, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._sink: KafkaSink | None = None
+        self._outcomes: TopicTail | None = None
+        self._boot = settings.kafka.bootstrap
+        self._broken: BaseException | None = None
+        self._breaker_failures: dict[str, int] = {}
+        #: next offset to handle per partition (set by the assignment's seek)
+        self._expect: dict[TopicPartition, int] = {}
+        #: a first-time group acts on decisions published after this (wall ms), not before
+        self._started_ms = int((clock() if started is None else started) * 1000)
+        control.on_vote = self._on_vote
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, bootstrap: str, stop: asyncio.Event) -> None:
+        """Run sessions until ``stop``; a broker failure restarts the session after a backoff."""
+        k = self.settings.kafka
+        backoff = k.retry_backoff_seconds
+        while not stop.is_set():
+            try:
+                await self._session(bootstrap, stop)
+                return
+            except Exception as exc:
+                if not (is_retriable(exc) or isinstance(exc, KafkaError)):
+                    raise
+                self.swallowed("executor.session", exc)
+                wait = min(backoff, k.retry_backoff_max_seconds) * (0.8 + 0.4 * random.random())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=wait)
+                backoff = min(backoff * 2, k.retry_backoff_max_seconds)
+
+    async def aclose(self) -> None:
+        """Let running executions finish (each bounded by its timeout), then close executors."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.timeout)
+        for ex in self.executors:
+            close = getattr(ex, "aclose", None)
+            if close is not None:
+                try:
+                    await close()
+                except Exception as exc:
+                    self.swallowed("executor.close", exc)
+
+    def swallowed(self, where: str, exc: BaseException) -> None:
+        """An exception handled by carrying on: always a log line and a counter."""
+        log.warning("%s: %s: %s", where, type(exc).__name__, exc)
+        self.metrics.errors_swallowed.labels(where).inc()
+
+    async def _session(self, bootstrap: str, stop: asyncio.Event) -> None:
+        k = self.settings.kafka
+        t = k.topics
+        client = kafka_client_options(k)
+        self._boot = bootstrap
+        # a fresh session re-reads from the committed offsets
+        self._broken = None
+        self._open.clear()
+        self._read_to.clear()
+        self._expect.clear()
+        self._live_from.clear()
+        if k.create_topics:
+            await ensure_topics(bootstrap, [t.repairs, t.outcomes], k.partitions, client)
+        self._sink = KafkaSink(bootstrap, client=client, linger_ms=0)
+        self._outcomes = TopicTail(
+            bootstrap,
+            t.outcomes,
+            self._on_outcome,
+            client=client,
+            lookback_seconds=self.settings.executors.history_seconds,
+            on_error=self.swallowed,
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=f"{k.group_id}.executor",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=100,
+            **client,
+        )
+        try:
+            await self._sink.start()
+            await self._outcomes.start()
+            try:
+                await self._consumer.start()
+            except KafkaError as exc:
+                raise BrokerUnavailable(str(exc)) from exc
+            self._consumer.subscribe([t.repairs], listener=_Listener(self))
+            while not stop.is_set():
+                if self._broken is not None:
+                    raise BrokerUnavailable(f"execution record not written: {self._broken!r}")
+                batch = await self._consumer.getmany(timeout_ms=500)
+                await self._handle_batch(batch)
+                await self._commit()
+        finally:
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=self.timeout)
+            with contextlib.suppress(Exception):
+                await self._commit()
+            for closing in (self._consumer.stop(), self._outcomes.stop(), self._sink.stop()):
+                try:
+                    await asyncio.wait_for(closing, 10)
+                except Exception as exc:
+                    self.swallowed("executor.stop", exc)
+
+    # -- partitions ------------------------------------------------------------------------
+
+    async def _offsets_at(self, tps: set[TopicPartition], ms: int) -> dict[TopicPartition, int]:
+        """First offset at or after wall time ``ms`` per partition (the end when none is)."""
+        assert self._consumer is not None
+        ends = await self._consumer.end_offsets(list(tps))
+        try:
+            found = await self._consumer.offsets_for_times(dict.fromkeys(tps, ms))
+        except KafkaError as exc:  # a broker without timestamp lookups: no history, all new
+            self.swallowed("executor.offsets_for_times", exc)
+            found = {}
+        out = {}
+        for tp in tps:
+            at = found.get(tp)
+            # "no such record" is None from Kafka, offset 0 with timestamp -1 from Tansu
+            out[tp] = at.offset if at is not None and at.timestamp >= 0 else ends[tp]
+        return out
+
+    async def _on_assign(self, assigned: set[TopicPartition]) -> None:
+        """Re-read each partition's recent history (pending decisions); act only on new ones.
+
+        New are the records after the group's committed offset; a group without one (its first
+        start) acts on what was published since this process started, never on older history
+        (decisions an earlier version may have executed already).
+        """
+        assert self._consumer is not None
+        c = self._consumer
+        history = await self._offsets_at(
+            assigned, int((self.clock() - self.settings.executors.history_seconds) * 1000)
+        )
+        fresh = await self._offsets_at(assigned, self._started_ms)
+        for tp in assigned:
+            committed = await c.committed(tp)
+            live = committed if committed is not None else fresh[tp]
+            start = min(history[tp], live)
+            c.seek(tp, start)
+            self._live_from[tp] = live
+            self._expect[tp] = start
+            self._read_to[tp] = live  # never commit below it (re-reading history)
+            self._open.setdefault(tp, set())
+
+    async def _on_revoke(self, revoked: set[TopicPartition]) -> None:
+        with contextlib.suppress(Exception):
+            await self._commit()
+        parts = {tp.partition for tp in revoked}
+        for did in [i for i, (_, _, p) in self.pending.items() if p in parts]:
+            del self.pending[did]
+        for tp in revoked:
+            self._expect.pop(tp, None)
+            self._live_from.pop(tp, None)
+            self._read_to.pop(tp, None)
+
+    async def _commit(self) -> None:
+        if self._consumer is None:
+            return
+        offsets = {}
+        for tp, read_to in self._read_to.items():
+            open_ = self._open.get(tp)
+            offsets[tp] = min(open_) if open_ else read_to
+        assigned = self._consumer.assignment()
+        offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
+        if offsets:
+            try:
+                await self._consumer.commit(offsets)
+            except KafkaError as exc:  # a rebalance: the next owner re-checks the ledger
+                self.swallowed("executor.commit", exc)
+
+    # -- records ---------------------------------------------------------------------------
+
+    def _on_outcome(self, rec: TailRecord) -> None:
+        try:
+            self.ledger.note_event(rec.value)
+        except ValueError as exc:
+            self.swallowed("executor.outcome_record", exc)
+
+    async def _handle_batch(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        synced = False
+        for tp, msgs in batch.items():
+            if tp not in self._live_from:
+                continue  # fetched before our assignment callback positioned it: redelivered
+            for m in msgs:
+                if m.offset < self._expect.get(tp, 0):
+                    continue  # read already (a fetch from before the callback's seek)
+                self._expect[tp] = m.offset + 1
+                self._read_to[tp] = max(self._read_to.get(tp, 0), m.offset + 1)
+                try:
+                    d = oc.decision_from_event(m.value or b"")
+                except ValueError as exc:
+                    self.swallowed("executor.decode", exc)
+                    continue
+                live = m.offset >= self._live_from.get(tp, 0)
+                pending = d.status is DecisionStatus.PENDING_APPROVAL
+                if pending:
+                    self._remember_pending(d, m.timestamp, tp.partition)
+                if not live or not (pending or d.status is DecisionStatus.EXECUTE):
+                    continue
+                if d.mode is Mode.ENFORCE or pending:
+                    if not synced:  # see every outcome written so far, once per batch
+                        assert self._outcomes is not None
+                        await self._outcomes.sync()
+                        synced = True
+                    await self._admit(self.approval_request(d) if pending else d, tp, m.offset)
+
+    async def _admit(self, d: Decision, tp: TopicPartition, offset: int) -> None:
+        handlers = [ex for ex in self.executors if ex.handles(d)]
+        if not handlers:
+            return
+        state = self.ledger.get(d.id)
+        if d.id in self._inflight:
+            await self._finish(d, [(oc.SKIPPED, "", "already running in this process", 0.0)])
+        elif state == oc.STARTED:
+            detail = "started before a restart without a recorded outcome: not executed again"
+            await self._finish(d, [(oc.UNKNOWN, "", detail, 0.0)])
+        elif state is not None:
+            await self._finish(d, [(oc.SKIPPED, "", f"already executed (outcome {state})", 0.0)])
+        else:
+            self._inflight.add(d.id)
+            self._open.setdefault(tp, set()).add(offset)
+            task = asyncio.create_task(self._execute(d, handlers, tp, offset))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _execute(
+        self, d: Decision, handlers: list[ExecutorLike], tp: TopicPartition, offset: int
+    ) -> None:
+        recorded = False
+        try:
+            async with self._sem:
+                st = self.control.state
+                # asking humans for an approval is not a repair: it goes out while paused
+                if st.paused and not d.params.get("approval_required"):
+                    detail = f"automatic repair paused by {st.by}: {st.reason}".rstrip(": ")
+                    await self._finish(d, [(oc.PAUSED, "", detail, 0.0)])
+                    return
+                await self._write([self._outcome_out(oc.started_event(d, self._src, self.clock()))])
+                self.ledger.note(d.id, oc.STARTED)
+                d = self.with_commands(d)
+                results = await asyncio.gather(
+                    *(asyncio.wait_for(ex.execute(d), self.timeout) for ex in handlers),
+                    return_exceptions=True,
+                )
+                rows = []
+                for ex, res in zip(handlers, results, strict=True):
+                    outcome, detail, duration = classify(res)
+                    if outcome == oc.ERROR:
+                        log.error("executor %s raised on %s: %s", ex.name, d.id, detail)
+                    rows.append((outcome, ex.name, detail, duration))
+                self._observe_breakers()
+                await self._finish(d, rows, retries=3)
+            recorded = True
+        except Exception as exc:
+            # the record could not be written: keep the offset uncommitted and restart the
+            # session, so the redelivery finds "started" (unknown) or runs it if it never did
+            self.swallowed("executor.execute", exc)
+            self._broken = exc
+        finally:
+            self._inflight.discard(d.id)
+            if recorded:
+                self._open.get(tp, set()).discard(offset)
+
+    def _observe_breakers(self) -> None:
+        """``circuit_breaker_state`` / ``_failures_total`` of the executors' targets."""
+        for ex in self.executors:
+            states = getattr(ex, "breakers", None)
+            if not isinstance(states, dict):
+                continue
+            for target, br in states.items():
+                self.metrics.breaker_state.labels(target).set(int(br.state))
+                seen = self._breaker_failures.get(target, 0)
+                if br.failures_total > seen:
+                    self.metrics.breaker_failures.labels(target).inc(br.failures_total - seen)
+                    self._breaker_failures[target] = br.failures_total
+
+    def approval_request(self, pending: Decision) -> Decision:
+        """The escalation telling humans a decision awaits them, with the exact commands."""
+        return replace(
+            pending,
+            id=str(uuid.uuid5(_APPROVED_NS, f"request|{pending.id}")),
+            action=RepairAction.ESCALATE,
+            mode=Mode.ENFORCE,
+            status=DecisionStatus.EXECUTE,
+            params={
+                **pending.params,
+                "approval_required": True,
+                "approval_decision_id": pending.id,
+                "escalated_action": pending.action.value,
+                "kind": "approval_required",
+                "severity": "warning",
+            },
+            explanation=f"{pending.action.value} of {pending.entity} awaits approval. "
+            + pending.explanation,
+        )
+
+    def with_commands(self, d: Decision) -> Decision:
+        """An approval request carries the decision id to act on and the commands to do it."""
+        if d.action is not RepairAction.ESCALATE or not d.params.get("approval_required"):
+            # other escalations carry their own id; what approving them would release is
+            # the policy's (storm hold, stopped ladder), not wired here
+            return d
+        target = str(d.params["approval_decision_id"])
+        return replace(
+            d,
+            params={
+                **d.params,
+                "approve_command": operator_command("approve", target, self.settings, self._boot),
+                "reject_command": operator_command("reject", target, self.settings, self._boot),
+            },
+        )
+
+    @property
+    def _src(self) -> str:
+        return self.settings.runtime.source
+
+    def _outcome_out(self, event: dict[str, Any]) -> tuple[str, bytes, bytes]:
+        key = str(event["data"]["decision_id"]).encode()
+        return (self.settings.kafka.topics.outcomes, key, dumps(event))
+
+    async def _finish(
+        self, d: Decision, rows: list[tuple[str, str, str, float]], retries: int = 1
+    ) -> None:
+        """Outcome events, audit records and metrics for one decision's executor results."""
+        now = self.clock()
+        events = [oc.outcome_event(d, o, ex, det, dur, self._src, now) for o, ex, det, dur in rows]
+        for attempt in range(retries):
+            try:
+                await self._write(
+                    [self._outcome_out(ev) for ev in events],
+                    [oc.outcome_record(ev, now) for ev in events],
+                )
+                break
+            except Exception as exc:
+                if attempt + 1 == retries:
+                    raise
+                self.swallowed("executor.outcome_write", exc)
+                await asyncio.sleep(1.0 + attempt)
+        for outcome, _executor, detail, _ in rows:
+            self.ledger.note(d.id, outcome)
+            self.metrics.repairs_executed.labels(d.action.value, outcome).inc()
+            level = logging.INFO if outcome in (oc.OK, oc.SKIPPED) else logging.WARNING
+            log.log(level, "%s %s %s: %s (%s)", d.action.value, d.entity, outcome, detail, d.id)
+
+    async def _write(
+        self, records: list[tuple[str, bytes, bytes]], audit: Sequence[AuditRecord] = ()
+    ) -> None:
+        """Publish (acknowledged) ``records`` plus ``audit`` on the audit topic and file."""
+        assert self._sink is not None
+        t = self.settings.kafka.topics
+        lines = [(t.audit, r.entity.encode(), r.to_json().rstrip(b"\n")) for r in audit]
+        await self._sink.write_batch(records + lines)
+        if self.audit is not None and audit:
+            await self.audit.write(list(audit))
+
+    # -- approvals -------------------------------------------------------------------------
+
+    def _remember_pending(self, d: Decision, at_ms: int, partition: int) -> None:
+        self.pending[d.id] = (d, at_ms, partition)
+        while len(self.pending) > MAX_PENDING:
+            self.pending.pop(next(iter(self.pending)))
+        vote = self.control.votes.get(d.id)
+        if vote is not None:
+            self._on_vote(vote)
+
+    def _on_vote(self, vote: ApprovalVote) -> None:
+        entry = self.pending.get(vote.decision_id)
+        if entry is None or vote.decision_id in self._acted:
+            return  # another process owns it, or it is not read yet (handled on arrival)
+        self._acted.add(vote.decision_id)
+        task = asyncio.get_running_loop().create_task(self._settle(entry[0], entry[1], vote))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _settle(self, pending: Decision, at_ms: int, vote: ApprovalVote) -> None:
+        """Audit the vote; an approval in time publishes the decision to execute."""
+        try:
+            self.pending.pop(pending.id, None)
+            expiry = self.settings.executors.approval_expiry_seconds
+            age = (vote.at_ms - at_ms) / 1000
+            if not vote.approved:
+                rec = oc.approval_record(pending, "rejected", vote.by, vote.ts)
+                await self._write([], [rec])
+                self.metrics.approvals.labels("rejected").inc()
+                return
+            if age > expiry:
+                why = f"approved {age:.0f}s after the decision; approvals expire after {expiry:g}s"
+                rec = oc.approval_record(pending, "expired", vote.by, vote.ts, why)
+                await self._write([], [rec])
+                self.metrics.approvals.labels("expired").inc()
+                return
+            run = approved_decision(pending, vote)
+            assert self._outcomes is not None
+            await self._outcomes.sync()
+            if self.ledger.get(run.id) is not None:
+                return  # approved and executed before a restart: nothing to do again
+            t = self.settings.kafka.topics
+            why = f"executed as {run.id}"
+            await self._write(
+                [(t.repairs, run.entity.encode(), oc.repair_like(run, self._src))],
+                [
+                    oc.approval_record(pending, "approved", vote.by, vote.ts, why),
+                    decision_record(run),
+                ],
+            )
+            self.metrics.approvals.labels("approved").inc()
+        except Exception as exc:
+            self._acted.discard(pending.id)
+            self.swallowed("executor.approval", exc)

@@ -1,0 +1,192 @@
+"""Execution records: the repair-outcome topic's CloudEvents, their audit lines, and the ledger.
+
+For every decision the executor stage writes ``io.selfheal.repair.started`` before it acts and
+``io.selfheal.repair.outcome`` after (one per executor), keyed by the decision id. A process
+reading that topic back knows which ids already ran (any outcome) or were interrupted
+(``started`` without an outcome): neither is executed again.
+
+>>> from selfheal.pipeline.kernel.types import Decision, Mode, RepairAction
+>>> d = Decision(id="d1", ts=0.0, action=RepairAction.RESTART, entity="web-1",
+...     mode=Mode.ENFORCE, predictive=False, reason=("a1",), rule="r")
+>>> ev = outcome_event(d, OK, "command", "exit 0", 1.5, "selfheal", now=10.0)
+>>> ev["type"], ev["data"]["outcome"], decision_from_event(repair_like(d)).entity
+('io.selfheal.repair.outcome', 'ok', 'web-1')
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from selfheal.pipeline.core.audit import AuditRecord
+from selfheal.pipeline.core.events import repair_event
+from selfheal.pipeline.kernel.schemas import epoch_to_rfc3339
+from selfheal.pipeline.kernel.types import Decision, DecisionStatus, Mode, RepairAction
+
+_NS = uuid.UUID("0b8f3d0e-61a4-4f55-9a8e-3c2d7e5b9f10")
+
+STARTED = "started"
+OK = "ok"
+FAILED = "failed"
+TIMEOUT = "timeout"
+#: the executor raised (a bug or an unexpected error): counted and audited like any outcome
+ERROR = "error"
+#: the decision id already has an outcome: not executed again
+SKIPPED = "skipped"
+#: started before a crash, outcome never recorded: not executed again (it may have run)
+UNKNOWN = "unknown"
+#: automatic repair was paused when the decision came up for execution
+PAUSED = "paused"
+OUTCOMES = (OK, FAILED, TIMEOUT, ERROR, SKIPPED, UNKNOWN, PAUSED)
+
+STARTED_TYPE = "io.selfheal.repair.started"
+OUTCOME_TYPE = "io.selfheal.repair.outcome"
+
+
+def decision_from_event(raw: bytes | Mapping[str, Any]) -> Decision:
+    """The decision behind a repair CloudEvent (``repair_event``); raises ``ValueError``."""
+    try:
+        ev = orjson.loads(raw) if isinstance(raw, bytes) else raw
+        data = ev["data"]
+        from selfheal.pipeline.kernel.schemas import parse_ts
+
+        return Decision(
+            id=str(ev["id"]),
+            ts=parse_ts(ev["time"]),
+            action=RepairAction(data["action"]),
+            entity=str(data["entity"]),
+            mode=Mode(data["mode"]),
+            predictive=bool(data.get("predictive", False)),
+            reason=tuple(str(r) for r in data.get("reason", ())),
+            params=dict(data.get("params") or {}),
+            rule=str(data.get("rule", "")),
+            status=DecisionStatus(data["status"]),
+            explanation=str(data.get("explanation", "")),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a repair event: {exc!r}") from exc
+
+
+def repair_like(d: Decision, source: str = "selfheal") -> bytes:
+    """The repair CloudEvent of ``d`` as the runner publishes it (with the explanation)."""
+    ev = repair_event(d, source)
+    ev["data"]["explanation"] = d.explanation
+    return orjson.dumps(ev)
+
+
+def _event(kind: str, d: Decision, data: dict[str, Any], source: str, now: float) -> dict[str, Any]:
+    key = f"{kind}|{d.id}|{data.get('executor', '')}|{data.get('outcome', '')}|{now:.3f}"
+    return {
+        "specversion": "1.0",
+        "id": str(uuid.uuid5(_NS, key)),
+        "source": source,
+        "type": kind,
+        "subject": d.entity,
+        "time": epoch_to_rfc3339(now),
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+
+
+def _data(d: Decision, outcome: str, executor: str, detail: str, duration: float) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "decision_id": d.id,
+        "action": d.action.value,
+        "entity": d.entity,
+        "rule": d.rule,
+        "outcome": outcome,
+        "executor": executor,
+        "detail": detail,
+        "duration_seconds": duration,
+    }
+    approved = d.params.get("approved_decision_id")
+    if approved:
+        data["approved_decision_id"] = approved
+        data["approved_by"] = d.params.get("approved_by", "")
+    return data
+
+
+def started_event(d: Decision, source: str, now: float) -> dict[str, Any]:
+    return _event(STARTED_TYPE, d, _data(d, STARTED, "", "", 0.0), source, now)
+
+
+def outcome_event(
+    d: Decision, outcome: str, executor: str, detail: str, duration: float, source: str, now: float
+) -> dict[str, Any]:
+    return _event(OUTCOME_TYPE, d, _data(d, outcome, executor, detail, duration), source, now)
+
+
+def outcome_record(event: Mapping[str, Any], ts: float) -> AuditRecord:
+    """The audit line of an outcome event (record kind ``execution``, status = the outcome)."""
+    data = event["data"]
+    return AuditRecord(
+        {
+            "record": "execution",
+            "id": data["decision_id"],
+            "time": epoch_to_rfc3339(ts),
+            "ts": ts,
+            "entity": data["entity"],
+            "action": data["action"],
+            "status": data["outcome"],
+            "ok": data["outcome"] == OK,
+            "rule": data["rule"],
+            "executor": data["executor"],
+            "detail": data["detail"],
+            "duration_seconds": data["duration_seconds"],
+            **{k: data[k] for k in ("approved_decision_id", "approved_by") if k in data},
+        }
+    )
+
+
+def approval_record(
+    d: Decision, verdict: str, by: str, ts: float, explanation: str = ""
+) -> AuditRecord:
+    """Who approved or rejected a pending decision (or why an approval was not honoured)."""
+    return AuditRecord(
+        {
+            "record": "approval",
+            "id": d.id,
+            "time": epoch_to_rfc3339(ts),
+            "ts": ts,
+            "entity": d.entity,
+            "action": d.action.value,
+            "status": verdict,
+            "by": by,
+            "rule": d.rule,
+            "explanation": explanation,
+        }
+    )
+
+
+class Ledger:
+    """Decision id -> latest execution state, bounded (LRU); an outcome is never undone."""
+
+    def __init__(self, cap: int = 100_000) -> None:
+        self.cap = cap
+        self._state: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, decision_id: str) -> str | None:
+        return self._state.get(decision_id)
+
+    def note(self, decision_id: str, state: str) -> None:
+        if self._state.get(decision_id) not in (None, STARTED):
+            return  # the first outcome stands (a later "skipped" says nothing new)
+        self._state[decision_id] = state
+        self._state.move_to_end(decision_id)
+        while len(self._state) > self.cap:
+            self._state.popitem(last=False)
+
+    def note_event(self, raw: bytes) -> None:
+        """Apply one record of the outcome topic; raises ``ValueError`` when unreadable."""
+        try:
+            ev = orjson.loads(raw)
+            data = ev["data"]
+            self.note(str(data["decision_id"]), str(data["outcome"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"unreadable outcome record: {exc!r}") from exc
+
+    def __len__(self) -> int:
+        return len(self._state)
