@@ -130,8 +130,8 @@ class ExecutorStage:
         self._boot = settings.kafka.bootstrap
         self._broken: BaseException | None = None
         self._breaker_failures: dict[str, int] = {}
-        #: bumped by every rebalance callback: a batch fetched across one is dropped
-        self._generation = 0
+        #: next offset to handle per partition (set by the assignment's seek)
+        self._expect: dict[TopicPartition, int] = {}
         #: a first-time group acts on decisions published after this (wall ms), not before
         self._started_ms = int((clock() if started is None else started) * 1000)
         control.on_vote = self._on_vote
@@ -181,6 +181,8 @@ class ExecutorStage:
         self._broken = None
         self._open.clear()
         self._read_to.clear()
+        self._expect.clear()
+        self._live_from.clear()
         if k.create_topics:
             await ensure_topics(bootstrap, [t.repairs, t.outcomes], k.partitions, client)
         self._sink = KafkaSink(bootstrap, client=client, linger_ms=0)
@@ -211,10 +213,8 @@ class ExecutorStage:
             while not stop.is_set():
                 if self._broken is not None:
                     raise BrokerUnavailable(f"execution record not written: {self._broken!r}")
-                generation = self._generation
                 batch = await self._consumer.getmany(timeout_ms=500)
-                if generation == self._generation:  # else: the new seeks deliver it again
-                    await self._handle_batch(batch)
+                await self._handle_batch(batch)
                 await self._commit()
         finally:
             if self._tasks:
@@ -253,7 +253,6 @@ class ExecutorStage:
         (decisions an earlier version may have executed already).
         """
         assert self._consumer is not None
-        self._generation += 1
         c = self._consumer
         history = await self._offsets_at(
             assigned, int((self.clock() - self.settings.executors.history_seconds) * 1000)
@@ -265,17 +264,18 @@ class ExecutorStage:
             start = min(history[tp], live)
             c.seek(tp, start)
             self._live_from[tp] = live
+            self._expect[tp] = start
             self._read_to[tp] = live  # never commit below it (re-reading history)
             self._open.setdefault(tp, set())
 
     async def _on_revoke(self, revoked: set[TopicPartition]) -> None:
-        self._generation += 1
         with contextlib.suppress(Exception):
             await self._commit()
         parts = {tp.partition for tp in revoked}
         for did in [i for i, (_, _, p) in self.pending.items() if p in parts]:
             del self.pending[did]
         for tp in revoked:
+            self._expect.pop(tp, None)
             self._live_from.pop(tp, None)
             self._read_to.pop(tp, None)
 
@@ -306,8 +306,11 @@ class ExecutorStage:
         synced = False
         for tp, msgs in batch.items():
             if tp not in self._live_from:
-                continue  # fetched before our assignment callback positioned it
+                continue  # fetched before our assignment callback positioned it: redelivered
             for m in msgs:
+                if m.offset < self._expect.get(tp, 0):
+                    continue  # read already (a fetch from before the callback's seek)
+                self._expect[tp] = m.offset + 1
                 self._read_to[tp] = max(self._read_to.get(tp, 0), m.offset + 1)
                 try:
                     d = oc.decision_from_event(m.value or b"")
