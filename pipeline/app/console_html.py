@@ -185,7 +185,11 @@ def _pending(v: dict[str, Any], csrf: str) -> str:
         rows,
         "no decision waits for an approval",
     )
-    return f'<section id="approvals"><h2>Pending approvals</h2>{table}</section>'
+    scope = (
+        '<p class="muted">decisions of the repair-topic partitions this process executes '
+        "(each process of the group lists its own)</p>"
+    )
+    return f'<section id="approvals"><h2>Pending approvals</h2>{scope}{table}</section>'
 
 
 def _recent(v: dict[str, Any]) -> str:
