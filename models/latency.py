@@ -42,7 +42,8 @@ from __future__ import annotations
 import math
 import statistics
 from array import array
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from typing import Any
 
@@ -60,7 +61,13 @@ _SYM = 0x7F
 
 @dataclass(frozen=True, slots=True)
 class LatencyConfig:
-    """The shipped configuration (tuned once on the 40 NAB tuning files, used for every series)."""
+    """The shipped configuration (tuned once on the 40 NAB tuning files, used for every series).
+
+    The single source of the model's hyperparameters: ``LatencyDetector``, ``LatencyJudge``,
+    ``selfheal score``, the registry and the tuning notebook all read them from here (keywords
+    given to the detector or judge override these fields). Cross-validated NAB score of this
+    setting and of its neighbours: ``benchmarks/nab.py``, BENCHMARKS.md.
+    """
 
     bins: int = 6
     bins_alt: int = 5
@@ -112,6 +119,26 @@ def z_to_score(z: float) -> float:
         return 0.0
     tail = math.erfc(z / math.sqrt(2.0))  # two-sided tail probability 2 Q(z)
     return min(1.0, max(0.0, math.log(tail + 1e-10) / _LOG_1E_10))
+
+
+_DEFAULT_CONFIG = LatencyConfig()
+
+
+def _normalise(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Keyword overrides of ``LatencyConfig`` fields (lists of orders become tuples)."""
+    names = {f.name for f in fields(LatencyConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"unknown LatencyConfig field(s): {', '.join(unknown)}")
+    if "orders" in overrides:
+        overrides = {**overrides, "orders": tuple(overrides["orders"])}
+    return overrides
+
+
+def _config_of(values: Sequence[Any]) -> LatencyConfig:
+    """The shared config from its field values in order (as snapshots store it)."""
+    names = [f.name for f in fields(LatencyConfig)]
+    return _intern(LatencyConfig(**_normalise(dict(zip(names, values, strict=True)))))
 
 
 #: score at which the shipped configuration emits events (the alarm level of ``LatencyConfig``)
@@ -202,43 +229,11 @@ class LatencyDetector:
         "n",
     )
 
-    def __init__(
-        self,
-        bins: int = 6,
-        bins_alt: int = 5,
-        orders: tuple[int, ...] = (1, 2),
-        memory: int = 800,
-        average: int = 5,
-        history: int = 4000,
-        learning_period: int = 300,
-        std_floor: float = 0.05,
-        alarm_z: float = 2.75,
-        critical_z: float = 5.0,
-        suppress: int = 75,
-        spatial_tolerance: float = 0.05,
-        daily_bins: int = 48,
-        daily_weight: float = 1.0,
-        material_ratio: float = 0.5,
-        material_mads: float = 6.0,
-    ) -> None:
-        config = LatencyConfig(
-            bins=bins,
-            bins_alt=bins_alt,
-            orders=tuple(orders),
-            memory=memory,
-            average=average,
-            history=history,
-            learning_period=learning_period,
-            std_floor=std_floor,
-            alarm_z=alarm_z,
-            critical_z=critical_z,
-            suppress=suppress,
-            spatial_tolerance=spatial_tolerance,
-            daily_bins=daily_bins,
-            daily_weight=daily_weight,
-            material_ratio=material_ratio,
-            material_mads=material_mads,
-        )
+    def __init__(self, config: LatencyConfig | None = None, **overrides: Any) -> None:
+        # the hyperparameters live once, in ``LatencyConfig``: keywords override its fields
+        config = config or _DEFAULT_CONFIG
+        if overrides:
+            config = replace(config, **_normalise(overrides))
         self._reset(_intern(config))
 
     def _reset(self, config: LatencyConfig) -> None:
@@ -258,7 +253,7 @@ class LatencyDetector:
 
     @classmethod
     def from_config(cls, config: LatencyConfig) -> LatencyDetector:
-        return cls(**asdict(config))
+        return cls(config)
 
     # compact pickles: the config as a tuple, the arrays as they are
     def __getstate__(self) -> tuple[Any, ...]:
@@ -279,7 +274,7 @@ class LatencyDetector:
         )
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self._reset(_intern(LatencyConfig(*state[0])))
+        self._reset(_config_of(state[0]))
         (_, self.lo, self.hi, self.n, ring, self._counts, self._raw) = state[:7]
         self._ring = bytearray(ring)
         (self._hn, self._mean, self._var, self._cooldown, self._recent) = state[7:]
@@ -504,68 +499,37 @@ class LatencyJudge(Judge):
 
     def __init__(
         self,
-        bins: int = 6,
-        bins_alt: int = 5,
-        orders: tuple[int, ...] = (1, 2),
-        memory: int = 800,
-        average: int = 5,
-        history: int = 4000,
-        learning_period: int = 300,
-        std_floor: float = 0.05,
-        alarm_z: float = 2.75,
-        critical_z: float = 5.0,
-        suppress: int = 75,
-        spatial_tolerance: float = 0.05,
-        daily_bins: int = 48,
-        daily_weight: float = 1.0,
-        material_ratio: float = 0.5,
-        material_mads: float = 6.0,
+        config: LatencyConfig | None = None,
         threshold: float | None = None,
         critical_threshold: float | None = None,
         relearn_after: int = 5,
+        **overrides: Any,
     ) -> None:
-        self.bins = bins
-        self.bins_alt = bins_alt
-        self.orders = tuple(orders)
-        self.memory = memory
-        self.average = average
-        self.history = history
-        self.learning_period = learning_period
-        self.std_floor = std_floor
-        self.alarm_z = alarm_z
-        self.critical_z = critical_z
-        self.suppress = suppress
-        self.spatial_tolerance = spatial_tolerance
-        self.daily_bins = daily_bins
-        self.daily_weight = daily_weight
-        self.material_ratio = material_ratio
-        self.material_mads = material_mads
+        config = config or _DEFAULT_CONFIG
+        if overrides:  # ``LatencyJudge(suppress=0)``: a field of ``LatencyConfig`` overridden
+            config = replace(config, **_normalise(overrides))
+        self.config = _intern(config)
         self.threshold = threshold
         self.critical_threshold = critical_threshold
         self.relearn_after = relearn_after
-        self.detector = LatencyDetector(
-            bins=bins,
-            bins_alt=bins_alt,
-            orders=self.orders,
-            memory=memory,
-            average=average,
-            history=history,
-            learning_period=learning_period,
-            std_floor=std_floor,
-            alarm_z=alarm_z,
-            critical_z=critical_z,
-            suppress=suppress,
-            spatial_tolerance=spatial_tolerance,
-            daily_bins=daily_bins,
-            daily_weight=daily_weight,
-            material_ratio=material_ratio,
-            material_mads=material_mads,
-        )
+        self.detector = LatencyDetector(self.config)
+        alarm_z, critical_z = config.alarm_z, config.critical_z
         self._threshold = z_to_score(alarm_z) if threshold is None else threshold
         self._critical = (
             z_to_score(critical_z) if critical_threshold is None else critical_threshold
         )
         self._flag_run = 0
+
+    # the config travels as a tuple of its fields (plain data for snapshots), shared on restore
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["config"] = tuple(getattr(self.config, f.name) for f in fields(self.config))
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        state["config"] = _config_of(state["config"])
+        self.__dict__.update(state)
 
     def observe(self, sample: Sample) -> list[Finding]:
         det = self.detector

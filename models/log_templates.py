@@ -92,12 +92,14 @@ def default_masking() -> list[AbstractMaskingInstruction]:
             var,
         ),
         (r"/?" + _B + r"(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?" + _E, var),  # IPv4[:port]
+        (_B + r"[\w.+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}" + _E, var),  # e-mail address
         # host names with a known top-level domain (Java packages and intents stay words)
         (_B + r"(?:[A-Za-z0-9-]+\.)+" + _TLD + _E + r"(?::\d+)?", var),
         (r"(?<![\w/.-])(?:/[\w.@%+-]+)+/?", "PATH"),
+        (r"(?<![\w\\])(?:[A-Za-z]:|\\\\[\w.$-]+)(?:\\[^\s\\]*)+", "PATH"),  # Windows path
         (_B + r"\d{1,2}:\d{2}(?::\d{2})?(?:\.\d+)?" + _E, "NUM"),  # clock time / duration
         (_B + r"<?\d+(?:\.\d+)? ?(?:ms|s|sec|secs|seconds|min|mins|minutes|h|hours)" + _E, "NUM"),
-        (_B + r"\d+(?:\.\d+)? ?[KMGT]i?B" + _E, "NUM"),  # sizes
+        (_B + r"\d+(?:\.\d+)? ?(?:[KMGTP]i?B|B|bytes)" + _E, "NUM"),  # sizes, unit included
         (_B + r"0[xX][0-9a-fA-F]+" + _E, "NUM"),
         # any token holding a digit is a variable (ids like blk_-123, attempt_1_0001_m_3, node-12)
         (r"(?<![\w.-])[\w.-]*\d[\w.-]*(?![\w-])", var),

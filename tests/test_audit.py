@@ -11,7 +11,7 @@ import orjson
 import pytest
 from selfheal.connectors.audit_file import AuditFileSink
 from selfheal.connectors.executor import ExecutionResult
-from selfheal.pipeline.core import audit
+from selfheal.pipeline.app import audit_cli as audit
 from selfheal.pipeline.core.audit import (
     AuditRecord,
     decision_record,
@@ -177,7 +177,8 @@ def test_cli_bad_args_and_files(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert audit.main(["--help"]) == 0
     assert "--entity" in capsys.readouterr().out
     code = audit.main([str(tmp_path / "missing.jsonl")])
-    assert code == 1 and "cannot read" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "cannot read" in err and "missing.jsonl" in err
     # a torn last line (crash mid-write) is skipped with a warning, the rest still prints
     with path.open("ab") as fh:
         fh.write(b'{"record": "decision", "id": "torn')
@@ -197,3 +198,49 @@ def test_cli_rich_table_on_a_tty(
     assert "web-2" not in out and not out.lstrip().startswith("{")
     assert audit.main([str(path), "--entity", "db-1", "--json"]) == 0
     assert orjson.loads(capsys.readouterr().out.splitlines()[0])["entity"] == "db-1"
+
+
+def test_cli_since_accepts_relative_times(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    records = write_scenario(path)
+    last = max(r.ts for r in records)
+    # "now" is one hour after the last record: 1h keeps only it, 2d keeps everything
+    monkeypatch.setattr(audit.time, "time", lambda: last + 3600)
+    code, rows, _ = cli(capsys, str(path), "--since", "1h")
+    assert code == 0 and rows and all(r["ts"] == last for r in rows)
+    code, rows, _ = cli(capsys, str(path), "--since", "2d")
+    assert code == 0 and len(rows) == len(records)
+    code, rows, _ = cli(capsys, str(path), "--since", "90m")
+    assert code == 0 and {r["ts"] for r in rows} == {r.ts for r in records if r.ts >= last - 1800}
+    assert audit.main([str(path), "--since", "2 fortnights"]) == 2
+    assert "duration before now (30m, 1h, 2d)" in capsys.readouterr().err
+
+
+def test_table_times_are_utc_and_explanations_wrap_at_80_columns(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    path = tmp_path / "audit.jsonl"
+    records = write_scenario(path)
+    for width in (80, 160):
+        console = Console(width=width, record=True, color_system=None)
+        audit.table(records, console)
+        text = console.export_text()
+        lines = text.splitlines()
+        assert max(map(len, lines)) <= width
+        assert "2026-11-28" in text and "05:00:00" in text and "e+09" not in text
+        # the explanation column keeps room for words: the budget explanation reads whole
+        flat = " ".join(line.replace("│", " ") for line in lines)
+        assert "budget" in flat and "exhausted" in flat
+        widths = [len(cell) for line in lines for cell in line.split("│")[-2:-1]]
+        assert max(widths) >= 24, widths
+
+
+def test_policy_explanations_name_times_in_utc() -> None:
+    decisions, _ = scenario()
+    cooled = [d.explanation for d in decisions if "cooling down" in d.explanation]
+    texts = " ".join(d.explanation for d in decisions)
+    assert "e+09" not in texts
+    for text in cooled:
+        assert "until 2026-11-28T" in text, text

@@ -1,19 +1,29 @@
-"""``selfheal demo`` end to end: the closed loop detects every fault kind it injects."""
+"""``selfheal demo`` end to end: the closed loop detects every fault kind it injects; its output
+(progress lines, one summary, the report in a real browser) and Ctrl-C on a real process."""
 
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import orjson
 from selfheal.pipeline.app.demo import main as demo_main
 from selfheal.pipeline.app.report import FAULT_DETECTED_BY, summarize
+from selfheal.pipeline.app.report import main as report_main
+
+from tests.browser import assert_report_layout, inspect_report
+from tests.conftest import ROOT
+from tests.spine_helpers import env_without_kafka
 
 
-def test_demo_detects_every_fault_and_repairs_only_faulty_services(broker, tmp_path):
+def test_demo_detects_every_fault_and_repairs_only_faulty_services(broker, tmp_path, capsys):
     out = tmp_path / "demo"
     # 6 h of event time as in the default demo, compressed into ~40 s of wall time
     rc = demo_main(
@@ -83,6 +93,64 @@ def test_demo_detects_every_fault_and_repairs_only_faulty_services(broker, tmp_p
     )
     assert (out / "report.html").stat().st_size > 10_000
     assert (out / "audit.jsonl").stat().st_size > 0
+
+    # off a terminal: plain progress lines, then exactly one summary that explains dead letters
+    console = capsys.readouterr().out
+    progress = re.findall(
+        r"^\[ *(\d+)%\] (\d{4}-\d\d-\d\d \d\d:\d\d) UTC \| .* ETA ", console, re.M
+    )
+    assert len(progress) >= 3 and int(progress[-1][0]) > int(progress[0][0]), console
+    assert console.count("summary: ") == 1 and "interrupted" not in console
+    final = console[console.index("summary: ") :]
+    repairs_line = re.search(r"repairs (\d+) executed \((\d+) verified ok", final)
+    executed = sum(
+        1
+        for e in events
+        if e["type"].startswith("io.selfheal.repair.") and e["data"]["status"] == "execute"
+    )
+    assert repairs_line and int(repairs_line.group(1)) == executed, console
+    assert re.search(r"dead letters: [\d,]+ rate_limited: an entity sent faster than", final)
+
+    # the report, read in a real browser: with the ground truth, and from the events alone
+    assert_report_layout(inspect_report(out / "report.html"), truth=True)
+    bare = tmp_path / "bare.html"
+    argv = [str(out / "events.jsonl"), "--audit", str(out / "audit.jsonl"), "--out", str(bare)]
+    assert report_main([*argv, "--samples", str(out / "samples.jsonl"), "--quiet"]) == 0
+    assert_report_layout(inspect_report(bare), truth=False)
+
+
+def test_ctrl_c_ends_the_demo_cleanly_with_a_partial_summary(broker, tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "selfheal.pipeline.app.cli", "demo", "--bootstrap", broker.bootstrap,
+         "--out", str(out), "--duration", "120", "--rate", "12"],
+        cwd=ROOT, env=env_without_kafka(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait for the run to be under way
+        line = proc.stdout.readline().decode()
+        seen.append(line)
+        m = re.search(r"\| (\d+) anomalies \|", line)
+        if m and int(m.group(1)) >= 3:  # under way: the partial summary has something to say
+            break
+        assert line or proc.poll() is None, "".join(seen)
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=180)
+    text = "".join(seen) + rest.decode()
+    assert proc.returncode == 130, text + err.decode()
+    assert "Traceback" not in err.decode() and "Traceback" not in text
+    assert text.count("summary (interrupted: covers the part that ran): ") == 1, text
+    last = text.strip().splitlines()[-1]
+    assert re.fullmatch(r"selfheal demo: interrupted at \d+% of the run", last), last
+    for name in ("events.jsonl", "truth.json", "report.html"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "audit.jsonl").exists()  # empty when no decision was made yet
+    events = (out / "events.jsonl").read_bytes().splitlines()
+    assert len(events) >= 3 and all(orjson.loads(e)["type"] for e in events)
+    truth = orjson.loads((out / "truth.json").read_bytes())
+    assert truth["faults"] and "selfheal report" in (out / "report.html").read_text()
 
 
 #: event type prefix -> the outbound schema ``selfheal schema`` publishes for it

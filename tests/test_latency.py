@@ -224,7 +224,8 @@ def test_clone_has_same_params_and_fresh_state() -> None:
     run_judge(noise(1, 400), judge)
     clone = judge.clone()
     assert isinstance(clone, LatencyJudge)
-    assert (clone.memory, clone.suppress, clone.threshold) == (500, 100, 0.3)
+    assert (clone.config.memory, clone.config.suppress, clone.threshold) == (500, 100, 0.3)
+    assert clone.config is judge.config  # one shared config object per distinct setting
     assert clone.detector.n == 0 and judge.detector.n == 400
 
 
@@ -347,3 +348,16 @@ def test_cli_errors(tmp_path: Path) -> None:
     nohdr.write_text("a,b\n1,2\n")
     code, _, err = _cli([str(nohdr)])
     assert code == 2 and "header" in err
+
+
+def test_hyperparameters_live_in_the_config_only() -> None:
+    """``LatencyConfig`` is the single source: keywords override its fields, nothing else."""
+    cfg = LatencyConfig(suppress=10, memory=400)
+    assert LatencyJudge(cfg).config == LatencyJudge(suppress=10, memory=400).config == cfg
+    assert LatencyDetector(cfg).config is LatencyDetector(suppress=10, memory=400).config
+    assert LatencyJudge(cfg, threshold=0.4).clone().config == cfg
+    assert LatencyDetector(orders=[1, 3]).config.orders == (1, 3)  # YAML lists become tuples
+    with pytest.raises(TypeError, match="bogus"):
+        LatencyJudge(bogus=1)
+    with pytest.raises(ValueError):
+        LatencyDetector(memory=0)  # validated by the config

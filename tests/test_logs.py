@@ -86,6 +86,35 @@ def test_masking_and_grouping() -> None:
     assert get.cluster_id != post.cluster_id
 
 
+@pytest.mark.parametrize(
+    ("message", "masked"),
+    [
+        ("read blk_-123 ok", "read <VAR> ok"),  # a token holding digits: an id
+        ("peer 10.0.0.1:8080 closed", "peer <VAR> closed"),  # IPv4 with its port
+        ("flags 0x1f set", "flags <NUM> set"),  # hex literal
+        ("took 35ms, then 1.5 s", "took <NUM>, then <NUM>"),  # durations with their unit
+        ("size 384.0 B free 317.5 KB", "size <NUM> free <NUM>"),  # sizes, any unit
+        ("got 2364 bytes result", "got <NUM> result"),
+        (r"Loaded C:\Windows\winsxs\amd64_x\cbscore.dll now", "Loaded <PATH> now"),
+        (r"share \\srv01\logs\a.txt gone", "share <PATH> gone"),
+        ("mail to bob.smith@example.org failed", "mail to <VAR> failed"),
+        ("at 2015-10-18 18:01:47,978 done", "at <DATE> done"),
+        ("mac 00:1b:44:11:3a:b7 up", "mac <ID> up"),
+        ("from fe80::1ff:fe23:4567:890a port", "from <VAR> port"),
+        ("host db-7.internal.example.com down", "host <VAR> down"),
+    ],
+)
+def test_masks_follow_token_shapes(message: str, masked: str) -> None:
+    """Masks are derived from token shapes (not from any system's vocabulary)."""
+    assert LogTemplateMiner().mask(message) == masked
+
+
+def test_words_are_not_masked() -> None:
+    miner = LogTemplateMiner()
+    assert miner.mask("Invalid user admin from host") == "Invalid user admin from host"
+    assert miner.mask("org.apache.hadoop.Job started") == "org.apache.hadoop.Job started"
+
+
 def test_miner_pickles_and_keeps_clusters() -> None:
     miner = LogTemplateMiner()
     for i in range(50):

@@ -148,3 +148,55 @@ def test_layout_rejects_bad_windows() -> None:
         FileLayout.build(100, [(40, 60), (50, 70)])
     with pytest.raises(ValueError):
         FileLayout.build(100, [(90, 120)])
+
+
+# -- cross-validation (benchmarks/crossval.py) ------------------------------------------------
+
+
+def test_folds_partition_the_files() -> None:
+    from benchmarks.crossval import category_folds, spread_folds
+
+    names = [f"{c}/f{i}" for c in "abcd" for i in range(3)]
+    folds = spread_folds(names, 5)
+    assert sorted(i for f in folds for i in f) == list(range(12))
+    # dealt round robin in name order: a category's files land in different folds
+    assert all(len({names[i].split("/")[0] for i in f}) == len(f) for f in folds)
+    assert category_folds(names) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+    with pytest.raises(ValueError):
+        spread_folds(names, 1)
+
+
+def test_cross_validation_never_chooses_on_the_held_out_file() -> None:
+    """Candidate "a" detects every window of files 0-2 and fires falsely on file 3; "b" is
+    the opposite. Held out, file 3 must get "a" (chosen on files 0-2) and pay for it."""
+    from benchmarks.crossval import nab_cross_validate
+
+    lay = FileLayout.build(n=100, windows=[(40, 49)])
+    good, bad = det(40), det(20)
+    a = [good, good, good, bad]
+    b = [bad, bad, bad, good]
+    res = nab_cross_validate({"a": a, "b": b}, [lay] * 4, [[0], [1], [2], [3]])
+    assert [f.chosen for f in res.folds] == ["a", "a", "a", "a"]
+    assert res.folds[3].test_score < 0 < res.folds[0].test_score
+    raw = 3 * 1.0 + (-1.0 - 0.11)  # three earliest detections, one miss plus one early FP
+    assert res.score == pytest.approx(normalised_score(raw, [lay] * 4, STANDARD))
+    # "a" is also the best on all four files, so here the in-sample figure is the same
+    assert res.in_sample_choice == "a" and res.in_sample == pytest.approx(res.score)
+    # fixed thresholds are used as given (nothing detected at 2.0: the null score, 0)
+    fixed = nab_cross_validate({"a": a}, [lay] * 4, [[0, 1], [2, 3]], thresholds={"a": 2.0})
+    assert fixed.score == pytest.approx(0.0) and fixed.folds[0].threshold == 2.0
+
+
+def test_leave_one_system_out() -> None:
+    from benchmarks.crossval import loso_cross_validate
+
+    acc = {
+        "x": {"s1": 1.0, "s2": 1.0, "s3": 0.2},
+        "y": {"s1": 0.5, "s2": 0.5, "s3": 1.0},
+    }
+    res = loso_cross_validate(acc)
+    # s1 held out: y wins on s2+s3 (0.75 > 0.6); s2 likewise; s3 held out: x (1.0 > 0.5)
+    assert [f.chosen for f in res.folds] == ["y", "y", "x"]
+    assert [f.test_score for f in res.folds] == [0.5, 0.5, 0.2]
+    assert res.score == pytest.approx(0.4)
+    assert res.in_sample_choice == "x" and res.in_sample == pytest.approx(2.2 / 3.0)

@@ -129,11 +129,32 @@ def test_tune_detectors(kernel_env: None, tmp_path: Path) -> None:
         assert best["false_alarms"] == min(r["false_alarms"] for r in rows)
     assert summary["replay"] and summary["replay"][0]["messages"] > 0
 
+    _check_crossval(summary["crossval"])
+
     figures = [Path(p) for p in summary["figures"]]
     assert {p.name for p in figures} >= {"sweep.png", "latency_scores.png", "memory_forecast.png"}
     for p in figures:
         assert p.parent == tmp_path / "figures"
         assert p.read_bytes()[:8] == PNG_MAGIC
+
+
+def _check_crossval(cv: dict[str, Any]) -> None:
+    """The notebook's cross-validation: every file held out exactly once, a choice per fold
+    made among the grid, finite pooled scores (skipped parts only when the data is absent)."""
+    shared = ROOT / ".." / "shared" / "data"
+    if (shared / "nab" / "data").is_dir():
+        nab = cv["nab"]
+        assert len(nab["files"]) == 6 and nab["grid"][0] == "shipped"
+        for proto in nab["protocols"].values():
+            held = [f for fold in proto["folds"] for f in fold["held_out"]]
+            assert sorted(held) == sorted(nab["files"])  # a partition of the files
+            assert all(fold["chosen"] in nab["grid"] for fold in proto["folds"])
+            assert -100.0 < proto["score"] <= 100.0
+    if (shared / "loghub" / "Apache").is_dir():
+        lh = cv["loghub"]
+        assert [f["held_out"] for f in lh["folds"]] == [[s] for s in lh["systems"]]
+        assert all(f["chosen"] in ("sim_th=0.9", "sim_th=0.8") for f in lh["folds"])
+        assert 0.0 <= lh["score"] <= 1.0
 
 
 def test_explore_events_from_replay(kernel_env: None, tmp_path: Path) -> None:

@@ -281,7 +281,8 @@ def test_report_cli_renders_self_contained_html(
     )
     page = out.read_text()
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == 2  # one per faulty entity: series for the leak, timeline for sqli
+    # the overview, then one per faulty entity: series for the leak, timeline for sqli
+    assert len(images) == 3
     assert all(base64.b64decode(img).startswith(b"\x89PNG") for img in images)
     assert "http://" not in page and "https://" not in page  # self-contained
     assert "1 malformed lines skipped" in page
@@ -293,7 +294,7 @@ def test_report_cli_renders_self_contained_html(
     # the same page without samples: timelines only, still one figure per faulty entity
     out2 = tmp_path / "r2.html"
     assert main([str(ev_path), "--truth", str(truth_path), "--out", str(out2)]) == 0
-    assert out2.read_text().count("data:image/png;base64,") == 2
+    assert out2.read_text().count("data:image/png;base64,") == 3
     loaded = load_samples(s_path, ["checkout-1"])
     assert set(loaded) == {"checkout-1"}
     assert len(loaded["checkout-1"]["container_memory_working_set_bytes"]) == 80
@@ -307,3 +308,122 @@ def test_report_cli_bad_args(tmp_path: Path) -> None:
     assert main([str(ev)]) == 2  # --out is required
     assert main([str(ev), "--out", str(tmp_path / "x.html")]) == 0  # empty but valid
     assert main(["--help"]) == 0
+
+
+def _operator_events() -> list[dict[str, Any]]:
+    """A night without ground truth: a leak repaired 39 times, one repair awaiting approval."""
+    leak = anomaly("web-1", "memory_leak", 100)
+    leak["id"] = "a-leak"
+    leak["data"].update(metric="container_memory_working_set_bytes", value=7.1e8)
+    leak["data"]["forecast"] = {"eta_seconds": 2400, "horizon_seconds": 3600, "confidence": 0.9}
+    slow = anomaly("api-1", "latency_anomaly", 200)
+    slow["id"] = "a-slow"
+    slow["data"].update(metric="http_request_duration_seconds", value=0.23)
+    events = [leak, slow]
+    for i in range(39):
+        rep = repair("web-1", "scale_up", 150 + 60 * i)
+        rep["id"] = f"d{i}"
+        rep["data"].update(reason=["a-leak"], status="execute")
+        events.append(rep)
+    pending = repair("api-1", "rollback", 260, status="pending_approval")
+    pending["id"] = "d-pending"
+    pending["data"]["reason"] = ["a-slow"]
+    events.append(pending)
+    late = anomaly("api-1", "latency_anomaly", 2600)  # still anomalous at the end
+    late["id"] = "a-late"
+    events.append(late)
+    return events
+
+
+def test_report_without_truth_is_for_operators(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from selfheal.pipeline.core.audit import AuditRecord, encode
+
+    ev = tmp_path / "ev.jsonl"
+    _write_jsonl(ev, _operator_events())
+    audit = tmp_path / "audit.jsonl"
+    verifications = [
+        AuditRecord({"record": "verification", "id": f"d{i}", "ts": T + 500 + i, "entity": "web-1",
+                     "action": "scale_up", "success": i != 0})
+        for i in range(39)
+    ]  # fmt: skip
+    audit.write_bytes(encode(verifications))
+    out = tmp_path / "r.html"
+    assert main([str(ev), "--out", str(out), "--audit", str(audit)]) == 0
+    page = out.read_text()
+    text = re.sub(r"<[^>]+>", " ", page)
+    assert "2026-11-28 05:01:40 to 2026-11-28 05:43:20 UTC" in text
+    assert "mode:  enforce (repairs executed)" in text
+    for ident in ("not-cleared", "anomalies", "repairs", "approvals", "plots"):
+        assert f'<section id="{ident}">' in page, ident
+    assert 'id="scorecard"' not in page  # no ground truth, no scorecard
+    # 39 repairs in one row, with their verification outcomes and what they cited, in words
+    assert text.count("scale_up x39") == 1 and "38 ok" in text and "1 failed" in text
+    assert "memory_leak: container_memory_working_set_bytes = 710 MB" in text
+    assert "breach forecast in 40.0 min" in text and "a-leak" not in text
+    assert "latency_anomaly: http_request_duration_seconds = 230 ms" in text  # pending, cited
+    assert "d-pending" in text  # the id to approve it with
+    assert re.search(r"api-1\s+latency_anomaly\s+2026-11-28 05:43:20", text)  # not cleared
+    # plots: the overview and one per anomalous entity
+    assert page.count('class="plot"') == 3
+    assert capsys.readouterr().out.splitlines()[0] == "3 anomalies, 40 repair decisions"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b"# selfheal\n\nsome prose\n",
+            "is not anomaly/repair CloudEvents in JSON lines: line 1 is not JSON",
+        ),
+        (
+            b'{"a": 1}\n',
+            "is not anomaly/repair CloudEvents in JSON lines: line 1 is not a CloudEvent "
+            "(no type and data)",
+        ),
+    ],
+)
+def test_report_refuses_input_that_is_not_cloudevents(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, message: str
+) -> None:
+    src = tmp_path / "README.md"
+    src.write_bytes(content)
+    out = tmp_path / "x.html"
+    assert main([str(src), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"selfheal report: {src} {message}\n"
+    assert not out.exists()
+
+
+def test_report_to_a_missing_folder_is_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    ev = tmp_path / "ev.jsonl"
+    _write_jsonl(ev, _operator_events())
+    missing = tmp_path / "missing" / "dir"  # never created: the test cannot pass by accident
+    proc = subprocess.run(
+        [sys.executable, "-m", "selfheal.pipeline.app.cli", "report", str(ev), "--out",
+         str(missing / "x.html")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"selfheal report: error: cannot write {missing}/x.html: no such directory {missing}"
+    )
+    assert not missing.exists()
+
+
+def test_report_refuses_a_truth_file_that_is_not_ground_truth(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ev = tmp_path / "ev.jsonl"
+    _write_jsonl(ev, _operator_events())
+    bad = tmp_path / "truth.json"
+    bad.write_text('{"faults": [{"fault": "x"}]}')
+    assert main([str(ev), "--truth", str(bad), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"selfheal report: {bad} is not simulator ground truth: no faults with entity and start\n"
+    )

@@ -1,12 +1,13 @@
-"""``selfheal demo``: embedded broker + simulated fleet + the pipeline, closed loop, with a summary.
+"""selfheal demo: embedded broker, simulated fleet and pipeline in a closed loop, with a summary.
 
-The fleet (``selfheal.pipeline.app.simulator``) emits metrics and logs with one fault of every kind
-on
-its own service; the pipeline detects, decides and publishes repairs; the fleet reads the
-repair topic and heals (restart clears a leak, rollback removes a regression...). A live view
-shows anomalies and repairs as they happen; at the end a table scores every fault against the
-ground truth. Event time runs faster than the clock (default: 6 simulated hours in about two
-minutes), which is why the demo validates timestamps against the watermark.
+The fleet (``selfheal.pipeline.app.simulator``) emits metrics and logs with one fault of every
+kind on its own service; the pipeline detects, decides and publishes repairs; the fleet reads
+the repair topic and heals (restart clears a leak, rollback removes a regression...). A live
+view (``selfheal.pipeline.app.demo_view``) shows services, counters and events as they happen;
+at the end one summary scores every fault against the ground truth. Event time runs faster
+than the clock (default: 6 simulated hours in about two minutes), which is why the demo
+validates timestamps against the watermark. Ctrl-C ends early and cleanly: the summary and the
+report cover the part that ran (exit code 130).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import signal
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,17 +27,30 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from selfheal.connectors.broker import BrokerHandle, EmbeddedBroker
 from selfheal.connectors.kafka import ensure_topics
-from selfheal.pipeline.app.argtypes import positive_float, positive_int
-from selfheal.pipeline.app.report import summarize
+from selfheal.pipeline.app.argtypes import bootstrap, positive_float, positive_int
+from selfheal.pipeline.app.demo_view import (
+    DemoState,
+    counters_line,
+    deadletter_text,
+    live_view,
+    progress_line,
+)
+from selfheal.pipeline.app.report import Summary, summarize
 from selfheal.pipeline.app.runner import Runner
-from selfheal.pipeline.app.simulator import FaultKind, FaultSpec, FleetConfig, default_schedule
-from selfheal.pipeline.app.simulator_kafka import run_simulator
+from selfheal.pipeline.app.simulator import (
+    FaultKind,
+    FaultSpec,
+    FleetConfig,
+    default_schedule,
+    service_names,
+)
+from selfheal.pipeline.app.simulator_kafka import SimStats, run_simulator
+from selfheal.pipeline.app.status import _by_label
 from selfheal.pipeline.core.config import Settings, load_settings
 from selfheal.pipeline.core.policy import PolicyEngine
 
@@ -50,34 +66,52 @@ DEMO_OVERRIDES: dict[str, Any] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="selfheal demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="selfheal demo",
+        description=__doc__.splitlines()[0].removeprefix("selfheal demo: "),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument(
         "--duration",
         type=positive_float,
         default=120.0,
-        help="wall-clock seconds of simulation (default 120)",
+        metavar="S",
+        help="wall-clock seconds of simulation",
     )
     p.add_argument(
         "--services",
         type=positive_int,
         default=17,
-        help="simulated services (17 fit every fault kind; default 17)",
+        metavar="N",
+        help="simulated services (17 fit every fault kind once)",
     )
     p.add_argument(
         "--rate",
         type=positive_float,
         default=12.0,
-        help="simulated 15 s steps per wall second (default 12: 6 h in 2 min)",
+        metavar="R",
+        help="simulated 15 s steps per wall second (12: 6 h in 2 min)",
     )
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=7, help="random seed of the fleet")
     p.add_argument(
         "--out",
         type=Path,
         default=Path("demo-out"),
-        help="folder for events.jsonl, truth.json, samples.jsonl, report.html",
+        metavar="DIR",
+        help="folder for events.jsonl, audit.jsonl, truth.json, samples.jsonl, report.html",
     )
-    p.add_argument("--bootstrap", help="use this broker instead of starting the embedded one")
-    p.add_argument("--config", type=Path, help="YAML configuration applied over the demo's")
+    p.add_argument(
+        "--bootstrap",
+        type=bootstrap,
+        metavar="HOST:PORT",
+        help="use this broker instead of starting the embedded one (default: embedded)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="YAML configuration applied over the demo's (default: none)",
+    )
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     return p
 
@@ -92,13 +126,13 @@ def _broker(bootstrap: str | None) -> Iterator[BrokerHandle]:
 
 
 class _Collector:
-    """Reads the anomaly and repair topics like a downstream consumer would."""
+    """Reads the anomaly, repair and audit topics like a downstream consumer would."""
 
-    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+    def __init__(self, bootstrap: str, topics: list[str], audit: str, state: DemoState) -> None:
         self.bootstrap = bootstrap
-        self.topics = topics
-        self.events: dict[str, dict[str, Any]] = {}  # by id: duplicates collapse
-        self.recent: list[dict[str, Any]] = []
+        self.topics = [*topics, audit]
+        self.audit = audit
+        self.state = state
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
@@ -120,17 +154,18 @@ class _Collector:
         assert self._consumer is not None
         got = await self._consumer.getmany(timeout_ms=100, max_records=5000)
         n = 0
-        for msgs in got.values():
+        for tp, msgs in got.items():
             for m in msgs:
                 try:
-                    ev = orjson.loads(m.value or b"")
+                    rec = orjson.loads(m.value or b"")
                 except orjson.JSONDecodeError:
                     continue
-                if ev.get("id") not in self.events:
-                    self.events[ev["id"]] = ev
-                    self.recent.append(ev)
-                    n += 1
-        self.recent = self.recent[-12:]
+                if not isinstance(rec, dict):
+                    continue
+                if tp.topic == self.audit:
+                    self.state.add_audit(rec)
+                else:
+                    n += self.state.add(rec)
         return n
 
     async def stop(self) -> None:
@@ -138,29 +173,8 @@ class _Collector:
             await self._consumer.stop()
 
 
-def _view(progress: Progress, col: _Collector) -> Group:
-    t = Table(title="latest anomalies and repairs", expand=True)
-    for name in ("time", "entity", "event", "detail"):
-        t.add_column(name)
-    for ev in reversed(col.recent):
-        d = ev.get("data", {})
-        kind = ev["type"].removeprefix("io.selfheal.")
-        if kind.startswith("anomaly."):
-            detail = f"{d.get('severity')} score={d.get('score', 0):.3g} {d.get('metric', '')}"
-            if d.get("forecast"):
-                detail += f" eta={d['forecast']['eta_seconds'] / 60:.0f}min"
-            style = "yellow"
-        else:
-            detail = (
-                f"{d.get('mode')} {d.get('status')}{' predictive' if d.get('predictive') else ''}"
-            )
-            style = "green"
-        t.add_row(ev.get("time", "")[11:19], ev.get("subject", ""), f"[{style}]{kind}[/]", detail)
-    return Group(progress, t)
-
-
-def _summary_table(summary: Any, false_repairs: list[dict[str, Any]]) -> Table:
-    t = Table(title="faults vs ground truth")
+def _summary_table(summary: Summary) -> Table:
+    t = Table(title="faults vs ground truth (times are event time)")
     for name in (
         "entity",
         "fault",
@@ -182,16 +196,9 @@ def _summary_table(summary: Any, false_repairs: list[dict[str, Any]]) -> Table:
             f"[green]{f.detected_by}[/]" if f.detected else "[red]MISSED[/]",
             fmt(f.detection_delay_s),
             fmt(f.predictive_lead_s),
-            f.cleared_by or "-",
+            f.cleared_by or "[red]never[/]",
             fmt(f.time_to_recovery_s),
         )
-    t.caption = (
-        f"{summary.detected}/{len(summary.faults)} faults detected; "
-        f"{summary.anomalies} anomalies, {summary.false_alarms} outside fault windows; "
-        f"{summary.repairs_enforced} repairs executed ({summary.predictive_repairs} "
-        f"predictive), {len(false_repairs)} on healthy services; "
-        f"{summary.recovered} faults cleared by a repair"
-    )
     return t
 
 
@@ -234,6 +241,78 @@ def demo_settings(prefix: str, config: Path | None) -> Settings:
     return load_settings(config, over) if config else load_settings(None, over)
 
 
+@dataclasses.dataclass
+class _Run:
+    """One demo run's moving parts (shared by the watch loop and the summary)."""
+
+    args: argparse.Namespace
+    console: Console
+    state: DemoState
+    runner: Runner
+    collector: _Collector
+    interrupted: asyncio.Event
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+    def deadletters(self) -> dict[str, float]:
+        return _by_label(self.runner.metrics.registry, "deadletter_messages_total", "reason")
+
+    def counts(self) -> tuple[int, int]:
+        # the pipeline's event time drives the progress, also before the first anomaly
+        marks = [st.watermark for st in self.runner.pipeline.stages.values()]
+        if marks and max(marks) > self.state.watermark:
+            self.state.watermark = max(marks)
+        return self.runner.stats.messages, self.runner.stats.rejects
+
+
+async def _watch(run: _Run, sim: asyncio.Task[SimStats], run_task: asyncio.Task[Any]) -> None:
+    """Show progress until the fleet is done (then drain) or Ctrl-C; live or plain lines."""
+    live = None
+    if run.console.is_terminal:
+        live = Live(
+            live_view(run.state, run.started, *run.counts()),
+            console=run.console,
+            refresh_per_second=4,
+        )
+    last_line = 0.0
+    with live if live is not None else contextlib.nullcontext():
+        while not sim.done() and not run.interrupted.is_set():
+            await run.collector.poll()
+            if run_task.done():
+                run_task.result()  # a crashed pipeline ends the demo with its error
+            if live is not None:
+                live.update(live_view(run.state, run.started, *run.counts()))
+            elif time.monotonic() - last_line >= 5.0:
+                last_line = time.monotonic()
+                line = progress_line(run.state, run.started, *run.counts())
+                run.console.print(line, soft_wrap=True, highlight=False)
+        if not run.interrupted.is_set():
+            expected = sim.result().samples + sim.result().logs
+            deadline = time.monotonic() + 60  # let the pipeline catch up with the fleet
+            while (
+                run.runner.stats.messages < expected
+                and time.monotonic() < deadline
+                and not run.interrupted.is_set()
+            ):
+                await run.collector.poll()
+            for _ in range(20):
+                await run.collector.poll()
+        if live is not None:
+            live.update(live_view(run.state, run.started, *run.counts()))
+
+
+async def _start_runner(settings: Settings, bootstrap: str) -> tuple[Runner, asyncio.Event, Any]:
+    runner = Runner(settings, lambda: PolicyEngine(settings.policy))
+    stop = asyncio.Event()
+    run_task = asyncio.create_task(runner.run(bootstrap, stop=stop))
+    for _ in range(600):  # the consumer group join takes a few seconds
+        if runner.health.ready or run_task.done():
+            break
+        await asyncio.sleep(0.1)
+    if run_task.done():
+        run_task.result()
+    return runner, stop, run_task
+
+
 async def run_demo(args: argparse.Namespace, console: Console) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -247,130 +326,138 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
         step_s=STEP_SECONDS,
         faults=tuple(_schedule(args.services, event_span, start)),
     )
-    with _broker(args.bootstrap) as broker:
-        prefix = "selfheal" if broker.kind == "embedded" else f"demo{uuid.uuid4().hex[:6]}"
-        settings = demo_settings(prefix, args.config)
-        settings = settings.model_copy(
-            update={
-                "runtime": settings.runtime.model_copy(update={"audit_path": out / "audit.jsonl"})
-            }
-        )
-        (out / "audit.jsonl").unlink(missing_ok=True)
-        t = settings.kafka.topics
-        console.print(
-            f"[bold]selfheal demo[/]: {args.services} services, {steps} steps of "
-            f"{STEP_SECONDS:.0f} s ({event_span / 3600:.1f} h of event time) at "
-            f"{args.rate:g} steps/s; broker {broker.kind} at {broker.bootstrap}"
-        )
-        await ensure_topics(
-            broker.bootstrap,
-            [t.metrics, t.logs, t.anomalies, t.repairs, t.deadletter, t.audit, t.state],
-            settings.kafka.partitions,
-        )
-        runner = Runner(settings, lambda: PolicyEngine(settings.policy))
-        stop = asyncio.Event()
-        run_task = asyncio.create_task(runner.run(broker.bootstrap, stop=stop))
-        for _ in range(600):  # the consumer group join takes a few seconds
-            if runner.health.ready or run_task.done():
-                break
-            await asyncio.sleep(0.1)
-        if run_task.done():
-            run_task.result()
-        col = _Collector(broker.bootstrap, [t.anomalies, t.repairs])
-        await col.start()
-        progress = Progress(
-            TextColumn("[bold]simulated time"),
-            BarColumn(),
-            TextColumn("{task.percentage:>3.0f}%"),
-            TimeElapsedColumn(),
-            console=console,
-        )
-        task_id = progress.add_task("sim", total=event_span)
-        sim = asyncio.create_task(
-            run_simulator(
-                broker.bootstrap,
-                fleet,
-                steps=steps,
-                rate=args.rate,
-                metrics_topic=t.metrics,
-                logs_topic=t.logs,
-                repairs_topic=t.repairs,
-                truth_path=out / "truth.json",
-                samples_path=out / "samples.jsonl",
-                create_topics=False,
+    state = DemoState(service_names(args.services), start, event_span)
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupted.set)
+    try:
+        with _broker(args.bootstrap) as broker:
+            prefix = "selfheal" if broker.kind == "embedded" else f"demo{uuid.uuid4().hex[:6]}"
+            settings = demo_settings(prefix, args.config)
+            runtime = settings.runtime.model_copy(update={"audit_path": out / "audit.jsonl"})
+            settings = settings.model_copy(update={"runtime": runtime})
+            (out / "audit.jsonl").unlink(missing_ok=True)
+            t = settings.kafka.topics
+            console.print(
+                f"[bold]selfheal demo[/]: {args.services} services, {steps} steps of "
+                f"{STEP_SECONDS:.0f} s ({event_span / 3600:.1f} h of event time from "
+                f"{start_text(start)} UTC) at {args.rate:g} steps/s; broker {broker.kind} at "
+                f"{broker.bootstrap}; Ctrl-C ends early with a partial summary"
             )
-        )
-        with Live(_view(progress, col), console=console, refresh_per_second=4) as live:
-            while not sim.done():
-                await col.poll()
-                marks = [st.watermark for st in runner.pipeline.stages.values()]
-                if marks:
-                    progress.update(task_id, completed=max(0.0, max(marks) - start))
-                live.update(_view(progress, col))
-                if run_task.done():
-                    run_task.result()
-            stats = sim.result()
-            expected = stats.samples + stats.logs
-            # drain: let the pipeline catch up with everything the fleet produced
-            deadline = time.monotonic() + 60
-            while runner.stats.messages < expected and time.monotonic() < deadline:
-                await col.poll()
-                live.update(_view(progress, col))
-            progress.update(task_id, completed=event_span)
-            for _ in range(20):
-                await col.poll()
-            live.update(_view(progress, col))
-        stop.set()
-        await run_task
-        for _ in range(10):
-            await col.poll()
-        await col.stop()
+            topics = [t.metrics, t.logs, t.anomalies, t.repairs, t.deadletter, t.audit, t.state]
+            await ensure_topics(broker.bootstrap, topics, settings.kafka.partitions)
+            runner, stop, run_task = await _start_runner(settings, broker.bootstrap)
+            col = _Collector(broker.bootstrap, [t.anomalies, t.repairs], t.audit, state)
+            await col.start()
+            sim_stop = asyncio.Event()
+            sim = asyncio.create_task(
+                run_simulator(
+                    broker.bootstrap,
+                    fleet,
+                    steps=steps,
+                    rate=args.rate,
+                    metrics_topic=t.metrics,
+                    logs_topic=t.logs,
+                    repairs_topic=t.repairs,
+                    truth_path=out / "truth.json",
+                    samples_path=out / "samples.jsonl",
+                    create_topics=False,
+                    stop=sim_stop,
+                )
+            )
+            run = _Run(args, console, state, runner, col, interrupted)
+            try:
+                await _watch(run, sim, run_task)
+            finally:
+                sim_stop.set()  # the fleet stops after its current batch, truth still written
+                sim_stats = await sim
+                stop.set()
+                await run_task
+                for _ in range(5):
+                    await col.poll()
+                await col.stop()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return _finish(run, sim_stats)
 
-    events = sorted(col.events.values(), key=lambda e: (e.get("time", ""), e["id"]))
+
+def start_text(ts: float) -> str:
+    from selfheal.pipeline.app.demo_view import utc
+
+    return utc(ts, seconds=False)
+
+
+def _finish(run: _Run, sim: SimStats) -> int:
+    """The one final summary, the events file and the (partial) report."""
+    out, console, state = run.args.out, run.console, run.state
+    events = sorted(state.events.values(), key=lambda e: (e.get("time", ""), e["id"]))
     (out / "events.jsonl").write_bytes(
         b"".join(orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE) for e in events)
     )
     truth = orjson.loads((out / "truth.json").read_bytes())
     summary = summarize(events, truth)
     faulty = {f["entity"] for f in truth["faults"]}
-    false_repairs = [
-        e
+    healthy_repairs = sum(
+        1
         for e in events
         if e["type"].startswith("io.selfheal.repair.")
         and e["subject"] not in faulty
         and not e["subject"].startswith("storm:")
         and e["data"].get("status") == "execute"
-    ]
-    console.print(_summary_table(summary, false_repairs))
-    console.print(
-        f"pipeline: {runner.stats.messages} messages, {runner.stats.anomalies} "
-        f"anomalies, {runner.stats.repairs} repairs, {runner.stats.rejects} dead letters; "
-        f"fleet applied {stats.repairs_applied} repairs"
     )
-    if not args.no_report:
+    console.print(_summary_table(summary))
+    messages, dead = run.counts()
+    part = "" if not run.interrupted.is_set() else " (interrupted: covers the part that ran)"
+    console.print(
+        f"[bold]summary{part}[/]: {summary.detected} of {len(summary.faults)} faults detected, "
+        f"{summary.recovered} cleared by a repair; {state.anomalies} anomalies "
+        f"({summary.false_alarms} outside fault windows); {healthy_repairs} repairs on healthy "
+        f"services; fleet applied {sim.repairs_applied} repairs"
+    )
+    console.print("  " + counters_line(state, messages, dead))
+    for line in deadletter_text(run.deadletters()):
+        console.print(f"  dead letters: {line}")
+    if not run.args.no_report:
         from selfheal.pipeline.app.report import main as report_main
 
         report_main(
             [
                 str(out / "events.jsonl"),
+                "--audit",
+                str(out / "audit.jsonl"),
                 "--truth",
                 str(out / "truth.json"),
                 "--samples",
                 str(out / "samples.jsonl"),
                 "--out",
                 str(out / "report.html"),
+                "--quiet",
             ]
         )
-        console.print(f"report: {out / 'report.html'}")
     console.print(
-        f"events: {out / 'events.jsonl'}  audit: {out / 'audit.jsonl'}  "
-        f"(selfheal audit {out / 'audit.jsonl'})"
+        f"files: {out / 'events.jsonl'}, {out / 'audit.jsonl'} (selfheal audit FILE)"
+        + ("" if run.args.no_report else f", {out / 'report.html'}")
     )
+    if run.interrupted.is_set():
+        console.print(f"selfheal demo: interrupted at {100 * state.fraction():.0f}% of the run")
+        return 130
     return 0
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors exit 2, --help 0
+        return int(exc.code or 0)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"selfheal demo: cannot create {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     logging.getLogger("drain3").setLevel(logging.WARNING)
     console = Console()
+    if not console.is_terminal:  # a log file: tables at a readable width, no frozen frames
+        console = Console(width=160)
     return asyncio.run(run_demo(args, console))

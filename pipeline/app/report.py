@@ -1,8 +1,10 @@
-"""``selfheal report``: score anomaly/repair CloudEvents against the ground truth, render HTML.
+"""selfheal report: the page an operator reads after a night, from anomaly and repair events.
 
-Usage: ``selfheal report EVENTS.jsonl [--truth TRUTH.json] [--samples SAMPLES.jsonl] --out X.html``.
-:func:`summarize` is pure (the demo reuses it for its terminal table); :func:`render_html`
-returns one self-contained page (figures embedded as base64 PNG).
+Usage: ``selfheal report EVENTS.jsonl --out X.html [--audit AUDIT.jsonl] [--samples S.jsonl]
+[--truth TRUTH.json]``. Works on events alone (anomalies, repairs, plots); ``--audit`` adds
+the repairs' verification outcomes, ``--truth`` (simulator ground truth) the scorecard.
+:func:`summarize` is the pure scorecard (the demo reuses it); the page is
+``selfheal.pipeline.app.report_html``, the figures ``selfheal.pipeline.app.report_plots``.
 
 >>> truth = [{"entity": "a-1", "fault": "stuck_loop", "start": 100.0, "end": 400.0,
 ...           "cleared_by": "restart"}]
@@ -20,20 +22,17 @@ returns one self-contained page (figures embedded as base64 PNG).
 from __future__ import annotations
 
 import argparse
-import base64
-import html
-import io
-import itertools
 import math
 import statistics
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+from selfheal.pipeline.app.report_html import render_html
+from selfheal.pipeline.app.report_plots import load_samples
 from selfheal.pipeline.kernel.schemas import parse_ts
 
 ANOMALY_PREFIX = "io.selfheal.anomaly."
@@ -57,8 +56,7 @@ FAULT_DETECTED_BY: dict[str, frozenset[str]] = {
 PREDICTABLE_FAULTS = frozenset({"memory_leak", "queue_filling"})
 #: detectors may keep firing briefly after a fault clears; not counted as false alarms
 DEFAULT_GRACE_S = 300.0
-MEMORY_METRICS = ("container_memory_working_set_bytes", "process_resident_memory_bytes",
-                  "jvm_memory_used_bytes", "process_memory_bytes")  # fmt: skip
+__all__ = ["load_samples", "main", "normalize_event", "read_jsonl", "render_html", "summarize"]
 
 
 def parse_time(value: Any) -> float | None:
@@ -78,6 +76,7 @@ class Event:
     entity: str
     kind: str  # anomaly kind or repair action
     data: Mapping[str, Any] = field(default_factory=dict)
+    id: str = ""  #: the CloudEvent id (repairs cite anomalies by it)
 
     @property
     def predictive(self) -> bool:
@@ -120,7 +119,7 @@ def normalize_event(ev: Mapping[str, Any]) -> Event | None:
         ts = parse_time(ev.get("time"))
     if not entity or ts is None:
         return None
-    return Event(ts, category, str(entity), kind, dict(data))
+    return Event(ts, category, str(entity), kind, dict(data), str(ev.get("id") or ""))
 
 
 @dataclass
@@ -344,320 +343,146 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
     return out, bad
 
 
-Series = dict[str, list[tuple[float, float, float | None]]]  # metric -> (ts, value, limit)
+class ReportInputError(Exception):
+    """An input the report cannot use; the message names the file and the problem."""
 
 
-def load_samples(path: Path, entities: Iterable[str]) -> dict[str, Series]:
-    """Metric samples (wire format, JSON lines) of the given entities, by entity and metric."""
-    wanted = set(entities)
-    out: dict[str, Series] = {e: {} for e in wanted}
-    with path.open("rb") as fh:
-        for line in fh:
-            try:
-                rec = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if not isinstance(rec, dict) or rec.get("entity") not in wanted or "metric" not in rec:
-                continue
-            ts = parse_time(rec.get("ts"))
-            if ts is None or not isinstance(rec.get("value"), int | float):
-                continue
-            lim = rec.get("limit")
-            out[rec["entity"]].setdefault(rec["metric"], []).append(
-                (ts, float(rec["value"]), float(lim) if isinstance(lim, int | float) else None)
-            )
-    for series in out.values():
-        for pts in series.values():
-            pts.sort(key=lambda p: p[0])
-    return out
+def _is_event(obj: Any) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("type"), str) and "data" in obj
 
 
-# ---------------------------------------------------------------------------- figures
-def _primary_series(
-    fault: str, series: Series
-) -> tuple[str, list[tuple[float, float]], float | None] | None:
-    """(label, points, limit) of the signal that shows ``fault`` best, None if absent."""
+def read_events(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """CloudEvents (JSON lines) and the number of unreadable lines skipped.
 
-    def plain(name: str) -> tuple[str, list[tuple[float, float]], float | None] | None:
-        pts = series.get(name)
-        if not pts:
-            return None
-        return name, [(t, v) for t, v, _ in pts], pts[-1][2]
-
-    if fault in ("memory_leak", "memory_high"):
-        return next((r for r in map(plain, MEMORY_METRICS) if r), None)
-    if fault == "latency_regression":
-        names = sorted(n for n in series if "latency" in n or "duration" in n)
-        return plain(names[0]) if names else None
-    if fault == "error_rate_drift":
-        req = {t: v for t, v, _ in series.get("requests_total", [])}
-        err = sorted((t, v) for t, v, _ in series.get("errors_total", []) if t in req)
-        pts = []
-        for (t0, e0), (t1, e1) in itertools.pairwise(err):
-            dr = req[t1] - req[t0]
-            if dr > 0:
-                pts.append((t1, (e1 - e0) / dr))
-        return ("error ratio (errors_total / requests_total)", pts, None) if pts else None
-    if fault == "abusive_client":
-        counts: dict[float, int] = {}
-        for pts3 in series.values():
-            for t, _, _ in pts3:
-                counts[t // 60 * 60] = counts.get(t // 60 * 60, 0) + 1
-        return ("metric samples per minute", sorted(counts.items()), None) if counts else None
-    name = {
-        "stuck_loop": "loop_iteration_seconds",
-        "slow_loop": "loop_iteration_seconds",
-        "flapping_dependency": "dependency_request_ok",
-        "queue_filling": "queue_depth",
-        "failing_health_checks": "health_check_ok",
-    }.get(fault)
-    return plain(name) if name else None
-
-
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def entity_figure(
-    entity: str,
-    faults: Sequence[FaultResult],
-    events: Sequence[Event],
-    series: Series | None,
-    t0: float,
-    t_end: float,
-    truth: Sequence[Mapping[str, Any]] = (),
-) -> str:
-    """Base64 PNG: the entity's series (or an event timeline) with faults, anomalies, repairs.
-
-    The x axis is minutes since ``t0`` up to ``t_end`` (shared by all figures of a report).
+    A file whose first line is not a CloudEvent is not an event file (``selfheal report
+    README.md``): that is an error, not an empty report. Later bad lines (a torn last write)
+    are skipped and counted. An empty file is a quiet night: no events, no error.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    mins = lambda t: (t - t0) / 60.0  # noqa: E731 - local axis helper
-    ents = [e for e in events if e.entity == entity]
-    prim = None
-    for f in faults:
-        prim = _primary_series(f.fault, series or {})
-        if prim:
-            break
-    fig, ax = plt.subplots(figsize=(9, 2.8))
+    out: list[dict[str, Any]] = []
+    bad = 0
     try:
-        kinds = sorted({e.kind for e in ents if e.category == "anomaly"})
-        colors = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(kinds)}
-        if prim is not None:
-            label, pts, limit = prim
-            ax.plot([mins(t) for t, _ in pts], [v for _, v in pts], lw=1, color="#333", label=label)
-            if limit:
-                ax.axhline(limit, color="red", lw=0.8, ls="--", label="limit")
-            ax.set_ylabel(label if len(label) < 30 else label.split(" ")[0], fontsize=8)
-            for k in kinds:
-                xs = [mins(e.ts) for e in ents if e.category == "anomaly" and e.kind == k]
-                ax.plot(xs, [0.97] * len(xs), "v", ms=6, color=colors[k], label=f"anomaly {k}",
-                        transform=ax.get_xaxis_transform(), ls="none")  # fmt: skip
-        else:  # event timeline: one row per anomaly kind
-            for i, k in enumerate(kinds):
-                xs = [mins(e.ts) for e in ents if e.category == "anomaly" and e.kind == k]
-                ax.plot(xs, [i] * len(xs), "o", ms=5, color=colors[k], label=f"anomaly {k}")
-            ax.set_yticks(range(len(kinds)), kinds)
-            ax.set_ylim(-1, max(1, len(kinds)))
-            if not kinds:
-                ax.text(0.5, 0.5, "no anomalies", transform=ax.transAxes, ha="center")
-        for f in faults:
-            hi = f.end if f.end is not None else t_end
-            ax.axvspan(mins(f.start), mins(hi), color="orange", alpha=0.15)
-        for g in truth:
-            if g.get("entity") == entity:
-                for oom in g.get("ooms") or []:
-                    ax.axvline(mins(oom), color="red", lw=1.5, label="OOM kill")
-        for e in ents:
-            if e.category == "repair" and e.decided:
-                ls = "-" if e.enforced else ":"
-                ax.axvline(mins(e.ts), color="green", ls=ls, lw=1.2)
-                tag = (
-                    e.kind
-                    + (" (predictive)" if e.predictive else "")
-                    + ("" if e.enforced else f" [{e.status}]")
+        fh = path.open("rb")
+    except OSError as exc:
+        raise ReportInputError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from exc
+    with fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                obj = None
+            if _is_event(obj):
+                out.append(obj)
+            elif not out and not bad:
+                what = "not JSON" if obj is None else "not a CloudEvent (no type and data)"
+                raise ReportInputError(
+                    f"{path} is not anomaly/repair CloudEvents in JSON lines: line {number} is "
+                    f"{what}"
                 )
-                ax.text(mins(e.ts), 0.02, " " + tag, rotation=90, fontsize=7, color="green",
-                        transform=ax.get_xaxis_transform(), va="bottom")  # fmt: skip
-        ax.set_xlim(mins(t0), mins(max(t_end, t0 + 60)))
-        ax.set_xlabel("minutes since start")
-        ax.set_title(f"{entity}: " + ", ".join(f.fault for f in faults), fontsize=10)
-        handles, labels = ax.get_legend_handles_labels()
-        uniq = dict(zip(labels, handles, strict=False))
-        if uniq:
-            ax.legend(
-                uniq.values(), uniq.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0)
-            )
-        fig.tight_layout()
-        return _png(fig)
-    finally:
-        plt.close(fig)
+            else:
+                bad += 1
+    return out, bad
 
 
-# ---------------------------------------------------------------------------- HTML
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;
-font-size:13px;text-align:left}th{background:#f3f3f3}.miss{color:#b00;font-weight:bold}
-.ok{color:#070}.num{text-align:right}img{max-width:100%;display:block;margin:.5em 0 1.5em}"""
+def read_truth(path: Path) -> list[dict[str, Any]]:
+    try:
+        doc = orjson.loads(path.read_bytes())
+        truth = _truth_list(doc)
+        if truth is None or not all("entity" in f and "start" in f for f in truth):
+            raise ValueError("no faults with entity and start")
+    except OSError as exc:
+        raise ReportInputError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from exc
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ReportInputError(f"{path} is not simulator ground truth: {exc}") from exc
+    return truth
 
 
-def _iso(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+def read_verdicts(path: Path) -> dict[str, bool]:
+    """Decision id -> verified success, from the verification records of an audit file."""
+    from selfheal.pipeline.core.audit import VERIFICATION, read_records
 
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>"
-        + "".join(f"<td>{c if isinstance(c, _Raw) else esc(str(c))}</td>" for c in r)
-        + "</tr>"
-        for r in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-class _Raw(str):
-    """Already-escaped HTML for a table cell."""
-
-
-_FAULT_COLS = "entity|fault|start (UTC)|detected by|delay|lead|cleared by|time to recovery"
-_FAULT_COLS += "|anomalies|repairs (*predictive)"
-_REPAIR_COLS = "time (UTC)|entity|action|mode|status|predictive|reason"
-
-
-def _fault_row(f: FaultResult) -> tuple[Any, ...]:
-    found = f'<span class="ok">{html.escape(f.detected_by or "")}</span>'
-    status = _Raw(found if f.detected else '<span class="miss">missed</span>')
-    reps = [
-        r["action"]
-        + ("*" if r["predictive"] else "")
-        + ("" if r["status"] == "execute" else f" [{r['status']}]")
-        for r in f.repairs
-    ]
-    return (f.entity, f.fault, _iso(f.start), status, _fmt_s(f.detection_delay_s),
-            _fmt_s(f.predictive_lead_s), f.cleared_by or "-", _fmt_s(f.time_to_recovery_s),
-            f.anomalies, ", ".join(reps) or "-")  # fmt: skip
-
-
-def _repair_row(e: Event) -> tuple[Any, ...]:
-    reason = e.data.get("reason")
-    why = "; ".join(map(str, reason)) if isinstance(reason, list) else str(reason or "")
-    return (_iso(e.ts), e.entity, e.kind, e.mode, e.status, "yes" if e.predictive else "no", why)
-
-
-def render_html(
-    summary: Summary,
-    events: Sequence[Event],
-    *,
-    samples: Mapping[str, Series] | None = None,
-    truth: Sequence[Mapping[str, Any]] = (),
-    title: str = "selfheal report",
-    notes: str = "",
-) -> str:
-    """The whole report as one self-contained HTML page."""
-    s, esc = summary, html.escape
-    fa = "n/a (no ground truth)" if s.false_alarms is None else str(s.false_alarms)
-    times = [f.start for f in s.faults] + [f.end for f in s.faults if f.end is not None]
-    times += [e.ts for e in events]
-    for ser in (samples or {}).values():
-        for pts in ser.values():
-            times += [pts[0][0], pts[-1][0]]
-    t0, t_end = (min(times), max(times)) if times else (0.0, 60.0)
-    repairs = f"{s.repairs} ({s.repairs_enforced} / {s.repairs_dry_run} / "
-    repairs += f"{s.repairs_withheld} / {s.predictive_repairs})"
-    overview = [
-        ("faults", len(s.faults)), ("detected", s.detected), ("missed", s.missed),
-        ("median detection delay", _fmt_s(s.median_detection_delay_s)),
-        ("median predictive lead time", _fmt_s(s.median_predictive_lead_s)),
-        ("anomalies", s.anomalies), (f"false alarms (grace {s.grace_s:.0f}s)", fa),
-        ("repairs (enforced / dry run / withheld / predictive)", repairs),
-        ("recovered by a repair", s.recovered),
-        ("median time to recovery", _fmt_s(s.median_time_to_recovery_s)),
-    ]  # fmt: skip
-    fa_rows = [
-        (_iso(a["ts"]), a["entity"], a["kind"], a.get("metric") or "-", a.get("severity") or "-")
-        for a in s.false_alarm_events[:100]
-    ]
-    more = len(s.false_alarm_events) - len(fa_rows)
-    rep_rows = [_repair_row(e) for e in events if e.category == "repair"]
-    by_entity: dict[str, list[FaultResult]] = {}
-    for f in s.faults:
-        by_entity.setdefault(f.entity, []).append(f)
-    figs = []
-    for entity, fs in by_entity.items():
-        png = entity_figure(entity, fs, events, (samples or {}).get(entity), t0, t_end, truth)
-        figs.append(f'<h3>{esc(entity)}</h3><img alt="{esc(entity)}" '
-                    f'src="data:image/png;base64,{png}">')  # fmt: skip
-    fa_html = f"<p>{'none' if s.false_alarms == 0 else fa}</p>"
-    if fa_rows:
-        fa_html = _table(["time (UTC)", "entity", "kind", "metric", "severity"], fa_rows)
-    if more > 0:
-        fa_html += f"<p>... and {more} more</p>"
-    parts = [
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
-        f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>",
-        f"<p>{esc(notes)}</p>" if notes else "",
-        "<h2>Summary</h2>", _table(["measure", "value"], overview),
-        "<h2>Faults</h2>", _table(_FAULT_COLS.split("|"), map(_fault_row, s.faults)),
-        "<h2>False alarms</h2>", fa_html,
-        "<h2>Repairs</h2>",
-        _table(_REPAIR_COLS.split("|"), rep_rows) if rep_rows else "<p>none</p>",
-        "<h2>Faulty entities</h2>", *figs, "</body></html>",
-    ]  # fmt: skip
-    return "\n".join(parts)
+    try:
+        return {r.id: bool(r.data.get("success")) for r in read_records(path)
+                if r.record == VERIFICATION}  # fmt: skip
+    except OSError as exc:
+        raise ReportInputError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from exc
 
 
 # ---------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="selfheal report", description="Score anomaly/repair events, render an HTML report."
+        prog="selfheal report",
+        description="Render the HTML report of anomaly and repair events for operators.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = p.add_argument
     add("events", type=Path, metavar="EVENTS.jsonl", help="anomaly/repair CloudEvents, JSON lines")
-    add("--truth", type=Path, metavar="TRUTH.json", help="simulator ground truth")
-    add("--samples", type=Path, metavar="SAMPLES.jsonl", help="metric samples to plot")
-    add("--out", type=Path, required=True, metavar="report.html")
+    add("--out", type=Path, required=True, metavar="REPORT.html", help="the HTML page to write")
+    add("--audit", type=Path, metavar="AUDIT.jsonl",
+        help="audit trail: adds each repair's verification outcome (default: none)")  # fmt: skip
+    add("--samples", type=Path, metavar="SAMPLES.jsonl",
+        help="metric samples to plot (default: anomaly timelines only)")  # fmt: skip
+    add("--truth", type=Path, metavar="TRUTH.json",
+        help="simulator ground truth: adds the scorecard section (default: none)")  # fmt: skip
     add("--grace", type=float, default=DEFAULT_GRACE_S, metavar="S",
         help="seconds after a fault ends before anomalies count as false alarms")  # fmt: skip
+    add("--quiet", action="store_true", help="print nothing but errors")
     return p
 
 
-def main(argv: list[str]) -> int:
+def _usage(argv: list[str]) -> argparse.Namespace | int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        for path in (args.events, args.truth, args.samples):
+        for path in (args.events, args.truth, args.samples, args.audit):
             if path is not None and not path.is_file():
                 parser.error(f"no such file: {path}")
+        folder = args.out.resolve().parent
+        if not folder.is_dir():
+            parser.error(f"cannot write {args.out}: no such directory {folder}")
     except SystemExit as exc:  # usage errors exit 2, --help 0
         return int(exc.code or 0)
-    raw, bad = read_jsonl(args.events)
-    truth_doc: Any = orjson.loads(args.truth.read_bytes()) if args.truth else None
-    truth = _truth_list(truth_doc)
+    return args
+
+
+def main(argv: list[str]) -> int:
+    """0 written, 2 bad arguments or input (one line on stderr naming the problem)."""
+    args = _usage(argv)
+    if isinstance(args, int):
+        return args
+    try:
+        raw, bad = read_events(args.events)
+        truth = read_truth(args.truth) if args.truth else None
+        verdicts = read_verdicts(args.audit) if args.audit else None
+    except ReportInputError as exc:
+        print(f"selfheal report: {exc}", file=sys.stderr)
+        return 2
     events = sorted((e for e in map(normalize_event, raw) if e is not None), key=lambda e: e.ts)
-    summary = summarize(events, truth, grace_s=args.grace)
+    summary = summarize(events, truth, grace_s=args.grace) if truth is not None else None
     samples = None
     if args.samples is not None:
-        samples = load_samples(args.samples, {f.entity for f in summary.faults})
+        wanted = {f.entity for f in summary.faults} if summary else {e.entity for e in events}
+        samples = load_samples(args.samples, wanted)
     notes = f"{len(raw)} events read from {args.events.name}"
     if bad:
         notes += f", {bad} malformed lines skipped"
     if len(raw) != len(events):
         notes += f", {len(raw) - len(events)} neither anomaly nor repair"
-    args.out.write_text(
-        render_html(summary, events, samples=samples, truth=truth or [], notes=notes),
-        encoding="utf-8",
-    )
-    print("\n".join(summary_lines(summary)))
+    page = render_html(events, summary=summary, samples=samples, truth=truth or [],
+                       verdicts=verdicts, notes=notes)  # fmt: skip
+    try:
+        args.out.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        print(f"selfheal report: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    if args.quiet:
+        return 0
+    if summary is not None:
+        print("\n".join(summary_lines(summary)))
+    else:
+        n_anom = sum(e.category == "anomaly" for e in events)
+        print(f"{n_anom} anomalies, {len(events) - n_anom} repair decisions")
     print(f"wrote {args.out}")
     return 0
 

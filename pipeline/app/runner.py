@@ -119,6 +119,8 @@ class Runner(PartitionState):
         )
         self.clock = clock
         self.stats = RunStats()
+        #: called with each batch's outputs (the status line counts pending approvals)
+        self.output_hooks: list[Callable[[Outputs], None]] = []
         self._audit = (
             AuditFileSink(settings.runtime.audit_path) if settings.runtime.audit_path else None
         )
@@ -423,6 +425,8 @@ class Runner(PartitionState):
         s.rejects += len(out.rejects)
         observe_outputs(m, out, batch, self.settings)
         s.repairs += sum(1 for d in out.decisions if d.status is DecisionStatus.EXECUTE)
+        for hook in self.output_hooks:
+            hook(out)
 
     async def _observe_lag(self, source: KafkaSource) -> None:
         lag = await source.lag()

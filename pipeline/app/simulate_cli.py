@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from selfheal.pipeline.app.argtypes import positive_float, positive_int
+from selfheal.pipeline.app.argtypes import bootstrap, positive_float, positive_int
 from selfheal.pipeline.app.simulator import (
     DEFAULT_START,
     MIN_SERVICES_FOR_ALL_FAULTS,
@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="selfheal simulate",
         description="Simulate a service fleet with scheduled faults; apply repairs it is sent.",
     )
-    p.add_argument("--bootstrap", required=True, metavar="HOST:PORT", help="Kafka bootstrap")
+    p.add_argument(
+        "--bootstrap", type=bootstrap, required=True, metavar="HOST:PORT", help="Kafka bootstrap"
+    )
     p.add_argument(
         "--services",
         type=positive_int,

@@ -1,8 +1,8 @@
 """Audit records: one per decision (executed or suppressed), execution result and verification.
 
 Records are JSON lines (orjson), the same shape on the ``selfheal.audit`` topic and in the
-audit file (``selfheal.connectors.audit_file.AuditFileSink``). ``main`` implements
-``selfheal audit FILE [--entity GLOB] [--since T] [--record KIND] [--json]``.
+audit file (``selfheal.connectors.audit_file.AuditFileSink``). The ``selfheal audit`` command
+that reads them back is ``selfheal.pipeline.app.audit_cli``.
 
 >>> from selfheal.pipeline.kernel.types import Decision, Mode, RepairAction
 >>> d = Decision(id="d1", ts=1795842000.0, action=RepairAction.RESTART, entity="web-1",
@@ -14,16 +14,14 @@ audit file (``selfheal.connectors.audit_file.AuditFileSink``). ``main`` implemen
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
-import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
-from selfheal.pipeline.kernel.schemas import epoch_to_rfc3339, parse_ts
+from selfheal.pipeline.kernel.schemas import epoch_to_rfc3339
 from selfheal.pipeline.kernel.types import Decision, Verification
 
 DECISION = "decision"
@@ -216,83 +214,3 @@ def matches(
     if since is not None and record.ts < since:
         return False
     return not kinds or record.record in kinds
-
-
-def _since(text: str) -> float:
-    try:
-        return parse_ts(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"not RFC 3339 or epoch seconds: {text!r} ({exc})"
-        ) from exc
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="selfheal audit",
-        description="Print the audit records (decisions, executions, verifications) of a file.",
-    )
-    p.add_argument("file", metavar="FILE", type=Path, help="audit JSON-lines file")
-    p.add_argument("--entity", metavar="E", help="only this entity (glob patterns allowed)")
-    p.add_argument(
-        "--since",
-        metavar="T",
-        type=_since,
-        help="only records at or after T (RFC 3339, e.g. 2026-11-28T05:00:00Z, or epoch seconds)",
-    )
-    p.add_argument(
-        "--record",
-        action="append",
-        choices=RECORD_KINDS,
-        help="only these record kinds (repeatable)",
-    )
-    p.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
-    return p
-
-
-def _table(records: list[AuditRecord]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"selfheal audit ({len(records)} records)")
-    for column in ("time", "record", "entity", "action", "status", "by", "rule", "explanation"):
-        table.add_column(column, overflow="fold")
-    for r in records:
-        d = r.data
-        table.add_row(
-            str(d.get("time", "")),
-            r.record,
-            r.entity,
-            r.action,
-            str(d.get("status", "")),
-            str(d.get("suppressed_by") or d.get("executor") or d.get("by") or ""),
-            str(d.get("rule", "")),
-            str(d.get("explanation") or d.get("detail") or ""),
-        )
-    Console().print(table)
-
-
-def main(argv: list[str]) -> int:
-    """``selfheal audit``: 0 ok, 1 unreadable file, 2 bad arguments (usage on stderr)."""
-    parser = _parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse printed usage (or help)
-        return int(exc.code) if isinstance(exc.code, int) else 2
-    stats = ReadStats()
-    selected: list[AuditRecord] = []
-    try:
-        for record in read_records(args.file, stats):
-            if matches(record, args.entity, args.since, args.record):
-                selected.append(record)
-    except OSError as exc:
-        print(f"selfheal audit: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    if sys.stdout.isatty() and not args.json:
-        _table(selected)
-    else:
-        sys.stdout.write(encode(selected).decode("utf-8"))
-        sys.stdout.flush()
-    if stats.skipped:
-        print(f"selfheal audit: skipped {stats.skipped} unreadable line(s)", file=sys.stderr)
-    return 0

@@ -8,7 +8,11 @@ exit code 2.
 
 from __future__ import annotations
 
+import difflib
 import functools
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -266,3 +270,76 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
         first = err.errors(include_url=False)[0]
         loc = ".".join(str(p) for p in first["loc"]) or "config"
         raise ConfigError(loc, first["msg"]) from err
+
+
+# -- environment variable names -------------------------------------------------------------
+#: ``SELFHEAL_`` variables read by the project's tooling, not by the settings
+NON_SETTING_VARIABLES = frozenset({"SELFHEAL_FUZZ_EXAMPLES"})
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``annotation`` (``X``, ``X | None``, ``Annotated[X, ...]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    # only unions look inside: a list or mapping of models is one value (JSON in a variable)
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None
+    for arg in typing.get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def setting_paths(model: type[BaseModel] = Settings, prefix: str = "") -> dict[str, str]:
+    """Every settings path (``kafka.topics.metrics``) -> "section", "mapping" or "value".
+
+    >>> paths = setting_paths()
+    >>> paths["policy.dry_run"], paths["kafka.topics"], paths["executors.webhook_urls"]
+    ('value', 'section', 'mapping')
+    """
+    out: dict[str, str] = {}
+    for name, info in model.model_fields.items():
+        path = f"{prefix}{name}"
+        sub = _model_of(info.annotation)
+        if sub is not None:
+            out[path] = "section"
+            out.update(setting_paths(sub, f"{path}."))
+        else:
+            mapping = typing.get_origin(info.annotation) in (dict, Mapping)
+            out[path] = "mapping" if mapping else "value"
+    return out
+
+
+@functools.cache
+def _env_names() -> tuple[frozenset[str], tuple[str, ...]]:
+    paths = setting_paths()
+    names = {"SELFHEAL_" + p.replace(".", "__").upper(): kind for p, kind in paths.items()}
+    # a mapping (``executors.webhook_urls``) takes its keys as nested names below it
+    open_prefixes = tuple(n + "__" for n, kind in names.items() if kind == "mapping")
+    return frozenset(names), open_prefixes
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Raise ``ConfigError`` for a ``SELFHEAL_`` variable that names no setting.
+
+    A misspelled variable would otherwise be ignored without a word (a typo in
+    ``SELFHEAL_POLICY__DRY_RUN`` leaves automatic repair on).
+
+    >>> check_environment({"SELFHEAL_POLICY__DRY_RUN": "true", "HOME": "/root"})
+    >>> try:
+    ...     check_environment({"SELFHEAL_POLCY__DRY_RUN": "true"})
+    ... except ConfigError as exc:
+    ...     print(exc.message)
+    unknown environment variable (did you mean SELFHEAL_POLICY__DRY_RUN?)
+    """
+    known, open_prefixes = _env_names()
+    for var in sorted(environ):
+        name = var.upper()
+        if not name.startswith("SELFHEAL_") or name in NON_SETTING_VARIABLES:
+            continue
+        if name in known or name.startswith(open_prefixes):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else " (selfheal schema lists the settings)"
+        raise ConfigError(var, f"unknown environment variable{hint}")

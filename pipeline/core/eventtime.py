@@ -128,7 +128,10 @@ class EventClock:
             return False
         if rec.ts > self.clock:
             self.clock = rec.ts
-        (out.samples if isinstance(rec, Sample) else out.logs).append(item)
+        if isinstance(rec, Sample):
+            out.samples.append((env, rec))
+        else:
+            out.logs.append((env, rec))
         return True
 
     def _decide(self, out: Decoded, earlier: list[Envelope], *, final: bool) -> None:

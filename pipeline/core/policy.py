@@ -58,6 +58,7 @@ from selfheal.pipeline.core.repair import (
     Storm,
 )
 from selfheal.pipeline.kernel.protocols import FleetGate
+from selfheal.pipeline.kernel.schemas import epoch_to_rfc3339
 from selfheal.pipeline.kernel.types import (
     Anomaly,
     Decision,
@@ -458,7 +459,7 @@ class PolicyEngine:
                 make(
                     action,
                     suppressed,
-                    f"already escalated at {case.escalated_at:g}; waiting for "
+                    f"already escalated at {epoch_to_rfc3339(case.escalated_at)}; waiting for "
                     f"{self.config.verification_window_seconds:g}s without anomalies",
                     why,
                 )
@@ -471,7 +472,7 @@ class PolicyEngine:
                     current,
                     suppressed,
                     f"same finding within the {self._dedup(rule):g}s dedup window of the "
-                    f"decision at {case.last_acted:g}",
+                    f"decision at {epoch_to_rfc3339(case.last_acted)}",
                     Suppression.DUPLICATE,
                 )
             ]
@@ -526,7 +527,7 @@ class PolicyEngine:
                 make(
                     action,
                     suppressed,
-                    f"{action.value} on {f.entity} cooling down until {until:g}",
+                    f"{action.value} on {f.entity} cooling down until {epoch_to_rfc3339(until)}",
                     Suppression.COOLDOWN,
                     dict(step.params),
                 )

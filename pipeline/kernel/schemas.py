@@ -324,6 +324,47 @@ class IncidentEvent(CloudEvent):
     data: IncidentData  # type: ignore[assignment]
 
 
+class AuditResultOut(BaseModel):
+    executor: str
+    ok: bool
+    detail: str
+    retriable: bool
+    duration_seconds: float
+
+
+class AuditRecordOut(BaseModel):
+    """One line of the audit trail (``selfheal.audit`` topic and audit file).
+
+    Every record has ``record``, ``id`` (the decision id), ``time``, ``ts``, ``entity`` and
+    ``action``; the other fields depend on ``record`` (decision, execution, verification).
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    record: Literal["decision", "execution", "verification"]
+    id: str
+    time: str
+    ts: float
+    entity: str
+    action: str
+    status: str | None = None
+    suppressed_by: str | None = None
+    mode: Literal["enforce", "dry_run"] | None = None
+    predictive: bool | None = None
+    rule: str | None = None
+    reason: list[str] | None = None
+    anomaly_ids: list[str] | None = None
+    params: dict[str, Any] | None = None
+    explanation: str | None = None
+    results: list[AuditResultOut] | None = None
+    executor: str | None = None
+    ok: bool | None = None
+    detail: str | None = None
+    retriable: bool | None = None
+    duration_seconds: float | None = None
+    success: bool | None = None
+
+
 def epoch_to_rfc3339(ts: float) -> str:
     """Epoch seconds -> RFC 3339 UTC with millisecond precision (stable text for ids)."""
     return (
@@ -350,5 +391,6 @@ def json_schemas() -> dict[str, Any]:
             "RepairData": RepairData.model_json_schema(),
             "DeadLetterData": DeadLetterData.model_json_schema(),
             "RepairOutcomeData": RepairOutcomeData.model_json_schema(),
+            "AuditRecord": AuditRecordOut.model_json_schema(),
         },
     }
