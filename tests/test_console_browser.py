@@ -1,4 +1,5 @@
-"""The operator console in Debian's headless Chromium against a real ``selfheal run`` and broker.
+"""The operator console in Debian's headless Chromium against a real ``selfheal run`` and broker,
+and served by ``selfheal demo``.
 
 A memory anomaly hits a rule that requires approval; the pending decision appears on the page;
 the operator types a name and the console token and clicks Approve; the page then shows the
@@ -9,6 +10,8 @@ screenshot in the README (``docs/console.png``) is taken here.
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,10 +21,8 @@ import orjson
 import pytest
 
 from tests.conftest import ROOT
-from tests.spine_helpers import produce_records, settings_for, write_config
+from tests.spine_helpers import env_without_kafka, produce_records, settings_for, write_config
 from tests.test_control import RECORD, Proc, _mem
-
-pytestmark = pytest.mark.asyncio
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -65,6 +66,7 @@ def _config(tmp_path: Path, prefix: str, bootstrap: str, marker: Path) -> Path:
     return config
 
 
+@pytest.mark.asyncio
 async def test_approve_in_the_browser_executes_the_repair(broker, producer, topic_prefix, tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
@@ -129,3 +131,43 @@ async def test_approve_in_the_browser_executes_the_repair(broker, producer, topi
     audit = [orjson.loads(x) for x in (tmp_path / "audit.jsonl").read_bytes().splitlines()]
     votes = [(r["entity"], r["status"], r["by"]) for r in audit if r["record"] == "approval"]
     assert votes == [("users-7", "approved", "ana")]
+
+
+def test_demo_serves_the_console(broker, tmp_path: Path) -> None:
+    """``selfheal demo`` runs the same process as ``selfheal run``: its console pauses it."""
+    cmd = [sys.executable, "-m", "selfheal.pipeline.app.cli", "demo", "--bootstrap",
+           broker.bootstrap, "--out", str(tmp_path / "demo"), "--duration", "30", "--rate", "12",
+           "--services", "4", "--no-report", "--console-port", "0"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env_without_kafka(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    try:
+        seen: list[str] = []
+        while not (
+            m := re.search(r"operator console: (http://127\.0\.0\.1:\d+/console)", "".join(seen))
+        ):
+            line = proc.stdout.readline().decode()
+            assert line, "".join(seen)
+            seen.append(line)
+        url = m.group(1)
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/state.json").json()["paused"] is None:  # control topic read
+            assert time.monotonic() < deadline, "the demo never read its control topic"
+            time.sleep(0.3)
+        page = httpx.get(url).text
+        assert "selfheal console" in page and "ACTIVE" in page
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert csrf
+        res = httpx.post(f"{url}/pause", data={"csrf": csrf.group(1), "by": "demo-op"})
+        assert res.status_code == 303
+        while not httpx.get(f"{url}/state.json").json()["paused"]:
+            assert time.monotonic() < deadline, "the pause never reached the demo's process"
+            time.sleep(0.3)
+        assert "paused_by: demo-op" in httpx.get(url.replace("/console", "/readyz")).text
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err.decode()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from prometheus_client import CollectorRegistry
-from selfheal.connectors.http_server import Request, Response
+from selfheal.connectors.http_server import MetricsServer, Request, Response
 from selfheal.connectors.tail import TailRecord, TopicTail
 from selfheal.pipeline.app import console_html
 from selfheal.pipeline.app.control import (
@@ -344,6 +344,19 @@ def attach_console(process: SelfhealProcess) -> Console:
     console = Console(process.settings, process.metrics.registry, sources)
     process.runner.http_mounts.append((PREFIX, console.handle))
     return console
+
+
+def serve(runner: Any, host: str, port: int) -> MetricsServer:
+    """The runner's HTTP endpoints and mounts on ``host:port``, or on a free port if it is taken
+    (``selfheal demo``: a ``selfheal run`` may hold the default port)."""
+    try:
+        server = MetricsServer(runner.metrics.registry, runner.health, host, port)
+    except OSError as exc:
+        log.warning("console: %s:%d: %s; using a free port", host, port, exc.strerror or exc)
+        server = MetricsServer(runner.metrics.registry, runner.health, host, 0)
+    for prefix, handler in runner.http_mounts:
+        server.mount(prefix, handler)
+    return server.start()
 
 
 def incident_source(runner: Any) -> Callable[[], list[Any]] | None:
