@@ -120,6 +120,10 @@ def test_approve_needs_same_origin_and_form_token(served: Served) -> None:
     assert served.post("approve", {**form, "csrf": "forged"}).status_code == 403
     assert served.post("approve", form, Origin="http://evil.example").status_code == 403
     assert served.post("approve", form, **{"Sec-Fetch-Site": "cross-site"}).status_code == 403
+    # a rebound DNS name pointing at the loopback console is not answered
+    rebound = {"Host": "evil.example:80", "Origin": "http://evil.example:80"}
+    assert served.post("approve", form, **rebound).status_code == 403
+    assert httpx.get(served.base + PREFIX, headers={"Host": "evil.example"}).status_code == 403
     assert not served.sent
     assert served.post("approve", {**form, "by": " "}).status_code == 400
     assert served.post("approve", {**form, "decision_id": "other"}).status_code == 409

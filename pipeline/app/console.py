@@ -174,6 +174,11 @@ class Console:
 
     def handle(self, req: Request) -> Response:
         action = req.path[len(PREFIX) :].strip("/")
+        if _loopback(self.settings.http.host):
+            # a loopback console answers loopback names only (no DNS rebinding onto it)
+            name = urlsplit("//" + req.headers.get("host", "")).hostname or ""
+            if not _loopback(name):
+                return Response(403, b"unexpected Host header\n")
         if req.method == "GET":
             if action == "":
                 flash = parse_qs(req.query).get("done", [""])[0]
