@@ -137,6 +137,9 @@ def test_approve_needs_same_origin_and_form_token(served: Served) -> None:
         "d-1",
         "ana",
     )
+    assert served.post("reject", {**form, "by": "bo"}).status_code == 303
+    rec = decode_approval(served.sent[-1][1], "g")
+    assert rec is not None and (rec["op"], rec["decision_id"], rec["by"]) == ("reject", "d-1", "bo")
     # the vote hides the decision from the list
     served.console.sources.voted = lambda: {"d-1"}
     assert "d-1" not in served.get().text.split('id="approvals"')[1].split("</section>")[0]
