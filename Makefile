@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench clean engine image image-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,20 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
+
+# Container image with docker (when its daemon answers) or podman. `engine` installs and
+# configures podman on Debian and builds a local base image when no registry is reachable
+# (docker/engine-setup.sh; idempotent, fast when done). BASE_IMAGE=python:3.11-slim to pull.
+engine:
+	docker/engine-setup.sh
+
+image: engine
+	docker/build.sh
+
+# build, then smoke-test the image for real (tests/test_image.py: health, non-root, /metrics,
+# a broker container plus `selfheal simulate`, SIGTERM with the broker gone, size)
+image-test: image $(STAMP)
+	SELFHEAL_SKIP_BUILD=1 $(BIN)/python -m pytest -q tests/test_image.py $(TEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

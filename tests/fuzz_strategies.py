@@ -8,7 +8,7 @@ bad timestamps, oversize label maps, deep nesting) and the encoded bytes (trunca
 UTF-8, other encodings, empty or oversize payloads). Generating from valid records keeps a
 good share of inputs on the accept path, so the properties see both sides of every check.
 
-Budget: ``SELFHEAL_FUZZ_EXAMPLES=N`` splits N examples across the fuzz tests by their share;
+Budget: ``FUZZ_EXAMPLES=N`` splits N examples across the fuzz tests by their share;
 unset, each test runs its small default (the ``make test`` budget).
 """
 
@@ -34,11 +34,11 @@ SMALL_CAP = 2048
 #: the latest instant RFC 3339 (and ``epoch_to_rfc3339``) can express: 9999-12-31T23:59:59Z
 MAX_RFC3339_TS = 253_402_300_799.0
 
-ENV_BUDGET = "SELFHEAL_FUZZ_EXAMPLES"
+ENV_BUDGET = "FUZZ_EXAMPLES"
 
 
 def budget(share: float, default: int) -> int:
-    """Examples for one test: ``share`` of ``$SELFHEAL_FUZZ_EXAMPLES`` when set, else default."""
+    """Examples for one test: ``share`` of ``$FUZZ_EXAMPLES`` when set, else default."""
     raw = os.environ.get(ENV_BUDGET, "").strip()
     total = int(raw) if raw else 0
     return max(1, round(total * share)) if total > 0 else default

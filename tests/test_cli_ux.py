@@ -100,7 +100,7 @@ def test_valid_environment_variables_pass() -> None:
             "SELFHEAL_KAFKA__TOPICS__METRICS": "m",
             "SELFHEAL_EXECUTORS__WEBHOOK_URLS__RESTART": "http://x",  # a mapping's key
             "SELFHEAL_HTTP": '{"port": 1}',  # a whole section as JSON
-            "SELFHEAL_FUZZ_EXAMPLES": "10",  # the test suite's own knob
+            "FUZZ_EXAMPLES": "10",  # not ours: only SELFHEAL_ names are checked
             "PATH": "/bin",
         }
     )

@@ -100,6 +100,55 @@ def test_compose_has_the_whole_stack(compose: dict[str, Any]) -> None:
     )
 
 
+def test_escalations_go_to_alertmanager_and_repairs_to_the_webhook(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    env = _env(services["pipeline"])
+    assert env["SELFHEAL_EXECUTORS__ALERTMANAGER_URL"] == "http://alertmanager:9093"
+    webhook = env["SELFHEAL_EXECUTORS__WEBHOOK_URL"]
+    assert webhook == "http://webhook:8080/repairs"  # default when SELFHEAL_WEBHOOK_URL unset
+    receiver = _bind_mounts(services["webhook"])
+    assert Path(receiver["/opt/receiver.py"]) == DOCKER_DIR / "webhook" / "receiver.py"
+    assert services["webhook"]["entrypoint"][-1] == "8080"
+    # the settings the pipeline builds from that environment have both executors
+    from selfheal.pipeline.app.wiring import build_executors
+    from selfheal.pipeline.core.config import load_settings
+
+    keys = [k for k in os.environ if k.startswith("SELFHEAL_")]
+    saved = {k: os.environ.pop(k) for k in keys}
+    try:
+        os.environ.update(env)
+        names = {e.name for e in build_executors(load_settings(IMAGE_CONFIG))}
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
+        os.environ.update(saved)
+    assert {"webhook", "alertmanager"} <= names
+
+
+def test_local_compose_file_validates_and_runs_only_local_images() -> None:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose not found (apt-get install -y docker-compose)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFHEAL_")}
+    res = subprocess.run(
+        [binary, "-f", str(DOCKER_DIR / "compose.local.yaml"), "config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    services = yaml.safe_load(res.stdout)["services"]
+    assert {"broker", "topics", "pipeline", "simulator", "prometheus", "alertmanager"} <= set(
+        services
+    )
+    assert all(svc["image"].startswith("localhost/") for svc in services.values())
+    deps = services["pipeline"]["depends_on"]
+    assert deps["topics"]["condition"] == "service_completed_successfully"
+
+
 def test_kafka_runs_single_node_kraft(compose: dict[str, Any]) -> None:
     kafka = compose["services"]["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
@@ -241,12 +290,25 @@ def _instructions() -> list[tuple[str, str]]:
 
 
 def _stages() -> list[list[tuple[str, str]]]:
+    """The build stages; global ``ARG``s before the first ``FROM`` are left out."""
     stages: list[list[tuple[str, str]]] = []
     for ins in _instructions():
         if ins[0] == "FROM":
             stages.append([])
-        stages[-1].append(ins)
+        if stages:
+            stages[-1].append(ins)
     return stages
+
+
+def _global_args() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for kw, args in _instructions():
+        if kw == "FROM":
+            break
+        if kw == "ARG" and "=" in args:
+            name, value = args.split("=", 1)
+            out[name.strip()] = value.strip()
+    return out
 
 
 def test_dockerfile_is_multi_stage_on_python_slim() -> None:
@@ -254,8 +316,12 @@ def test_dockerfile_is_multi_stage_on_python_slim() -> None:
     assert len(stages) >= 2
     builder_from = stages[0][0][1].split()
     assert builder_from[-2].upper() == "AS"
+    # the base is a build argument (a locally built one where no registry is reachable);
+    # real users get the public slim image by default
     runtime_image = stages[-1][0][1].split()[0]
-    assert runtime_image == "python:3.11-slim"
+    assert runtime_image == "${BASE_IMAGE}"
+    assert builder_from[0] == "${BASE_IMAGE}"
+    assert _global_args()["BASE_IMAGE"] == "python:3.11-slim"
     copies = [args for kw, args in stages[-1] if kw == "COPY"]
     assert any(f"--from={builder_from[-1]}" in args for args in copies)
 
@@ -269,6 +335,9 @@ def test_builder_installs_the_project_like_the_makefile_without_dev_extras() -> 
     assert project, f"no `pip install .` of the project root in {installs}"
     assert not any("-e" in shlex.split(i) or "--editable" in i for i in project)
     assert not any("dev" in i for i in project)
+    # dependencies come from pyproject.toml: runtime ones plus the EXTRAS build argument only
+    extras = [args for kw, args in _instructions() if kw == "ARG" and args.startswith("EXTRAS=")]
+    assert extras == ["EXTRAS=kubernetes"]
     # the whole project root is the context; the copy must bring pyproject and the packages
     copies = [args.split() for kw, args in builder if kw == "COPY"]
     assert any(c[0] == "." for c in copies)

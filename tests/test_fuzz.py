@@ -15,7 +15,7 @@ Known gaps (``KNOWN_GAPS``) are tolerated by the broad properties only on their 
 and each one has a deterministic ``xfail(strict=True)`` test below: when a fix lands the test
 XPASSes (a failure under strict), and both the marker and the ``KNOWN_GAPS`` entry go.
 
-Full run (100,000 examples): ``SELFHEAL_FUZZ_EXAMPLES=100000 .venv/bin/python -m pytest
+Full run (100,000 examples): ``FUZZ_EXAMPLES=100000 .venv/bin/python -m pytest
 tests/test_fuzz.py -q -p no:randomly --hypothesis-show-statistics``.
 """
 

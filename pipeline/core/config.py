@@ -129,6 +129,37 @@ class StateConfig(_Section):
     load_timeout_seconds: float = Field(default=30.0, gt=0)
 
 
+KubernetesOperation = Literal["restart", "scale", "rollback", "cordon"]
+_KUBERNETES_ACTIONS: dict[RepairAction, KubernetesOperation] = {
+    RepairAction.RESTART: "restart",
+    RepairAction.SCALE_UP: "scale",
+    RepairAction.SCALE_DOWN: "scale",
+    RepairAction.ROLLBACK: "rollback",
+}
+
+
+class KubernetesExecutorConfig(_Section):
+    """The Kubernetes executor (``selfheal.connectors.kubernetes``, needs the ``kubernetes``
+    extra): rollout restart, scale, rollback and cordon of the entity's workload."""
+
+    enabled: bool = False
+    #: the pod's service account (in a cluster); else ``kubeconfig`` (or ~/.kube/config)
+    in_cluster: bool = True
+    kubeconfig: Path | None = None
+    context: str | None = None
+    #: namespace of entities that name none (``namespace/pod`` or a ``namespace`` param do)
+    namespace: str = "default"
+    #: restart: patch the owner's restartedAt (``kubectl rollout restart``) or delete the pod
+    restart: Literal["rollout", "delete_pod"] = "rollout"
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=10, ge=1)
+    #: repair action -> operation; an action not listed is left to the other executors
+    actions: dict[RepairAction, KubernetesOperation] = Field(
+        default_factory=lambda: dict(_KUBERNETES_ACTIONS)
+    )
+    timeout_seconds: float = Field(default=10.0, gt=0)
+
+
 class ExecutorsConfig(_Section):
     """Where repair decisions go besides the repair topic (which is always on)."""
 
@@ -151,6 +182,7 @@ class ExecutorsConfig(_Section):
     approval_expiry_seconds: float = Field(default=3600.0, gt=0)
     #: how far back a starting process reads the repair, outcome, control and approval logs
     history_seconds: float = Field(default=86_400.0, gt=0)
+    kubernetes: KubernetesExecutorConfig = Field(default_factory=KubernetesExecutorConfig)
 
 
 class RuntimeConfig(_Section):
@@ -273,10 +305,6 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
 
 
 # -- environment variable names -------------------------------------------------------------
-#: ``SELFHEAL_`` variables read by the project's tooling, not by the settings
-NON_SETTING_VARIABLES = frozenset({"SELFHEAL_FUZZ_EXAMPLES"})
-
-
 def _model_of(annotation: Any) -> type[BaseModel] | None:
     """The pydantic model inside ``annotation`` (``X``, ``X | None``, ``Annotated[X, ...]``)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -336,7 +364,7 @@ def check_environment(environ: Mapping[str, str]) -> None:
     known, open_prefixes = _env_names()
     for var in sorted(environ):
         name = var.upper()
-        if not name.startswith("SELFHEAL_") or name in NON_SETTING_VARIABLES:
+        if not name.startswith("SELFHEAL_"):
             continue
         if name in known or name.startswith(open_prefixes):
             continue
