@@ -370,7 +370,7 @@ def incident_source(runner: Any) -> Callable[[], list[Any]] | None:
         for name in ("incidents", "incident_book"):
             book = getattr(owner, name, None)
             if book is not None and callable(getattr(book, "open_incidents", None)):
-                return book.open_incidents  # type: ignore[no-any-return]
+                return book.open_incidents
     return None
 
 
