@@ -46,6 +46,9 @@ class PartitionState:
 
     async def _on_revoke(self, revoked: set[Any]) -> None:
         """Snapshot and commit what we leave behind, then drop its state."""
+        # shown at once: the batch in flight (detection runs off the loop) may hold the lock
+        if self._source is not None:
+            self.backpressure.assignment(set(self._source.assignment()) - set(revoked))
         async with self._rebalance_lock:
             self._generation += 1
             parts = {tp.partition for tp in revoked}
