@@ -154,6 +154,10 @@ class KafkaFleet:
         with self._lock:
             return self.arbiter.storm_last_need(storm_id)
 
+    def storm_entities(self, storm_id: str) -> tuple[int, tuple[str, ...]]:
+        with self._lock:
+            return self.arbiter.storm_entities(storm_id)
+
     def budget_used(self, ts: float) -> int:
         with self._lock:
             return self.arbiter.budget_used(ts)
@@ -307,6 +311,7 @@ def encode_request(req: FleetRequest, group: str) -> bytes:
             "action": req.action.value,
             "claim": req.claim,
             "storm_id": req.storm_id,
+            "held": req.held,
         }
     )
 
@@ -320,6 +325,7 @@ def encode_end(end: StormEnd, group: str) -> bytes:
             "storm_id": end.storm_id,
             "action": end.action.value,
             "ts": end.ts,
+            "released": end.released,
         }
     )
 
@@ -342,9 +348,15 @@ def decode_record(raw: bytes, group: str) -> FleetRequest | StormEnd | None:
                 action=action,
                 claim=bool(rec["claim"]),
                 storm_id=str(rec["storm_id"]),
+                held=None if rec.get("held") is None else bool(rec["held"]),
             )
         if rec["type"] == "storm_end":
-            return StormEnd(storm_id=str(rec["storm_id"]), action=action, ts=ts)
+            return StormEnd(
+                storm_id=str(rec["storm_id"]),
+                action=action,
+                ts=ts,
+                released=bool(rec.get("released", False)),
+            )
         raise RecordError(f"unknown ledger record type {rec['type']!r}")
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, RecordError):

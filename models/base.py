@@ -1,11 +1,23 @@
-"""The two small contracts every detector family follows.
+"""One small base class per detector family, all on river's ``Estimator`` conventions.
 
-``Detector`` is river's anomaly contract on one series: ``learn_one`` returns nothing,
-``score_one`` returns a float and never mutates. ``Judge`` wraps detectors for one series
-(one entity and metric, or one entity's logs): it scores, turns the score into an optional
-``Finding`` and decides whether the point may be learned (flagged points are not learned,
-so an anomaly cannot poison its own model). Judges are per-series objects created by a
-factory; they must pickle (checkpoints) and keep bounded state.
+Every detector stores its hyperparameters once, as attributes named like its ``__init__``
+arguments; ``_get_params`` reads them back by that signature and ``clone()`` builds a fresh
+detector from them (river's ``base.Base``). ``_unit_test_params`` yields the arguments the
+generic contract tests (``tests/test_detector_contract.py``) build each discovered detector
+with, as river's ``_unit_test_params`` does.
+
+The families and their verbs:
+
+* :class:`Judge`: one metric series (entity, metric, labels) or one entity's counters.
+  ``observe(sample) -> findings`` in event-time order; ``tick(watermark) -> findings`` for
+  absence checks. Flagged points are not learned, so an anomaly cannot poison its own model.
+* :class:`LogJudge`: one entity's log lines. ``observe_log(line) -> findings``, ``tick``.
+* :class:`DriftDetector`: a sequential change test on per-bucket counts (the error-rate
+  judge's engine). ``update(errors, total)`` then read ``drift_detected``, as river's
+  ``drift`` detectors (which take one value) do.
+
+Detectors are per-series objects created by a factory; their state is bounded and holds no
+configuration beyond the hyperparameters.
 """
 
 from __future__ import annotations
@@ -13,22 +25,46 @@ from __future__ import annotations
 import abc
 import copy
 import inspect
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Iterator
+from typing import Any, Self
 
 from selfheal.pipeline.kernel.types import Finding, LogLine, Sample
 
 
-@runtime_checkable
-class Detector(Protocol):
-    """river's contract for a univariate online anomaly detector on event time."""
+class Estimator:
+    """river's base: hyperparameters are the ``__init__`` arguments, stored under their names."""
 
-    def learn_one(self, x: float, t: float) -> None: ...
+    __slots__ = ()
 
-    def score_one(self, x: float, t: float) -> float: ...
+    def _get_params(self) -> dict[str, Any]:
+        """The hyperparameters, read back by the ``__init__`` signature (deep copies)."""
+        sig = inspect.signature(type(self).__init__)
+        return {
+            name: copy.deepcopy(getattr(self, name))
+            for name, p in sig.parameters.items()
+            if name != "self"
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            and hasattr(self, name)
+        }
+
+    def clone(self) -> Self:
+        """A fresh detector with the same hyperparameters and no learned state."""
+        return type(self)(**self._get_params())
+
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        """Arguments the generic contract tests build this detector with (river's hook)."""
+        yield {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._get_params().items())
+        return f"{type(self).__name__}({args})"
 
 
-class Judge(abc.ABC):
-    """Per-series wrapper: score, judge, learn unless flagged, report absence on tick."""
+class Judge(Estimator, abc.ABC):
+    """Per-series detector: score, judge, learn unless flagged, report absence on tick."""
+
+    __slots__ = ()
 
     #: name reported as ``detector`` in findings
     name: str = "judge"
@@ -41,16 +77,11 @@ class Judge(abc.ABC):
         """Absence checks: called with the event-time watermark (or the clock when live)."""
         return []
 
-    def clone(self) -> Judge:
-        """A fresh judge with the same hyperparameters (river's ``clone``)."""
-        return type(self)(**self._get_params())
 
-    def _get_params(self) -> dict[str, Any]:
-        return _params(self)
+class LogJudge(Estimator, abc.ABC):
+    """Per-entity detector for log lines."""
 
-
-class LogJudge(abc.ABC):
-    """Per-entity wrapper for log lines."""
+    __slots__ = ()
 
     name: str = "log_judge"
 
@@ -61,19 +92,17 @@ class LogJudge(abc.ABC):
     def tick(self, watermark: float) -> list[Finding]:
         return []
 
-    def clone(self) -> LogJudge:
-        """A fresh judge with the same hyperparameters (river's ``clone``)."""
-        return type(self)(**self._get_params())
 
-    def _get_params(self) -> dict[str, Any]:
-        return _params(self)
+class DriftDetector(Estimator, abc.ABC):
+    """Sequential change test on per-bucket counts (``errors`` out of ``total``).
 
+    After ``update``, ``drift_detected`` says whether this bucket completed a change; the
+    detector restarts by itself after a detection, as river's drift detectors do.
+    """
 
-def _params(judge: object) -> dict[str, Any]:
-    # hyperparameters are stored under their argument names (river's convention)
-    sig = inspect.signature(type(judge).__init__)
-    return {
-        name: copy.deepcopy(getattr(judge, name))
-        for name in sig.parameters
-        if name != "self" and hasattr(judge, name)
-    }
+    __slots__ = ()
+    drift_detected: bool = False
+
+    @abc.abstractmethod
+    def update(self, errors: float, total: float) -> None:
+        """Feed one closed bucket (``0 <= errors <= total``, ``total > 0``)."""

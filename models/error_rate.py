@@ -11,33 +11,24 @@ Buckets of ``bucket_seconds`` close on event time (a record in a later bucket cl
 one; ``tick(watermark)`` closes a bucket whose end has passed). Buckets with fewer than
 ``min_requests`` requests/lines carry no information and are skipped.
 
-Each closed bucket's error ratio feeds a drift detector. **KSWIN (alpha=1e-4, this module's
-``KSWin``) is the default**, chosen on the measurements in ``benchmarks/results/error_drift.md``
-(alternatives measured with the 360-bucket history they were tuned with):
+Each closed bucket's (errors, requests) feeds a drift detector (``selfheal.models.base.
+DriftDetector``). **The binomial CUSUM (``selfheal.models.cusum``) is the default**: a
+sequential test of "the rate is now ``cusum_ratio`` x the baseline" on the counts themselves,
+so a 3x-10x rise is flagged within a few buckets where enough requests arrive (measured in
+``benchmarks/results/error_drift.md`` on held-out streams, against the previous default, KSWIN,
+and river's ADWIN). ``detector="kswin"`` (``selfheal.models.kswin.KSWin``: Kolmogorov-Smirnov
+on the last 30 ratios against the 70 before them) remains selectable; ratio-based tests (it,
+and river's ADWIN in the benchmark) need 15+ buckets after a shift because a bucket's ratio
+carries little of the evidence its counts do.
 
-* ADWIN's cut threshold carries a ``2/(3m) ln(2/delta)`` term that assumes values spread over
-  [0, 1]; per-bucket ratios around 1 % move by ~0.02, so it needs hundreds of buckets after a
-  shift (it caught 10/25 shifts, median delay 239 buckets) although it never false-alarmed.
-* PageHinkley is a CUSUM whose ``delta``/``threshold`` are in ratio units: one setting cannot
-  suit a 0.5 % and a 5 % baseline at different volumes (threshold 0.1: 8 buckets delay but
-  30 false findings per 10k buckets; 0.3: 19 buckets, 1.7 per 10k).
-* KSWIN compares the last ``stat_size`` ratios with older ones from its window by a
-  Kolmogorov-Smirnov test. Ranks are invariant to the base rate and its scale, so one alpha
-  works on every stream. river's ``drift.KSWIN`` tests against a random draw of 30 of the 70
-  older ratios: 24/25 shifts, median 18 buckets, 0.13 false findings per 10k, ~165 us per
-  closed bucket and a 2.5 KB ``random.Random`` per detector. ``KSWin`` tests against all 70
-  (deterministic, no seed): 25/25 shifts, median 15 buckets (p90 21 vs 24), 0.13 false
-  findings per 10k at the shipped 100-bucket history (0.00 at 360), 0.3 raw alarms per 10k
-  (1.3), ~17 us per closed bucket.
-
-State per stream is a few KB whatever the stream length (about 11 KB in memory and 8 KB
-pickled for a judge fed counters and logs): ``array`` rings for the last ``history_buckets``
-(bucket, errors, requests), the last ``baseline_buckets`` baseline (errors, requests) and the
-KSWIN window, ``__slots__`` and tuple pickles. A record inside the open bucket only adds to
-two counters; the work happens when a bucket closes.
+State per stream is a few KB whatever the stream length: ``array`` rings for the last
+``history_buckets`` (bucket, errors, requests) and the last ``baseline_buckets`` baseline
+(errors, requests), the detector's state (seven numbers for the CUSUM), ``__slots__`` and
+tuple pickles. A record inside the open bucket only adds to two counters; the work happens
+when a bucket closes.
 
 On a drift the change point is re-estimated on a bounded history of (errors, requests) by the
-binomial two-segment likelihood ratio (ADWIN's window only tells us roughly where), giving
+binomial two-segment likelihood ratio (a sequential test tells when, not where), giving
 ``rate_before``, ``rate_after`` (volume-weighted) and ``shift_began``. Only upward shifts of
 at least ``min_increase_abs`` and ``min_increase_ratio`` produce an ``error_rate_drift``
 finding; a drop is good news, but the burst baseline follows it either way.
@@ -60,26 +51,27 @@ is an ``error_burst`` (re-emitted at most every ``burst_cooldown_buckets``).
 >>> d = drift[0].evidence
 >>> d["source"], d["rate_before"] < d["rate_after"], abs(d["shift_began"] - (t0 + 7200)) <= 600
 ('logs', True, True)
+>>> drift[0].ts - (t0 + 7200) <= 180  # flagged within 3 minutes of the rise
+True
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-import warnings
 from array import array
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from itertools import accumulate, compress, islice
-from operator import ne
 from typing import Any
 
 import numpy as np
-from river import drift
-from scipy import stats
-from selfheal.models.base import Judge, LogJudge
+from selfheal.models.base import DriftDetector, Judge, LogJudge
+from selfheal.models.cusum import BinomialCusum
+from selfheal.models.kswin import KSWin
 from selfheal.pipeline.kernel.types import AnomalyKind, Finding, LogLevel, LogLine, Sample, Severity
 
-DETECTORS = ("adwin", "page_hinkley", "kswin")
+DETECTORS = ("cusum", "kswin")
+_CUSUM = inspect.signature(BinomialCusum).parameters
 
 
 @dataclass(frozen=True)
@@ -90,16 +82,16 @@ class ErrorRateConfig:
     min_requests: int = 20
     requests_metric: str = "requests_total"
     errors_metric: str = "errors_total"
-    detector: str = "kswin"
-    adwin_delta: float = 0.002
-    adwin_clock: int = 1
-    ph_delta: float = 0.005
-    ph_threshold: float = 0.1
-    ph_min_instances: int = 30
+    detector: str = "cusum"
+    # the CUSUM's own defaults (chosen in benchmarks/error_drift.py --tune), written once there
+    cusum_ratio: float = _CUSUM["ratio"].default
+    cusum_threshold: float = _CUSUM["threshold"].default
+    cusum_baseline_buckets: int = _CUSUM["baseline_buckets"].default
+    cusum_margin: float = _CUSUM["margin"].default
     kswin_alpha: float = 0.0001
     kswin_window: int = 100
     kswin_stat: int = 30
-    min_increase_abs: float = 0.005
+    min_increase_abs: float = 0.001
     min_increase_ratio: float = 1.25
     history_buckets: int = 100
     baseline_buckets: int = 60
@@ -113,118 +105,6 @@ class ErrorRateConfig:
 
 _D = ErrorRateConfig()
 _PARAMS = tuple(f.name for f in fields(ErrorRateConfig))
-
-# exact two-sample KS p-value by (n, m, n*m*D): it depends on nothing else, so it is computed
-# once per distinct statistic (by scipy, as river does) and shared by every judge; bounded by
-# the n*m/gcd(n, m) + 1 possible statistics per window shape (211 at 70 vs 30)
-_KS_P: dict[tuple[int, int, int], float] = {}
-
-
-def ks_gap(values: list[float], cut: int) -> int:
-    """``n * m`` times the two-sample KS statistic of ``values[:cut]`` vs ``values[cut:]``.
-
-    Ties are treated as scipy does (the empirical CDFs compared after each distinct value);
-    the walk over the merged order runs in builtins (``accumulate``/``compress``), not in a
-    Python loop.
-
-    >>> ks_gap([0.1, 0.2, 0.3, 0.7, 0.8, 0.9], 3)  # disjoint samples: D = 1, n * m = 9
-    9
-    """
-    n, m = cut, len(values) - cut
-    order = sorted(range(n + m), key=values.__getitem__)
-    steps = [m] * n + [-n] * m  # +m per value of the first sample, -n per value of the second
-    cums = list(accumulate(map(steps.__getitem__, order)))
-    ranked = list(map(values.__getitem__, order))
-    ends = compress(cums, map(ne, ranked, islice(ranked, 1, None)))  # last of each tie group
-    return max(map(abs, ends), default=0)
-
-
-def _ks_pvalue(values: list[float], cut: int, gap: int) -> float:
-    key = (cut, len(values) - cut, gap)
-    p = _KS_P.get(key)
-    if p is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=RuntimeWarning)
-            p = float(stats.ks_2samp(values[:cut], values[cut:], method="auto").pvalue)
-        _KS_P[key] = p
-    return p
-
-
-class KSWin:
-    """KSWIN (Raab et al. 2020) against the whole reference window, on a compact ring.
-
-    Once ``window_size`` values are held, the last ``stat_size`` are compared with the
-    ``window_size - stat_size`` older ones by a two-sample Kolmogorov-Smirnov test (exact
-    p-value, as scipy computes it); a drift when ``p <= alpha`` and the statistic exceeds 0.1,
-    after which the window starts empty. ``river.drift.KSWIN`` does the same but tests a random
-    draw of ``stat_size`` older values: using all of them is deterministic (no seed, no 2.5 KB
-    ``random.Random`` per detector) and more powerful at the same alpha (see the module
-    docstring). The window is an ``array('d')`` ring; the exact p-value depends only on the
-    two sizes and the statistic, so it is computed once per distinct statistic and cached.
-
-    >>> det = KSWin(alpha=1e-4)
-    >>> hits = []
-    >>> for i in range(400):
-    ...     det.update((i * 7919 % 100) / 1000 + (0.5 if i >= 200 else 0.0))
-    ...     hits += [i] if det.drift_detected else []
-    >>> hits
-    [214]
-    """
-
-    __slots__ = ("_n", "_pos", "_win", "alpha", "drift_detected", "stat_size", "window_size")
-
-    def __init__(self, alpha: float = 0.005, window_size: int = 100, stat_size: int = 30) -> None:
-        if not 0.0 <= alpha <= 1.0 or not 0 < stat_size < window_size:
-            raise ValueError("need 0 <= alpha <= 1 and 0 < stat_size < window_size")
-        self.alpha = alpha
-        self.window_size = window_size
-        self.stat_size = stat_size
-        self._win = array("d", bytes(8 * window_size))
-        self._n = 0  # values held (the ring is full at window_size)
-        self._pos = 0  # next slot written
-        self.drift_detected = False
-
-    def __getstate__(self) -> tuple[Any, ...]:
-        return (
-            self.alpha,
-            self.window_size,
-            self.stat_size,
-            self._win.tobytes(),
-            self._n,
-            self._pos,
-            self.drift_detected,
-        )
-
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        (
-            self.alpha,
-            self.window_size,
-            self.stat_size,
-            win,
-            self._n,
-            self._pos,
-            self.drift_detected,
-        ) = state
-        self._win = array("d", win)
-
-    def update(self, x: float) -> None:
-        w = self.window_size
-        if self.drift_detected:  # as river: the window restarts empty after a drift
-            self.drift_detected = False
-            self._n = self._pos = 0
-        self._win[self._pos] = x
-        self._pos = (self._pos + 1) % w
-        if self._n < w:
-            self._n += 1
-            if self._n < w:
-                return
-        win, pos = self._win, self._pos
-        ordered = (win[pos:] + win[:pos]).tolist()
-        cut = w - self.stat_size
-        gap = ks_gap(ordered, cut)
-        if gap * 10 <= cut * self.stat_size:  # statistic <= 0.1: never a drift
-            return
-        self.drift_detected = _ks_pvalue(ordered, cut, gap) <= self.alpha
 
 
 class _Stream:
@@ -256,7 +136,7 @@ class _Stream:
         "tot",
     )
 
-    def __init__(self, detector: Any, history: int, baseline: int) -> None:
+    def __init__(self, detector: DriftDetector, history: int, baseline: int) -> None:
         self.bucket: int | None = None  # open bucket
         self.closed_through: int | None = None
         self.err = 0.0
@@ -356,11 +236,10 @@ class ErrorRateJudge(Judge, LogJudge):
         requests_metric: str = _D.requests_metric,
         errors_metric: str = _D.errors_metric,
         detector: str = _D.detector,
-        adwin_delta: float = _D.adwin_delta,
-        adwin_clock: int = _D.adwin_clock,
-        ph_delta: float = _D.ph_delta,
-        ph_threshold: float = _D.ph_threshold,
-        ph_min_instances: int = _D.ph_min_instances,
+        cusum_ratio: float = _D.cusum_ratio,
+        cusum_threshold: float = _D.cusum_threshold,
+        cusum_baseline_buckets: int = _D.cusum_baseline_buckets,
+        cusum_margin: float = _D.cusum_margin,
         kswin_alpha: float = _D.kswin_alpha,
         kswin_window: int = _D.kswin_window,
         kswin_stat: int = _D.kswin_stat,
@@ -384,11 +263,10 @@ class ErrorRateJudge(Judge, LogJudge):
         self.requests_metric = requests_metric
         self.errors_metric = errors_metric
         self.detector = detector
-        self.adwin_delta = adwin_delta
-        self.adwin_clock = adwin_clock
-        self.ph_delta = ph_delta
-        self.ph_threshold = ph_threshold
-        self.ph_min_instances = ph_min_instances
+        self.cusum_ratio = cusum_ratio
+        self.cusum_threshold = cusum_threshold
+        self.cusum_baseline_buckets = cusum_baseline_buckets
+        self.cusum_margin = cusum_margin
         self.kswin_alpha = kswin_alpha
         self.kswin_window = kswin_window
         self.kswin_stat = kswin_stat
@@ -427,15 +305,14 @@ class ErrorRateJudge(Judge, LogJudge):
         return type(self)(**self._get_params())
 
     # ------------------------------------------------------------------ plumbing
-    def _make_detector(self) -> Any:
-        if self.detector == "adwin":
-            return drift.ADWIN(delta=self.adwin_delta, clock=self.adwin_clock)
-        if self.detector == "page_hinkley":
-            return drift.PageHinkley(
-                min_instances=self.ph_min_instances,
-                delta=self.ph_delta,
-                threshold=self.ph_threshold,
-                mode="up",
+    def _make_detector(self) -> DriftDetector:
+        if self.detector == "cusum":
+            return BinomialCusum(
+                ratio=self.cusum_ratio,
+                threshold=self.cusum_threshold,
+                baseline_buckets=self.cusum_baseline_buckets,
+                floor_rate=self.burst_floor_rate,
+                margin=self.cusum_margin,
             )
         return KSWin(
             alpha=self.kswin_alpha, window_size=self.kswin_window, stat_size=self.kswin_stat
@@ -549,7 +426,7 @@ class ErrorRateJudge(Judge, LogJudge):
             st.push_baseline(e, n)  # flagged buckets are not learned into the baseline
         st.push_history(b, e, n)
         st.since_change = min(st.since_change + 1, st.h_len)
-        st.detector.update(rate)
+        st.detector.update(e, n)
         if st.detector.drift_detected:
             found = self._on_drift(st, rate, end, source)
             if found is not None:

@@ -4,6 +4,10 @@ The runner keeps a bounded bank of judges keyed by ``SeriesKey``; this module sa
 series, which judges to create. Static rules and online models sit side by side:
 
 - memory metrics: the ``memory_high`` rule and the memory-growth regression (``memory_leak``);
+- the other resources with a limit (disk, file descriptors, connection and thread pools,
+  queues: ``selfheal.models.resources``): the same time-to-limit forecast
+  (``resource_exhaustion``), one per usage series, fed its paired limit metric too, so it is
+  kept per entity under a name made of the usage metric and the shared labels;
 - ``requests_total`` / ``errors_total`` counters and every log line: the per-entity error-rate
   drift judge (``error_rate_drift``, ``error_burst``);
 - log lines: the drain3 log analyzer (``log_pattern``, ``security``);
@@ -15,14 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from selfheal.models.base import Judge, LogJudge
 from selfheal.models.error_rate import ErrorRateConfig, ErrorRateJudge
+from selfheal.models.forecast import GROWTH_PARAMS, ResourceForecastConfig, ResourceForecastJudge
 from selfheal.models.latency import LatencyConfig, LatencyJudge
 from selfheal.models.logs import LogAnalyzerConfig, LogAnalyzerJudge
 from selfheal.models.memory import MemoryLeakConfig, MemoryLeakJudge
+from selfheal.models.resources import RESOURCES
 from selfheal.models.rules import RuleSpec
 from selfheal.pipeline.kernel.types import LogLine, Sample
 
@@ -42,6 +49,7 @@ class DetectorsConfig:
 
     memory: MemoryLeakConfig = field(default_factory=MemoryLeakConfig)
     error_rate: ErrorRateConfig = field(default_factory=ErrorRateConfig)
+    resources: ResourceForecastConfig = field(default_factory=ResourceForecastConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     logs: LogAnalyzerConfig = field(default_factory=LogAnalyzerConfig)
     #: glob patterns of metrics scored by the latency model
@@ -69,9 +77,20 @@ class Router:
         self._logs_kw = _kwargs(models.logs)
         self._counters = {models.error_rate.requests_metric, models.error_rate.errors_metric}
         self._memory = set(models.memory.metrics)
+        # usage or limit metric -> (resource, usage metric, judge factory)
+        self._forecasts: dict[str, tuple[str, str, Callable[[], Judge]]] = {}
+        hyper = {k: getattr(models.resources, k) for k in GROWTH_PARAMS}
+        for name in models.resources.resources:
+            for usage, limit in RESOURCES[name].metrics.items():
+                make = functools.partial(
+                    ResourceForecastJudge, resource=name, metrics=(usage,), **hyper
+                )
+                self._forecasts[usage] = (name, usage, make)
+                if limit:
+                    self._forecasts[limit] = (name, usage, make)
         #: metrics feeding a per-entity judge: one set lookup per sample on the hot path
         self.entity_metrics: frozenset[str] = (
-            frozenset(self._counters) if models_enabled else frozenset()
+            frozenset(self._counters | set(self._forecasts)) if models_enabled else frozenset()
         )
 
     def _latency_applies(self, metric: str, covered: bool) -> bool:
@@ -86,13 +105,27 @@ class Router:
         metric = sample.metric
         if metric in self._memory:
             judges.append(MemoryLeakJudge(**self._memory_kw))  # type: ignore[arg-type]
-        elif metric not in self._counters and self._latency_applies(metric, bool(judges)):
+        elif metric not in self._counters and self._latency_applies(
+            metric, bool(judges) or metric in self._forecasts
+        ):
             judges.append(LatencyJudge(**self._latency_kw))  # type: ignore[arg-type]
         return judges
 
     def entity_judges(self, sample: Sample) -> list[tuple[str, Callable[[], Judge]]]:
-        """Judges shared by all series of one entity (the error ratio from counters)."""
-        return [("error_rate", self._error_rate)]
+        """Judges kept per entity: the error ratio from counters, and the resource forecasts
+        (a usage series and its paired limit series feed the same judge)."""
+        forecast = self._forecasts.get(sample.metric)
+        if forecast is None:
+            return [("error_rate", self._error_rate)]
+        name, usage, make = forecast
+        resource = RESOURCES[name]
+        labels = sample.labels
+        if not labels:
+            return [(f"forecast:{usage}", make)]
+        if not resource.counts(labels):
+            return []  # e.g. idle connections, free disk space: not usage
+        shared = ",".join(f"{k}={v}" for k, v in resource.pairing(labels))
+        return [(f"forecast:{usage}|{shared}", make)]
 
     def log_judges(self, line: LogLine) -> list[tuple[str, Callable[[], LogJudge]]]:
         """Per-entity log judges, as (bank key suffix, factory)."""

@@ -15,18 +15,13 @@ the policy sees a steady signal without a finding per sample.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from selfheal.models.base import Judge
+from selfheal.models.resources import MEMORY_METRICS
 from selfheal.pipeline.kernel.types import AnomalyKind, Finding, Sample, Severity
-
-MEMORY_METRICS: tuple[str, ...] = (
-    "container_memory_working_set_bytes",
-    "process_resident_memory_bytes",
-    "jvm_memory_used_bytes",
-    "process_memory_bytes",
-)
 
 
 def _matches(patterns: tuple[str, ...], metric: str) -> bool:
@@ -180,6 +175,11 @@ class _EdgeJudge(Judge):
             )
         ]
 
+    def conditions(self) -> tuple[tuple[AnomalyKind, bool], ...]:
+        """The kind this rule watches and whether it flags it now (the policy's verification
+        judges this state, not the absence of a new finding)."""
+        return ((self.rule.kind, self._active is not None),)  # type: ignore[union-attr]
+
     def _edge(self, severity: Severity | None, ts: float) -> bool:
         prev, self._active = self._active, severity
         if severity is None:
@@ -191,8 +191,27 @@ class _EdgeJudge(Judge):
         return False
 
 
+def _default_rules(spec: type) -> Iterator[dict[str, Any]]:
+    # the contract tests build every rule judge from the shipped rules of its spec type
+    for rule in DEFAULT_RULES:
+        if isinstance(rule, spec):
+            yield {"rule": rule}
+
+
 class RatioOfLimitJudge(_EdgeJudge):
+    """``value / limit`` against the rule's warning and critical fractions.
+
+    >>> judge = DEFAULT_RULES[1].judge()  # queue_high: > 80 % warning, > 95 % critical
+    >>> [judge.observe(Sample(t, "q", "queue_depth", v, limit=100.0)) != [] for t, v in
+    ...  enumerate([50.0, 85.0, 86.0, 99.0])]
+    [False, True, False, True]
+    """
+
     rule: RatioOfLimitRule
+
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        yield from _default_rules(RatioOfLimitRule)
 
     def observe(self, sample: Sample) -> list[Finding]:
         rule = self.rule
@@ -229,7 +248,19 @@ class RatioOfLimitJudge(_EdgeJudge):
 
 
 class ConsecutiveJudge(_EdgeJudge):
+    """``count`` failures in a row (a success resets the run).
+
+    >>> rule = ConsecutiveRule("hc", ("ok",), AnomalyKind.HEALTH_CHECK_FAILED, count=3)
+    >>> judge = rule.judge()
+    >>> [len(judge.observe(Sample(t, "a", "ok", v))) for t, v in enumerate([0, 0, 1, 0, 0, 0])]
+    [0, 0, 0, 0, 0, 1]
+    """
+
     rule: ConsecutiveRule
+
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        yield from _default_rules(ConsecutiveRule)
 
     def __init__(self, rule: RuleSpec) -> None:
         super().__init__(rule)
@@ -264,7 +295,18 @@ class ConsecutiveJudge(_EdgeJudge):
 
 
 class ThresholdJudge(_EdgeJudge):
+    """A plain bound on the value.
+
+    >>> judge = ThresholdRule(name="cpu_high", metrics=("cpu",), above=0.9).judge()
+    >>> [f.kind.value for f in judge.observe(Sample(0.0, "a", "cpu", 0.97))]
+    ['threshold']
+    """
+
     rule: ThresholdRule
+
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        yield {"rule": ThresholdRule(name="cpu_high", metrics=("process_cpu_usage",), above=0.9)}
 
     def observe(self, sample: Sample) -> list[Finding]:
         rule = self.rule
@@ -285,7 +327,20 @@ class ThresholdJudge(_EdgeJudge):
 
 
 class LoopJudge(_EdgeJudge):
+    """A loop too slow for its interval, or silent for ``stuck_intervals`` (on ``tick``).
+
+    >>> judge = LoopRule(name="loop", metrics=("loop_iteration_seconds",)).judge()
+    >>> judge.observe(Sample(0.0, "a", "loop_iteration_seconds", 1.0, limit=10.0))
+    []
+    >>> [f.kind.value for f in judge.tick(25.0)]
+    ['loop_stuck']
+    """
+
     rule: LoopRule
+
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        yield from _default_rules(LoopRule)
 
     def __init__(self, rule: RuleSpec) -> None:
         super().__init__(rule)
@@ -322,6 +377,10 @@ class LoopJudge(_EdgeJudge):
                 "fraction_of_interval": round(frac, 6),
             },
         )
+
+    def conditions(self) -> tuple[tuple[AnomalyKind, bool], ...]:
+        # an iteration just arrived: the loop is not stuck, and slow only if flagged
+        return ((AnomalyKind.LOOP_SLOW, self._active is not None), (AnomalyKind.LOOP_STUCK, False))
 
     def tick(self, watermark: float) -> list[Finding]:
         last = self._last

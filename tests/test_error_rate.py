@@ -10,9 +10,11 @@ import tracemalloc
 import numpy as np
 import pytest
 from scipy import stats
-from selfheal.models.error_rate import ErrorRateConfig, ErrorRateJudge, KSWin, change_point, ks_gap
+from selfheal.models.error_rate import ErrorRateConfig, ErrorRateJudge, change_point
+from selfheal.models.kswin import KSWin, ks_gap
 from selfheal.pipeline.kernel.types import AnomalyKind, Finding, LogLevel, LogLine, Sample
 
+from benchmarks.drift_streams import stream
 from benchmarks.scenarios import T0, counter_samples, error_stream, log_lines
 
 SHIFT = 300
@@ -158,7 +160,7 @@ def test_change_point_and_bad_detector() -> None:
     n = np.full(50, 100.0)
     assert change_point(e, n) == 30
     with pytest.raises(ValueError):
-        ErrorRateJudge(detector="cusum")
+        ErrorRateJudge(detector="bogus")
 
 
 def _entity_events(buckets: int) -> list[Sample | LogLine]:
@@ -239,7 +241,7 @@ def test_kswin_matches_the_exact_ks_test() -> None:
         if det.drift_detected:
             window = []  # the window restarts empty after a drift
         window.append(x)
-        det.update(x)
+        det.update(x, 1.0)  # a "ratio" of x / 1
         window = window[-50:]
         expect = False
         if len(window) == 50:
@@ -263,3 +265,36 @@ def test_hot_path_only_updates_counters() -> None:
     assert (st.tot, st.err) == (190.0, 19.0)
     assert st.detector.__getstate__() == det_state
     assert (st.h_len, st.h_err.tobytes(), st.b_err.tobytes()) == hist
+
+
+def _first_drift_minutes(sc: object, **params: object) -> list[float]:
+    judge = ErrorRateJudge(**params)  # type: ignore[arg-type]
+    found = [f for s in counter_samples(sc) for f in judge.observe(s)]  # type: ignore[arg-type]
+    return [(f.ts - T0) / 60.0 for f in drifts(found)]
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_five_fold_rise_is_flagged_within_three_minutes(seed: int) -> None:
+    # 1 % of ~300 requests a minute, x5 from minute 400: through counters, as deployed
+    sc = stream(seed, 460, 0.01, 300.0, factor=5.0, shift=400)
+    minutes = _first_drift_minutes(sc)
+    assert minutes and 400 < minutes[0] <= 403, minutes
+    assert all(m > 400 for m in minutes), "nothing before the rise"
+
+
+def test_previous_kswin_detector_is_slower_on_the_same_rise() -> None:
+    sc = stream(21, 460, 0.01, 300.0, factor=5.0, shift=400)
+    minutes = _first_drift_minutes(sc, detector="kswin")
+    assert minutes and minutes[0] > 403, minutes
+
+
+@pytest.mark.parametrize("seed", [31, 32])
+def test_silent_on_a_daily_swing(seed: int) -> None:
+    # two days: the error rate swings +-50 % and the volume +-60 % with the time of day
+    sc = stream(seed, 2880, 0.01, 300.0, rate_swing=0.5, volume_swing=0.6)
+    assert _first_drift_minutes(sc) == []
+
+
+def test_silent_on_rare_errors() -> None:
+    sc = stream(41, 3000, 0.0002, 500.0)  # an error every ten minutes or so
+    assert _first_drift_minutes(sc) == []

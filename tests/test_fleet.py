@@ -182,20 +182,34 @@ def test_partition_engines_sharing_a_gate_spend_one_budget() -> None:
     assert sum(d.status is DecisionStatus.EXECUTE for d in solo) == 12
 
 
-def test_a_pickled_engine_leaves_the_shared_gate_behind() -> None:
+def test_engine_state_leaves_the_shared_gate_behind() -> None:
     gate = LocalFleet(FleetArbiter.from_policy(CONFIG))
     engine = PolicyEngine(CONFIG, gate)
     engine.decide(_anomaly("svc-0", 100.0))
-    copy = pickle.loads(pickle.dumps(engine))
-    assert copy.fleet is not gate and gate.budget_used(100.0) == 1
-    copy.attach_fleet(gate)
-    assert copy.stats().budget_used == 1
-    # an engine with its private gate keeps its budget through snapshot/restore
-    solo = PolicyEngine(CONFIG)
-    solo.decide(_anomaly("svc-0", 100.0))
-    fresh = PolicyEngine(CONFIG)
-    fresh.restore(solo.snapshot())
-    assert fresh.stats().budget_used == 1
+    plain = engine.to_state()
+    assert "budget" not in str(plain) and gate.budget_used(100.0) == 1
+    copy = PolicyEngine(CONFIG, gate)
+    copy.load_state(plain)
+    assert copy.fleet is gate and copy.fleet.budget_used(100.0) == 1
+    with pytest.raises(TypeError):
+        pickle.dumps(engine)
+
+
+def test_released_storm_does_not_restart_until_needs_stop() -> None:
+    a = _arbiter(threshold=1)
+    a.apply(_req(0, 0.0))
+    assert a.apply(_req(1, 10.0)).verdict is Verdict.STORM_STARTED
+    assert a.storm_entities("s1") == (2, ("e0", "e1"))
+    a.end(StormEnd("s1", RESTART, 20.0, released=True))
+    # needs go on: claims are granted at the budget's rate, no new storm
+    assert a.apply(_req(2, 30.0)).verdict is Verdict.GRANTED
+    assert a.apply(_req(3, 200.0)).verdict is Verdict.GRANTED
+    assert a.apply(_req(4, 250.0)).verdict is Verdict.BUDGET
+    # quiet for a storm window: storms are detected again
+    a.apply(_req(5, 600.0))
+    assert a.apply(_req(6, 601.0)).verdict is Verdict.STORM_STARTED
+    end = StormEnd("s6", RESTART, 700.0, released=True)
+    assert decode_record(encode_end(end, "g"), "g") == end
 
 
 # -- the Kafka ledger -----------------------------------------------------------------------

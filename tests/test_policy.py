@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import pickle
 import random
 from collections import Counter
@@ -10,7 +11,8 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from selfheal.pipeline.core.policy import PolicyEngine, decision_id, storm_entity
+from selfheal.pipeline.core.fleet import FleetArbiter, LocalFleet
+from selfheal.pipeline.core.policy import PolicyEngine, StateError, decision_id, storm_entity
 from selfheal.pipeline.core.policy_config import PolicyConfig, load_policy, parse_policy
 from selfheal.pipeline.kernel.types import (
     Anomaly,
@@ -86,6 +88,14 @@ def run(
     return decisions, verifications
 
 
+def open_verifications(eng: PolicyEngine) -> int:
+    return sum(1 for c in eng.to_state()["cases"] if c["pending"] is not None)
+
+
+def open_escalations(eng: PolicyEngine) -> int:
+    return sum(1 for c in eng.to_state()["cases"] if c["escalated"])
+
+
 def executed(decisions: list[Decision], action: RepairAction | None = None) -> list[Decision]:
     return [d for d in decisions if d.status is EXECUTE and (action is None or d.action is action)]
 
@@ -134,7 +144,7 @@ def test_predicted_memory_exhaustion_restarts_once_and_verifies() -> None:
     assert [(v.decision_id, v.success, v.ts) for v in verifications] == [
         (restart.id, True, T0 + 180 + 300)
     ]
-    assert eng.stats().open_verifications == 0
+    assert open_verifications(eng) == 0
 
 
 def test_flapping_entity_gets_at_most_one_restart_per_cooldown() -> None:
@@ -208,15 +218,23 @@ def test_storm_of_50_entities_respects_budget_and_escalates_once(
     escalations = [
         d for d in decisions if d.action is RepairAction.ESCALATE and d.status is EXECUTE
     ]
-    firing = [d for d in escalations if not d.params["resolved"]]
+    firing = [d for d in escalations if not d.params["resolved"] and not d.params.get("update")]
     assert len(firing) == 1
     storm = firing[0]
+    # entities joining later update the one escalation (same escalation id), listing them,
+    # at most once per fifth of the storm window: one update here, all 50 held entities
+    (update,) = [d for d in escalations if d.params.get("update")]
+    assert update.params["escalation_id"] == storm.id and update.entity == storm.entity
+    assert update.ts == storm.ts + 60 and update.params["count"] == 50
+    assert update.params["entities"] == [f"svc-{i:02d}" for i in range(50)]
     assert storm.entity == storm_entity(RepairAction.RESTART) == "storm:restart"
     assert storm.params["storm"] is True and storm.params["count"] == threshold + 1
     # one resolution after the storm went quiet, no per-entity escalations
     resolved = [d for d in escalations if d.params["resolved"]]
     assert [d.entity for d in resolved] == ["storm:restart"]
-    assert resolved[0].ts == T0 + 540 + 49 * 0.01 + 300
+    # no detector reports these entities' condition: each stops holding the storm up two
+    # storm windows after its last finding, and the storm ends one window after that
+    assert resolved[0].ts == T0 + 540 + 49 * 0.01 + 3 * 300
     suppressed = Counter(
         d.suppressed_by for d in decisions if d.status is DecisionStatus.SUPPRESSED
     )
@@ -341,13 +359,17 @@ def test_requires_approval_is_pending_and_cools_down() -> None:
     assert (d.status, d.action, d.params) == (
         DecisionStatus.PENDING_APPROVAL,
         RepairAction.BLOCK_SOURCE,
-        {"ttl": 3600},
+        {"ttl": 3600, "address": "10.0.0.9"},  # the address to block, from the finding
     )
     (d,) = eng.decide(anomaly(T0 + 120, kind=AnomalyKind.SECURITY))
-    assert d.suppressed_by is Suppression.COOLDOWN
+    # one request per attempt: while it awaits approval the same finding is a duplicate
+    assert d.suppressed_by is Suppression.DUPLICATE and "awaiting approval" in d.explanation
     (d,) = eng.decide(anomaly(T0 + 200, kind=AnomalyKind.HEALTH_CHECK_FAILED))
     assert d.status is DecisionStatus.PENDING_APPROVAL
-    assert eng.stats().open_verifications == 0 and eng.stats().budget_used == 0
+    # awaiting approval is an attempt of the rung (watched, no verification record), no budget
+    assert open_verifications(eng) == 2 and eng.fleet.budget_used(T0 + 200) == 0
+    verifications, _ = eng.tick(T0 + 1000)
+    assert verifications == []
 
 
 def test_matching_selectors_severity_labels_glob_and_first_match() -> None:
@@ -452,23 +474,36 @@ def test_same_input_same_decisions_and_ids_regardless_of_tick_cadence() -> None:
     assert statuses[EXECUTE] > 0 and statuses[DecisionStatus.SUPPRESSED] > 0
 
 
-def test_snapshot_restore_and_pickle_continue_identically() -> None:
+def test_plain_state_restore_continues_identically_and_carries_no_config() -> None:
     seq = random_sequence(2)
     full, vfull = run(engine(DET_RULES), seq, until=seq[-1].finding.ts + 900)
-    first = engine(DET_RULES)
+    # the budget and storm log are the deployment's (shared by partitions), not the state's
+    cfg = PolicyConfig.model_validate({"rules": DET_RULES})
+    gate = LocalFleet(FleetArbiter.from_policy(cfg))
+    first = PolicyEngine(cfg, gate)
     d1, v1 = run(first, seq[:200])
-    resumed = engine(DET_RULES)
-    resumed.restore(first.snapshot())
-    cloned = pickle.loads(pickle.dumps(first))
-    # continue from the tick after the last processed anomaly
+    plain = first.to_state()
+    # plain data only: JSON carries it unchanged (no objects, no configuration)
+    assert json.loads(json.dumps(plain)) == plain
+    text = json.dumps(plain)
+    assert "dry_run" not in text and "budget" not in text and "max_attempts" not in text
+    resumed = PolicyEngine(cfg, gate)
+    resumed.load_state(json.loads(text))
     rest = seq[200:]
     d2, v2 = run(resumed, rest, until=seq[-1].finding.ts + 900)
-    d3, v3 = run(cloned, rest, until=seq[-1].finding.ts + 900)
-    assert d2 == d3 and v2 == v3
     assert {d.id for d in d1 + d2} == {d.id for d in full}
     assert {v.decision_id for v in v1 + v2} == {v.decision_id for v in vfull}
-    with pytest.raises(ValueError):
-        resumed.restore(pickle.dumps((999, None)))
+    # the running configuration governs a restored state: dry run stays dry run
+    dry = engine(DET_RULES, dry_run=True)
+    dry.load_state(json.loads(text))
+    d3, _ = run(dry, rest, until=seq[-1].finding.ts + 900)
+    assert d3 and all(d.mode is Mode.DRY_RUN for d in d3) and not executed(d3)
+    with pytest.raises(StateError):
+        resumed.load_state({"version": 999})
+    with pytest.raises(StateError):
+        resumed.load_state({**plain, "cases": [{"rule": "hc"}]})
+    with pytest.raises(TypeError, match="to_state"):
+        pickle.dumps(first)
 
 
 def test_redelivered_anomaly_is_idempotent() -> None:
@@ -488,12 +523,13 @@ def test_state_is_bounded() -> None:
     )
     for i in range(2000):
         eng.decide(anomaly(T0 + i, entity=f"e{i}"))
-    s = eng.stats()
-    assert s.tracked_cases <= 50 and s.cooldowns <= 200 and s.budget_used <= 5
+    s = eng.to_state()
+    assert len(s["cases"]) <= 50 and len(s["cooldowns"]) <= 200 and len(s["seen"]) <= 100
+    assert eng.fleet.budget_used(T0 + 2000) <= 5
     eng.tick(T0 + 10_000)
-    s = eng.stats()
-    assert s.tracked_cases == 0 and s.cooldowns == 0 and s.open_verifications == 0
-    assert s.scheduled == 0
+    s = eng.to_state()
+    assert s["cases"] == [] and s["cooldowns"] == [] and not eng.watched
+    assert eng._state.due == []
 
 
 def test_escalated_flapping_entity_keeps_the_deadline_queue_bounded() -> None:
@@ -504,8 +540,8 @@ def test_escalated_flapping_entity_keeps_the_deadline_queue_bounded() -> None:
     for i in range(1200):  # every 30 s for 10 hours, escalated after the first failure
         eng.decide(anomaly(T0 + 30 * i))
         eng.tick(T0 + 30 * i + 1)
-        peak = max(peak, eng.stats().scheduled)
-    assert eng.stats().open_escalations == 1
+        peak = max(peak, len(eng._state.due))
+    assert open_escalations(eng) == 1
     assert peak <= 300 // 30 + 2
 
 
@@ -561,3 +597,16 @@ def test_default_policy_loads_and_covers_the_main_kinds() -> None:
     (d,) = eng.decide(leak)
     assert (d.action, d.status, d.predictive) == (RepairAction.RESTART, EXECUTE, True)
     assert parse_policy("").rules == []
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["policy", "policy_state", "policy_config", "repair", "fleet", "verification"],
+)
+def test_docstring_examples_run(module: str) -> None:
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"selfheal.pipeline.core.{module}")
+    result = doctest.testmod(mod)
+    assert result.attempted > 0 and result.failed == 0

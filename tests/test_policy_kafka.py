@@ -215,3 +215,73 @@ def _epoch(text: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _health(entity: str, base: float, seconds: float, ok_after: float) -> list[dict[str, Any]]:
+    return [
+        {
+            "ts": base + 10 * i,
+            "entity": entity,
+            "metric": "health_check_ok",
+            "value": 1.0 if 10 * i >= ok_after else 0.0,
+        }
+        for i in range(int(seconds / 10))
+    ]
+
+
+async def test_failing_health_checks_climb_the_ladder_escalate_once_then_resolve(
+    broker, producer, topic_prefix, tmp_path
+):
+    base = time.time() - 4 * 3600
+    records = _health("web-1", base, 3 * 3600, ok_after=2 * 3600)  # 2 h failing, then healthy
+    repairs, audit, _runner = await _run(broker, producer, topic_prefix, records, tmp_path)
+    acted = [(r["data"]["action"], r["data"]["status"]) for r in repairs]
+    assert acted == [
+        ("restart", "execute"),
+        ("restart", "execute"),
+        ("rollback", "pending_approval"),
+        ("escalate", "execute"),
+        ("escalate", "execute"),  # the resolution, after the checks passed for the window
+    ], acted
+    firing, resolved = repairs[3]["data"], repairs[4]["data"]
+    assert firing["params"]["resolved"] is False and resolved["params"]["resolved"] is True
+    assert resolved["params"]["escalation_id"] == repairs[3]["id"]
+    # between them, every finding was audited as held back by the open escalation
+    held = [a for a in audit if a["record"] == "decision" and a["status"] == "suppressed"]
+    assert len(held) >= 15 and {a["suppressed_by"] for a in held} == {"duplicate"}
+    failed = [a for a in audit if a["record"] == "verification"]
+    assert [a["success"] for a in failed] == [False, False], failed
+
+
+async def test_storm_holds_fifty_entities_until_memory_clears(
+    broker, producer, topic_prefix, tmp_path
+):
+    base = time.time() - 2 * 3600
+    # 50 entities at 97 % memory for 50 minutes, then at 50 % for 10 minutes
+    records = [
+        _mem(f"svc-{e:02d}", base + t, 0.97 if t < 3000 else 0.5)
+        for t in range(0, 3600, 15)
+        for e in range(50)
+    ]
+    repairs, audit, runner = await _run(broker, producer, topic_prefix, records, tmp_path)
+    escalations = [r for r in repairs if r["data"]["action"] == "escalate"]
+    firing = [e for e in escalations if not e["data"]["params"]["resolved"]]
+    first = [e for e in firing if not e["data"]["params"].get("update")]
+    assert len(first) == 1, [(e["time"], e["subject"], e["data"]["params"]) for e in firing]
+    storm = first[0]
+    updates = [e for e in firing if e["data"]["params"].get("update")]
+    assert updates and all(e["data"]["params"]["escalation_id"] == storm["id"] for e in updates)
+    listed = {x for e in firing for x in e["data"]["params"]["entities"]}
+    assert listed == {f"svc-{e:02d}" for e in range(50)}, "the held entities are listed"
+    # no trickle: only needs decided before the storm was known were repaired
+    restarts = [r for r in repairs if r["data"]["action"] == "restart"]
+    assert all(r["data"]["status"] == "execute" for r in restarts)
+    assert len(restarts) == runner.settings.policy.storm_threshold
+    assert all(_epoch(r["time"]) <= _epoch(storm["time"]) for r in restarts)
+    assert not [r for r in repairs if r["data"]["action"] == "scale_up"]
+    # one resolution, a storm window after the last entity's memory cleared
+    resolved = [e for e in escalations if e["data"]["params"]["resolved"]]
+    assert [e["subject"] for e in resolved] == ["storm:restart"]
+    assert _epoch(resolved[0]["time"]) >= base + 3000 - 15 + 300 - 1
+    stormed = [a for a in audit if a["record"] == "decision" and a.get("suppressed_by") == "storm"]
+    assert len({a["entity"] for a in stormed}) == 50

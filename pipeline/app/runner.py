@@ -456,6 +456,9 @@ class Runner(PartitionState):
                 acc[1] += coll.evictions
         for name, (size, ev) in sizes.items():
             self.metrics.observe_collection(name, size, ev)
+        self.metrics.observe_otlp(
+            [getattr(st, "otlp_counts", {}) for st in self.pipeline.stages.values()]
+        )
         self._enforce_memory_cap()
 
     def _enforce_memory_cap(self) -> None:

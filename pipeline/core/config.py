@@ -26,6 +26,7 @@ from pydantic_settings import (
 from selfheal.models.registry import DetectorsConfig
 from selfheal.models.rules import DEFAULT_RULES, RuleSpec
 from selfheal.pipeline.core.decode import DEFAULT_ENTITY_KEYS
+from selfheal.pipeline.core.otlp_config import OtlpConfig
 from selfheal.pipeline.core.policy_config import DEFAULT_POLICY_PATH, PolicyConfig
 from selfheal.pipeline.kernel.types import RepairAction
 
@@ -217,6 +218,8 @@ class Settings(BaseSettings):
     http: HttpConfig = Field(default_factory=HttpConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    #: OpenTelemetry input: entity attribute order, metric-name table (docs/conventions.md)
+    otlp: OtlpConfig = Field(default_factory=OtlpConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -3,7 +3,10 @@
 Errors travel as data (bytewax's oks/errs): ``decode`` never raises on any input, and every
 reject names the field that failed so the dead-letter record tells the producer what to fix.
 Formats accepted on the metrics topic: native MetricSample, Telegraf JSON (single metric or
-``{"metrics": [...]}`` batches), prometheus-kafka-adapter JSON, and a JSON array of any of them.
+``{"metrics": [...]}`` batches), prometheus-kafka-adapter JSON, a JSON array of any of them, and
+OTLP requests (protobuf or JSON, ``selfheal.pipeline.core.otlp``). On the logs topic: native
+LogRecords, OTLP log requests, and Fluent Bit's / Vector's JSON (``shippers``). An OTLP/JSON
+request is taken on either topic by its top-level key (replayed files hold both kinds).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import orjson
 from pydantic import ValidationError
 from pydantic_core import SchemaValidator
 from pydantic_core import core_schema as cs
+from selfheal.pipeline.core.otlp import PROTO_FIRST_BYTE, Otlp, OtlpError, OtlpState, ensure_state
+from selfheal.pipeline.core.otlp_config import OtlpConfig
+from selfheal.pipeline.core.shippers import is_shipper_record, shipper_line
 from selfheal.pipeline.kernel.schemas import (
     LogRecordIn,
     MetricSampleIn,
@@ -142,13 +148,23 @@ class Decoder:
         *,
         max_message_bytes: int = 1_048_576,
         entity_label_keys: Sequence[str] = DEFAULT_ENTITY_KEYS,
+        otlp: OtlpConfig | None = None,
+        counters: tuple[str, str] = ("requests_total", "errors_total"),
+        max_series: int = 100_000,
     ) -> None:
         self.max_message_bytes = max_message_bytes
         self.entity_label_keys = tuple(entity_label_keys)
+        self.otlp = Otlp(
+            otlp or OtlpConfig(),
+            requests_metric=counters[0],
+            errors_metric=counters[1],
+            max_series=max_series,
+        )
 
     # -- public ---------------------------------------------------------------------------
 
-    def decode_metrics(self, batch: Sequence[Envelope]) -> Decoded:
+    def decode_metrics(self, batch: Sequence[Envelope], state: object | None = None) -> Decoded:
+        """``state``: the partition's stage, which keeps OTLP cumulative series (plain data)."""
         out = Decoded()
         validate = validate_sample
         append = out.samples.append
@@ -163,10 +179,15 @@ class Decoder:
                     continue
                 except ValidationError:
                     pass
+            elif value[:1] == PROTO_FIRST_BYTE:
+                self._otlp(env, None, state, out, metrics=True)
+                continue
             obj = self._load(env, out)
             if obj is _FAILED:
                 continue
-            if isinstance(obj, list):
+            if isinstance(obj, dict) and ("resourceMetrics" in obj or "resourceLogs" in obj):
+                self._otlp(env, obj, state, out, metrics="resourceMetrics" in obj)
+            elif isinstance(obj, list):
                 if not obj:
                     out.rejects.append(
                         Reject(env, RejectReason.UNKNOWN_FORMAT, "message", "empty array")
@@ -177,11 +198,17 @@ class Decoder:
                 self._metric_obj(env, obj, out, "")
         return out
 
-    def decode_logs(self, batch: Sequence[Envelope]) -> Decoded:
+    def decode_logs(self, batch: Sequence[Envelope], state: object | None = None) -> Decoded:
         out = Decoded()
         for env in batch:
+            if env.value[:1] == PROTO_FIRST_BYTE:
+                self._otlp(env, None, state, out, metrics=False)
+                continue
             obj = self._load(env, out)
             if obj is _FAILED:
+                continue
+            if isinstance(obj, dict) and ("resourceMetrics" in obj or "resourceLogs" in obj):
+                self._otlp(env, obj, state, out, metrics="resourceMetrics" in obj)
                 continue
             if obj == []:
                 out.rejects.append(
@@ -200,6 +227,12 @@ class Decoder:
                             "not a JSON object",
                         )
                     )
+                    continue
+                if is_shipper_record(item):
+                    try:
+                        out.logs.append((env, shipper_line(item, prefix)))
+                    except OtlpError as err:
+                        out.rejects.append(Reject(env, err.reason, err.path, err.message))
                     continue
                 try:
                     rec = LogRecordIn.model_validate(item)
@@ -222,6 +255,43 @@ class Decoder:
         return out
 
     # -- internals ------------------------------------------------------------------------
+
+    def _otlp(
+        self, env: Envelope, obj: Any, state: object | None, out: Decoded, *, metrics: bool
+    ) -> None:
+        """One OTLP request (``obj`` parsed JSON, or None for protobuf): all of it or a reject."""
+        value = env.value
+        if len(value) > self.max_message_bytes:
+            out.rejects.append(
+                Reject(
+                    env,
+                    RejectReason.TOO_LARGE,
+                    "message",
+                    f"{len(value)} bytes > cap {self.max_message_bytes}",
+                )
+            )
+            return
+        otlp = self.otlp
+        try:
+            if metrics:
+                st: OtlpState = (
+                    otlp.fallback if state is None else ensure_state(state, otlp.max_series)
+                )
+                if obj is None:
+                    samples = otlp.metrics_proto(value, st)
+                else:
+                    samples = otlp.metrics_json(obj, st)
+                out.samples.extend([(env, s) for s in samples])
+            else:
+                lines = otlp.logs_proto(value) if obj is None else otlp.logs_json(obj)
+                out.logs.extend([(env, line) for line in lines])
+        except OtlpError as err:
+            out.rejects.append(Reject(env, err.reason, err.path, err.message))
+        except RecursionError:
+            out.rejects.append(Reject(env, RejectReason.SCHEMA, "message", "nested too deeply"))
+        except (ArithmeticError, ValueError, LookupError, TypeError) as exc:
+            # numbers beyond float range (a 400-digit timestamp): errors as data, never raised
+            out.rejects.append(Reject(env, RejectReason.SCHEMA, "message", str(exc)[:200]))
 
     def _load(self, env: Envelope, out: Decoded) -> Any:
         if len(env.value) > self.max_message_bytes:

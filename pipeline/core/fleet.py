@@ -7,20 +7,14 @@ partition engine asks one ``FleetGate`` instead. A gate is an ordered log of ``F
 a pure function of the log before it, so every process reading the same log agrees on it.
 
 * ``LocalFleet``: the log is this process's call order (replay, tests, one process).
-* ``selfheal.connectors.fleet_ledger.KafkaFleet``: the log is a one-partition Kafka topic shared by
-all
-  processes of a consumer group; a request is produced, then answered once read back.
+* ``selfheal.connectors.fleet_ledger.KafkaFleet``: the log is a one-partition Kafka topic
+  shared by all processes of a consumer group; a request is produced, then answered once read
+  back.
 
 Requests are idempotent on their id (the decision id), so at-least-once redelivery after a
 restart gets the verdict the first delivery got.
 
->>> from selfheal.pipeline.kernel.types import (
-    FleetOutcome,
-    FleetRequest,
-    RepairAction,
-    StormEnd,
-    Verdict,
-)
+>>> from selfheal.pipeline.kernel.types import FleetRequest, RepairAction
 >>> fleet = LocalFleet(FleetArbiter(max_repairs=1, window_seconds=60.0, storm_threshold=2,
 ...     storm_window_seconds=60.0))
 >>> def need(i: int, ts: float) -> FleetRequest:
@@ -36,10 +30,10 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from selfheal.pipeline.core.policy_config import PolicyConfig
-from selfheal.pipeline.core.repair import Budget, StormDetector
+from selfheal.pipeline.core.repair import MAX_STORM_ENTITIES, Budget, StormDetector
 from selfheal.pipeline.kernel.types import (
     FleetOutcome,
     FleetRequest,
@@ -53,6 +47,17 @@ from selfheal.pipeline.kernel.types import (
 class _Storm:
     id: str
     last_need: float
+    #: the entities that needed the action while it lasted (the first MAX_STORM_ENTITIES)
+    entities: dict[str, None] = field(default_factory=dict)
+    count: int = 0
+    #: held entities whose condition is still flagged: the storm lasts while there are any
+    flagged: dict[str, None] = field(default_factory=dict)
+
+    def join(self, entity: str) -> None:
+        if entity not in self.entities:
+            self.count += 1
+            if len(self.entities) < MAX_STORM_ENTITIES:
+                self.entities[entity] = None
 
 
 class FleetArbiter:
@@ -83,6 +88,9 @@ class FleetArbiter:
         self._active: dict[RepairAction, _Storm] = {}
         #: storm id -> its last need, for storms over (bounded)
         self._ended: OrderedDict[str, float] = OrderedDict()
+        #: action -> last need since an operator released its storm: no new storm on it
+        #: starts until its needs stopped for a storm window (the incident is over)
+        self._released: dict[RepairAction, float] = {}
         #: request id -> verdict, so redelivered requests are answered alike (bounded)
         self._outcomes: OrderedDict[str, FleetOutcome] = OrderedDict()
         self.applied = 0
@@ -110,18 +118,29 @@ class FleetArbiter:
         now = self._advance(req.ts)
         count = self._needs.record(req.action, req.entity, now)
         storm = self._active.get(req.action)
+        released = self._released.get(req.action)
+        if released is not None:
+            if now - released >= self.storm_window_seconds:
+                del self._released[req.action]
+                released = None
+            else:
+                self._released[req.action] = now
         if storm is not None:
             storm.last_need = now
-            outcome = FleetOutcome(Verdict.STORM, storm.id)
-        elif count > self.storm_threshold and req.storm_id:
+            storm.join(req.entity)
+            if req.held is True:
+                storm.flagged[req.entity] = None
+            elif req.held is False:
+                storm.flagged.pop(req.entity, None)
+            outcome = FleetOutcome(Verdict.STORM, storm.id, storm.count, tuple(storm.entities))
+        elif count > self.storm_threshold and req.storm_id and released is None:
             # (a note, storm_id "", never starts a storm: its proposer would not escalate)
-            self._active[req.action] = _Storm(req.storm_id, now)
-            outcome = FleetOutcome(
-                Verdict.STORM_STARTED,
-                req.storm_id,
-                count,
-                tuple(self._needs.entities(req.action)),
-            )
+            entities = self._needs.entities(req.action)
+            started = self._active[req.action] = _Storm(req.storm_id, now)
+            for entity in entities:
+                started.join(entity)
+            started.count = count
+            outcome = FleetOutcome(Verdict.STORM_STARTED, req.storm_id, count, tuple(entities))
         elif not req.claim:
             outcome = FleetOutcome(Verdict.NOTED)
         elif self._budget.available(now):
@@ -141,6 +160,10 @@ class FleetArbiter:
         storm = self._active.get(end.action)
         if storm is not None and storm.id == end.storm_id:
             self._close(end.action, storm)
+            if end.released:
+                # an operator released the hold: the action runs at budget rate until the
+                # needs stop for a storm window, instead of storming again at once
+                self._released[end.action] = self.clock
 
     def outcome(self, request_id: str) -> FleetOutcome | None:
         return self._outcomes.get(request_id)
@@ -149,7 +172,7 @@ class FleetArbiter:
         self.clock = max(self.clock, ts)
         now = self.clock
         for action, storm in list(self._active.items()):
-            if now - storm.last_need >= self.storm_window_seconds:
+            if not storm.flagged and now - storm.last_need >= self.storm_window_seconds:
                 self._close(action, storm)
         return now
 
@@ -164,7 +187,9 @@ class FleetArbiter:
     def active_storm(self, action: RepairAction, ts: float) -> str | None:
         """The id of the storm on ``action`` still running at ``ts``, if any."""
         storm = self._active.get(action)
-        if storm is None or max(ts, self.clock) - storm.last_need >= self.storm_window_seconds:
+        if storm is None:
+            return None
+        if not storm.flagged and max(ts, self.clock) - storm.last_need >= self.storm_window_seconds:
             return None
         return storm.id
 
@@ -172,8 +197,16 @@ class FleetArbiter:
         """When the storm ``storm_id`` last saw a need (running or over); None if unknown."""
         for storm in self._active.values():
             if storm.id == storm_id:
-                return storm.last_need
+                # a held entity still flagged needs it now: the storm is not over
+                return math.inf if storm.flagged else storm.last_need
         return self._ended.get(storm_id)
+
+    def storm_entities(self, storm_id: str) -> tuple[int, tuple[str, ...]]:
+        """How many entities the running storm ``storm_id`` holds, and the first of them."""
+        for storm in self._active.values():
+            if storm.id == storm_id:
+                return storm.count, tuple(storm.entities)
+        return 0, ()
 
     def budget_used(self, ts: float) -> int:
         return self._budget.used(max(ts, self.clock)) if self.clock > -math.inf else 0
@@ -199,6 +232,9 @@ class LocalFleet:
 
     def storm_last_need(self, storm_id: str) -> float | None:
         return self.arbiter.storm_last_need(storm_id)
+
+    def storm_entities(self, storm_id: str) -> tuple[int, tuple[str, ...]]:
+        return self.arbiter.storm_entities(storm_id)
 
     def budget_used(self, ts: float) -> int:
         return self.arbiter.budget_used(ts)

@@ -100,6 +100,12 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.otlp_points = Gauge(
+            "otlp_points",
+            "OTLP cumulative points out of order (ignored) or resets, in owned partitions",
+            ["reason"],
+            registry=r,
+        )
         self.collection_size = Gauge(
             "collection_size", "Entries in a bounded collection", ["name"], registry=r
         )
@@ -200,6 +206,16 @@ class Metrics:
             return "other"
         self._fields.add(name)
         return name
+
+    def observe_otlp(self, counts: list[dict[str, int]]) -> None:
+        """OTLP points ignored (``out_of_order``) or taken as counter resets (``reset``), summed
+        over the partitions this process owns (their per-partition state keeps the totals)."""
+        totals: dict[str, int] = {}
+        for c in counts:
+            for reason, n in c.items():
+                totals[reason] = totals.get(reason, 0) + n
+        for reason, n in totals.items():
+            self.otlp_points.labels(reason).set(n)
 
     def observe_collection(self, name: str, size: int, evictions: int) -> None:
         self.collection_size.labels(name).set(size)

@@ -1,4 +1,4 @@
-"""Repair bookkeeping for the policy engine: pure, event-time, bounded, picklable.
+"""Repair bookkeeping for the policy engine: pure, event-time, bounded, plain data.
 
 * ``Cooldowns``: no repeat of the same action on the same entity before a deadline.
 * ``Budget``: fleet-wide cap on repairs per sliding window.
@@ -6,7 +6,9 @@
 * ``CaseBook`` / ``Case``: per (rule, entity) ladder position, attempts, the open verification
   and the escalation state.
 
-Nothing here reads a clock: every method takes the event time it applies to.
+Nothing here reads a clock: every method takes the event time it applies to. Every stateful
+class converts to and from plain data (``to_plain`` / ``from_plain``: dicts, lists, numbers,
+strings, booleans and ``None``), so a snapshot codec carries it without pickling objects.
 
 >>> b = Budget(max_repairs=2, window_seconds=60.0)
 >>> b.consume(0.0), b.consume(10.0), b.available(20.0), b.available(60.0)
@@ -25,6 +27,8 @@ from selfheal.pipeline.kernel.types import RepairAction
 MAX_CASE_HISTORY = 16
 #: entities listed in a storm escalation's params
 MAX_STORM_ENTITIES = 50
+
+Plain = dict[str, Any]
 
 
 class Cooldowns:
@@ -53,6 +57,16 @@ class Cooldowns:
     def __len__(self) -> int:
         return len(self._until)
 
+    def to_plain(self) -> list[list[Any]]:
+        return [[entity, action.value, until] for (entity, action), until in self._until.items()]
+
+    @classmethod
+    def from_plain(cls, data: list[list[Any]], cap: int) -> Cooldowns:
+        c = cls(cap)
+        for entity, action, until in data[-cap:]:
+            c._until[(str(entity), RepairAction(action))] = float(until)
+        return c
+
 
 class Budget:
     """At most ``max_repairs`` consumptions in any window of ``window_seconds``."""
@@ -80,7 +94,7 @@ class Budget:
 
 @dataclass(slots=True)
 class Storm:
-    """An active storm for one action (one escalation, one resolution)."""
+    """A storm this engine escalated (it sends the updates and the one resolution)."""
 
     action: RepairAction
     started: float
@@ -88,6 +102,63 @@ class Storm:
     decision_id: str
     params: dict[str, Any]
     reason: tuple[str, ...]
+
+    def to_plain(self) -> Plain:
+        return {
+            "action": self.action.value,
+            "started": self.started,
+            "last_need": self.last_need,
+            "decision_id": self.decision_id,
+            "params": dict(self.params),
+            "reason": list(self.reason),
+        }
+
+    @classmethod
+    def from_plain(cls, d: Plain) -> Storm:
+        return cls(
+            action=RepairAction(d["action"]),
+            started=float(d["started"]),
+            last_need=float(d["last_need"]),
+            decision_id=str(d["decision_id"]),
+            params=dict(d["params"]),
+            reason=tuple(str(x) for x in d["reason"]),
+        )
+
+
+@dataclass(slots=True)
+class Hold:
+    """An entity whose repair a storm holds: its need is re-noted while the condition lasts."""
+
+    action: RepairAction
+    storm_id: str
+    #: event time of the last need sent to the fleet for this entity (keeps the storm alive)
+    last_note: float
+    #: listed in an escalation or update of the storm already
+    announced: bool = True
+    #: the anomaly kind and id that put it on hold (for the update that lists it)
+    kind: str = ""
+    reason: str = ""
+
+    def to_plain(self) -> Plain:
+        return {
+            "action": self.action.value,
+            "storm_id": self.storm_id,
+            "last_note": self.last_note,
+            "announced": self.announced,
+            "kind": self.kind,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_plain(cls, d: Plain) -> Hold:
+        return cls(
+            RepairAction(d["action"]),
+            str(d["storm_id"]),
+            float(d["last_note"]),
+            bool(d.get("announced", True)),
+            str(d.get("kind", "")),
+            str(d.get("reason", "")),
+        )
 
 
 class StormDetector:
@@ -99,7 +170,6 @@ class StormDetector:
         self.cap = cap
         # action -> entity -> last time it needed the action (insertion order = time order)
         self._needs: dict[RepairAction, OrderedDict[str, float]] = {}
-        self.active: dict[RepairAction, Storm] = {}
 
     def record(self, action: RepairAction, entity: str, ts: float) -> int:
         """Record a need at ``ts`` (monotone per engine) and return the distinct count in window."""
@@ -109,9 +179,6 @@ class StormDetector:
         while len(needs) > self.cap:
             needs.popitem(last=False)
         self._expire(needs, ts)
-        storm = self.active.get(action)
-        if storm is not None:
-            storm.last_need = max(storm.last_need, ts)
         return len(needs)
 
     def entities(self, action: RepairAction) -> list[str]:
@@ -124,24 +191,44 @@ class StormDetector:
                 break
             del needs[entity]
 
-    def ended(self, watermark: float) -> list[Storm]:
-        """Remove and return storms quiet for a whole window (no new need) at ``watermark``."""
-        for needs in self._needs.values():
-            self._expire(needs, watermark)
-        done = [s for s in self.active.values() if watermark - s.last_need >= self.window_seconds]
-        for storm in done:
-            del self.active[storm.action]
-        return sorted(done, key=lambda s: (s.last_need, s.action.value))
-
 
 @dataclass(slots=True)
 class PendingVerification:
-    """A repair whose effect is being watched until ``deadline``."""
+    """An attempt whose effect is being watched until ``deadline``.
+
+    ``approval``: the attempt is a decision awaiting approval; it climbs the ladder like a
+    repair when the condition outlasts the window (judged at its end: the human may still act),
+    but reports no verification (nothing ran). ``recurred``: the condition was seen again
+    inside the window.
+    """
 
     decision_id: str
     action: RepairAction
     started: float
     deadline: float
+    approval: bool = False
+    recurred: bool = False
+
+    def to_plain(self) -> Plain:
+        return {
+            "decision_id": self.decision_id,
+            "action": self.action.value,
+            "started": self.started,
+            "deadline": self.deadline,
+            "approval": self.approval,
+            "recurred": self.recurred,
+        }
+
+    @classmethod
+    def from_plain(cls, d: Plain) -> PendingVerification:
+        return cls(
+            str(d["decision_id"]),
+            RepairAction(d["action"]),
+            float(d["started"]),
+            float(d["deadline"]),
+            bool(d.get("approval", False)),
+            bool(d.get("recurred", False)),
+        )
 
 
 @dataclass(slots=True)
@@ -159,8 +246,11 @@ class Case:
     escalation_id: str = ""
     escalation_params: dict[str, Any] = field(default_factory=dict)
     escalated_at: float = 0.0
-    #: last anomaly of the rule's kinds for this entity (matched or not)
+    #: last event time the condition was seen (an anomaly of the rule's kinds, or a detector
+    #: still flagging it)
     last_seen: float = 0.0
+    #: whether the detectors flag the condition now (None: no detector reports it)
+    present: bool | None = None
     history: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_CASE_HISTORY))
 
     def reset(self) -> None:
@@ -176,6 +266,44 @@ class Case:
     @property
     def idle(self) -> bool:
         return self.pending is None and not self.escalated and self.rung == 0 and self.attempts == 0
+
+    def to_plain(self) -> Plain:
+        return {
+            "rule": self.rule,
+            "entity": self.entity,
+            "rung": self.rung,
+            "attempts": self.attempts,
+            "last_acted": self.last_acted,
+            "pending": self.pending.to_plain() if self.pending is not None else None,
+            "escalated": self.escalated,
+            "escalation_id": self.escalation_id,
+            "escalation_params": dict(self.escalation_params),
+            "escalated_at": self.escalated_at,
+            "last_seen": self.last_seen,
+            "present": self.present,
+            "history": list(self.history),
+        }
+
+    @classmethod
+    def from_plain(cls, d: Plain) -> Case:
+        pending = d.get("pending")
+        acted = d.get("last_acted")
+        present = d.get("present")
+        return cls(
+            rule=str(d["rule"]),
+            entity=str(d["entity"]),
+            rung=int(d["rung"]),
+            attempts=int(d["attempts"]),
+            last_acted=None if acted is None else float(acted),
+            pending=PendingVerification.from_plain(pending) if pending else None,
+            escalated=bool(d["escalated"]),
+            escalation_id=str(d["escalation_id"]),
+            escalation_params=dict(d["escalation_params"]),
+            escalated_at=float(d["escalated_at"]),
+            last_seen=float(d["last_seen"]),
+            present=None if present is None else bool(present),
+            history=deque((str(x) for x in d["history"]), maxlen=MAX_CASE_HISTORY),
+        )
 
 
 class CaseBook:
@@ -203,18 +331,38 @@ class CaseBook:
         cases = [c for c in self._cases.values() if c.pending is not None or c.escalated]
         return sorted(cases, key=lambda c: (c.rule, c.entity))
 
-    def drop_idle(self, watermark: float, older_than: float) -> None:
-        """Forget idle cases not seen for ``older_than`` seconds (bounded state by event time)."""
+    def values(self) -> list[Case]:
+        return list(self._cases.values())
+
+    def remove(self, case: Case) -> None:
+        self._cases.pop((case.rule, case.entity), None)
+
+    def drop_idle(self, watermark: float, older_than: float) -> list[Case]:
+        """Forget cases with nothing open whose condition was last seen more than
+        ``older_than`` seconds ago (the anomaly cleared: the ladder starts over next time)."""
         stale = [
             key
             for key, c in self._cases.items()
-            if c.idle and watermark - max(c.last_seen, c.last_acted or 0.0) >= older_than
+            if c.pending is None
+            and not c.escalated
+            and not c.present
+            and watermark - max(c.last_seen, c.last_acted or 0.0) > older_than
         ]
-        for key in stale:
-            del self._cases[key]
+        return [self._cases.pop(key) for key in stale]
 
     def __len__(self) -> int:
         return len(self._cases)
+
+    def to_plain(self) -> list[Plain]:
+        return [c.to_plain() for c in self._cases.values()]
+
+    @classmethod
+    def from_plain(cls, data: list[Plain], cap: int) -> CaseBook:
+        book = cls(cap)
+        for d in data[-cap:]:
+            case = Case.from_plain(d)
+            book._cases[(case.rule, case.entity)] = case
+        return book
 
 
 class SeenIds:
@@ -236,3 +384,12 @@ class SeenIds:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def to_plain(self) -> list[str]:
+        return list(self._ids)
+
+    @classmethod
+    def from_plain(cls, data: list[str], cap: int) -> SeenIds:
+        s = cls(cap)
+        s._ids = OrderedDict.fromkeys(str(x) for x in data[-cap:])
+        return s

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from operator import attrgetter
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 from selfheal.models.base import Judge, LogJudge
 from selfheal.models.registry import Router, SeriesKey, series_key
@@ -23,6 +23,7 @@ from selfheal.pipeline.core.decode import Decoded, Decoder
 from selfheal.pipeline.core.events import to_anomaly
 from selfheal.pipeline.core.fleet import FleetArbiter, LocalFleet
 from selfheal.pipeline.core.guard import FailureRatio, Guard, GuardConfig
+from selfheal.pipeline.core.verification import ConditionReport, reports
 from selfheal.pipeline.kernel.lru import LRU
 from selfheal.pipeline.kernel.protocols import FleetGate
 from selfheal.pipeline.kernel.types import (
@@ -39,6 +40,10 @@ class PolicyLike(Protocol):
     def decide(self, anomaly: Anomaly) -> list[Decision]: ...
 
     def tick(self, watermark: float) -> tuple[list[Verification], list[Decision]]: ...
+
+
+#: what the detectors pass the policy, in event-time order: findings and condition reports
+Signal: TypeAlias = Finding | ConditionReport
 
 
 def attach_fleet(policy: PolicyLike, fleet: FleetGate) -> None:
@@ -112,6 +117,9 @@ class PartitionStage:
         self.series: LRU[SeriesKey, list[Judge]] = LRU("series", d.max_series)
         self.entities: LRU[tuple[str, str], Judge | LogJudge] = LRU("entity_judges", d.max_series)
         self.tickers: LRU[object, Judge | LogJudge] = LRU("tickers", d.max_series)
+        #: OTLP cumulative series (last point, plain tuples) and counts of ignored points
+        self.otlp_series: LRU[tuple[Any, ...], tuple[Any, ...]] = LRU("otlp_series", d.max_series)
+        self.otlp_counts: dict[str, int] = {}
 
     # -- processing -------------------------------------------------------------------------
 
@@ -134,8 +142,12 @@ class PartitionStage:
         count messages in that order, whatever the batching was.
         """
         out = Outputs()
-        findings: list[Finding] = []
+        findings: list[Signal] = []
         guard = self.guard
+        # entities whose condition the policy watches (open repairs, storm holds), plus those
+        # found anomalous in this batch: their judges' states are reported in sample order
+        watched = getattr(self.policy, "watched", None)
+        watch: set[str] | None = set(watched) if watched is not None else None
         rejects_by_env: dict[int, list[Reject]] = {}
         for r in decoded.rejects:
             rejects_by_env.setdefault(id(r.envelope), []).append(r)
@@ -185,6 +197,11 @@ class PartitionStage:
                 found = j.observe(s)
                 if found:
                     findings.extend(found)
+                    if watch is not None:
+                        watch.add(s.entity)
+            if watch and s.entity in watch:
+                for j in judges:
+                    findings.extend(reports(j, s.entity, ts))
             if s.metric in entity_metrics:
                 for name, factory in entity_judges(s):
                     ej = self.entities.get_or_create((s.entity, name), factory)
@@ -250,7 +267,7 @@ class PartitionStage:
         self._decide(findings, out)
         return out
 
-    def _tick_into(self, now: float, findings: list[Finding], out: Outputs) -> None:
+    def _tick_into(self, now: float, findings: list[Signal], out: Outputs) -> None:
         # ticks fire inline at fixed event-time boundaries, so absence checks see the same
         # watermark whatever the batching was
         self._next_tick = (now // self.tick_seconds + 1) * self.tick_seconds
@@ -265,16 +282,26 @@ class PartitionStage:
         out.verifications.extend(verifications)
         out.decisions.extend(decisions)
 
-    def _decide(self, findings: list[Finding], out: Outputs) -> None:
+    def _decide(self, findings: list[Signal], out: Outputs) -> None:
+        observed = False
         for f in findings:
-            a = to_anomaly(f)
+            if type(f) is ConditionReport:
+                self.policy.observe(f)  # type: ignore[attr-defined]
+                observed = True
+                continue
+            a = to_anomaly(f)  # type: ignore[arg-type]
             out.anomalies.append(a)
             out.decisions.extend(self.policy.decide(a))
+        if observed:
+            # what closed while observing (failed verifications, resolutions) goes out now
+            verifications, decisions = self.policy.drain()  # type: ignore[attr-defined]
+            out.verifications.extend(verifications)
+            out.decisions.extend(decisions)
 
     def tick(self, now: float) -> Outputs:
         """Absence checks and verification windows, against ``now`` (watermark or clock)."""
         out = Outputs()
-        findings: list[Finding] = []
+        findings: list[Signal] = []
         self._tick_into(now, findings, out)
         self._decide(findings, out)
         return out
@@ -282,7 +309,8 @@ class PartitionStage:
     # -- snapshots --------------------------------------------------------------------------
 
     def collections(self) -> list[LRU[Any, Any]]:
-        return [self.series, self.entities, self.tickers, self.guard.buckets, self.guard.label_sets]
+        g = self.guard
+        return [self.series, self.entities, self.tickers, g.buckets, g.label_sets, self.otlp_series]
 
 
 class Pipeline:
@@ -308,8 +336,13 @@ class Pipeline:
         )
         self.live = live
         v = settings.validation
+        er = settings.detection.models.error_rate
         self.decoder = Decoder(
-            max_message_bytes=v.max_message_bytes, entity_label_keys=v.entity_label_keys
+            max_message_bytes=v.max_message_bytes,
+            entity_label_keys=v.entity_label_keys,
+            otlp=settings.otlp,
+            counters=(er.requests_metric, er.errors_metric),
+            max_series=settings.detection.max_series,
         )
         self.topics = settings.kafka.topics
         self.use_watermark = (not live) or v.time_reference == "watermark"
@@ -374,12 +407,13 @@ class Pipeline:
             else:
                 metrics = [e for e in envs if e.topic != logs_topic]
                 logs = [e for e in envs if e.topic == logs_topic]
-            decoded = self.decoder.decode_metrics(metrics) if metrics else Decoded()
+            st = self.stage(part)
+            decoded = self.decoder.decode_metrics(metrics, st) if metrics else Decoded()
             if logs:
-                dl = self.decoder.decode_logs(logs)
+                dl = self.decoder.decode_logs(logs, st)
+                decoded.samples.extend(dl.samples)  # OTLP/JSON metrics replayed as logs
                 decoded.logs.extend(dl.logs)
                 decoded.rejects.extend(dl.rejects)
-            st = self.stage(part)
             if self.use_watermark:
                 # event time judged by the partition's own progress (core/eventtime.py), so
                 # the stage's clock-based future/past checks are off (reference None)

@@ -35,8 +35,18 @@ def state_classes() -> tuple[type, ...]:
     import drain3.drain as drain
     from cachetools import LRUCache
     from drain3.simple_profiler import NullProfiler
-    from selfheal.models import error_rate, latency, log_templates, logs, memory, rules, security
-    from selfheal.pipeline.core import fleet, guard, policy, repair
+    from selfheal.models import (
+        cusum,
+        error_rate,
+        forecast,
+        latency,
+        log_templates,
+        logs,
+        memory,
+        rules,
+        security,
+    )
+    from selfheal.pipeline.core import fleet, guard, repair
     from selfheal.pipeline.kernel import lru, types
 
     return (
@@ -73,7 +83,6 @@ def state_classes() -> tuple[type, ...]:
         repair.SeenIds,
         fleet.FleetArbiter,
         fleet._Storm,
-        policy._State,
         # detectors (hyperparameters are part of a river-style model's state)
         rules.RatioOfLimitRule,
         rules.ConsecutiveRule,
@@ -84,6 +93,8 @@ def state_classes() -> tuple[type, ...]:
         rules.ThresholdJudge,
         rules.LoopJudge,
         memory.MemoryLeakJudge,
+        forecast.ResourceForecastJudge,
+        cusum.BinomialCusum,
         latency.LatencyDetector,
         latency.LatencyJudge,
         latency._Layout,
@@ -148,8 +159,12 @@ def stage_state(stage: Any) -> dict[str, Any]:
         "series": stage.series,
         "entities": stage.entities,
         "tickers": stage.tickers,
-        # the engine's own snapshot (rules and budget config stay out of it)
+        # the engine's own snapshot: plain data (rules, budgets, dry run stay out of it)
         "policy": snap() if snap is not None else None,
+        # OTLP cumulative series (last point per series, plain tuples) and ignored-point counts
+        "otlp": {"series": stage.otlp_series, "counts": stage.otlp_counts}
+        if hasattr(stage, "otlp_series")
+        else None,
     }
 
 
@@ -223,6 +238,18 @@ def restore(stage: Any, state: dict[str, Any]) -> None:
         coll.maxsize = getattr(stage, name).maxsize
         coll.shrink(coll.maxsize)
         setattr(stage, name, coll)
+    from selfheal.pipeline.kernel.lru import LRU
+
+    otlp = state.get("otlp")
+    if isinstance(otlp, dict) and isinstance(otlp.get("series"), LRU):
+        otlp["series"].maxsize = stage.otlp_series.maxsize
+        otlp["series"].shrink(stage.otlp_series.maxsize)
+        stage.otlp_series = otlp["series"]
+        try:
+            counts = {str(k): int(v) for k, v in dict(otlp.get("counts") or {}).items()}
+        except (TypeError, ValueError) as exc:
+            raise SnapshotError(f"otlp counts: {exc}") from exc
+        stage.otlp_counts = counts
     restore_policy = getattr(stage.policy, "restore", None)
     if state["policy"] is not None and restore_policy is not None:
         try:

@@ -36,6 +36,8 @@ class AnomalyKind(enum.StrEnum):
     LATENCY_ANOMALY = "latency_anomaly"
     LOG_PATTERN = "log_pattern"
     SECURITY = "security"
+    #: a resource other than memory (disk, descriptors, pools, queue) forecast to hit its limit
+    RESOURCE_EXHAUSTION = "resource_exhaustion"
     # static threshold rules (models/rules)
     MEMORY_HIGH = "memory_high"
     QUEUE_HIGH = "queue_high"
@@ -267,6 +269,9 @@ class FleetRequest:
     #: the id the storm escalation gets if this request starts a storm ("" for a note: its
     #: proposer already saw a storm, so it cannot start one)
     storm_id: str
+    #: a storm-held entity's condition: True still flagged, False cleared (None: a plain need).
+    #: A storm does not end while an entity it holds is flagged, whichever process holds it.
+    held: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +290,8 @@ class StormEnd:
     storm_id: str
     action: RepairAction
     ts: float
+    #: an operator released the hold (no new storm on the action until its needs stop)
+    released: bool = False
 
 
 # -- changes (deploys) and incidents ---------------------------------------------------------

@@ -1,0 +1,296 @@
+"""The per-rule ladder: one anomaly's decision for one matched rule (part of ``PolicyEngine``).
+
+For the anomaly's (rule, entity) case, in order:
+
+1. already escalated -> SUPPRESSED/DUPLICATE (no automatic repair until the condition clears
+   for a verification window, or an operator releases it);
+2. within ``dedup_seconds`` of the last acted decision -> SUPPRESSED/DUPLICATE;
+3. a storm holds an action of the rule's ladder -> SUPPRESSED/STORM (the storm's one
+   escalation is updated when the entity joins it; see ``storm_hold``);
+4. the ladder exhausted -> ``escalate``, once;
+5. cooldown on (entity, action) -> SUPPRESSED/COOLDOWN;
+6. approval required -> PENDING_APPROVAL (an attempt of the rung: the ladder climbs past it
+   when the condition outlasts the verification window);
+7. fleet budget exhausted -> SUPPRESSED/BUDGET;
+8. otherwise EXECUTE (or DRY_RUN) and a verification window opens.
+
+The fleet gate is asked (and waited for) only when a budget slot is needed: a need in
+cooldown, awaiting approval or held by a storm is only noted (it still counts for storms).
+(The one other wait: a storm-held entity's clearing, once per entity and storm.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from selfheal.pipeline.core.policy_config import ActionStep, Rule
+from selfheal.pipeline.core.policy_state import decision_id, storm_entity
+from selfheal.pipeline.core.repair import Case, PendingVerification
+from selfheal.pipeline.kernel.schemas import epoch_to_rfc3339
+from selfheal.pipeline.kernel.types import (
+    Anomaly,
+    Decision,
+    DecisionStatus,
+    FleetOutcome,
+    FleetRequest,
+    Mode,
+    RepairAction,
+    Suppression,
+    Verdict,
+    Verification,
+)
+
+if TYPE_CHECKING:
+    from selfheal.pipeline.core.policy import PolicyEngine
+
+SUPPRESSED = DecisionStatus.SUPPRESSED
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """One matched rule's view of one anomaly: what every decision it makes shares."""
+
+    rule: Rule
+    anomaly: Anomaly
+    now: float
+    mode: Mode
+
+    @property
+    def entity(self) -> str:
+        return self.anomaly.finding.entity
+
+    def make(
+        self,
+        action: RepairAction,
+        status: DecisionStatus,
+        explanation: str,
+        suppressed_by: Suppression | None = None,
+        params: dict[str, Any] | None = None,
+        reason: tuple[str, ...] | None = None,
+    ) -> Decision:
+        return Decision(
+            id=decision_id(self.rule.name, action, self.entity, self.anomaly.id),
+            ts=self.now,
+            action=action,
+            entity=self.entity,
+            mode=self.mode,
+            predictive=self.rule.predictive,
+            reason=reason if reason is not None else (self.anomaly.id,),
+            params=params if params is not None else {},
+            rule=self.rule.name,
+            status=status,
+            suppressed_by=suppressed_by,
+            explanation=explanation,
+        )
+
+    def need(
+        self, action: RepairAction, *, claim: bool, held: bool | None = None, seed: str = ""
+    ) -> FleetRequest:
+        return FleetRequest(
+            id=decision_id(self.rule.name, action, self.entity, seed + self.anomaly.id),
+            ts=self.now,
+            entity=self.entity,
+            action=action,
+            claim=claim,
+            # the id the storm escalation gets if this need starts one ("" for a note)
+            storm_id=decision_id(
+                "storm", RepairAction.ESCALATE, storm_entity(action), self.anomaly.id
+            )
+            if claim
+            else "",
+            held=held,
+        )
+
+
+def decide_rule(eng: PolicyEngine, rule: Rule, anomaly: Anomaly, now: float) -> list[Decision]:
+    """Every decision ``anomaly`` causes under ``rule`` (steps 1-8 of the module doc)."""
+    st = eng._state
+    case = st.cases.get_or_create(rule.name, anomaly.finding.entity)
+    case.last_seen = max(case.last_seen, now)
+    if anomaly.id not in case.history:
+        case.history.append(anomaly.id)
+    ask = Ask(rule, anomaly, now, eng.mode(rule))
+    exhausted = case.rung >= len(rule.actions)
+    current = RepairAction.ESCALATE if exhausted else rule.actions[case.rung].action
+    if case.escalated:
+        action = RepairAction.ESCALATE if case.escalation_id else rule.actions[-1].action
+        why = Suppression.DUPLICATE if case.escalation_id else Suppression.MAX_ATTEMPTS
+        window = eng.config.verification_window_seconds
+        text = f"already escalated at {at(case.escalated_at)}; waiting for the condition to "
+        text += f"clear for {window:g}s (or an operator release)"
+        return [ask.make(action, SUPPRESSED, text, why)]
+    dedup = eng.dedup(rule)
+    if case.last_acted is not None and now - case.last_acted < dedup:
+        text = f"same finding within the {dedup:g}s dedup window of the decision at "
+        text += at(case.last_acted)
+        return [ask.make(current, SUPPRESSED, text, Suppression.DUPLICATE)]
+    held = eng.storm_hold(ask, case, current)
+    if held is not None:
+        return held
+    if exhausted:
+        return [escalate(eng, ask, case)]
+    return attempt(eng, ask, case)
+
+
+def attempt(eng: PolicyEngine, ask: Ask, case: Case) -> list[Decision]:
+    """Try the case's current rung (steps 5-8)."""
+    st, rule, now = eng._state, ask.rule, ask.now
+    step = rule.actions[case.rung]
+    if case.pending is not None:
+        # an approval request still open: its window decides, one request per attempt
+        pending = case.pending
+        text = f"awaiting approval of {pending.decision_id} until {at(pending.deadline)}"
+        return [
+            ask.make(
+                step.action, SUPPRESSED, text, Suppression.DUPLICATE, step_params(step, ask.anomaly)
+            )
+        ]
+    action = step.action
+    params = step_params(step, ask.anomaly)
+    until = st.cooldowns.until(ask.entity, action, now)
+    approval = (
+        step.requires_approval if step.requires_approval is not None else rule.requires_approval
+    )
+    if until is not None or approval:
+        eng.fleet.note(ask.need(action, claim=False))  # counted for storms; no budget, no wait
+        outcome = FleetOutcome(Verdict.NOTED)
+    else:
+        outcome = eng.fleet.request(ask.need(action, claim=True))
+    if outcome.verdict in (Verdict.STORM, Verdict.STORM_STARTED):
+        return eng.storm_verdict(ask, case, action, outcome)
+    if until is not None:
+        text = f"{action.value} on {ask.entity} cooling down until {at(until)}"
+        return [ask.make(action, SUPPRESSED, text, Suppression.COOLDOWN, params)]
+    rung_text = f"rung {case.rung + 1}/{len(rule.actions)}, attempt {case.attempts + 1}"
+    trigger = trigger_text(rule, ask.anomaly)
+    if outcome.verdict is Verdict.BUDGET:
+        budget = eng.config.budget
+        text = f"fleet budget of {budget.max_repairs} repairs per {budget.window_seconds:g}s "
+        return [ask.make(action, SUPPRESSED, text + "exhausted", Suppression.BUDGET, params)]
+    st.cooldowns.start(ask.entity, action, now, eng.cooldown(rule, step))
+    case.last_acted = now
+    if ask.mode is Mode.DRY_RUN:
+        # nothing runs, so nothing is verified and the ladder stays where it is
+        return [
+            ask.make(
+                action, DecisionStatus.DRY_RUN, f"{trigger}; {rung_text}; dry run", None, params
+            )
+        ]
+    if approval:
+        status, text = DecisionStatus.PENDING_APPROVAL, f"{trigger}; {rung_text}; requires approval"
+    else:
+        status, text = DecisionStatus.EXECUTE, f"{trigger}; {rung_text}"
+    decision = ask.make(action, status, text, None, params)
+    case.attempts += 1
+    case.pending = PendingVerification(
+        decision_id=decision.id,
+        action=action,
+        started=now,
+        deadline=now + eng.config.verification_window_seconds,
+        approval=approval,
+    )
+    eng.open_case(case)
+    return [decision]
+
+
+def step_params(step: ActionStep, anomaly: Anomaly) -> dict[str, Any]:
+    """The rung's parameters, plus what the action needs from the finding."""
+    params = dict(step.params)
+    if step.action is RepairAction.BLOCK_SOURCE and "address" not in params:
+        f = anomaly.finding
+        address = f.labels.get("source_ip") or f.evidence.get("source_ip")
+        if address:
+            params["address"] = str(address)
+    return params
+
+
+def escalate(eng: PolicyEngine, ask: Ask, case: Case) -> Decision:
+    """The ladder is exhausted: one escalation, then nothing automatic until recovery."""
+    rule, f = ask.rule, ask.anomaly.finding
+    case.escalated = True
+    case.escalated_at = ask.now
+    case.last_acted = ask.now
+    tried = [step.action.value for step in rule.actions]
+    if not rule.escalate:
+        eng.open_case(case)
+        text = f"ladder exhausted ({', '.join(tried)}) and escalation disabled for rule {rule.name}"
+        return ask.make(rule.actions[-1].action, SUPPRESSED, text, Suppression.MAX_ATTEMPTS)
+    params: dict[str, Any] = {
+        "resolved": False,
+        "storm": False,
+        "kind": f.kind.value,
+        "severity": f.severity.value,
+        "escalated_action": rule.actions[-1].action.value,
+        "tried": tried,
+    }
+    text = f"ladder exhausted ({', '.join(tried)}) for {f.kind.value} on {f.entity}; "
+    text += "escalating to a human; no automatic repair until the condition clears"
+    decision = ask.make(
+        RepairAction.ESCALATE, eng.act_status(rule), text, None, params, tuple(case.history)
+    )
+    case.escalation_id = decision.id
+    case.escalation_params = dict(params)
+    eng.open_case(case)
+    return decision
+
+
+def fail(eng: PolicyEngine, rule: Rule, case: Case, ts: float, why: str) -> None:
+    """The open attempt failed at ``ts``: report it and climb after ``max_attempts``."""
+    pending = case.pending
+    assert pending is not None
+    case.pending = None
+    if not pending.approval:
+        eng._state.verifications.append(
+            Verification(
+                decision_id=pending.decision_id,
+                ts=ts,
+                action=pending.action,
+                entity=case.entity,
+                success=False,
+                duration_seconds=ts - pending.started,
+                explanation=f"{why} {ts - pending.started:g}s after {pending.action.value} "
+                f"(rule {rule.name})",
+            )
+        )
+    if case.rung < len(rule.actions):
+        step = rule.actions[case.rung]
+        limit = step.max_attempts if step.max_attempts is not None else rule.max_attempts
+        if case.attempts >= limit:
+            case.rung += 1
+            case.attempts = 0
+
+
+def succeed(eng: PolicyEngine, case: Case) -> None:
+    """The condition stayed clear for the whole window: the repair worked."""
+    pending = case.pending
+    assert pending is not None
+    window = pending.deadline - pending.started
+    if not pending.approval:
+        eng._state.verifications.append(
+            Verification(
+                decision_id=pending.decision_id,
+                ts=pending.deadline,
+                action=pending.action,
+                entity=case.entity,
+                success=True,
+                duration_seconds=window,
+                explanation=f"condition clear for {window:g}s after {pending.action.value} "
+                f"(rule {case.rule})",
+            )
+        )
+    case.reset()
+
+
+def at(ts: float) -> str:
+    """An event time as operators read it (RFC 3339, UTC)."""
+    return epoch_to_rfc3339(ts)
+
+
+def trigger_text(rule: Rule, anomaly: Anomaly) -> str:
+    f = anomaly.finding
+    text = f"{f.severity.value} {f.kind.value} on {f.entity} ({f.metric}={f.value:g}"
+    text += f", score {f.score:g})"
+    if f.forecast is not None:
+        text += f", forecast breach in {f.forecast.eta_seconds:g}s"
+    return f"rule {rule.name}: {text}"

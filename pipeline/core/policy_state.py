@@ -1,0 +1,175 @@
+"""The policy engine's state: plain data only, never configuration.
+
+A snapshot of a partition carries this state (ladder positions, cooldowns, attempts, open
+verifications, storm holds); the rules, budgets and dry-run switches always come from the
+running process's ``PolicyConfig``. ``to_plain`` gives dicts, lists, numbers, strings,
+booleans and ``None`` only (``-inf`` is written as ``None``), so any data-only codec
+(JSON, msgpack) carries it; ``from_plain`` validates while rebuilding and drops what the
+running configuration no longer knows (a removed rule, a ladder that got shorter).
+
+>>> from selfheal.pipeline.core.policy_config import PolicyConfig
+>>> cfg = PolicyConfig()
+>>> st = PolicyState.new(cfg)
+>>> st.watermark = 100.0
+>>> st.cooldowns.start("web-1", RepairAction.RESTART, 100.0, 300.0)
+>>> plain = st.to_plain()
+>>> plain["cooldowns"], plain["version"]
+([['web-1', 'restart', 400.0]], 1)
+>>> PolicyState.from_plain(plain, cfg).cooldowns.until("web-1", RepairAction.RESTART, 200.0)
+400.0
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from selfheal.pipeline.core.policy_config import PolicyConfig
+from selfheal.pipeline.core.repair import Case, CaseBook, Cooldowns, Hold, SeenIds, Storm
+from selfheal.pipeline.kernel.types import Decision, RepairAction, Verification
+
+#: namespace of decision ids (uuid5); never change it, ids must survive upgrades
+DECISION_NAMESPACE = uuid.UUID("8f4e2b1c-7d1a-5e55-9a4b-5e1f4ea1c0de")
+
+#: plain-data layout version (bump when the layout changes incompatibly)
+STATE_VERSION = 1
+
+
+def decision_id(rule: str, action: RepairAction | str, entity: str, seed: str) -> str:
+    """Deterministic id of ``rule``'s decision to apply ``action`` to ``entity`` for ``seed``."""
+    return str(uuid.uuid5(DECISION_NAMESPACE, f"{rule}\x1f{action}\x1f{entity}\x1f{seed}"))
+
+
+def storm_entity(action: RepairAction) -> str:
+    """The pseudo-entity a storm escalation (and its resolution) is reported on."""
+    return f"storm:{action.value}"
+
+
+class StateError(ValueError):
+    """Plain policy state that cannot be trusted (wrong version, missing or bad fields)."""
+
+
+def _verification_to_plain(v: Verification) -> dict[str, Any]:
+    return {
+        "decision_id": v.decision_id,
+        "ts": v.ts,
+        "action": v.action.value,
+        "entity": v.entity,
+        "success": v.success,
+        "duration_seconds": v.duration_seconds,
+        "explanation": v.explanation,
+    }
+
+
+def _verification_from_plain(d: dict[str, Any]) -> Verification:
+    return Verification(
+        decision_id=str(d["decision_id"]),
+        ts=float(d["ts"]),
+        action=RepairAction(d["action"]),
+        entity=str(d["entity"]),
+        success=bool(d["success"]),
+        duration_seconds=float(d["duration_seconds"]),
+        explanation=str(d["explanation"]),
+    )
+
+
+@dataclass(slots=True)
+class PolicyState:
+    cooldowns: Cooldowns
+    cases: CaseBook
+    seen: SeenIds
+    #: storms this engine escalated (it updates and resolves them); the budget and the storm
+    #: counts themselves live in the fleet gate
+    storms: dict[RepairAction, Storm] = field(default_factory=dict)
+    #: (rule, entity) -> the storm holding its repair
+    held: dict[tuple[str, str], Hold] = field(default_factory=dict)
+    #: storm id -> when this engine last announced its held entities (escalation or update)
+    announced: dict[str, float] = field(default_factory=dict)
+    watermark: float = -math.inf
+    #: (due, rule, entity): when an open case may close (lazily revalidated; derived)
+    due: list[tuple[float, str, str]] = field(default_factory=list)
+    #: verifications closed since the last tick (handed out by the next one)
+    verifications: list[Verification] = field(default_factory=list)
+    #: decisions made while closing windows, handed out by the next decide() or tick()
+    decisions: list[Decision] = field(default_factory=list)
+
+    @classmethod
+    def new(cls, config: PolicyConfig) -> PolicyState:
+        return cls(
+            cooldowns=Cooldowns(cap=config.max_tracked_entities * 4),
+            cases=CaseBook(cap=config.max_tracked_entities),
+            seen=SeenIds(cap=config.max_seen_anomalies),
+        )
+
+    def to_plain(self) -> dict[str, Any]:
+        """The state as plain data (the decisions buffer is handed out before checkpoints)."""
+        return {
+            "version": STATE_VERSION,
+            "watermark": None if self.watermark == -math.inf else self.watermark,
+            "cooldowns": self.cooldowns.to_plain(),
+            "cases": self.cases.to_plain(),
+            "seen": self.seen.to_plain(),
+            "storms": [s.to_plain() for s in self.storms.values()],
+            "held": [[rule, entity, h.to_plain()] for (rule, entity), h in self.held.items()],
+            "announced": [[storm_id, ts] for storm_id, ts in self.announced.items()],
+            "verifications": [_verification_to_plain(v) for v in self.verifications],
+        }
+
+    @classmethod
+    def from_plain(cls, data: Any, config: PolicyConfig) -> PolicyState:
+        """Rebuild from ``to_plain`` output under ``config``; ``StateError`` when unusable."""
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            version = data.get("version") if isinstance(data, dict) else None
+            raise StateError(f"unsupported policy state version {version!r}")
+        try:
+            return cls._build(data, config)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateError(f"policy state does not load: {type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def _build(cls, data: dict[str, Any], config: PolicyConfig) -> PolicyState:
+        cap = config.max_tracked_entities
+        rules = {rule.name: rule for rule in config.rules}
+        cases = CaseBook.from_plain(list(data["cases"]), cap)
+        for case in cases.values():
+            rule = rules.get(case.rule)
+            if rule is None:
+                cases.remove(case)  # the running configuration dropped the rule
+            elif case.rung > len(rule.actions):
+                case.rung = len(rule.actions)  # the ladder got shorter: its top is exhausted
+        wm = data["watermark"]
+        st = cls(
+            cooldowns=Cooldowns.from_plain(list(data["cooldowns"]), cap * 4),
+            cases=cases,
+            seen=SeenIds.from_plain(list(data["seen"]), config.max_seen_anomalies),
+            storms={s.action: s for s in (Storm.from_plain(d) for d in data["storms"])},
+            held={
+                (str(rule), str(entity)): Hold.from_plain(h)
+                for rule, entity, h in data["held"]
+                if rule in rules
+            },
+            announced={str(sid): float(ts) for sid, ts in data.get("announced", [])},
+            watermark=-math.inf if wm is None else float(wm),
+            verifications=[_verification_from_plain(v) for v in data["verifications"]],
+        )
+        for case in st.cases.values():
+            st.schedule(case, config.verification_window_seconds)
+        return st
+
+    def schedule(self, case: Case, window: float) -> None:
+        due = case_due(case, window)
+        if due is not None:
+            heapq.heappush(self.due, (due, case.rule, case.entity))
+
+
+def case_due(case: Case, window: float) -> float | None:
+    """When ``case`` may close: its verification deadline, or an escalated entity's recovery
+    (its condition clear for ``window`` after it was last seen); None when nothing is open."""
+    if case.pending is not None:
+        return case.pending.deadline
+    if case.escalated and not case.present:
+        return case.last_seen + window
+    return None
