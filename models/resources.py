@@ -75,6 +75,8 @@ RESOURCES: dict[str, Resource] = {
             AnomalyKind.RESOURCE_EXHAUSTION,
             {
                 "system.filesystem.usage": "",
+                # what the OTLP decoder makes of system.filesystem.usage (limit = all states)
+                "filesystem_usage_bytes": "",
                 "container_fs_usage_bytes": "container_fs_limit_bytes",
                 "kubelet_volume_stats_used_bytes": "kubelet_volume_stats_capacity_bytes",
                 "disk_used_bytes": "disk_total_bytes",

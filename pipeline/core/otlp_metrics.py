@@ -296,7 +296,7 @@ class MetricsConverter:
                 prev = req.get(key)
                 value += prev[0] if prev is not None else 0.0
                 req.local[key] = (value,)
-            if split:
+            if split and mp is not None:  # only a mapped metric splits by state
                 self._split_point(groups, mp, ts, value, labels)
                 continue
             limit = None if mp is None else self._limit_for(req, mp, entity, labels, limits)
