@@ -130,7 +130,9 @@ def apply_pause(out: Outputs, state: ControlState) -> None:
     """While paused, every acting decision of a batch goes out as a dry run (nothing executes)."""
     if not state.paused:
         return
-    acting = (DecisionStatus.EXECUTE, DecisionStatus.PENDING_APPROVAL)
+    # the policy engines already decide dry runs while paused (``PolicyEngine.paused``): they
+    # get the note too; what a stage decided before it learnt of the pause is turned into one
+    acting = (DecisionStatus.EXECUTE, DecisionStatus.PENDING_APPROVAL, DecisionStatus.DRY_RUN)
     note = f"paused by {state.by}" + (f" ({state.reason})" if state.reason else "")
     out.decisions[:] = [
         replace(

@@ -144,7 +144,7 @@ class Runner(PartitionState):
             rt.max_pending_outputs, rt.max_rss_bytes, self.metrics.registry
         )
         #: applied to each batch's outputs before they are written (``selfheal pause``)
-        self.outputs_hook: Callable[[Outputs], None] | None = None
+        self.before_write: Callable[[Outputs], None] | None = None
         #: extra HTTP handlers (path prefix, handler) served next to /metrics (the console)
         self.http_mounts: list[tuple[str, Handler]] = []
 
@@ -337,8 +337,8 @@ class Runner(PartitionState):
         # in a worker thread: a policy waiting on the fleet ledger (up to its timeout) must not
         # stall the event loop (heartbeats, the executor stage, the control topics)
         out = await asyncio.to_thread(self._detect, batch, now)
-        if out and self.outputs_hook is not None:
-            self.outputs_hook(out)
+        if out and self.before_write is not None:
+            self.before_write(out)
         if out:
             records = encode_outputs(out, self.settings)
             # fetching pauses while many outputs wait for the broker's acks

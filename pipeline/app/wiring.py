@@ -21,7 +21,7 @@ from selfheal.pipeline.app.executor_stage import ExecutorStage
 from selfheal.pipeline.app.runner import ExecutorLike, Runner, RunStats, kafka_client_options
 from selfheal.pipeline.core.config import ConfigError, KubernetesExecutorConfig, Settings
 from selfheal.pipeline.core.metrics import Metrics
-from selfheal.pipeline.core.stage import PolicyLike
+from selfheal.pipeline.core.stage import Outputs, PolicyLike
 
 log = logging.getLogger("selfheal.wiring")
 
@@ -115,7 +115,19 @@ class SelfhealProcess:
         log.warning("%s: %s: %s", where, type(exc).__name__, exc)
         self.metrics.errors_swallowed.labels(where).inc()
 
+    def _sync_policies(self, paused: bool) -> None:
+        """The policy engines decide paused decisions as dry runs (no ladder, no budget)."""
+        for st in list(self.runner.pipeline.stages.values()):
+            policy = getattr(st, "policy", None)
+            if policy is not None and hasattr(policy, "paused"):
+                policy.paused = paused
+
+    def _before_write(self, out: Outputs, state: ControlState) -> None:
+        self._sync_policies(state.paused)  # stages created in this batch: from the next one
+        apply_pause(out, state)
+
     def _paused(self, state: ControlState) -> None:
+        self._sync_policies(state.paused)
         self.metrics.policy_paused.set(1 if state.paused else 0)
         notes = self.runner.health.notes
         notes["paused"] = "true" if state.paused else "false"
@@ -164,7 +176,7 @@ class SelfhealProcess:
                 await self.console.follow(bootstrap, kafka_client_options(self.settings.kafka))
             except Exception as exc:  # the console then says it does not follow outcomes
                 self._swallowed("console.follow", exc)
-        self.runner.outputs_hook = lambda out: apply_pause(out, control.state)
+        self.runner.before_write = lambda out: self._before_write(out, control.state)
         self.stage = ExecutorStage(
             self.settings,
             self._executors,

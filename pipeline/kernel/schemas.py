@@ -336,12 +336,13 @@ class AuditRecordOut(BaseModel):
     """One line of the audit trail (``selfheal.audit`` topic and audit file).
 
     Every record has ``record``, ``id`` (the decision id), ``time``, ``ts``, ``entity`` and
-    ``action``; the other fields depend on ``record`` (decision, execution, verification).
+    ``action``; the other fields depend on ``record`` (decision, execution, verification,
+    approval: ``by`` who approved or rejected).
     """
 
     model_config = ConfigDict(extra="allow")
 
-    record: Literal["decision", "execution", "verification"]
+    record: Literal["decision", "execution", "verification", "approval"]
     id: str
     time: str
     ts: float
@@ -363,6 +364,7 @@ class AuditRecordOut(BaseModel):
     retriable: bool | None = None
     duration_seconds: float | None = None
     success: bool | None = None
+    by: str | None = None
 
 
 def epoch_to_rfc3339(ts: float) -> str:
