@@ -8,6 +8,7 @@ delivery with deterministic event ids.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -17,8 +18,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from selfheal.connectors.errors import BrokerStartError
+
+log = logging.getLogger("selfheal.broker")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -130,23 +134,44 @@ def docker_available() -> bool:
 class BrokerHandle:
     bootstrap: str
     kind: str  # "external" | "testcontainers" | "embedded"
+    #: why this kind was chosen when it was not the first choice (e.g. a failed container)
+    note: str = ""
+
+
+def _kafka_container() -> contextlib.AbstractContextManager[object]:
+    try:
+        from testcontainers.community.kafka import KafkaContainer
+    except ImportError:
+        from testcontainers.kafka import KafkaContainer
+    return KafkaContainer().with_kraft()
 
 
 @contextlib.contextmanager
 def kafka_broker() -> Iterator[BrokerHandle]:
-    """The project's order of choice: ``KAFKA_BOOTSTRAP``, testcontainers, embedded Tansu."""
+    """The project's order of choice: ``KAFKA_BOOTSTRAP``, testcontainers, embedded Tansu.
+
+    A Docker engine that answers but cannot pull or start the Kafka image (no registry
+    access, say) is not fatal: the embedded broker takes over, and the handle's ``note`` (also
+    logged) says why.
+    """
     env = os.environ.get("KAFKA_BOOTSTRAP")
     if env:
         yield BrokerHandle(env, "external")
         return
+    note = ""
     if docker_available():
-        try:
-            from testcontainers.community.kafka import KafkaContainer
-        except ImportError:
-            from testcontainers.kafka import KafkaContainer
-
-        with KafkaContainer().with_kraft() as kafka:
-            yield BrokerHandle(kafka.get_bootstrap_server(), "testcontainers")
-        return
+        with contextlib.ExitStack() as stack:
+            try:
+                kafka: Any = stack.enter_context(_kafka_container())
+                bootstrap = kafka.get_bootstrap_server()
+            except Exception as exc:  # pull/start failures come in many docker-py types
+                note = (
+                    "a Docker engine answers but the Kafka container could not start "
+                    f"({type(exc).__name__}: {str(exc)[:200]}); using the embedded broker"
+                )
+                log.warning("%s", note)
+            else:
+                yield BrokerHandle(bootstrap, "testcontainers")
+                return
     with EmbeddedBroker() as broker:
-        yield BrokerHandle(broker.bootstrap, "embedded")
+        yield BrokerHandle(broker.bootstrap, "embedded", note)

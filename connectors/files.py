@@ -2,8 +2,8 @@
 
 Each input line becomes an ``Envelope`` whose offset is its line number, so dead-letter
 records point at the exact line. Lines are routed to the logs topic when they look like log
-records (``level`` and ``message`` keys), otherwise to the metrics topic; the decoder does the
-real validation.
+records (``level`` and ``message`` keys), to the changes topic when they are CDEvents (``context``
+and ``subject``), otherwise to the metrics topic; the decoder does the real validation.
 """
 
 from __future__ import annotations
@@ -25,15 +25,26 @@ def _is_log_line(line: bytes) -> bool:
     return b'"level"' in line and b'"message"' in line
 
 
+def _is_change_line(line: bytes) -> bool:
+    return b'"context"' in line and b'"subject"' in line
+
+
 def iter_jsonl(
-    path: Path, metrics_topic: str, logs_topic: str, partition: int = 0
+    path: Path,
+    metrics_topic: str,
+    logs_topic: str,
+    partition: int = 0,
+    changes_topic: str | None = None,
 ) -> Iterator[Envelope]:
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             line = raw.rstrip(b"\r\n")
             if not line.strip():
                 continue
-            topic = logs_topic if _is_log_line(line) else metrics_topic
+            if changes_topic is not None and _is_change_line(line):
+                topic = changes_topic
+            else:
+                topic = logs_topic if _is_log_line(line) else metrics_topic
             yield Envelope(topic, partition, lineno, line)
 
 
@@ -77,16 +88,20 @@ def iter_nab_csv(
             yield Envelope(metrics_topic, partition, rowno, body)
 
 
-def _iter_one(path: Path, metrics_topic: str, logs_topic: str) -> Iterator[Envelope]:
+def _iter_one(
+    path: Path, metrics_topic: str, logs_topic: str, changes_topic: str | None = None
+) -> Iterator[Envelope]:
     if path.suffix.lower() == ".csv":
         return iter_nab_csv(path, metrics_topic)
-    return iter_jsonl(path, metrics_topic, logs_topic)
+    return iter_jsonl(path, metrics_topic, logs_topic, changes_topic=changes_topic)
 
 
 def event_time(env: Envelope) -> float | None:
     """A record's event time for merging inputs (None when it has none that parses)."""
     try:
         doc = orjson.loads(env.value)
+        if isinstance(doc, dict) and isinstance(doc.get("context"), dict):
+            doc = doc["context"]  # a CDEvent: its context carries the timestamp
         ts = doc.get("ts", doc.get("timestamp")) if isinstance(doc, dict) else None
         return parse_ts(ts) if ts is not None else None
     except (orjson.JSONDecodeError, ValueError, TypeError, OverflowError):
@@ -104,13 +119,18 @@ def _keyed(envs: Iterator[Envelope], rank: int) -> Iterator[tuple[float, int, in
         yield (last, rank, i, env)
 
 
-def iter_inputs(paths: Sequence[Path], metrics_topic: str, logs_topic: str) -> Iterator[Envelope]:
+def iter_inputs(
+    paths: Sequence[Path], metrics_topic: str, logs_topic: str, changes_topic: str | None = None
+) -> Iterator[Envelope]:
     """One input in file order; several merged by event time (a k-way merge, like the live
     topics interleave), ties in the order the inputs were given."""
     if len(paths) == 1:
-        yield from _iter_one(paths[0], metrics_topic, logs_topic)
+        yield from _iter_one(paths[0], metrics_topic, logs_topic, changes_topic)
         return
-    streams = [_keyed(_iter_one(p, metrics_topic, logs_topic), r) for r, p in enumerate(paths)]
+    streams = [
+        _keyed(_iter_one(p, metrics_topic, logs_topic, changes_topic), r)
+        for r, p in enumerate(paths)
+    ]
     for *_, env in heapq.merge(*streams):
         yield env
 
@@ -119,7 +139,12 @@ class FileSource:
     """Batches over files, merged by event time (the same batches the Kafka source yields)."""
 
     def __init__(
-        self, paths: Sequence[Path], metrics_topic: str, logs_topic: str, batch_size: int = 5000
+        self,
+        paths: Sequence[Path],
+        metrics_topic: str,
+        logs_topic: str,
+        batch_size: int = 5000,
+        changes_topic: str | None = None,
     ) -> None:
         missing = [str(p) for p in paths if not Path(p).is_file()]
         if missing:
@@ -127,11 +152,12 @@ class FileSource:
         self.paths = [Path(p) for p in paths]
         self.metrics_topic = metrics_topic
         self.logs_topic = logs_topic
+        self.changes_topic = changes_topic
         self.batch_size = batch_size
 
     def batches(self) -> Iterator[list[Envelope]]:
         batch: list[Envelope] = []
-        for env in iter_inputs(self.paths, self.metrics_topic, self.logs_topic):
+        for env in iter_inputs(self.paths, self.metrics_topic, self.logs_topic, self.changes_topic):
             batch.append(env)
             if len(batch) >= self.batch_size:
                 yield batch

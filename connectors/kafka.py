@@ -89,8 +89,11 @@ class KafkaSource:
         fetch_max_wait_ms: int = 50,
         on_assign: PartitionsCallback | None = None,
         on_revoke: PartitionsCallback | None = None,
+        optional_topics: Iterable[str] = (),
     ) -> None:
         self.topics = list(topics)
+        #: read when they exist at start (the changes topic of a deployment that sends none)
+        self.optional_topics = frozenset(optional_topics)
         self.max_batch = max_batch
         self.fetch_timeout_ms = fetch_timeout_ms
         self.on_assign = on_assign
@@ -116,6 +119,9 @@ class KafkaSource:
             await self.consumer.topics()  # metadata of every topic, for the check below
         except KafkaError as exc:
             raise BrokerUnavailable(str(exc)) from exc
+        self.topics = [
+            t for t in self.topics if t not in self.optional_topics or self.partition_count(t)
+        ]
         # refuses to join when co-partitioning is impossible (PartitionCountMismatch)
         check_copartitioned({t: self.partition_count(t) for t in self.topics})
         self.consumer.subscribe(self.topics, listener=_Listener(self))

@@ -133,7 +133,9 @@ class BinomialCusum(DriftDetector):
     def update(self, errors: float, total: float) -> None:
         self.drift_detected = False
         p0 = self.baseline_rate
-        if p0 is None:
+        if p0 is None or p0 >= 0.999:
+            # warming up, or a baseline at the top (every request failing): no higher rate
+            # to shift to, and the log-likelihood ratio would be undefined
             self._learn(errors, total)
             return
         p1 = min(self.ratio * p0, 0.999)

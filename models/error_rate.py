@@ -441,6 +441,8 @@ class ErrorRateJudge(Judge, LogJudge):
             return False, None  # no baseline yet
         be = sum(st.b_err)
         p0 = max(be / bn, self.burst_floor_rate)
+        if p0 >= 1.0:
+            return False, None  # every baselined request failed: nothing can burst above it
         z = (e - n * p0) / math.sqrt(n * p0 * (1.0 - p0))
         if not (
             z >= self.burst_z

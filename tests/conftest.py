@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,6 +19,8 @@ SHARED = ROOT.parent / "shared" / "data"
 def broker() -> Iterator[BrokerHandle]:
     """KAFKA_BOOTSTRAP, else testcontainers Kafka when Docker answers, else embedded Tansu."""
     with kafka_broker() as handle:
+        if handle.note:
+            warnings.warn(handle.note, stacklevel=1)  # listed in pytest's warnings summary
         yield handle
 
 

@@ -229,6 +229,7 @@ def test_incidents_outcomes_and_learned_effectiveness(served: Served) -> None:
     state = served.get(PREFIX + "/state.json").json()
     [inc] = state["incidents"]
     assert inc["entities"] == ["db-1", "web-1"] and inc["causes"][0]["entity"] == "db-1"
+    assert inc["kinds"] == ["breaker_open", "health_check_failed"]
     assert [(r["outcome"], r["executor"]) for r in state["recent"]] == [("ok", "command")]
     assert {"action": "restart", "outcome": "ok", "count": 1.0} in state["executions"]
     [row] = state["effectiveness"]["repair_success_ratio"]

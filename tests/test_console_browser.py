@@ -98,6 +98,9 @@ async def test_approve_in_the_browser_executes_the_repair(broker, producer, topi
                 # the page refreshes itself: the decision appears once detected and published
                 await expect(row.locator("button.approve")).to_be_visible(timeout=90_000)
                 assert not marker.exists(), "nothing runs before the approval"
+                # the anomaly opened an incident in the process's book, its entity the cause
+                incident = page.locator("#incidents tr", has_text="users-7")
+                await expect(incident).to_contain_text("memory_high")
                 # a POST without the token is refused, whatever the page shows
                 csrf = await page.get_attribute("#approvals input[name=csrf]", "value")
                 did = await row.locator("input[name=decision_id]").first.get_attribute("value")

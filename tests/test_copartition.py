@@ -66,10 +66,20 @@ def _assignment(port: int) -> dict[str, set[int]] | None:
 
 
 def _check(ports: list[int], topics: tuple[str, str]) -> bool:
-    """Assert co-partitioning now; True when the live members cover every partition."""
+    """Assert co-partitioning now; True when the live members cover every partition.
+
+    Each process's own view is checked on every scrape; the cross-process view only when two
+    consecutive rounds of scrapes agree (scrapes of several processes are not simultaneous,
+    so a rebalance may fall between them)."""
+    views = [_assignment(port) for port in ports]
+    for port, got in zip(ports, views, strict=True):
+        if got is not None:
+            a, b = got.get(topics[0], set()), got.get(topics[1], set())
+            assert a == b, f"process on {port}: {topics[0]} {sorted(a)} but {topics[1]} {sorted(b)}"
+    if views != [_assignment(port) for port in ports]:
+        return False  # a rebalance is under way
     owner: dict[int, int] = {}
-    for port in ports:
-        got = _assignment(port)
+    for port, got in zip(ports, views, strict=True):
         if got is None:
             continue
         a, b = got.get(topics[0], set()), got.get(topics[1], set())

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from selfheal.connectors.kafka import ensure_topics
 from selfheal.pipeline.core.config import Settings, load_settings
 from selfheal.pipeline.core.policy import PolicyEngine
@@ -192,6 +194,20 @@ def test_replay_of_sparse_ssh_logs_rejects_nothing(tmp_path: Path) -> None:
     assert summary["messages"] == 600 and summary["rejects"] == 0
 
 
+def test_replay_of_an_attack_log_of_only_failures(tmp_path: Path) -> None:
+    # every line an error (a pure brute-force log, as in Loghub's OpenSSH sample): the
+    # error-rate baseline is 100 %, which must not break the burst test
+    t = datetime(2026, 12, 10, 6, 55, tzinfo=UTC).timestamp()
+    lines = [
+        f"{datetime.fromtimestamp(t + 3 * i + (i > 400) * 7200, UTC):%b %d %H:%M:%S} LabSZ "
+        f"sshd[{24200 + i}]: Failed password for invalid user admin from 5.188.10.{i % 200} "
+        f"port {40000 + i} ssh2"
+        for i in range(800)
+    ]
+    summary, _ = _replay_cli(tmp_path, syslog_to_jsonl(lines, tmp_path / "attack.jsonl"))
+    assert summary["messages"] == 800 and summary["rejects"] == 0
+
+
 @pytest.mark.skipif(not NAB_EC2.is_file(), reason=f"NAB data absent at {NAB_EC2}")
 def test_nab_ec2_request_latency_replays_with_nothing_rejected(tmp_path: Path) -> None:
     summary, _ = _replay_cli(tmp_path, NAB_EC2)
@@ -263,3 +279,47 @@ async def test_live_watermark_run_accepts_a_backlog_older_than_max_past(
     assert runner.stats.rejects == 1 and len(dead) == 1
     assert dead[0]["reason"] == "timestamp_future" and dead[0]["offset"] == 1000
     assert orjson.loads(dead[0]["payload"])["ts"] == start + 365 * 86400
+
+
+# -- properties ------------------------------------------------------------------------------
+
+_steps = st.lists(
+    st.one_of(
+        st.floats(-400, 400),  # ordinary progress and disorder
+        st.sampled_from([3600.0, 86400.0, 3 * 86400.0, 365 * 86400.0, -30 * 86400.0]),
+    ),
+    min_size=1,
+    max_size=120,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_steps, st.integers(1, 40))
+def test_every_record_is_released_or_rejected_exactly_once(steps: list[float], batch: int) -> None:
+    from selfheal.pipeline.core.decode import Decoded
+    from selfheal.pipeline.core.eventtime import EventClock
+    from selfheal.pipeline.kernel.types import Sample
+
+    stamps, t = [], T0
+    for step in steps:
+        t += step
+        stamps.append(t)
+    clock = EventClock(max_future=300.0, max_past=7 * 86400.0)
+    envs = [Envelope("m", 0, i, b"") for i in range(len(stamps))]
+    released, rejected, marks = [], [], []
+    for i in range(0, len(envs), batch):
+        part = envs[i : i + batch]
+        d = Decoded(samples=[(e, Sample(stamps[e.offset], "a", "m", 1.0)) for e in part])
+        out, order = clock.sequence(d, part)
+        released += [e.offset for e, _ in out.samples]
+        rejected += [r.envelope.offset for r in out.rejects]
+        decided = {e.offset for e, _ in out.samples} | {r.envelope.offset for r in out.rejects}
+        assert decided <= {e.offset for e in order}, "every decided record is accounted"
+        marks.append(clock.clock)
+    out, _ = clock.flush()
+    released += [e.offset for e, _ in out.samples]
+    rejected += [r.envelope.offset for r in out.rejects]
+    assert sorted(released + rejected) == list(range(len(stamps))), "each exactly once"
+    assert marks == sorted(marks), "the event clock never goes back"
+    if released:
+        assert clock.clock == max(stamps[i] for i in released)

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 log = logging.getLogger("selfheal.runner")
 
@@ -30,6 +32,24 @@ class Pausable(Protocol):
     def pause(self) -> None: ...
 
     def resume(self) -> None: ...
+
+
+class _Assignment(Collector):
+    """``consumer_assigned_partition{topic,partition}``: replaced as a whole, so a scrape (from
+    the HTTP server's thread) never sees half of a new assignment."""
+
+    def __init__(self) -> None:
+        self.current: tuple[tuple[str, int], ...] = ()
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        fam = GaugeMetricFamily(
+            "consumer_assigned_partition",
+            "1 for each input partition assigned to this process",
+            labels=["topic", "partition"],
+        )
+        for topic, part in self.current:
+            fam.add_metric([topic, str(part)], 1.0)
+        yield fam
 
 
 class FlowMetrics:
@@ -46,12 +66,8 @@ class FlowMetrics:
         self.pending = Gauge(
             "pending_outputs", "Output records waiting for broker acks", registry=registry
         )
-        self.assigned = Gauge(
-            "consumer_assigned_partition",
-            "1 for each input partition assigned to this process",
-            ["topic", "partition"],
-            registry=registry,
-        )
+        self.assigned = _Assignment()
+        registry.register(self.assigned)
         for reason in REASONS:
             self.paused.labels(reason).set(0)
             self.pauses.labels(reason)
@@ -114,12 +130,18 @@ class Backpressure:
         if self.paused and self.source is not None:
             self.source.pause()
 
+    def revoked(self, revoked: Iterable[Any]) -> None:
+        gone = {(tp.topic, tp.partition) for tp in revoked}
+        self.metrics.assigned.current = tuple(
+            tp for tp in self.metrics.assigned.current if tp not in gone
+        )
+
     def assignment(self, assigned: Iterable[Any]) -> None:
-        self.metrics.assigned.clear()
+        pairs = sorted((tp.topic, tp.partition) for tp in assigned)
+        self.metrics.assigned.current = tuple(pairs)
         parts: dict[str, list[int]] = {}
-        for tp in assigned:
-            self.metrics.assigned.labels(tp.topic, str(tp.partition)).set(1)
-            parts.setdefault(tp.topic, []).append(tp.partition)
+        for topic, part in pairs:
+            parts.setdefault(topic, []).append(part)
         log.info(
             "assigned partitions: %s",
             "; ".join(f"{t} {sorted(p)}" for t, p in sorted(parts.items())) or "none",

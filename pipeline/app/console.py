@@ -287,25 +287,23 @@ class Console:
     def _incidents(self) -> list[dict[str, Any]] | None:
         if self.sources.incidents is None:
             return None
-        for _ in range(3):  # the runner may change the book while it is read
+        for _ in range(5):  # detection (a worker thread) may change the book while it is read
             try:
-                incidents = list(self.sources.incidents())
-                break
+                return [
+                    {
+                        "id": inc.id,
+                        "started": inc.started,
+                        "last": inc.last,
+                        "entities": sorted(inc.entities),
+                        "kinds": sorted({k for v in list(inc.entities.values()) for k in v.kinds}),
+                        "anomaly_count": inc.anomaly_count,
+                        "causes": [c.to_dict() for c in list(inc.causes)[:5]],
+                    }
+                    for inc in sorted(self.sources.incidents(), key=lambda i: -i.last)
+                ]
             except RuntimeError:
                 continue
-        else:
-            return []
-        return [
-            {
-                "id": inc.id,
-                "started": inc.started,
-                "last": inc.last,
-                "entities": sorted(inc.entities),
-                "anomaly_count": inc.anomaly_count,
-                "causes": [c.to_dict() for c in inc.causes[:5]],
-            }
-            for inc in sorted(incidents, key=lambda i: -i.last)
-        ]
+        return []
 
     def _executions(self) -> list[dict[str, Any]]:
         """``repairs_executed_total`` by action and outcome (non-zero)."""
@@ -365,12 +363,12 @@ def serve(runner: Any, host: str, port: int) -> MetricsServer:
 
 
 def incident_source(runner: Any) -> Callable[[], list[Any]] | None:
-    """``open_incidents`` of the runner's incident book, if the runner keeps one."""
-    for owner in (runner, getattr(runner, "pipeline", None)):
-        for name in ("incidents", "incident_book"):
-            book = getattr(owner, name, None)
-            if book is not None and callable(getattr(book, "open_incidents", None)):
-                return book.open_incidents
+    """``open_incidents`` of the process's incident book (``Pipeline.incidents``, an
+    ``IncidentHub``), or ``None`` when incidents are disabled (``incidents.enabled``)."""
+    hub = getattr(getattr(runner, "pipeline", None), "incidents", None)
+    book = getattr(hub, "book", hub)
+    if book is not None and callable(getattr(book, "open_incidents", None)):
+        return book.open_incidents  # type: ignore[no-any-return]
     return None
 
 

@@ -126,10 +126,7 @@ def _pause(v: dict[str, Any], csrf: str) -> str:
 def _incidents(v: dict[str, Any]) -> str:
     incs = v["incidents"]
     if incs is None:
-        body = (
-            '<p class="muted">incident tracking is not wired into this process yet: '
-            "no open incidents to show</p>"
-        )
+        body = '<p class="muted">incident tracking is off (incidents.enabled: false)</p>'
     else:
         rows = []
         for inc in incs:
@@ -143,12 +140,13 @@ def _incidents(v: dict[str, Any]) -> str:
                     f"<code>{escape(inc['id'][:8])}</code>",
                     escape(_t(inc["started"])),
                     escape(", ".join(inc["entities"])),
+                    escape(", ".join(inc["kinds"])),
                     str(inc["anomaly_count"]),
                     causes,
                 ]
             )
         body = _table(
-            ["incident", "started", "entities", "anomalies", "ranked causes"],
+            ["incident", "started", "entities", "kinds", "anomalies", "ranked causes"],
             rows,
             "no open incidents",
         )

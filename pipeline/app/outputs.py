@@ -15,6 +15,7 @@ from selfheal.pipeline.core.config import Settings
 from selfheal.pipeline.core.events import anomaly_event, deadletter_record, dumps, repair_event
 from selfheal.pipeline.core.metrics import Metrics
 from selfheal.pipeline.core.stage import Outputs
+from selfheal.pipeline.kernel.cloudevents import incident_event
 from selfheal.pipeline.kernel.types import Batch, DecisionStatus, Envelope, RepairAction
 
 _TOPIC = attrgetter("topic")
@@ -37,6 +38,9 @@ def encode_outputs(out: Outputs, settings: Settings) -> list[OutRecord]:
     for d in out.decisions:
         if d.status is not DecisionStatus.SUPPRESSED:
             records.append((t.repairs, d.entity.encode(), dumps(repair_event(d, src))))
+    for e in out.incidents:
+        body = dumps(incident_event(e.id, e.state, e.ts, e.data, src))
+        records.append((t.incidents, e.data["incident_id"].encode(), body))
     for rec in audit_records(out):
         records.append((t.audit, rec.entity.encode(), rec.to_json().rstrip(b"\n")))
     for r in out.rejects:

@@ -51,6 +51,7 @@ class PartitionState:
             self.backpressure.assignment(set(self._source.assignment()) - set(revoked))
         async with self._rebalance_lock:
             self._generation += 1
+            self.backpressure.revoked(revoked)
             parts = {tp.partition for tp in revoked}
             try:
                 await self._checkpoint(parts)
@@ -87,7 +88,7 @@ class PartitionState:
         blobs = await self._store.load(new, self._load_timeout) if new else {}
         restored: dict[tuple[str, int], int] = {}
         for part in new:
-            offsets = self._restore(part, blobs.get(part))
+            offsets = await self._restore(part, blobs.get(part))
             if offsets is not None:
                 restored.update(offsets)
         for tp in assigned:
@@ -117,7 +118,7 @@ class PartitionState:
         key = self.settings.state.hmac_key
         return key.get_secret_value().encode() if key is not None else None
 
-    def _restore(self, part: int, blob: bytes | None) -> dict[tuple[str, int], int] | None:
+    async def _restore(self, part: int, blob: bytes | None) -> dict[tuple[str, int], int] | None:
         """Restore one partition's stage from its snapshot; its offsets, or None (fresh)."""
         assert self._store is not None
         if blob is None:
@@ -131,7 +132,8 @@ class PartitionState:
         # a stage built from this process's settings; the snapshot only fills in its state
         stage = self.pipeline.stage(part)
         try:
-            offsets, state = snapshots.decode(blob, self._state_key())
+            # decoding 100k series takes seconds: off the event loop, so heartbeats go on
+            offsets, state = await asyncio.to_thread(snapshots.decode, blob, self._state_key())
             snapshots.restore(stage, state)
         except Exception as exc:  # a bad snapshot never stops the pipeline
             log.error("partition %d: unusable snapshot (%s); starting it fresh", part, exc)
@@ -172,7 +174,11 @@ class PartitionState:
             st = self.pipeline.stages.get(part)
             if st is not None:
                 covered = {k: v for k, v in self._position.items() if k[1] == part}
-                blobs[part] = snapshots.encode(st, covered, self._state_key())
+                # off the event loop (heartbeats go on); the loop holds the rebalance lock or
+                # is itself waiting here, so nothing mutates the stage meanwhile
+                blobs[part] = await asyncio.to_thread(
+                    snapshots.encode, st, covered, self._state_key()
+                )
         await self._store.save(self._sink.producer, blobs)
         self.metrics.state_snapshots.inc(len(blobs))
         try:
@@ -188,6 +194,10 @@ class PartitionState:
         if only is None or not self._pending:
             self._pending_messages = 0
             self._last_checkpoint = time.monotonic()
+
+    async def _checkpoint_if_due(self) -> None:
+        async with self._rebalance_lock:
+            await self._maybe_checkpoint()
 
     async def _maybe_checkpoint(self) -> None:
         st = self.settings.state

@@ -17,6 +17,7 @@ from selfheal.pipeline.core.config import Settings
 from selfheal.pipeline.core.events import anomaly_event, deadletter_record, repair_event
 from selfheal.pipeline.core.metrics import Metrics
 from selfheal.pipeline.core.stage import Outputs, Pipeline, PolicyLike
+from selfheal.pipeline.kernel.cloudevents import incident_event
 from selfheal.pipeline.kernel.types import DecisionStatus
 
 
@@ -42,7 +43,13 @@ def replay(
     pipe = Pipeline(settings, policy_factory, live=False)
     t = settings.kafka.topics
     src = settings.runtime.source
-    source = FileSource(list(inputs), t.metrics, t.logs, batch_size=settings.kafka.max_batch)
+    source = FileSource(
+        list(inputs),
+        t.metrics,
+        t.logs,
+        batch_size=settings.kafka.max_batch,
+        changes_topic=t.changes,
+    )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_bytes(b"")
     sink = JsonlSink(out_path)
@@ -56,6 +63,7 @@ def replay(
         events += [
             repair_event(d, src) for d in out.decisions if d.status is not DecisionStatus.SUPPRESSED
         ]
+        events += [incident_event(e.id, e.state, e.ts, e.data, src) for e in out.incidents]
         sink.write_batch(events)
         res.events += len(events)
         res.anomalies += len(out.anomalies)

@@ -218,7 +218,10 @@ class Runner(PartitionState):
         if k.create_topics:
             await ensure_topics(
                 bootstrap,
-                [t.metrics, t.logs, t.anomalies, t.repairs, t.deadletter, t.audit, t.state],
+                [
+                    *(t.metrics, t.logs, t.changes),
+                    *(t.anomalies, t.repairs, t.incidents, t.deadletter, t.audit, t.state),
+                ],
                 k.partitions,
                 client,
                 compacted=[t.state],
@@ -228,7 +231,7 @@ class Runner(PartitionState):
         sink = KafkaSink(bootstrap, client=client)
         source = KafkaSource(
             bootstrap,
-            [t.metrics, t.logs],
+            [t.metrics, t.logs, t.changes],
             k.group_id,
             client=client,
             max_batch=k.max_batch,
@@ -236,6 +239,7 @@ class Runner(PartitionState):
             auto_offset_reset=k.auto_offset_reset,
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
+            optional_topics=[t.changes],
         )
         self._source, self._sink = source, sink
         self.backpressure.source = source
@@ -307,6 +311,8 @@ class Runner(PartitionState):
                 raise WatchdogTimeout(f"iteration exceeded {timeout:.1f}s") from exc
             elapsed = time.monotonic() - started
             self.metrics.iteration_duration.observe(elapsed)
+            # outside the watchdog: a large state takes seconds to encode (in a thread)
+            await self._checkpoint_if_due()
             now = self.clock()
             self.metrics.last_iteration.set(now)
             self.health.last_iteration = now
@@ -356,7 +362,6 @@ class Runner(PartitionState):
             self._pending.update(nxt)
             self._position.update(nxt)
             self._pending_messages += len(batch)
-        await self._maybe_checkpoint()
         self._account(batch, out)
 
     def _detect(self, batch: list[Envelope], now: float) -> Outputs:

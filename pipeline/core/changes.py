@@ -23,10 +23,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from selfheal.pipeline.core.incidents import ChangeRef, IncidentBook
 from selfheal.pipeline.kernel.lru import LRU
-from selfheal.pipeline.kernel.types import AnomalyKind, Change
+from selfheal.pipeline.kernel.types import AnomalyKind, Change, ChangeKind
 
 #: kinds a bad version typically causes; a forecast or a security finding is not a deploy's
 CHANGE_SENSITIVE = frozenset(
@@ -82,6 +83,22 @@ class ChangeLog:
 
     def entities(self) -> Iterable[str]:
         return self._by_entity.keys()
+
+    def to_state(self) -> list[list[Any]]:
+        """Plain data: one row per change, oldest entity first."""
+        return [
+            [c.id, c.ts, c.entity, c.kind.value, c.artifact, c.source]
+            for history in self._by_entity.values()
+            for c in history
+        ]
+
+    def load_state(self, rows: Any) -> None:
+        for cid, ts, entity, kind, artifact, source in rows:
+            self.record(
+                Change(
+                    str(cid), float(ts), str(entity), ChangeKind(kind), str(artifact), str(source)
+                )
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,14 +144,50 @@ class _Encoder:
         if t is float:
             return o if math.isfinite(o) else ["f", repr(o)]
         if t is list:
-            return ["l", *map(self.encode, o)]
+            return ["l", *o] if _plain(o) else ["l", *self._items(o)]
         if t is tuple:
-            return ["t", *map(self.encode, o)]
+            return ["t", *o] if _plain(o) else ["t", *self._items(o)]
         if t is dict:
             if all(type(k) is str for k in o):
-                return {k: self.encode(v) for k, v in o.items()}
+                return self._fields(o)
             return ["d", *self._pairs(o)]
         return self._other(o, t)
+
+    def _items(self, o: list[Any] | tuple[Any, ...]) -> list[Any]:
+        # the scalar test inline (no call per item): most state values are plain numbers
+        enc = self.encode
+        out: list[Any] = []
+        append = out.append
+        for x in o:
+            t = type(x)
+            if (
+                t is str
+                or (t is float and x - x == 0.0)
+                or (t is int and -_INT64 <= x < _INT64)
+                or t is bool
+                or x is None
+            ):
+                append(x)
+            else:
+                append(enc(x))
+        return out
+
+    def _fields(self, o: dict[str, Any]) -> dict[str, Any]:
+        enc = self.encode
+        out: dict[str, Any] = {}
+        for k, x in o.items():
+            t = type(x)
+            if (
+                t is str
+                or (t is float and x - x == 0.0)
+                or (t is int and -_INT64 <= x < _INT64)
+                or t is bool
+                or x is None
+            ):
+                out[k] = x
+            else:
+                out[k] = enc(x)
+        return out
 
     def _pairs(self, o: dict[Any, Any]) -> list[Any]:
         out: list[Any] = []
@@ -209,20 +245,23 @@ class _Decoder:
     def __init__(self, classes: dict[str, type]) -> None:
         self.classes = classes
         self.objects: list[Any] = []
+        #: fields already checked per class: a field never shadows a method
+        self.fields: dict[type, set[str]] = {}
 
     def decode(self, v: Any) -> Any:
         t = type(v)
         if t is dict:
-            return {k: self.decode(x) for k, x in v.items()}
+            dec = self.decode
+            return {k: x if type(x) not in _NESTED else dec(x) for k, x in v.items()}
         if t is not list:
             return v  # str, int, float, bool, None
         if not v or type(v[0]) is not str:
             raise CodecError("untagged array")
         tag, rest = v[0], v[1:]
         if tag == "l":
-            return [self.decode(x) for x in rest]
+            return rest if _flat(rest) else [self.decode(x) for x in rest]
         if tag == "t":
-            return tuple(self.decode(x) for x in rest)
+            return tuple(rest) if _flat(rest) else tuple(self.decode(x) for x in rest)
         if tag == "d" or tag == "o":
             if len(rest) % 2:
                 raise CodecError("odd mapping")
@@ -292,16 +331,69 @@ class _Decoder:
         slots: Any = None
         if isinstance(state, tuple) and len(state) == 2:
             state, slots = state
+        if slots is None and type(state) is dict and hasattr(obj, "__dict__"):
+            known = self.fields.setdefault(cls, set())
+            if not state.keys() <= known:
+                for k in state:
+                    self._check_field(cls, k)
+                known.update(state)
+            obj.__dict__.update(state)
+            return obj
         for attrs in (state, slots):
             if attrs is None:
                 continue
             if type(attrs) is not dict:
                 raise CodecError(f"bad state for {class_name(cls)}")
+            known = self.fields.setdefault(cls, set())
             for k, x in attrs.items():
-                if type(k) is not str or k.startswith("__") or callable(getattr(cls, k, None)):
-                    raise CodecError(f"field {str(k)[:60]!r} not settable on {class_name(cls)}")
+                if k not in known:
+                    self._check_field(cls, k)
+                    known.add(k)
                 object.__setattr__(obj, k, x)
         return obj
+
+    @staticmethod
+    def _check_field(cls: type, k: Any) -> None:
+        """A field must be a plain name that does not shadow a method or a dunder."""
+        if type(k) is not str or k.startswith("__") or callable(getattr(cls, k, None)):
+            raise CodecError(f"field {str(k)[:60]!r} not settable on {class_name(cls)}")
+
+
+_NESTED = (list, dict)
+
+
+def _scalar(x: Any) -> bool:
+    """A JSON scalar that needs no tag."""
+    t = type(x)
+    if t is float:
+        return x - x == 0.0  # not inf or nan
+    if t is int:
+        return -_INT64 <= x < _INT64
+    return t is str or t is bool or x is None
+
+
+def _plain(seq: list[Any] | tuple[Any, ...]) -> bool:
+    """Only JSON scalars that need no tag (finite floats, 64-bit ints, str, bool, None)."""
+    for x in seq:
+        t = type(x)
+        if t is float:
+            if x - x != 0.0:  # inf or nan
+                return False
+        elif t is int:
+            if not -_INT64 <= x < _INT64:
+                return False
+        elif t is not str and t is not bool and x is not None:
+            return False
+    return True
+
+
+def _flat(items: list[Any]) -> bool:
+    """No nested array or object: every item decodes to itself."""
+    for x in items:
+        t = type(x)
+        if t is list or t is dict:
+            return False
+    return True
 
 
 def _one(rest: list[Any], kind: type) -> Any:

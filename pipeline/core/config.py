@@ -53,6 +53,27 @@ class TopicsConfig(_Section):
     control: str = "selfheal.control"
     #: one-partition log of approvals and rejections of pending decisions
     approvals: str = "selfheal.approvals"
+    #: CDEvents service events (deploys, upgrades, rollbacks), keyed by entity: an input topic
+    changes: str = "selfheal.changes"
+    #: incident CloudEvents (opened, updated, resolved)
+    incidents: str = "selfheal.incidents"
+
+
+class IncidentsConfig(_Section):
+    """Incidents (``core/incidents.py``) and changes (``core/changes.py``)."""
+
+    enabled: bool = True
+    #: a related anomaly joins an incident that saw an anomaly at most this long before
+    join_window_seconds: float = Field(default=600.0, gt=0)
+    #: an incident with no anomaly for this long is resolved
+    resolve_after_seconds: float = Field(default=900.0, gt=0)
+    max_open: int = Field(default=1_000, ge=1)
+    #: a caller's repair is left to its cause only when the cause scores at least this
+    min_cause_score: float = Field(default=0.5, ge=0, le=1)
+    #: an anomaly this soon after a deploy on its entity may be the deploy's
+    change_window_seconds: float = Field(default=1800.0, gt=0)
+    #: static call graph, caller -> callees, besides what ``dependency_request_ok`` teaches
+    dependencies: dict[str, list[str]] = Field(default_factory=dict)
 
 
 class KafkaConfig(_Section):
@@ -220,6 +241,8 @@ class Settings(BaseSettings):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     #: OpenTelemetry input: entity attribute order, metric-name table (docs/conventions.md)
     otlp: OtlpConfig = Field(default_factory=OtlpConfig)
+    #: incidents, their probable causes, and deploys (CDEvents) in the picture
+    incidents: IncidentsConfig = Field(default_factory=IncidentsConfig)
 
     @classmethod
     def settings_customise_sources(

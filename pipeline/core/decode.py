@@ -28,13 +28,23 @@ from selfheal.pipeline.core.otlp import PROTO_FIRST_BYTE, Otlp, OtlpError, OtlpS
 from selfheal.pipeline.core.otlp_config import OtlpConfig
 from selfheal.pipeline.core.shippers import is_shipper_record, shipper_line
 from selfheal.pipeline.kernel.schemas import (
+    CDEventIn,
     LogRecordIn,
     MetricSampleIn,
     PromAdapterMetricIn,
     TelegrafMetricIn,
     ts_seconds,
 )
-from selfheal.pipeline.kernel.types import Envelope, LogLevel, LogLine, Reject, RejectReason, Sample
+from selfheal.pipeline.kernel.types import (
+    Change,
+    ChangeKind,
+    Envelope,
+    LogLevel,
+    LogLine,
+    Reject,
+    RejectReason,
+    Sample,
+)
 
 _NON_METRIC_CHARS = re.compile(r"[^a-zA-Z0-9_:]")
 DEFAULT_ENTITY_KEYS: tuple[str, ...] = (
@@ -292,6 +302,28 @@ class Decoder:
         except (ArithmeticError, ValueError, LookupError, TypeError) as exc:
             # numbers beyond float range (a 400-digit timestamp): errors as data, never raised
             out.rejects.append(Reject(env, RejectReason.SCHEMA, "message", str(exc)[:200]))
+
+    def decode_changes(self, batch: Sequence[Envelope]) -> tuple[list[Change], list[Reject]]:
+        """CDEvents service events (``selfheal.changes``): each entity's new versions."""
+        changes: list[Change] = []
+        out = Decoded()
+        for env in batch:
+            obj = self._load(env, out)
+            if obj is _FAILED:
+                continue
+            try:
+                ev = CDEventIn.model_validate(obj)
+            except ValidationError as err:
+                loc, msg = _loc(err)
+                out.rejects.append(Reject(env, RejectReason.SCHEMA, loc, msg))
+                continue
+            kind = ChangeKind(ev.context.type.split(".")[3])
+            ts = ev.context.timestamp.timestamp()
+            artifact = ev.subject.content.artifactId
+            changes.append(
+                Change(ev.context.id, ts, ev.subject.id, kind, artifact, ev.context.source)
+            )
+        return changes, out.rejects
 
     def _load(self, env: Envelope, out: Decoded) -> Any:
         if len(env.value) > self.max_message_bytes:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from selfheal.pipeline.core.policy_config import ActionStep, Rule
 from selfheal.pipeline.core.policy_state import decision_id, storm_entity
 from selfheal.pipeline.core.repair import Case, PendingVerification
+from selfheal.pipeline.core.repair_plan import NO_PLAN, PROTECTIVE, RepairPlan
 from selfheal.pipeline.kernel.schemas import epoch_to_rfc3339
 from selfheal.pipeline.kernel.types import (
     Anomaly,
@@ -103,8 +104,11 @@ class Ask:
         )
 
 
-def decide_rule(eng: PolicyEngine, rule: Rule, anomaly: Anomaly, now: float) -> list[Decision]:
-    """Every decision ``anomaly`` causes under ``rule`` (steps 1-8 of the module doc)."""
+def decide_rule(
+    eng: PolicyEngine, rule: Rule, anomaly: Anomaly, now: float, plan: RepairPlan = NO_PLAN
+) -> list[Decision]:
+    """Every decision ``anomaly`` causes under ``rule`` (steps 1-8 of the module doc), following
+    the incident's repair plan (``selfheal.pipeline.core.repair_plan``)."""
     st = eng._state
     case = st.cases.get_or_create(rule.name, anomaly.finding.entity)
     case.last_seen = max(case.last_seen, now)
@@ -125,18 +129,35 @@ def decide_rule(eng: PolicyEngine, rule: Rule, anomaly: Anomaly, now: float) -> 
         text = f"same finding within the {dedup:g}s dedup window of the decision at "
         text += at(case.last_acted)
         return [ask.make(current, SUPPRESSED, text, Suppression.DUPLICATE)]
-    held = eng.storm_hold(ask, case, current)
+    if plan.cause is not None and current not in PROTECTIVE:
+        # a caller whose only problem is its failing dependency: repair the cause, not it
+        return [ask.make(current, SUPPRESSED, plan.symptom_text(), Suppression.SYMPTOM)]
+    step = None if exhausted else rollback_step(rule, plan)
+    held = eng.storm_hold(ask, case, step.action if step is not None else current)
     if held is not None:
         return held
     if exhausted:
         return [escalate(eng, ask, case)]
-    return attempt(eng, ask, case)
+    return attempt(eng, ask, case, step)
 
 
-def attempt(eng: PolicyEngine, ask: Ask, case: Case) -> list[Decision]:
-    """Try the case's current rung (steps 5-8)."""
+def rollback_step(rule: Rule, plan: RepairPlan) -> ActionStep | None:
+    """The rung a change-caused anomaly takes instead of the ladder's: a rollback to the
+    previous version, approved as the rule's own rollback rung would be."""
+    params = plan.rollback_params()
+    if params is None:
+        return None
+    own = next((s for s in rule.actions if s.action is RepairAction.ROLLBACK), None)
+    approval = own.requires_approval if own is not None else None
+    return ActionStep(action=RepairAction.ROLLBACK, params=params, requires_approval=approval)
+
+
+def attempt(
+    eng: PolicyEngine, ask: Ask, case: Case, override: ActionStep | None = None
+) -> list[Decision]:
+    """Try the case's current rung (steps 5-8), or ``override`` in its place."""
     st, rule, now = eng._state, ask.rule, ask.now
-    step = rule.actions[case.rung]
+    step = override if override is not None else rule.actions[case.rung]
     if case.pending is not None:
         # an approval request still open: its window decides, one request per attempt
         pending = case.pending
@@ -163,6 +184,11 @@ def attempt(eng: PolicyEngine, ask: Ask, case: Case) -> list[Decision]:
         text = f"{action.value} on {ask.entity} cooling down until {at(until)}"
         return [ask.make(action, SUPPRESSED, text, Suppression.COOLDOWN, params)]
     rung_text = f"rung {case.rung + 1}/{len(rule.actions)}, attempt {case.attempts + 1}"
+    if override is not None:
+        p = override.params
+        rung_text += (
+            f"; rollback of change {p['change_id']} ({p['from_version']} -> {p['to_version']})"
+        )
     trigger = trigger_text(rule, ask.anomaly)
     if outcome.verdict is Verdict.BUDGET:
         budget = eng.config.budget

@@ -51,6 +51,7 @@ from selfheal.pipeline.core.policy_state import (
     storm_entity,
 )
 from selfheal.pipeline.core.repair import Case
+from selfheal.pipeline.core.repair_plan import NO_PLAN, RepairPlan
 from selfheal.pipeline.core.verification import ConditionReport
 from selfheal.pipeline.kernel.protocols import FleetGate
 from selfheal.pipeline.kernel.types import (
@@ -138,18 +139,20 @@ class PolicyEngine:
         return self._state.watermark
 
     # ----------------------------------------------------------------- public API
-    def matching_rules(self, anomaly: Anomaly) -> list[Rule]:
+    def matching_rules(self, anomaly: Anomaly, plan: RepairPlan = NO_PLAN) -> list[Rule]:
         """The rules that apply to ``anomaly``, in evaluation order."""
         matched: list[Rule] = []
+        after_change = plan.rollback_params() is not None
         for rule in self.config.rules:
-            if rule_matches(rule, anomaly):
+            if rule_matches(rule, anomaly, after_change):
                 matched.append(rule)
                 if not rule.continue_matching:
                     break
         return matched
 
-    def decide(self, anomaly: Anomaly) -> list[Decision]:
-        """Every decision ``anomaly`` causes (executed or suppressed), in a deterministic order.
+    def decide(self, anomaly: Anomaly, plan: RepairPlan = NO_PLAN) -> list[Decision]:
+        """Every decision ``anomaly`` causes (executed or suppressed), in a deterministic order,
+        following the incident's repair ``plan``.
 
         An anomaly id seen before (at-least-once redelivery) yields ``[]``.
         """
@@ -160,8 +163,8 @@ class PolicyEngine:
         self._advance(now)
         self._recurred(anomaly, now)
         out, st.decisions = st.decisions, []
-        for rule in self.matching_rules(anomaly):
-            out.extend(ladder.decide_rule(self, rule, anomaly, now))
+        for rule in self.matching_rules(anomaly, plan):
+            out.extend(ladder.decide_rule(self, rule, anomaly, now, plan))
         return out
 
     def observe(self, report: ConditionReport) -> None:

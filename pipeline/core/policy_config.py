@@ -78,6 +78,10 @@ class Rule(BaseModel):
     forecast: ForecastCondition | None = None
     #: predictive rules fire on forecasts (they only match findings that carry one)
     predictive: bool = False
+    #: only anomalies attributed to a deploy on the entity (``core/changes.py``: it began soon
+    #: after the change and the unchanged replicas do not show it); a rollback rung then names
+    #: the previous version and the change
+    after_change: bool = False
     actions: list[ActionStep] = Field(min_length=1)
     #: after the last rung failed: escalate (True) or give up silently (False, still audited)
     escalate: bool = True
@@ -163,10 +167,13 @@ def parse_policy(text: str) -> PolicyConfig:
     return PolicyConfig.model_validate({} if data is None else data)
 
 
-def rule_matches(rule: Rule, anomaly: Anomaly) -> bool:
-    """Kind, minimum severity, entity glob, label equality and the forecast condition."""
+def rule_matches(rule: Rule, anomaly: Anomaly, after_change: bool = False) -> bool:
+    """Kind, minimum severity, entity glob, label equality, the forecast condition, and for an
+    ``after_change`` rule, that the anomaly followed a deploy (``after_change``)."""
     f = anomaly.finding
     if f.kind not in rule.kinds or f.severity.rank < rule.min_severity.rank:
+        return False
+    if rule.after_change and not after_change:
         return False
     if not fnmatch.fnmatchcase(f.entity, rule.entity):
         return False

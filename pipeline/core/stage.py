@@ -18,11 +18,15 @@ from typing import Any, Protocol, TypeAlias
 
 from selfheal.models.base import Judge, LogJudge
 from selfheal.models.registry import Router, SeriesKey, series_key
+from selfheal.pipeline.core.changes import ChangeLog
 from selfheal.pipeline.core.config import Settings
 from selfheal.pipeline.core.decode import Decoded, Decoder
 from selfheal.pipeline.core.events import to_anomaly
 from selfheal.pipeline.core.fleet import FleetArbiter, LocalFleet
 from selfheal.pipeline.core.guard import FailureRatio, Guard, GuardConfig
+from selfheal.pipeline.core.incidents import IncidentConfig, IncidentEvent
+from selfheal.pipeline.core.repair_plan import IncidentHub, RepairPlan
+from selfheal.pipeline.core.topology import DEPENDENCY_METRIC, Topology
 from selfheal.pipeline.core.verification import ConditionReport, reports
 from selfheal.pipeline.kernel.lru import LRU
 from selfheal.pipeline.kernel.protocols import FleetGate
@@ -37,7 +41,7 @@ from selfheal.pipeline.kernel.types import (
 
 
 class PolicyLike(Protocol):
-    def decide(self, anomaly: Anomaly) -> list[Decision]: ...
+    def decide(self, anomaly: Anomaly, plan: RepairPlan = ...) -> list[Decision]: ...
 
     def tick(self, watermark: float) -> tuple[list[Verification], list[Decision]]: ...
 
@@ -59,6 +63,7 @@ class Outputs:
     decisions: list[Decision] = field(default_factory=list)
     verifications: list[Verification] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    incidents: list[IncidentEvent] = field(default_factory=list)
     accepted: int = 0
 
     def extend(self, other: Outputs) -> None:
@@ -66,10 +71,13 @@ class Outputs:
         self.decisions.extend(other.decisions)
         self.verifications.extend(other.verifications)
         self.rejects.extend(other.rejects)
+        self.incidents.extend(other.incidents)
         self.accepted += other.accepted
 
     def __bool__(self) -> bool:
-        return bool(self.anomalies or self.decisions or self.verifications or self.rejects)
+        return bool(
+            self.anomalies or self.decisions or self.verifications or self.rejects or self.incidents
+        )
 
 
 _NO_TIME = float("-inf")
@@ -120,6 +128,12 @@ class PartitionStage:
         #: OTLP cumulative series (last point, plain tuples) and counts of ignored points
         self.otlp_series: LRU[tuple[Any, ...], tuple[Any, ...]] = LRU("otlp_series", d.max_series)
         self.otlp_counts: dict[str, int] = {}
+        inc = settings.incidents
+        #: the call graph of this partition's entities and their recent deploys
+        self.topology = Topology(static=inc.dependencies, max_entities=v.max_entities)
+        self.changes = ChangeLog(max_entities=v.max_entities)
+        #: the process's incidents, shared by every stage (attached by ``Pipeline``)
+        self.incidents: IncidentHub | None = None
 
     # -- processing -------------------------------------------------------------------------
 
@@ -202,6 +216,8 @@ class PartitionStage:
             if watch and s.entity in watch:
                 for j in judges:
                     findings.extend(reports(j, s.entity, ts))
+            if s.metric == DEPENDENCY_METRIC:
+                self.topology.observe(s)  # caller -> callee, for incidents
             if s.metric in entity_metrics:
                 for name, factory in entity_judges(s):
                     ej = self.entities.get_or_create((s.entity, name), factory)
@@ -281,6 +297,8 @@ class PartitionStage:
         verifications, decisions = self.policy.tick(now)
         out.verifications.extend(verifications)
         out.decisions.extend(decisions)
+        if self.incidents is not None:
+            out.incidents.extend(self.incidents.tick(now))
 
     def _decide(self, findings: list[Signal], out: Outputs) -> None:
         observed = False
@@ -291,7 +309,12 @@ class PartitionStage:
                 continue
             a = to_anomaly(f)  # type: ignore[arg-type]
             out.anomalies.append(a)
-            out.decisions.extend(self.policy.decide(a))
+            if self.incidents is None:
+                out.decisions.extend(self.policy.decide(a))
+                continue
+            events, plan = self.incidents.plan(a, self.topology, self.changes)
+            out.incidents.extend(events)
+            out.decisions.extend(self.policy.decide(a, plan))
         if observed:
             # what closed while observing (failed verifications, resolutions) goes out now
             verifications, decisions = self.policy.drain()  # type: ignore[attr-defined]
@@ -347,6 +370,21 @@ class Pipeline:
         self.topics = settings.kafka.topics
         self.use_watermark = (not live) or v.time_reference == "watermark"
         self.stages: dict[int, PartitionStage] = {}
+        inc = settings.incidents
+        #: one incident book for every partition of this process
+        self.incidents: IncidentHub | None = (
+            IncidentHub(
+                IncidentConfig(
+                    join_window_seconds=inc.join_window_seconds,
+                    resolve_after_seconds=inc.resolve_after_seconds,
+                    max_open=inc.max_open,
+                    min_cause_score=inc.min_cause_score,
+                ),
+                change_window_seconds=inc.change_window_seconds,
+            )
+            if inc.enabled
+            else None
+        )
 
     @property
     def fleet(self) -> FleetGate:
@@ -366,12 +404,14 @@ class Pipeline:
             st = self.stages[partition] = PartitionStage(
                 partition, self.settings, self.router, policy
             )
+            st.incidents = self.incidents
         return st
 
     def adopt(self, stage: PartitionStage) -> None:
         """Install a restored stage: this deployment's routing and fleet gate win."""
         stage.router = self.router
         attach_fleet(stage.policy, self._fleet)
+        stage.incidents = self.incidents
         self.stages[stage.partition] = stage
 
     def process(self, batch: Sequence[Envelope], now: float | None) -> Outputs:
@@ -398,15 +438,29 @@ class Pipeline:
             else:
                 envs.extend(run)
         logs_topic = self.topics.logs
+        changes_topic = self.topics.changes
         for part, envs in by_part.items():
             topics = set(map(_TOPIC, envs))
-            if logs_topic not in topics:
-                metrics, logs = envs, []
-            elif len(topics) == 1:
-                metrics, logs = [], envs
+            change_rejects: list[Reject] = []
+            if changes_topic in topics:
+                # deploys are state for the incidents, not samples: recorded before the batch
+                changes, change_rejects = self.decoder.decode_changes(
+                    [e for e in envs if e.topic == changes_topic]
+                )
+                for change in changes:
+                    self.stage(part).changes.record(change)
+                envs_in = [e for e in envs if e.topic != changes_topic]
+                topics.discard(changes_topic)
             else:
-                metrics = [e for e in envs if e.topic != logs_topic]
-                logs = [e for e in envs if e.topic == logs_topic]
+                envs_in = envs
+            if logs_topic not in topics:
+                metrics, logs = envs_in, []
+            elif len(topics) == 1:
+                metrics, logs = [], envs_in
+            else:
+                metrics = [e for e in envs_in if e.topic != logs_topic]
+                logs = [e for e in envs_in if e.topic == logs_topic]
+            out.rejects.extend(change_rejects)
             st = self.stage(part)
             decoded = self.decoder.decode_metrics(metrics, st) if metrics else Decoded()
             if logs:
@@ -417,10 +471,10 @@ class Pipeline:
             if self.use_watermark:
                 # event time judged by the partition's own progress (core/eventtime.py), so
                 # the stage's clock-based future/past checks are off (reference None)
-                decoded, envs = st.guard.events.sequence(decoded, envs)
-                out.extend(st.process(decoded, envs, None, False))
+                decoded, envs_in = st.guard.events.sequence(decoded, envs_in)
+                out.extend(st.process(decoded, envs_in, None, False))
             else:
-                out.extend(st.process(decoded, envs, now, False))
+                out.extend(st.process(decoded, envs_in, now, False))
             if now is not None:
                 st.data_wall = now
         return out

@@ -161,6 +161,9 @@ def stage_state(stage: Any) -> dict[str, Any]:
         "tickers": stage.tickers,
         # the engine's own snapshot: plain data (rules, budgets, dry run stay out of it)
         "policy": snap() if snap is not None else None,
+        # incidents: the partition's learned call graph and its entities' recent deploys
+        "topology": stage.topology.edges_state() if hasattr(stage, "topology") else None,
+        "changes": stage.changes.to_state() if hasattr(stage, "changes") else None,
         # OTLP cumulative series (last point per series, plain tuples) and ignored-point counts
         "otlp": {"series": stage.otlp_series, "counts": stage.otlp_counts}
         if hasattr(stage, "otlp_series")
@@ -250,6 +253,13 @@ def restore(stage: Any, state: dict[str, Any]) -> None:
         except (TypeError, ValueError) as exc:
             raise SnapshotError(f"otlp counts: {exc}") from exc
         stage.otlp_counts = counts
+    try:
+        if state.get("topology") is not None:
+            stage.topology.load_edges(state["topology"])
+        if state.get("changes") is not None:
+            stage.changes.load_state(state["changes"])
+    except (TypeError, ValueError) as exc:
+        raise SnapshotError(f"incident state: {exc}") from exc
     restore_policy = getattr(stage.policy, "restore", None)
     if state["policy"] is not None and restore_policy is not None:
         try:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from selfheal.pipeline.kernel.lru import LRU
 from selfheal.pipeline.kernel.types import Sample
@@ -108,6 +109,15 @@ class Topology:
                 callers.discard(entity)
                 if not callers:
                     del self._callers[callee]
+
+    def edges_state(self) -> list[list[Any]]:
+        """The learned call graph as plain data (groups are learned again from labels)."""
+        return [[e, list(n.callees)] for e, n in self._nodes.items() if n.callees]
+
+    def load_edges(self, edges: Any) -> None:
+        for caller, callees in edges:
+            for callee in callees:
+                self.add_edge(str(caller), str(callee))
 
     def callees(self, entity: str) -> tuple[str, ...]:
         node = self._nodes.peek(entity)

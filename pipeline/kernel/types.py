@@ -157,6 +157,8 @@ class Suppression(enum.StrEnum):
     STORM = "storm"
     MAX_ATTEMPTS = "max_attempts"
     BREAKER_OPEN = "breaker_open"
+    #: the entity's only problem is a dependency that is being repaired (incidents)
+    SYMPTOM = "symptom"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,111 @@
+"""One repair plan per incident: repair the probable cause, protect its callers, roll back a bad
+deploy.
+
+The ``IncidentHub`` is the process's incident book (one for every partition stage, as the fleet
+gate is). For each anomaly a stage hands it, with what the stage knows of the entity (its
+callees from the topology, its recent deploys), it returns the incident events the anomaly
+causes and a ``RepairPlan`` the policy follows:
+
+* ``cause``: the entity's only problem is another entity it depends on (a failing database
+  behind its callers): protective actions (circuit break, degrade, rate limit) go ahead,
+  anything else is left to the cause (suppressed as ``symptom``, and audited);
+* ``attribution``: the anomaly followed a deploy on this entity and its unchanged peers are
+  fine: the repair is a rollback to the previous version, naming both versions and the change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from selfheal.pipeline.core.causes import Cause
+from selfheal.pipeline.core.changes import CHANGE_SENSITIVE, Attribution, ChangeLog, attribute
+from selfheal.pipeline.core.incidents import (
+    AnomalyNote,
+    IncidentBook,
+    IncidentConfig,
+    IncidentEvent,
+)
+from selfheal.pipeline.core.topology import SERVICE_LABELS, Topology
+from selfheal.pipeline.kernel.types import Anomaly, RepairAction
+
+#: actions that protect an entity from a failing dependency rather than repair the entity
+PROTECTIVE = frozenset(
+    {
+        RepairAction.CIRCUIT_BREAK,
+        RepairAction.DEGRADE,
+        RepairAction.RATE_LIMIT,
+        RepairAction.BLOCK_SOURCE,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RepairPlan:
+    incident_id: str | None = None
+    #: the probable cause when the entity is only a symptom of it
+    cause: Cause | None = None
+    #: the deploy the anomaly is attributed to
+    attribution: Attribution | None = None
+
+    def symptom_text(self) -> str:
+        assert self.cause is not None
+        why = self.cause.evidence[0] if self.cause.evidence else ""
+        return (
+            f"left to its probable cause {self.cause.entity} (incident {self.incident_id}, "
+            f"score {self.cause.score:.2f}: {why})"
+        )
+
+    def rollback_params(self) -> dict[str, str] | None:
+        """What a rollback to the previous version needs; None when that version is unknown."""
+        if self.attribution is None or self.attribution.change.previous is None:
+            return None
+        change = self.attribution.change
+        return {
+            "to_version": change.previous or "",
+            "from_version": change.version,
+            "change_id": change.id,
+        }
+
+
+NO_PLAN = RepairPlan()
+
+
+class IncidentHub:
+    """The process's incidents (see the module docstring)."""
+
+    def __init__(
+        self, config: IncidentConfig | None = None, change_window_seconds: float = 1800.0
+    ) -> None:
+        self.book = IncidentBook(config)
+        self.change_window_seconds = change_window_seconds
+
+    def plan(
+        self, anomaly: Anomaly, topology: Topology, changes: ChangeLog
+    ) -> tuple[list[IncidentEvent], RepairPlan]:
+        f = anomaly.finding
+        labels = f.labels
+        service = next((labels[k] for k in SERVICE_LABELS if labels.get(k)), None)
+        service = service or topology.service_of(f.entity)
+        change = None
+        if f.kind in CHANGE_SENSITIVE:
+            change = changes.recent(f.entity, f.ts, self.change_window_seconds)
+        note = AnomalyNote(
+            anomaly.id,
+            f.ts,
+            f.entity,
+            f.kind,
+            f.severity,
+            f.metric,
+            service,
+            topology.node_of(f.entity),
+            topology.callees(f.entity),
+            change,
+        )
+        events = self.book.apply(note)
+        inc = self.book.incident_of(f.entity)
+        found = attribute(f.kind, f.entity, service, change, self.book)
+        cause = None if found is not None else self.book.symptom_of(f.entity)
+        return events, RepairPlan(inc.id if inc else None, cause, found)
+
+    def tick(self, ts: float) -> list[IncidentEvent]:
+        return self.book.tick(ts)
