@@ -368,7 +368,7 @@ def incident_source(runner: Any) -> Callable[[], list[Any]] | None:
     hub = getattr(getattr(runner, "pipeline", None), "incidents", None)
     book = getattr(hub, "book", hub)
     if book is not None and callable(getattr(book, "open_incidents", None)):
-        return book.open_incidents  # type: ignore[no-any-return]
+        return book.open_incidents
     return None
 
 

@@ -47,16 +47,16 @@ class TopicsConfig(_Section):
     state: str = "selfheal.state"
     #: one-partition log of repair needs: the fleet-wide budget and storm window
     fleet: str = "selfheal.fleet"
+    #: CDEvents service events (deploys, upgrades, rollbacks), keyed by entity: an input topic
+    changes: str = "selfheal.changes"
+    #: incident CloudEvents (opened, updated, resolved)
+    incidents: str = "selfheal.incidents"
     #: execution record per decision id ("started", then the outcome): at most once per id
     outcomes: str = "selfheal.repair_outcomes"
     #: one-partition log of pause / resume commands every process follows
     control: str = "selfheal.control"
     #: one-partition log of approvals and rejections of pending decisions
     approvals: str = "selfheal.approvals"
-    #: CDEvents service events (deploys, upgrades, rollbacks), keyed by entity: an input topic
-    changes: str = "selfheal.changes"
-    #: incident CloudEvents (opened, updated, resolved)
-    incidents: str = "selfheal.incidents"
 
 
 class IncidentsConfig(_Section):
