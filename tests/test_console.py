@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import Gauge
 from selfheal.connectors.http_server import Health, MetricsServer
 from selfheal.connectors.tail import TailRecord
 from selfheal.pipeline.app.console import PREFIX, Console, OutcomeFeed, Sources
@@ -219,12 +218,8 @@ def test_incidents_outcomes_and_learned_effectiveness(served: Served) -> None:
         )
         served.feed.on_record(TailRecord("t", 0, i, 0, b"d-2", dumps(ev)))
     served.metrics.repairs_executed.labels("restart", "ok").inc()
-    ratio = Gauge(
-        "repair_success_ratio",
-        "posterior",
-        ["kind", "action", "service"],
-        registry=served.metrics.registry,
-    )
+    # the learned gauges of the policy engines (branch learn), exported by the runner
+    ratio = served.metrics.repair_success_ratio
     ratio.labels("memory_high", "scale_up", "users").set(0.83)
     state = served.get(PREFIX + "/state.json").json()
     [inc] = state["incidents"]

@@ -159,7 +159,7 @@ def _check_crossval(cv: dict[str, Any]) -> None:
 
 def test_explore_events_from_replay(kernel_env: None, tmp_path: Path) -> None:
     nb = run_notebook("explore_events.ipynb", {"OUT_DIR": str(tmp_path), "KAFKA_BOOTSTRAP": ""})
-    assert _images(nb) == 1
+    assert _images(nb) == 2  # the timeline and the learned effectiveness
     report = json.loads((tmp_path / "explore.json").read_text(encoding="utf-8"))
     lines = (tmp_path / "events.jsonl").read_bytes().splitlines()
     assert report["events"] == len(lines) > 0
@@ -168,6 +168,12 @@ def test_explore_events_from_replay(kernel_env: None, tmp_path: Path) -> None:
     assert report["faults"] == len(truth) > 0
     assert report["timeline"] == str(tmp_path / "timeline.png")
     assert (tmp_path / "timeline.png").read_bytes()[:8] == PNG_MAGIC
+    # section 4: effectiveness learned from the replayed anomalies, and a what-if
+    assert (tmp_path / "effectiveness.png").read_bytes()[:8] == PNG_MAGIC
+    whatif = json.loads((tmp_path / "whatif.json").read_text(encoding="utf-8"))
+    assert whatif["anomalies"] == report["anomalies"]
+    assert sum(whatif["baseline"]["repairs"].values()) > 0
+    assert report["whatif"]["changed"] == whatif["changed"]
 
 
 def _cloudevent(kind: str, name: str, entity: str, ts: str, data: dict[str, Any]) -> bytes:

@@ -32,6 +32,10 @@ DELEGATED: dict[str, tuple[str, str]] = {
         "selfheal.pipeline.app.report",
         "render an HTML report for operators from anomaly and repair events",
     ),
+    "whatif": (
+        "selfheal.pipeline.app.whatif",
+        "replay recorded anomalies through the current and a candidate policy, show the diff",
+    ),
     "demo": (
         "selfheal.pipeline.app.demo",
         "embedded broker + simulated fleet + pipeline, with a summary",

@@ -14,6 +14,7 @@ from selfheal.connectors.audit_file import AuditFileSink
 from selfheal.connectors.files import FileSource, JsonlSink
 from selfheal.pipeline.app.outputs import audit_records, observe_outputs
 from selfheal.pipeline.core.config import Settings
+from selfheal.pipeline.core.effectiveness import observe_effectiveness
 from selfheal.pipeline.core.events import anomaly_event, deadletter_record, repair_event
 from selfheal.pipeline.core.metrics import Metrics
 from selfheal.pipeline.core.stage import Outputs, Pipeline, PolicyLike
@@ -82,6 +83,8 @@ def replay(
             if m is not None:
                 observe_outputs(m, out, batch, settings)
         emit(pipe.final_tick())
+        if m is not None:
+            observe_effectiveness(m, [st.policy for st in pipe.stages.values()])
     finally:
         sink.close()
         if dl_sink is not None:

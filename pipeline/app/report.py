@@ -409,6 +409,17 @@ def read_verdicts(path: Path) -> dict[str, bool]:
         raise ReportInputError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from exc
 
 
+def effectiveness_html(raw: list[dict[str, Any]], path: Path) -> str:
+    """The repair effectiveness section (``report_effectiveness``) from an audit file."""
+    from selfheal.pipeline.app.report_effectiveness import effectiveness_rows, section_html
+    from selfheal.pipeline.core.audit import read_records
+
+    try:
+        return section_html(effectiveness_rows(raw, (r.data for r in read_records(path))))
+    except OSError as exc:
+        raise ReportInputError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from exc
+
+
 # ---------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -455,6 +466,7 @@ def main(argv: list[str]) -> int:
         raw, bad = read_events(args.events)
         truth = read_truth(args.truth) if args.truth else None
         verdicts = read_verdicts(args.audit) if args.audit else None
+        learned = effectiveness_html(raw, args.audit) if args.audit else ""
     except ReportInputError as exc:
         print(f"selfheal report: {exc}", file=sys.stderr)
         return 2
@@ -470,7 +482,7 @@ def main(argv: list[str]) -> int:
     if len(raw) != len(events):
         notes += f", {len(raw) - len(events)} neither anomaly nor repair"
     page = render_html(events, summary=summary, samples=samples, truth=truth or [],
-                       verdicts=verdicts, notes=notes)  # fmt: skip
+                       verdicts=verdicts, notes=notes, extra=learned)  # fmt: skip
     try:
         args.out.write_text(page, encoding="utf-8")
     except OSError as exc:

@@ -275,8 +275,10 @@ def render_html(
     verdicts: Mapping[str, bool] | None = None,
     title: str = "selfheal report",
     notes: str = "",
+    extra: str = "",
 ) -> str:
-    """The whole report as one page; ``summary`` (the scorecard) only with ground truth."""
+    """The whole report as one page; ``summary`` (the scorecard) only with ground truth;
+    ``extra``: more sections (HTML) placed before the plots."""
     esc = html.escape
     anomalies = [e for e in events if e.category == "anomaly"]
     repairs = [e for e in events if e.category == "repair"]
@@ -321,6 +323,7 @@ def render_html(
         section("scorecard", "Scorecard against the ground truth", _scorecard_html(summary))
         if summary is not None
         else "",
+        extra,
         section("plots", "Plots (times UTC)", figs or "<p>Nothing to plot.</p>"),
         "</body></html>",
     ]

@@ -38,6 +38,7 @@ from selfheal.pipeline.core.audit import (
     execution_record,
 )
 from selfheal.pipeline.core.config import ConfigError, KafkaConfig, Settings
+from selfheal.pipeline.core.effectiveness import observe_effectiveness
 from selfheal.pipeline.core.fleet import FleetArbiter
 from selfheal.pipeline.core.metrics import Metrics
 from selfheal.pipeline.core.stage import Outputs, Pipeline, PolicyLike
@@ -461,6 +462,7 @@ class Runner(PartitionState):
                 acc[1] += coll.evictions
         for name, (size, ev) in sizes.items():
             self.metrics.observe_collection(name, size, ev)
+        observe_effectiveness(self.metrics, [st.policy for st in self.pipeline.stages.values()])
         self.metrics.observe_otlp(
             [getattr(st, "otlp_counts", {}) for st in self.pipeline.stages.values()]
         )

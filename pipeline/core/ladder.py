@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from selfheal.pipeline.core.effectiveness import service_of
 from selfheal.pipeline.core.policy_config import ActionStep, Rule
 from selfheal.pipeline.core.policy_state import decision_id, storm_entity
 from selfheal.pipeline.core.repair import Case, PendingVerification
@@ -208,6 +209,10 @@ def attempt(
     else:
         status, text = DecisionStatus.EXECUTE, f"{trigger}; {rung_text}"
     decision = ask.make(action, status, text, None, params)
+    if not approval:  # its verified outcome teaches the effectiveness book
+        f = ask.anomaly.finding
+        service = service_of(f.entity, f.labels)
+        st.learning.opened(decision.id, f.kind.value, action.value, service, now)
     case.attempts += 1
     case.pending = PendingVerification(
         decision_id=decision.id,
@@ -266,6 +271,8 @@ def fail(eng: PolicyEngine, rule: Rule, case: Case, ts: float, why: str) -> None
     pending = case.pending
     assert pending is not None
     case.pending = None
+    eng._state.learning.closed(pending.decision_id, False, None)
+    rule = eng.ladder_rule(rule, case.entity)  # a learned order: the rung's own step
     if not pending.approval:
         eng._state.verifications.append(
             Verification(
@@ -292,6 +299,8 @@ def succeed(eng: PolicyEngine, case: Case) -> None:
     pending = case.pending
     assert pending is not None
     window = pending.deadline - pending.started
+    # recovered when the condition was last seen (at the repair itself if never again)
+    eng._state.learning.closed(pending.decision_id, True, max(case.last_seen, pending.started))
     if not pending.approval:
         eng._state.verifications.append(
             Verification(

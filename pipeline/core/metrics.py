@@ -179,6 +179,19 @@ class Metrics:
             ["where"],
             registry=r,
         )
+        # learned repair effectiveness (selfheal.pipeline.core.effectiveness); services capped
+        self.repair_success_ratio = Gauge(
+            "repair_success_ratio",
+            "Posterior mean success rate of a repair (Beta prior plus verified outcomes)",
+            ["kind", "action", "service"],
+            registry=r,
+        )
+        self.repair_recovery_seconds = Gauge(
+            "repair_recovery_seconds",
+            "Median time from a successful repair to the condition last seen (recent outcomes)",
+            ["kind", "action", "service"],
+            registry=r,
+        )
         # labelled series exist from the start at 0: rate() and ratios then see the first
         # increment instead of a series appearing out of nowhere at its first value
         for a in RepairAction:

@@ -39,7 +39,8 @@ import heapq
 import math
 from typing import Any
 
-from selfheal.pipeline.core import ladder, storm_hold
+from selfheal.pipeline.core import ladder, learned_ladder, storm_hold
+from selfheal.pipeline.core.effectiveness import Effectiveness
 from selfheal.pipeline.core.fleet import FleetArbiter, LocalFleet
 from selfheal.pipeline.core.ladder import Ask
 from selfheal.pipeline.core.policy_config import ActionStep, PolicyConfig, Rule, rule_matches
@@ -138,6 +139,11 @@ class PolicyEngine:
     def watermark(self) -> float:
         return self._state.watermark
 
+    @property
+    def learning(self) -> Effectiveness:
+        """Learned repair effectiveness (``selfheal.pipeline.core.effectiveness``)."""
+        return self._state.learning
+
     # ----------------------------------------------------------------- public API
     def matching_rules(self, anomaly: Anomaly, plan: RepairPlan = NO_PLAN) -> list[Rule]:
         """The rules that apply to ``anomaly``, in evaluation order."""
@@ -164,7 +170,10 @@ class PolicyEngine:
         self._recurred(anomaly, now)
         out, st.decisions = st.decisions, []
         for rule in self.matching_rules(anomaly, plan):
-            out.extend(ladder.decide_rule(self, rule, anomaly, now, plan))
+            if rule.order == "learned":
+                out.extend(learned_ladder.decide(self, rule, anomaly, now, plan))
+            else:
+                out.extend(ladder.decide_rule(self, rule, anomaly, now, plan))
         return out
 
     def observe(self, report: ConditionReport) -> None:
@@ -258,6 +267,10 @@ class PolicyEngine:
         return storm_hold.release_storm(self, action, by)
 
     # ----------------------------------------------------------------- used by ladder/storms
+    def ladder_rule(self, rule: Rule, entity: str) -> Rule:
+        """``rule`` with its ladder in the order ``entity``'s incident follows (learned order)."""
+        return learned_ladder.ordered_rule(self, rule, entity)
+
     def dry(self, rule: Rule | None = None) -> bool:
         """Decide without executing: paused, the policy in dry run, or the rule in dry run."""
         return self.paused or self.config.dry_run or (rule is not None and rule.dry_run)

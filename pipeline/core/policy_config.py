@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -92,6 +92,11 @@ class Rule(BaseModel):
     max_attempts: int = Field(default=1, ge=1)
     #: keep evaluating later rules after this one matched
     continue_matching: bool = False
+    #: ``learned``: try the ladder's actions best-first by learned success
+    #: (``selfheal.pipeline.core.effectiveness``); ``configured``: as listed
+    order: Literal["configured", "learned"] = "configured"
+    #: with ``order: learned``, outcomes an action needs before it can be demoted
+    min_tries: int = Field(default=3, ge=1)
 
     @field_validator("kinds", mode="before")
     @classmethod
@@ -106,6 +111,15 @@ class BudgetConfig(BaseModel):
 
     max_repairs: int = Field(default=10, ge=0)
     window_seconds: float = Field(default=600.0, gt=0)
+
+
+class LearningConfig(BaseModel):
+    """The Beta prior of learned repair effectiveness (pseudo-counts of outcomes)."""
+
+    model_config = _STRICT
+
+    prior_successes: float = Field(default=1.0, gt=0)
+    prior_failures: float = Field(default=1.0, gt=0)
 
 
 class PolicyConfig(BaseModel):
@@ -126,6 +140,7 @@ class PolicyConfig(BaseModel):
     #: bounds on the engine state (LRU eviction beyond)
     max_tracked_entities: int = Field(default=10_000, ge=1)
     max_seen_anomalies: int = Field(default=50_000, ge=1)
+    learning: LearningConfig = Field(default_factory=LearningConfig)
     rules: list[Rule] = Field(default_factory=list)
 
     @model_validator(mode="after")

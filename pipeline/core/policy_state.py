@@ -27,6 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from selfheal.pipeline.core.effectiveness import Effectiveness
 from selfheal.pipeline.core.policy_config import PolicyConfig
 from selfheal.pipeline.core.repair import Case, CaseBook, Cooldowns, Hold, SeenIds, Storm
 from selfheal.pipeline.kernel.types import Decision, RepairAction, Verification
@@ -95,6 +96,8 @@ class PolicyState:
     verifications: list[Verification] = field(default_factory=list)
     #: decisions made while closing windows, handed out by the next decide() or tick()
     decisions: list[Decision] = field(default_factory=list)
+    #: learned repair effectiveness (outcome counts, open repairs, learned ladder orders)
+    learning: Effectiveness = field(default_factory=Effectiveness)
 
     @classmethod
     def new(cls, config: PolicyConfig) -> PolicyState:
@@ -116,6 +119,7 @@ class PolicyState:
             "held": [[rule, entity, h.to_plain()] for (rule, entity), h in self.held.items()],
             "announced": [[storm_id, ts] for storm_id, ts in self.announced.items()],
             "verifications": [_verification_to_plain(v) for v in self.verifications],
+            "learning": self.learning.to_plain(),
         }
 
     @classmethod
@@ -154,6 +158,7 @@ class PolicyState:
             announced={str(sid): float(ts) for sid, ts in data.get("announced", [])},
             watermark=-math.inf if wm is None else float(wm),
             verifications=[_verification_from_plain(v) for v in data["verifications"]],
+            learning=Effectiveness.from_plain(data.get("learning")),
         )
         for case in st.cases.values():
             st.schedule(case, config.verification_window_seconds)

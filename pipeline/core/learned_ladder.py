@@ -1,0 +1,65 @@
+"""``order: learned``: a rule's ladder walked best-first by learned effectiveness.
+
+When an incident's ladder starts (its case idle), the configured actions are ranked
+(``effectiveness.learned_order``, seeded by a decision id, so replays rank alike) and the
+order is remembered for the (rule, entity) until the case starts over; the ladder then climbs
+through that order exactly like a configured one (rungs, ``max_attempts``, approvals and
+cooldowns of each step travel with the step). No action outside the configured ladder is
+ever chosen. Every decision of the rule says why its action came first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from selfheal.pipeline.core import ladder
+from selfheal.pipeline.core.effectiveness import learned_order, service_of
+from selfheal.pipeline.core.policy_config import Rule
+from selfheal.pipeline.core.policy_state import decision_id
+from selfheal.pipeline.core.repair_plan import NO_PLAN, RepairPlan
+from selfheal.pipeline.kernel.types import Anomaly, Decision
+
+if TYPE_CHECKING:
+    from selfheal.pipeline.core.policy import PolicyEngine
+
+
+def ordered_rule(eng: PolicyEngine, rule: Rule, entity: str) -> Rule:
+    """``rule`` with its ladder in the order ``entity``'s current incident follows."""
+    if rule.order != "learned":
+        return rule
+    order = eng._state.learning.orders.get((rule.name, entity))
+    if order is None or sorted(order) != list(range(len(rule.actions))):
+        return rule  # nothing ranked yet, or the ladder's length changed since
+    if order == sorted(order):
+        return rule
+    return rule.model_copy(update={"actions": [rule.actions[pos] for pos in order]})
+
+
+def decide(
+    eng: PolicyEngine, rule: Rule, anomaly: Anomaly, now: float, plan: RepairPlan = NO_PLAN
+) -> list[Decision]:
+    """``ladder.decide_rule`` for a rule with ``order: learned`` (ranks a fresh incident)."""
+    st = eng._state
+    f = anomaly.finding
+    case = st.cases.get(rule.name, f.entity)
+    if case is None or case.idle:
+        learning = eng.config.learning
+        order, why = learned_order(
+            st.learning,
+            f.kind.value,
+            service_of(f.entity, f.labels),
+            [step.action.value for step in rule.actions],
+            min_tries=rule.min_tries,
+            prior=(learning.prior_successes, learning.prior_failures),
+            seed=decision_id(rule.name, "order", f.entity, anomaly.id),
+        )
+        st.learning.remember_order(rule.name, f.entity, order)
+    else:
+        order = st.learning.orders.get((rule.name, f.entity)) or list(range(len(rule.actions)))
+        names = " > ".join(rule.actions[pos].action.value for pos in order)
+        why = f"learned order {names} kept while this incident's ladder climbs"
+    out = ladder.decide_rule(eng, ordered_rule(eng, rule, f.entity), anomaly, now, plan)
+    return [
+        replace(d, explanation=f"{d.explanation}; {why}") if d.rule == rule.name else d for d in out
+    ]
