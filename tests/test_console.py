@@ -193,7 +193,7 @@ def test_no_token_on_a_public_address_refuses_buttons() -> None:
 
 def test_incidents_outcomes_and_learned_effectiveness(served: Served) -> None:
     html = served.get().text
-    assert "no open incidents" in html and "repair_success_ratio not exported" in html
+    assert "no open incidents" in html and "repair_success_ratio has no series" in html
     note = AnomalyNote(
         "a1", NOW, "db-1", AnomalyKind.HEALTH_CHECK_FAILED, Severity.CRITICAL, "m", "db", None
     )

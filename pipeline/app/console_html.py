@@ -221,8 +221,8 @@ def _effectiveness(v: dict[str, Any]) -> str:
     learned = v["effectiveness"]
     if learned is None:
         parts = [
-            '<p class="muted">no learned effectiveness in this process '
-            "(repair_success_ratio not exported)</p>"
+            '<p class="muted">nothing learned yet: no verified repair outcome '
+            "(repair_success_ratio has no series)</p>"
         ]
     else:
         parts = []
