@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -134,19 +133,12 @@ class KafkaSource:
         await self.consumer.stop()
 
     async def next_batch(self) -> list[Envelope]:
-        # Records already fetched are drained with the cyclic collector paused: a batch's
-        # thousands of record objects are acyclic and die by reference counting, and
-        # collecting meanwhile only scans and promotes them (with a full collection every few
-        # batches). Waiting for the broker, when nothing is buffered, happens with it on.
-        if gc.isenabled():
-            gc.disable()
-            try:
-                batch = await self._batch(0)
-            finally:
-                gc.enable()
-        else:
-            batch = await self._batch(0)
-        return batch or await self._batch(self.fetch_timeout_ms)
+        """Records already fetched, else what arrives within ``fetch_timeout_ms``."""
+        return await self.drain() or await self._batch(self.fetch_timeout_ms)
+
+    async def drain(self) -> list[Envelope]:
+        """Only the records already fetched (never waits for the broker)."""
+        return await self._batch(0)
 
     async def _batch(self, timeout_ms: int) -> list[Envelope]:
         records = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=self.max_batch)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from selfheal.connectors.audit_file import AuditFileSink
 from selfheal.connectors.files import FileSource, JsonlSink
+from selfheal.pipeline.app.gcpause import collector_paused
 from selfheal.pipeline.app.outputs import audit_records, observe_outputs
 from selfheal.pipeline.core.config import Settings
 from selfheal.pipeline.core.effectiveness import observe_effectiveness
@@ -78,7 +79,8 @@ def replay(
     try:
         for batch in source.batches():
             res.messages += len(batch)
-            out = pipe.process(batch, None)
+            with collector_paused():
+                out = pipe.process(batch, None)
             emit(out)
             if m is not None:
                 observe_outputs(m, out, batch, settings)

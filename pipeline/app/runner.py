@@ -30,6 +30,7 @@ from selfheal.connectors.http_server import Handler, Health, MetricsServer
 from selfheal.connectors.kafka import KafkaSink, KafkaSource, ensure_topics
 from selfheal.connectors.state_store import KafkaStateStore
 from selfheal.pipeline.app.backpressure import Backpressure
+from selfheal.pipeline.app.gcpause import collector_paused
 from selfheal.pipeline.app.outputs import audit_records, encode_outputs, observe_outputs
 from selfheal.pipeline.app.partitions import PartitionState
 from selfheal.pipeline.app.replay import ReplayResult, replay
@@ -331,7 +332,12 @@ class Runner(PartitionState):
 
     async def _iteration(self, source: KafkaSource, sink: KafkaSink) -> None:
         generation = self._generation
-        batch = await source.next_batch()
+        # records already fetched are drained with the collector paused (see app/gcpause.py);
+        # waiting for the broker, when nothing is buffered, happens with it on
+        with collector_paused():
+            batch = await source.drain()
+        if not batch:
+            batch = await source.next_batch()
         async with self._rebalance_lock:
             if generation != self._generation:
                 # fetched across a rebalance: its partitions may have moved or been restored
@@ -366,7 +372,8 @@ class Runner(PartitionState):
         self._account(batch, out)
 
     def _detect(self, batch: list[Envelope], now: float) -> Outputs:
-        out = self.pipeline.process(batch, now) if batch else Outputs()
+        with collector_paused():
+            out = self.pipeline.process(batch, now) if batch else Outputs()
         if now >= self._next_tick:
             self._next_tick = now + self.settings.detection.tick_seconds
             out.extend(self.pipeline.tick(now, self.settings.detection.idle_grace_seconds))

@@ -157,6 +157,19 @@ class Metrics:
         self.state_restores = Counter(
             "state_restores_total", "Partition state restores", ["outcome"], registry=r
         )
+        # learned repair effectiveness (selfheal.pipeline.core.effectiveness); services capped
+        self.repair_success_ratio = Gauge(
+            "repair_success_ratio",
+            "Posterior mean success rate of a repair (Beta prior plus verified outcomes)",
+            ["kind", "action", "service"],
+            registry=r,
+        )
+        self.repair_recovery_seconds = Gauge(
+            "repair_recovery_seconds",
+            "Median time from a successful repair to the condition last seen (recent outcomes)",
+            ["kind", "action", "service"],
+            registry=r,
+        )
         self.repairs_executed = Counter(
             "repairs_executed_total",
             "Decisions through the executor stage, by outcome (ok, failed, timeout, error, "
@@ -177,19 +190,6 @@ class Metrics:
             "errors_swallowed_total",
             "Exceptions handled by carrying on (each also logged)",
             ["where"],
-            registry=r,
-        )
-        # learned repair effectiveness (selfheal.pipeline.core.effectiveness); services capped
-        self.repair_success_ratio = Gauge(
-            "repair_success_ratio",
-            "Posterior mean success rate of a repair (Beta prior plus verified outcomes)",
-            ["kind", "action", "service"],
-            registry=r,
-        )
-        self.repair_recovery_seconds = Gauge(
-            "repair_recovery_seconds",
-            "Median time from a successful repair to the condition last seen (recent outcomes)",
-            ["kind", "action", "service"],
             registry=r,
         )
         # labelled series exist from the start at 0: rate() and ratios then see the first

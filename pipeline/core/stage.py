@@ -8,7 +8,6 @@ it does no I/O (the runner in ``selfheal.pipeline.app.runner`` does).
 
 from __future__ import annotations
 
-import gc
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -416,16 +415,7 @@ class Pipeline:
 
     def process(self, batch: Sequence[Envelope], now: float | None) -> Outputs:
         """Decode, guard, detect and decide one batch; ``now`` is the wall clock when live."""
-        if not gc.isenabled():
-            return self._process(batch, now)
-        # A batch makes a few objects per message that die with it, acyclic (freed by
-        # reference counting): collecting meanwhile only scans and promotes them, which costs
-        # about as much as decoding. Cycles made in the batch are collected once it is back on.
-        gc.disable()
-        try:
-            return self._process(batch, now)
-        finally:
-            gc.enable()
+        return self._process(batch, now)
 
     def _process(self, batch: Sequence[Envelope], now: float | None) -> Outputs:
         out = Outputs()
