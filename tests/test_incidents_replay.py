@@ -61,6 +61,17 @@ def test_a_database_outage_is_one_incident_and_only_the_database_is_repaired(
     for c in CALLERS:
         assert repairs[(c, "restart")] == 0 and repairs[(c, "rollback")] == 0, c
     assert any(action == "circuit_break" for (_, action) in repairs)
+    # one page for the incident, from the cause's exhausted ladder, carrying the ranked causes
+    pages = [
+        e
+        for e in events
+        if e["type"] == "io.selfheal.repair.escalate"
+        and not e["data"]["params"]["storm"]
+        and not e["data"]["params"]["resolved"]
+    ]
+    assert [e["subject"] for e in pages] == ["db-1"]
+    assert pages[0]["data"]["params"]["incident_id"] == opened[0]["subject"]
+    assert pages[0]["data"]["params"]["causes"][0]["entity"] == "db-1"
 
 
 def test_a_bad_deploy_to_one_replica_is_rolled_back_and_a_harmless_one_is_left_alone(

@@ -138,7 +138,7 @@ def decide_rule(
     if held is not None:
         return held
     if exhausted:
-        return [escalate(eng, ask, case)]
+        return [escalate(eng, ask, case, plan)]
     return attempt(eng, ask, case, step)
 
 
@@ -236,8 +236,9 @@ def step_params(step: ActionStep, anomaly: Anomaly) -> dict[str, Any]:
     return params
 
 
-def escalate(eng: PolicyEngine, ask: Ask, case: Case) -> Decision:
-    """The ladder is exhausted: one escalation, then nothing automatic until recovery."""
+def escalate(eng: PolicyEngine, ask: Ask, case: Case, plan: RepairPlan = NO_PLAN) -> Decision:
+    """The ladder is exhausted: one escalation (one per incident), then nothing automatic until
+    recovery."""
     rule, f = ask.rule, ask.anomaly.finding
     case.escalated = True
     case.escalated_at = ask.now
@@ -255,8 +256,19 @@ def escalate(eng: PolicyEngine, ask: Ask, case: Case) -> Decision:
         "escalated_action": rule.actions[-1].action.value,
         "tried": tried,
     }
+    if plan.escalated is not None:
+        # one page per incident: this entity waits with it, the escalation names the causes
+        eng.open_case(case)
+        text = f"ladder exhausted ({', '.join(tried)}); incident {plan.incident_id} was already "
+        text += f"escalated ({plan.escalated}); no automatic repair until the condition clears"
+        return ask.make(RepairAction.ESCALATE, SUPPRESSED, text, Suppression.DUPLICATE)
+    if plan.incident_id is not None:
+        params["incident_id"] = plan.incident_id
+        params["causes"] = [c.to_dict() for c in plan.causes]
     text = f"ladder exhausted ({', '.join(tried)}) for {f.kind.value} on {f.entity}; "
     text += "escalating to a human; no automatic repair until the condition clears"
+    if plan.causes:
+        text += f"; probable cause {plan.causes[0].entity} (incident {plan.incident_id})"
     decision = ask.make(
         RepairAction.ESCALATE, eng.act_status(rule), text, None, params, tuple(case.history)
     )

@@ -26,7 +26,9 @@ from selfheal.pipeline.core.incidents import (
     IncidentEvent,
 )
 from selfheal.pipeline.core.topology import SERVICE_LABELS, Topology
-from selfheal.pipeline.kernel.types import Anomaly, RepairAction
+from selfheal.pipeline.kernel.types import Anomaly, Decision, DecisionStatus, RepairAction
+
+SUPPRESSED = DecisionStatus.SUPPRESSED
 
 #: actions that protect an entity from a failing dependency rather than repair the entity
 PROTECTIVE = frozenset(
@@ -46,6 +48,10 @@ class RepairPlan:
     cause: Cause | None = None
     #: the deploy the anomaly is attributed to
     attribution: Attribution | None = None
+    #: the incident's probable causes, best first (what an escalation carries)
+    causes: tuple[Cause, ...] = ()
+    #: the id of the escalation already raised for this incident, if any: one per incident
+    escalated: str | None = None
 
     def symptom_text(self) -> str:
         assert self.cause is not None
@@ -78,6 +84,8 @@ class IncidentHub:
     ) -> None:
         self.book = IncidentBook(config)
         self.change_window_seconds = change_window_seconds
+        #: open incident id -> its escalation's decision id (dropped when it resolves)
+        self._escalated: dict[str, str] = {}
 
     def plan(
         self, anomaly: Anomaly, topology: Topology, changes: ChangeLog
@@ -105,7 +113,24 @@ class IncidentHub:
         inc = self.book.incident_of(f.entity)
         found = attribute(f.kind, f.entity, service, change, self.book)
         cause = None if found is not None else self.book.symptom_of(f.entity)
-        return events, RepairPlan(inc.id if inc else None, cause, found)
+        if inc is None:
+            return events, RepairPlan(None, cause, found)
+        causes = tuple(inc.causes[:3])
+        return events, RepairPlan(inc.id, cause, found, causes, self._escalated.get(inc.id))
+
+    def decided(self, plan: RepairPlan, decisions: list[Decision]) -> None:
+        """Remember the incident's first escalation, so its other entities do not page again."""
+        if plan.incident_id is None or plan.incident_id in self._escalated:
+            return
+        for d in decisions:
+            ladder_page = not d.params.get("storm") and not d.params.get("resolved")
+            if d.action is RepairAction.ESCALATE and ladder_page and d.status is not SUPPRESSED:
+                self._escalated[plan.incident_id] = d.id
+                return
 
     def tick(self, ts: float) -> list[IncidentEvent]:
-        return self.book.tick(ts)
+        events = self.book.tick(ts)
+        for e in events:
+            if e.state == "resolved":
+                self._escalated.pop(e.data["incident_id"], None)
+        return events

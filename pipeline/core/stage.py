@@ -313,7 +313,9 @@ class PartitionStage:
                 continue
             events, plan = self.incidents.plan(a, self.topology, self.changes)
             out.incidents.extend(events)
-            out.decisions.extend(self.policy.decide(a, plan))
+            decisions = self.policy.decide(a, plan)
+            self.incidents.decided(plan, decisions)
+            out.decisions.extend(decisions)
         if observed:
             # what closed while observing (failed verifications, resolutions) goes out now
             verifications, decisions = self.policy.drain()  # type: ignore[attr-defined]
