@@ -31,8 +31,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from selfheal.connectors.broker import BrokerHandle, EmbeddedBroker
+from selfheal.connectors.http_server import MetricsServer
 from selfheal.connectors.kafka import ensure_topics
-from selfheal.pipeline.app.argtypes import bootstrap, positive_float, positive_int
+from selfheal.pipeline.app.argtypes import bootstrap, port, positive_float, positive_int
+from selfheal.pipeline.app.console import serve
 from selfheal.pipeline.app.demo_view import (
     DemoState,
     counters_line,
@@ -51,6 +53,7 @@ from selfheal.pipeline.app.simulator import (
 )
 from selfheal.pipeline.app.simulator_kafka import SimStats, run_simulator
 from selfheal.pipeline.app.status import _by_label
+from selfheal.pipeline.app.wiring import SelfhealProcess
 from selfheal.pipeline.core.config import Settings, load_settings
 from selfheal.pipeline.core.policy import PolicyEngine
 
@@ -113,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML configuration applied over the demo's (default: none)",
     )
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.add_argument(
+        "--console-port",
+        type=port,
+        default=9464,
+        metavar="P",
+        help="operator console on http://127.0.0.1:P/console (a free port if P is taken; "
+        "0: any free port)",
+    )
+    p.add_argument("--no-console", action="store_true", help="no operator console")
     return p
 
 
@@ -300,17 +312,25 @@ async def _watch(run: _Run, sim: asyncio.Task[SimStats], run_task: asyncio.Task[
             live.update(live_view(run.state, run.started, *run.counts()))
 
 
-async def _start_runner(settings: Settings, bootstrap: str) -> tuple[Runner, asyncio.Event, Any]:
-    runner = Runner(settings, lambda: PolicyEngine(settings.policy))
+async def _start_runner(
+    settings: Settings, bootstrap: str, console_port: int | None
+) -> tuple[Runner, asyncio.Event, Any, MetricsServer | None]:
+    # the process of `selfheal run` (executor stage, pause, approvals) and its console
+    if console_port is not None:
+        http = {"enabled": True, "host": "127.0.0.1", "port": console_port}
+        settings = settings.model_copy(update={"http": settings.http.model_copy(update=http)})
+    process = SelfhealProcess(settings, lambda: PolicyEngine(settings.policy))
+    runner = process.runner
+    server = None if console_port is None else serve(runner, "127.0.0.1", console_port)
     stop = asyncio.Event()
-    run_task = asyncio.create_task(runner.run(bootstrap, stop=stop))
+    run_task = asyncio.create_task(process.run(bootstrap, stop=stop))
     for _ in range(600):  # the consumer group join takes a few seconds
         if runner.health.ready or run_task.done():
             break
         await asyncio.sleep(0.1)
     if run_task.done():
         run_task.result()
-    return runner, stop, run_task
+    return runner, stop, run_task, server
 
 
 async def run_demo(args: argparse.Namespace, console: Console) -> int:
@@ -347,7 +367,11 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             )
             topics = [t.metrics, t.logs, t.anomalies, t.repairs, t.deadletter, t.audit, t.state]
             await ensure_topics(broker.bootstrap, topics, settings.kafka.partitions)
-            runner, stop, run_task = await _start_runner(settings, broker.bootstrap)
+            runner, stop, run_task, server = await _start_runner(
+                settings, broker.bootstrap, None if args.no_console else args.console_port
+            )
+            if server is not None:
+                console.print(f"operator console: http://127.0.0.1:{server.port}/console")
             col = _Collector(broker.bootstrap, [t.anomalies, t.repairs], t.audit, state)
             await col.start()
             sim_stop = asyncio.Event()
@@ -374,6 +398,8 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
                 sim_stats = await sim
                 stop.set()
                 await run_task
+                if server is not None:
+                    server.stop()
                 for _ in range(5):
                     await col.poll()
                 await col.stop()

@@ -26,7 +26,7 @@ from selfheal.connectors.assignor import PartitionCountMismatch
 from selfheal.connectors.audit_file import AuditFileSink
 from selfheal.connectors.errors import BrokerUnavailable, ConnectorError, is_retriable
 from selfheal.connectors.fleet_ledger import KafkaFleet
-from selfheal.connectors.http_server import Health, MetricsServer
+from selfheal.connectors.http_server import Handler, Health, MetricsServer
 from selfheal.connectors.kafka import KafkaSink, KafkaSource, ensure_topics
 from selfheal.connectors.state_store import KafkaStateStore
 from selfheal.pipeline.app.backpressure import Backpressure
@@ -147,6 +147,8 @@ class Runner(PartitionState):
         )
         #: applied to each batch's outputs before they are written (``selfheal pause``)
         self.before_write: Callable[[Outputs], None] | None = None
+        #: extra HTTP handlers (path prefix, handler) served next to /metrics (the console)
+        self.http_mounts: list[tuple[str, Handler]] = []
 
     # -- public ---------------------------------------------------------------------------
 
@@ -154,8 +156,10 @@ class Runner(PartitionState):
         h = self.settings.http
         if not h.enabled:
             return None
-        self._server = MetricsServer(self.metrics.registry, self.health, h.host, h.port).start()
-        return self._server
+        self._server = MetricsServer(self.metrics.registry, self.health, h.host, h.port)
+        for prefix, handler in self.http_mounts:
+            self._server.mount(prefix, handler)
+        return self._server.start()
 
     async def run(
         self, bootstrap: str, *, duration: float | None = None, stop: asyncio.Event | None = None

@@ -15,6 +15,7 @@ from selfheal.connectors.command import CommandExecutor, TemplateError
 from selfheal.connectors.errors import is_retriable
 from selfheal.connectors.kafka import ensure_topics
 from selfheal.connectors.webhook import WebhookExecutor
+from selfheal.pipeline.app.console import Console, attach_console
 from selfheal.pipeline.app.control import ControlPlane, ControlState, apply_pause
 from selfheal.pipeline.app.executor_stage import ExecutorStage
 from selfheal.pipeline.app.runner import ExecutorLike, Runner, RunStats, kafka_client_options
@@ -105,6 +106,10 @@ class SelfhealProcess:
         self.metrics.policy_paused.set(0)
         #: decisions published from now on are this process's to execute (a new group's start)
         self.started = time.time()
+        #: the operator console at /console (``selfheal.pipeline.app.console``)
+        self.console: Console | None = None
+        if settings.http.enabled and settings.http.console:
+            self.console = attach_console(self)
 
     def _swallowed(self, where: str, exc: BaseException) -> None:
         log.warning("%s: %s: %s", where, type(exc).__name__, exc)
@@ -166,6 +171,11 @@ class SelfhealProcess:
         self.control = await self._start_control(bootstrap, stop)
         self._paused(self.control.state)
         control = self.control
+        if self.console is not None:
+            try:
+                await self.console.follow(bootstrap, kafka_client_options(self.settings.kafka))
+            except Exception as exc:  # the console then says it does not follow outcomes
+                self._swallowed("console.follow", exc)
         self.runner.before_write = lambda out: self._before_write(out, control.state)
         self.stage = ExecutorStage(
             self.settings,
@@ -194,6 +204,8 @@ class SelfhealProcess:
                 await self.stage.aclose()
             if self.control is not None:
                 await self.control.stop()
+            if self.console is not None:
+                await self.console.stop()
             if self.audit is not None:
                 self.audit.close()
         return stats

@@ -134,6 +134,11 @@ class HttpConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=9464, ge=0, le=65535)
+    #: the operator console at ``/console`` (``selfheal run``'s HTTP port)
+    console: bool = True
+    #: the console's buttons (approve, reject, pause, resume) require this token; without
+    #: one they work only while ``host`` is a loopback address
+    console_token: SecretStr | None = None
 
 
 class StateConfig(_Section):
