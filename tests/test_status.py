@@ -45,12 +45,12 @@ def test_repairs_pending_and_paused_come_from_the_registry_when_present() -> Non
     assert "repairs 3 (attempted 3, suppressed 1, verified 2)" in line
     assert line.endswith("pending approvals 0, not paused")
     # the execution side's gauges, once registered, win over the local fallbacks
-    Gauge("policy_paused", "paused", registry=m.registry).set(1)
+    m.policy_paused.set(1)
     Gauge("approvals_pending", "pending", registry=m.registry).set(4)
     now[0] = 2.0
     assert status.line().endswith("pending approvals 4, PAUSED (dry run)")
 
 
-def test_dry_run_configuration_reads_as_paused_without_the_gauge() -> None:
+def test_dry_run_configuration_reads_as_paused_while_the_gauge_is_0() -> None:
     m = Metrics(CollectorRegistry(), default_collectors=False)
     assert StatusLine(m.registry, dry_run=True).line().endswith("PAUSED (dry run)")

@@ -117,7 +117,8 @@ class StatusLine:
         gauge = _total(r, "approvals_pending")
         c.pending = self.pending_seen if gauge is None else gauge
         paused = _total(r, "policy_paused")
-        c.paused = bool(paused) if paused is not None else self.dry_run
+        # paused by the control topic (the gauge) or configured as a dry run
+        c.paused = bool(paused) or self.dry_run
         return c
 
     def line(self) -> str:
