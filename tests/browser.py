@@ -53,10 +53,12 @@ def inspect_report(
     return info
 
 
-def assert_report_layout(info: dict[str, Any], *, truth: bool) -> None:
+def assert_report_layout(info: dict[str, Any], *, truth: bool, audit: bool = False) -> None:
     """Sections present in operator order; every plot loaded and at the page's width."""
     expected = ["not-cleared", "anomalies", "repairs", "approvals"]
-    expected += ["scorecard", "plots"] if truth else ["plots"]
+    expected += ["scorecard"] if truth else []
+    expected += ["effectiveness"] if audit else []  # learned effectiveness, from the audit
+    expected += ["plots"]
     assert info["sections"] == expected, info["sections"]
     assert info["plots"], "no plots"
     for plot in info["plots"]:

@@ -112,11 +112,11 @@ def test_demo_detects_every_fault_and_repairs_only_faulty_services(broker, tmp_p
     assert re.search(r"dead letters: [\d,]+ rate_limited: an entity sent faster than", final)
 
     # the report, read in a real browser: with the ground truth, and from the events alone
-    assert_report_layout(inspect_report(out / "report.html"), truth=True)
+    assert_report_layout(inspect_report(out / "report.html"), truth=True, audit=True)
     bare = tmp_path / "bare.html"
     argv = [str(out / "events.jsonl"), "--audit", str(out / "audit.jsonl"), "--out", str(bare)]
     assert report_main([*argv, "--samples", str(out / "samples.jsonl"), "--quiet"]) == 0
-    assert_report_layout(inspect_report(bare), truth=False)
+    assert_report_layout(inspect_report(bare), truth=False, audit=True)
 
 
 def test_ctrl_c_ends_the_demo_cleanly_with_a_partial_summary(broker, tmp_path: Path) -> None:

@@ -156,12 +156,23 @@ async def _traffic(producer: Any, topic: str, stop: asyncio.Event, garbage: bool
             await asyncio.wait_for(stop.wait(), 0.25)
 
 
-async def _memory_critical(producer: Any, topic: str, entities: range) -> None:
-    records: list[tuple[bytes | None, bytes]] = [
-        (f"mem-{e:04d}".encode(), _sample(f"mem-{e:04d}", MEMORY_METRIC, 0.99e9, limit=1e9))
-        for e in entities
-    ]
-    await _send(producer, topic, records)
+async def _memory_critical(producer: Any, topic: str, entities: range) -> asyncio.Task[None]:
+    """Memory at 99 % on ``entities``; half a second later (inside the dedup grace) back at
+    50 %, as after a restart that worked: the repair verifies as a success once its window
+    ends (the policy judges the condition, not the absence of new findings)."""
+
+    def at(level: float) -> list[tuple[bytes | None, bytes]]:
+        return [
+            (f"mem-{e:04d}".encode(), _sample(f"mem-{e:04d}", MEMORY_METRIC, level, limit=1e9))
+            for e in entities
+        ]
+
+    async def recover() -> None:
+        await asyncio.sleep(0.5)
+        await _send(producer, topic, at(0.5e9))
+
+    await _send(producer, topic, at(0.99e9))
+    return asyncio.create_task(recover())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -263,17 +274,20 @@ async def test_alerts_fire_from_a_running_pipeline(
         # (b) repairs: a few first, verified, so that the labelled counters exist in Prometheus
         # before the burst: rate() only counts increases between scrapes of an existing series
         # (see test_repair_counters_exported_before_first_repair)
-        await _memory_critical(producer, metrics_topic, range(5))
+        recoveries = [await _memory_critical(producer, metrics_topic, range(5))]
         await _wait(lambda: _restarts(runner, "successful") > 0, task, 20, "verified restarts")
         for name in ("repairs_attempted_total", "repairs_successful_total"):
             await asyncio.to_thread(prom.wait_for_series, f'{name}{{type="restart"}}')
         for start in range(5, BURST_ENTITIES, 100):
-            await _memory_critical(
-                producer, metrics_topic, range(start, min(start + 100, BURST_ENTITIES))
+            recoveries.append(
+                await _memory_critical(
+                    producer, metrics_topic, range(start, min(start + 100, BURST_ENTITIES))
+                )
             )
             await watch.poll()
             await asyncio.sleep(0.3)
 
+        await asyncio.gather(*recoveries)
         await watch.until_firing(EXPECTED_FIRING, task, 40)
         for name in EXPECTED_FIRING:
             assert watch.seen[name][:2] == ["pending", "firing"], (name, watch.seen)

@@ -97,6 +97,7 @@ async def test_kill_9_restart_and_replay_equivalence(broker, producer, topic_pre
 
     run_events = [orjson.loads(x) for x in await consume_all(broker.bootstrap, t.anomalies)]
     run_events += [orjson.loads(x) for x in await consume_all(broker.bootstrap, t.repairs)]
+    run_events += [orjson.loads(x) for x in await consume_all(broker.bootstrap, t.incidents)]
     dead = [orjson.loads(x) for x in await consume_all(broker.bootstrap, t.deadletter)]
     assert {(d["partition"], d["offset"]) for d in dead} == {
         (0, i) for i, v in enumerate(values) if v in set(bad)
