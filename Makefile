@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/selfheal demo $(DEMO_ARGS)
 
+# test files run in 3 workers (pytest-xdist, one file per worker): most of the suite waits on
+# brokers, subprocesses and browsers rather than computing
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(TEST_ARGS)
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile $(TEST_ARGS)
 
 # mypy reads the package as it is installed (selfheal.pipeline, ...): a tree of links gives it
 # the same names without an install step
@@ -46,7 +48,7 @@ image: engine
 # build, then smoke-test the image for real (tests/test_image.py: health, non-root, /metrics,
 # a broker container plus `selfheal simulate`, SIGTERM with the broker gone, size)
 image-test: image $(STAMP)
-	SELFHEAL_SKIP_BUILD=1 $(BIN)/python -m pytest -q tests/test_image.py $(TEST_ARGS)
+	SKIP_IMAGE_BUILD=1 $(BIN)/python -m pytest -q tests/test_image.py $(TEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -103,7 +103,7 @@ def engine() -> Engine:
 def images(engine: Engine) -> tuple[str, str]:
     """The selfheal and broker images, built by docker/build.sh (layer cache: fast when built
     already, as `.ci/run` and `make image-test` do before the tests)."""
-    if os.environ.get("SELFHEAL_SKIP_BUILD") != "1":
+    if os.environ.get("SKIP_IMAGE_BUILD") != "1":
         env = {**os.environ, "ENGINE": engine.binary, "IMAGE": IMAGE, "BROKER_IMAGE": BROKER_IMAGE}
         proc = subprocess.run(
             [str(REPO_ROOT / "docker" / "build.sh")],

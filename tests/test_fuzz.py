@@ -576,13 +576,14 @@ def test_gap_config_huge_latency_order_is_config_error(tmp_path: Path) -> None:
         f"try:\n    load_settings({str(path)!r})\nexcept ConfigError:\n    sys.exit(0)\n"
         "sys.exit(1)\n"
     )
-    # in a child: today it computes bins ** (10**21 + 1) and never returns
+    # in a child: the bug computed bins ** (10**21 + 1) and never returned; the limit leaves
+    # room for importing the package on a loaded machine (several seconds), not for the bug
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", code], timeout=6, cwd=Path(__file__).parents[1]
+            [sys.executable, "-c", code], timeout=60, cwd=Path(__file__).parents[1]
         )
     except subprocess.TimeoutExpired:
-        pytest.fail("load_settings did not return within 6 s")
+        pytest.fail("load_settings did not return within 60 s")
     assert proc.returncode == 0
 
 
