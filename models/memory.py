@@ -5,19 +5,7 @@ table (``selfheal.models.resources``), one judge per memory series, reporting
 ``memory_leak`` findings as ``memory_growth``. The limit comes from the samples' ``limit``
 field (or the ``limit`` hyperparameter).
 
->>> from selfheal.pipeline.kernel.types import Sample
->>> judge = MemoryLeakJudge(limit=1e9)
->>> t0 = 1_795_842_000.0
->>> found = []
->>> for i in range(int(8 * 3600 / 15)):  # 8 h, +100 MB/h from 200 MB, 30 MB GC sawtooth
-...     t = t0 + 15 * i
-...     v = 2e8 + 1e8 * (t - t0) / 3600 + 3e7 * ((i % 8) / 8)
-...     found += judge.observe(Sample(t, "api-1", "container_memory_working_set_bytes", v))
->>> f = found[0]
->>> f.kind.value, f.detector, f.forecast is not None
-('memory_leak', 'memory_growth', True)
->>> 0 < f.forecast.eta_seconds < 8 * 3600
-True
+``MemoryLeakJudge`` has a runnable example.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from selfheal.connectors.kafka import KafkaSink, ensure_topics
 from selfheal.connectors.tail import TailRecord, TopicTail
 from selfheal.pipeline.app import outcomes as oc
 from selfheal.pipeline.app.control import ApprovalVote, ControlPlane, operator_command
+from selfheal.pipeline.app.outputs import observe_breakers
 from selfheal.pipeline.app.runner import ExecutorLike, kafka_client_options
 from selfheal.pipeline.core.audit import AuditRecord, decision_record
 from selfheal.pipeline.core.config import Settings
@@ -388,17 +389,7 @@ class ExecutorStage:
                 self._open.get(tp, set()).discard(offset)
 
     def _observe_breakers(self) -> None:
-        """``circuit_breaker_state`` / ``_failures_total`` of the executors' targets."""
-        for ex in self.executors:
-            states = getattr(ex, "breakers", None)
-            if not isinstance(states, dict):
-                continue
-            for target, br in states.items():
-                self.metrics.breaker_state.labels(target).set(int(br.state))
-                seen = self._breaker_failures.get(target, 0)
-                if br.failures_total > seen:
-                    self.metrics.breaker_failures.labels(target).inc(br.failures_total - seen)
-                    self._breaker_failures[target] = br.failures_total
+        observe_breakers(self.metrics, self.executors, self._breaker_failures)
 
     def approval_request(self, pending: Decision) -> Decision:
         """The escalation telling humans a decision awaits them, with the exact commands."""

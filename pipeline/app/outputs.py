@@ -78,3 +78,18 @@ def observe_outputs(
         counts = batch.topic_counts if isinstance(batch, Batch) else Counter(map(_TOPIC, batch))
         for topic, n in counts.items():
             m.samples_processed.labels(topic).inc(n)
+
+
+def observe_breakers(m: Metrics, executors: Sequence[object], seen: dict[str, int]) -> None:
+    """``circuit_breaker_state`` and ``_failures_total`` of the executors' targets; ``seen``
+    holds the failures already counted per target (the caller keeps it between calls)."""
+    for ex in executors:
+        states = getattr(ex, "breakers", None)
+        if not isinstance(states, dict):
+            continue
+        for target, br in states.items():
+            m.breaker_state.labels(target).set(int(br.state))
+            before = seen.get(target, 0)
+            if br.failures_total > before:
+                m.breaker_failures.labels(target).inc(br.failures_total - before)
+                seen[target] = br.failures_total

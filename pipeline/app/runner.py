@@ -31,7 +31,12 @@ from selfheal.connectors.kafka import KafkaSink, KafkaSource, ensure_topics
 from selfheal.connectors.state_store import KafkaStateStore
 from selfheal.pipeline.app.backpressure import Backpressure
 from selfheal.pipeline.app.gcpause import collector_paused
-from selfheal.pipeline.app.outputs import audit_records, encode_outputs, observe_outputs
+from selfheal.pipeline.app.outputs import (
+    audit_records,
+    encode_outputs,
+    observe_breakers,
+    observe_outputs,
+)
 from selfheal.pipeline.app.partitions import PartitionState
 from selfheal.pipeline.app.replay import ReplayResult, replay
 from selfheal.pipeline.core.audit import (
@@ -418,16 +423,7 @@ class Runner(PartitionState):
                 self._audit.write_sync(records)
 
     def _observe_breakers(self) -> None:
-        for ex in self.executors:
-            states = getattr(ex, "breakers", None)
-            if not isinstance(states, dict):
-                continue
-            for target, br in states.items():
-                self.metrics.breaker_state.labels(target).set(int(br.state))
-                seen = self._breaker_failures.get(target, 0)
-                if br.failures_total > seen:
-                    self.metrics.breaker_failures.labels(target).inc(br.failures_total - seen)
-                    self._breaker_failures[target] = br.failures_total
+        observe_breakers(self.metrics, self.executors, self._breaker_failures)
 
     def _account(self, batch: Sequence[Envelope], out: Outputs) -> None:
         m = self.metrics
