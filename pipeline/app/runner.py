@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from operator import attrgetter
-from typing import Any, Protocol
+from typing import Any
 
 from aiokafka.errors import KafkaError
 from selfheal.connectors.assignor import PartitionCountMismatch
@@ -48,7 +48,7 @@ from selfheal.pipeline.core.effectiveness import observe_effectiveness
 from selfheal.pipeline.core.fleet import FleetArbiter
 from selfheal.pipeline.core.metrics import Metrics
 from selfheal.pipeline.core.stage import Outputs, Pipeline, PolicyLike
-from selfheal.pipeline.kernel.protocols import ExecutionResult
+from selfheal.pipeline.kernel.protocols import ExecutionResult, Executor
 from selfheal.pipeline.kernel.types import Batch, Decision, DecisionStatus, Envelope
 
 log = logging.getLogger("selfheal.runner")
@@ -60,12 +60,8 @@ class WatchdogTimeout(ConnectorError):
     retriable = True
 
 
-class ExecutorLike(Protocol):
-    name: str
-
-    def handles(self, decision: Decision) -> bool: ...
-
-    async def execute(self, decision: Decision) -> Any: ...
+#: the executors the app hands decisions to: the kernel's one protocol
+ExecutorLike = Executor
 
 
 def kafka_client_options(cfg: KafkaConfig) -> dict[str, Any]:

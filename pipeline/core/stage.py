@@ -166,11 +166,10 @@ class PartitionStage:
             rejects_by_env.setdefault(id(r.envelope), []).append(r)
         ts_by_env: dict[int, float] = {}
 
-        # the per-sample loop is the pipeline's hot path: bound methods and the LRU's dict in
-        # locals, the watermark in a local mirrored to ``self.watermark`` whenever it moves
+        # the per-sample loop is the pipeline's hot path: bound methods in locals, the
+        # watermark in a local mirrored to ``self.watermark`` whenever it moves
         series = self.series
-        series_data = series._data
-        move_to_end = series_data.move_to_end
+        series_get = series.get  # the value, refreshed as most recently used
         entity_judges = self.router.entity_judges
         entity_metrics = self.router.entity_metrics
         admit = guard.admit
@@ -197,15 +196,13 @@ class PartitionStage:
                 if ts >= self._next_tick:
                     self._tick_into(ts, findings, out)
                     wm = self.watermark
-            judges = series_data.get(key)
+            judges = series_get(key)
             if judges is None:
                 judges = self.router.series_judges(s)
                 series.put(key, judges)
                 for j in judges:
                     if _has_tick(j):
                         self.tickers.put((key, j.name), j)
-            else:
-                move_to_end(key)
             for j in judges:
                 found = j.observe(s)
                 if found:
