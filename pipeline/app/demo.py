@@ -63,7 +63,10 @@ STEP_SECONDS = 15.0
 DEMO_OVERRIDES: dict[str, Any] = {
     # simulated time runs ~180x faster than the clock: judge timestamps by the watermark
     "validation": {"time_reference": "watermark", "rate_per_second": 5.0, "burst": 100.0},
-    "detection": {"tick_seconds": 15.0, "idle_grace_seconds": 5.0},
+    # absence is judged from the watermark (the other services keep it moving); the clock
+    # takes over only after a long silence: a few seconds of stalled consumption on a busy
+    # machine are minutes of simulated time, and must not read as every loop stuck at once
+    "detection": {"tick_seconds": 15.0, "idle_grace_seconds": 60.0},
     "http": {"enabled": False},
 }
 
