@@ -16,9 +16,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from selfheal.connectors.aligner import Aligner
 from selfheal.connectors.assignor import CoPartitionAssignor, check_copartitioned
 from selfheal.connectors.errors import BrokerUnavailable, DeliveryFailed, is_retriable
-from selfheal.pipeline.kernel.types import Batch, Envelope
+from selfheal.pipeline.kernel.types import Envelope
 
 OutRecord = tuple[str, bytes | None, bytes]  # topic, key, value
 PartitionsCallback = Callable[[set[TopicPartition]], Awaitable[None]]
@@ -64,10 +65,12 @@ class _Listener(ConsumerRebalanceListener):
         self.source = source
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.source.put_back()
         if self.source.on_revoke is not None and revoked:
             await self.source.on_revoke(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.source.put_back()
         if self.source.on_assign is not None and assigned:
             await self.source.on_assign(set(assigned))
 
@@ -89,8 +92,13 @@ class KafkaSource:
         on_assign: PartitionsCallback | None = None,
         on_revoke: PartitionsCallback | None = None,
         optional_topics: Iterable[str] = (),
+        align_wait_s: float = 2.0,
     ) -> None:
         self.topics = list(topics)
+        #: co-partitioned topics handed out side by side in time (see connectors/aligner.py)
+        self.aligner = Aligner(max_wait_s=align_wait_s)
+        self._held: set[TopicPartition] = set()  # paused while the aligner holds their records
+        self._paused = False  # paused for backpressure
         #: read when they exist at start (the changes topic of a deployment that sends none)
         self.optional_topics = frozenset(optional_topics)
         self.max_batch = max_batch
@@ -142,26 +150,65 @@ class KafkaSource:
 
     async def _batch(self, timeout_ms: int) -> list[Envelope]:
         records = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=self.max_batch)
-        batch = Batch()
-        new = tuple.__new__  # Envelope is a named tuple: skip its Python-level __new__
         for tp, msgs in records.items():
-            if not msgs:
-                continue
-            topic, part = tp.topic, tp.partition
-            batch += [new(Envelope, (topic, part, m.offset, m.value or b"", m.key)) for m in msgs]
-            # a partition's records come in offset order
-            batch.next_offsets[(topic, part)] = msgs[-1].offset + 1
-            batch.topic_counts[topic] = batch.topic_counts.get(topic, 0) + len(msgs)
+            self.aligner.add(tp.topic, tp.partition, msgs)
+        batch = self.aligner.release(await self._pending())
+        self._hold({TopicPartition(*k) for k in self.aligner.held()})
         return batch
+
+    async def _pending(self) -> set[tuple[str, int]]:
+        """Topic partitions of which the broker holds records past what was fetched."""
+        out: set[tuple[str, int]] = set()
+        for tp in self.consumer.assignment():
+            key = (tp.topic, tp.partition)
+            high = self.consumer.highwater(tp)  # known once a fetch response named it
+            if high is None:  # not fetched yet: it may hold the oldest records
+                out.add(key)
+                continue
+            nxt = self.aligner.fetched_next.get(key)
+            if nxt is None:
+                try:  # no round trip once the partition has a position
+                    nxt = await self.consumer.position(tp)
+                except (KafkaError, AssertionError):
+                    continue
+            if high > nxt:
+                out.add(key)
+        return out
+
+    def _hold(self, held: set[TopicPartition]) -> None:
+        # a partition whose records wait for another input stops fetching meanwhile, or the
+        # consumer would keep serving it and starve the input it waits for (as Kafka Streams
+        # pauses a full partition buffer)
+        if held != self._held:
+            assigned = self.consumer.assignment()
+            self.consumer.pause(*(held - self._held) & assigned)
+            if not self._paused:
+                self.consumer.resume(*(self._held - held) & assigned)
+            self._held = held
+
+    def put_back(self, seek: bool = True) -> dict[tuple[str, int], int]:
+        """Drop the aligner's buffer (a rebalance is on); returns where each dropped topic
+        partition resumes, and seeks there unless told not to."""
+        firsts = self.aligner.first_offsets()
+        assigned = self.consumer.assignment()
+        for (topic, part), offset in firsts.items():
+            tp = TopicPartition(topic, part)
+            if seek and tp in assigned:
+                self.consumer.seek(tp, offset)
+        self.aligner.forget(list(self.aligner.fetched_next))
+        self._hold(set())
+        return firsts
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.consumer.assignment())
 
     def pause(self) -> None:
+        self._paused = True
         self.consumer.pause(*self.consumer.assignment())
 
     def resume(self) -> None:
-        self.consumer.resume(*self.consumer.assignment())
+        self._paused = False
+        self.consumer.resume(*(self.consumer.assignment() - self._held))
 
     async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
         """Commit ``next offset to read`` per (topic, partition) still assigned to us."""

@@ -11,14 +11,14 @@
 #  2. podman only: a containers.conf drop-in with runtime "runc" (crun fails on hosts with mixed
 #     cgroup v1/v2 hierarchies), default ulimits root may set (it cannot raise them here), and
 #     file-based logs/events (no journald or syslog in CI containers);
-#  3. with podman (or SELFHEAL_LOCAL_BASE=1), builds the local base image $SELFHEAL_BASE_IMAGE
+#  3. with podman (or LOCAL_BASE=1), builds the local base image $LOCAL_BASE_IMAGE
 #     (python3 + venv on Debian bookworm minbase) from the machine's own Debian mirror, unless
-#     it already exists. With docker (or SELFHEAL_LOCAL_BASE=0) the build uses python:3.11-slim
+#     it already exists. With docker (or LOCAL_BASE=0) the build uses python:3.11-slim
 #     (the Dockerfile's default BASE_IMAGE).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
-BASE_IMAGE="${SELFHEAL_BASE_IMAGE:-localhost/selfheal-base:bookworm}"
+BASE_IMAGE="${LOCAL_BASE_IMAGE:-localhost/selfheal-base:bookworm}"
 ROOTFS_IMAGE="localhost/debian-minbase:bookworm"
 CONF_DIR=/etc/containers/containers.conf.d
 CONF_FILE="$CONF_DIR/50-selfheal.conf"
@@ -130,8 +130,8 @@ main() {
   if [ "$eng" = podman ]; then install_podman; fi
   [ "${1:-}" = "--engine" ] && { echo "$eng"; return; }
   # the local base is for the Debian/podman path (no registry here); a working docker pulls
-  # python:3.11-slim unless SELFHEAL_LOCAL_BASE=1 asks for the local one
-  local want_local="${SELFHEAL_LOCAL_BASE:-}"
+  # python:3.11-slim unless LOCAL_BASE=1 asks for the local one
+  local want_local="${LOCAL_BASE:-}"
   [ -n "$want_local" ] || { [ "$eng" = podman ] && want_local=1 || want_local=0; }
   [ "$want_local" = 1 ] && build_base "$eng"
   echo "$eng"

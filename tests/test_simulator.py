@@ -570,6 +570,39 @@ async def test_run_simulator_stops_early_and_still_writes_truth(
 
 
 @pytest.mark.timeout(60)
+async def test_run_simulator_waits_for_a_consumer_that_falls_behind(
+    sim_broker: str, tmp_path: Path
+) -> None:
+    """A stalled consumer holds the fleet ``max_ahead_s`` of event time ahead of it (repairs
+    would otherwise land hours of simulated time late); it runs on once the consumer moves."""
+    from selfheal.pipeline.app.simulator_kafka import run_simulator
+
+    seen = [float("-inf")]  # nothing consumed yet: the first steps go out unhindered
+    cfg = FleetConfig(services=2, seed=3)
+    task = asyncio.create_task(
+        run_simulator(
+            sim_broker,
+            cfg,
+            steps=200,
+            rate=200.0,
+            metrics_topic="t4.m",
+            logs_topic="t4.l",
+            repairs_topic="t4.r",
+            consumer_time=lambda: seen[0],
+            max_ahead_s=10 * STEP,
+        )
+    )
+    await asyncio.sleep(0.5)
+    seen[0] = DEFAULT_START  # the consumer reports its first record, then stalls there
+    await asyncio.sleep(1.5)  # 300 steps' worth of wall time at the requested rate
+    assert not task.done()
+    seen[0] = float("inf")  # caught up: the rest runs at the requested pace
+    stats = await asyncio.wait_for(task, 20)
+    assert stats.steps == 200
+    assert stats.wall_seconds > 1.5
+
+
+@pytest.mark.timeout(60)
 def test_simulate_cli_against_broker(
     sim_broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

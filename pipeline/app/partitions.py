@@ -149,7 +149,8 @@ class PartitionState:
         assert self._source is not None
         consumer = self._source.consumer
         assigned = {(tp.topic, tp.partition): tp for tp in consumer.assignment()}
-        firsts: dict[tuple[str, int], int] = {}
+        # and the records fetched with it that the source had not handed out yet
+        firsts = self._source.put_back(seek=False)
         for env in batch:
             key = (env.topic, env.partition)
             if key not in firsts or env.offset < firsts[key]:

@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -179,6 +180,17 @@ def _truth_document(fleet: Fleet, stats: SimStats) -> dict[str, Any]:
     }
 
 
+async def _wait_for_consumer(
+    fleet: Fleet, consumer_time: Callable[[], float], max_ahead_s: float, stop: asyncio.Event | None
+) -> None:
+    # a consumer that has seen nothing yet reports -inf: the first steps go out unhindered
+    while not (stop is not None and stop.is_set()):
+        seen = consumer_time()
+        if not math.isfinite(seen) or fleet.now - seen <= max_ahead_s:
+            return
+        await asyncio.sleep(0.02)
+
+
 async def run_simulator(
     bootstrap: str,
     config: FleetConfig,
@@ -192,6 +204,8 @@ async def run_simulator(
     stop: asyncio.Event | None = None,
     samples_path: Path | None = None,
     create_topics: bool = True,
+    consumer_time: Callable[[], float] | None = None,
+    max_ahead_s: float = 600.0,
 ) -> SimStats:
     """Run ``steps`` batches of the fleet against Kafka; returns the stats (with ground truth).
 
@@ -200,6 +214,9 @@ async def run_simulator(
     JSON (``{"faults": [...], "entities": [...], "repairs": [...], ...}``) and ``samples_path``
     every metric sample as JSON lines (input for ``selfheal report --samples``).
     ``create_topics`` creates missing topics (1 partition) before starting.
+    ``consumer_time`` reports how far the consumer has got in event time: the fleet then waits
+    while it is more than ``max_ahead_s`` ahead, so a slow machine slows the run down instead of
+    letting repairs arrive hours of simulated time late.
     """
     if steps < 0 or (rate is not None and rate <= 0):
         raise ValueError("steps must be >= 0 and rate > 0")
@@ -222,6 +239,8 @@ async def run_simulator(
                 break
             if repairs_task.done():  # surface a crashed consumer instead of running open-loop
                 repairs_task.result()
+            if consumer_time is not None:
+                await _wait_for_consumer(fleet, consumer_time, max_ahead_s, stop)
             samples, logs = fleet.step()
             futures = []
             for topic, records in ((metrics_topic, samples), (logs_topic, logs)):

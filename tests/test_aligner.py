@@ -1,0 +1,167 @@
+"""Co-partitioned topics are read side by side in time (connectors/aligner.py): unit behaviour,
+a property over arbitrary fetches, and a backlog through the broker where logs would otherwise
+run hours ahead of the metrics and make every loop look stuck."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from selfheal.connectors.aligner import Aligner, Fetched
+from selfheal.connectors.kafka import ensure_topics
+
+from tests.conftest import consume_all
+from tests.spine_helpers import make_runner, settings_for
+
+
+def _recs(stamps: list[int], first: int = 0) -> list[Fetched]:
+    return [Fetched(ts, first + i, b"x") for i, ts in enumerate(stamps)]
+
+
+def _offsets(batch: list[Any]) -> list[tuple[str, int]]:
+    return sorted((e.topic, e.offset) for e in batch)
+
+
+def test_each_input_bounds_the_others_at_the_last_timestamp_it_delivered() -> None:
+    al = Aligner(max_wait_s=60.0, clock=lambda: 0.0)
+    al.add("metrics", 0, _recs([10, 20, 30, 40]))
+    al.add("logs", 0, _recs([15, 25]))
+    batch = al.release(set())
+    assert _offsets(batch) == [("logs", 0), ("logs", 1), ("metrics", 0), ("metrics", 1)]
+    assert batch.next_offsets == {("metrics", 0): 2, ("logs", 0): 2}
+    assert batch.topic_counts == {"metrics": 2, "logs": 2}
+    assert len(al) == 2
+    # the logs' next fetch moves the frontier
+    al.add("logs", 0, _recs([35], first=2))
+    assert _offsets(al.release(set())) == [("logs", 2), ("metrics", 2)]
+    al.add("logs", 0, _recs([45], first=3))
+    assert _offsets(al.release(set())) == [("metrics", 3)]
+    assert len(al) == 1  # the log at 45 waits for the metrics to pass it
+
+
+def test_partitions_are_aligned_independently() -> None:
+    al = Aligner(max_wait_s=60.0, clock=lambda: 0.0)
+    al.add("metrics", 0, _recs([10, 20]))
+    al.add("metrics", 1, _recs([10, 20]))
+    al.add("logs", 1, _recs([15]))
+    batch = al.release(set())
+    assert _offsets(batch) == [("logs", 0), ("metrics", 0), ("metrics", 0), ("metrics", 1)]
+    assert batch.next_offsets == {("metrics", 0): 2, ("metrics", 1): 1, ("logs", 1): 1}
+
+
+def test_an_input_that_has_not_delivered_yet_holds_the_others_when_the_broker_has_more() -> None:
+    al = Aligner(max_wait_s=60.0, clock=lambda: 0.0)
+    al.add("metrics", 0, _recs([10, 20]))
+    assert _offsets(al.release({("logs", 0)})) == []
+    assert _offsets(al.release(set())) == [("metrics", 0), ("metrics", 1)]
+
+
+def test_a_quiet_input_holds_the_others_once_for_max_wait_then_not_until_it_delivers() -> None:
+    now = [0.0]
+    al = Aligner(max_wait_s=1.0, min_polls=2, clock=lambda: now[0])
+    al.add("metrics", 0, _recs([10, 20, 30]))
+    al.add("logs", 0, _recs([5]))
+    assert _offsets(al.release(set())) == [("logs", 0)]
+    now[0] = 0.5
+    assert _offsets(al.release(set())) == []
+    now[0] = 1.2
+    assert _offsets(al.release(set())) == [("metrics", i) for i in range(3)]
+    al.add("metrics", 0, _recs([40], first=3))  # still no log: no second wait
+    assert _offsets(al.release(set())) == [("metrics", 3)]
+    al.add("logs", 0, _recs([45], first=1))  # it delivers: it bounds again
+    al.add("metrics", 0, _recs([50], first=4))
+    assert _offsets(al.release(set())) == [("logs", 1)]
+
+
+def test_dropped_buffers_say_where_to_resume() -> None:
+    al = Aligner(clock=lambda: 0.0)
+    al.add("metrics", 0, _recs([10, 20], first=7))
+    al.add("logs", 0, _recs([30], first=3))
+    al.release(set())  # takes the metrics only: the logs are ahead of them
+    assert al.first_offsets() == {("logs", 0): 3}
+    al.forget([("logs", 0), ("metrics", 0)])
+    assert len(al) == 0 and al.first_offsets() == {}
+
+
+_fetch = st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 1), st.integers(1, 6))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_fetch, max_size=40), st.lists(st.booleans(), min_size=1, max_size=40))
+def test_every_fetched_record_is_released_once_in_offset_order(
+    fetches: list[tuple[str, int, int]], pendings: list[bool]
+) -> None:
+    now = [0.0]
+    al = Aligner(max_wait_s=3.0, min_polls=0, clock=lambda: now[0])
+    nxt: dict[tuple[str, int], int] = {}
+    seen: dict[tuple[str, int], list[int]] = {}
+    for i, (topic, part, n) in enumerate(fetches):
+        key = (topic, part)
+        first = nxt.get(key, 0)
+        al.add(topic, part, _recs([first * 10 + j * 10 for j in range(n)], first=first))
+        nxt[key] = first + n
+        flag = pendings[i % len(pendings)]
+        for env in al.release({k for k in nxt if flag and k[0] == "a"}):
+            seen.setdefault((env.topic, env.partition), []).append(env.offset)
+        now[0] += 1.0
+    now[0] += 10.0
+    for env in al.release(set(nxt)):  # the wait gives way: the rest comes out
+        seen.setdefault((env.topic, env.partition), []).append(env.offset)
+    assert seen == {k: list(range(n)) for k, n in nxt.items()}
+
+
+@pytest.mark.asyncio
+async def test_a_backlog_of_metrics_and_logs_makes_no_loop_look_stuck(
+    broker, producer, topic_prefix
+) -> None:
+    """Two hours of healthy services read as a backlog: one fetch brings all the logs and a
+    fraction of the metrics. Read in fetch order, the logs moved the watermark two hours ahead
+    and every loop looked silent (and rate limits dropped the metrics that followed)."""
+    s = settings_for(
+        topic_prefix,
+        broker.bootstrap,
+        partitions=1,
+        validation={"time_reference": "watermark"},
+        detection={"tick_seconds": 15.0},
+    )
+    t0 = 1_790_000_000.0
+    await ensure_topics(broker.bootstrap, [s.kafka.topics.metrics, s.kafka.topics.logs], 1)
+    total, futures = 0, []
+    for step in range(480):  # 15 s steps, sent as live services send them: step by step
+        ts = t0 + 15 * step
+        for e in range(3):
+            ent = f"svc-{e}"
+            metrics = [
+                {"ts": ts, "entity": ent, "metric": "loop_iteration_seconds", "value": 1.0,
+                 "limit": 15.0, "labels": {"loop": "worker"}},
+                *({"ts": ts, "entity": ent, "metric": f"g{g}", "value": 1.0} for g in range(60)),
+            ]  # fmt: skip
+            log = {"ts": ts + 1.5, "entity": ent, "level": "INFO", "message": f"served {step}"}
+            for topic, recs in ((s.kafka.topics.metrics, metrics), (s.kafka.topics.logs, [log])):
+                for r in recs:
+                    futures.append(await producer.send(topic, orjson.dumps(r), key=ent.encode()))
+                total += len(recs)
+    await asyncio.gather(*futures)
+    runner = make_runner(s)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(broker.bootstrap, stop=stop))
+    try:
+        for _ in range(900):
+            if runner.stats.messages >= total or task.done():
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert runner.stats.messages == total
+    anomalies = [
+        orjson.loads(v) for v in await consume_all(broker.bootstrap, s.kafka.topics.anomalies)
+    ]
+    kinds = sorted({(a["subject"], a["data"]["kind"]) for a in anomalies})
+    dead = [orjson.loads(v) for v in await consume_all(broker.bootstrap, s.kafka.topics.deadletter)]
+    assert not dead, {d["reason"] for d in dead}
+    assert not [k for k in kinds if k[1] in ("loop_stuck", "rate_limited")], kinds
