@@ -53,19 +53,52 @@ _MON = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
 _DAY = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
 
 
-class RegexRewrite(AbstractMaskingInstruction):
+_DIGIT = re.compile(r"\d").search
+DIGIT = "\\d"  # ``needs`` value: any digit (``\d``, as the patterns read it)
+
+
+def _lacks(content: str, needs: tuple[str, ...]) -> bool:
+    """True when the content has none of what a pattern needs, so it cannot match."""
+    if needs == (DIGIT,):
+        return _DIGIT(content) is None
+    return bool(needs) and not any(n in content for n in needs)
+
+
+class GuardedMask(MaskingInstruction):  # type: ignore[misc]
+    """drain3's mask, skipped for a message lacking every one of ``needs``.
+
+    Each pattern needs some character (a digit, ``:``, ``/``...): checking for it costs a
+    fraction of a regex pass that cannot match, and most masks do not apply to a given line.
+    """
+
+    def __init__(self, pattern: str, mask_with: str, needs: tuple[str, ...] = ()) -> None:
+        super().__init__(pattern, mask_with)
+        self.needs = needs
+
+    def mask(self, content: str, mask_prefix: str, mask_suffix: str) -> str:
+        if _lacks(content, self.needs):
+            return content
+        return str(super().mask(content, mask_prefix, mask_suffix))
+
+
+class RegexRewrite(AbstractMaskingInstruction):  # type: ignore[misc]
     """A masking step that rewrites with an arbitrary replacement (not just ``<name>``)."""
 
-    def __init__(self, pattern: str, repl: str, name: str = "rewrite") -> None:
+    def __init__(
+        self, pattern: str, repl: str, name: str = "rewrite", needs: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(name)
         self.regex = re.compile(pattern)
         self.repl = repl
+        self.needs = needs
 
     @property
     def pattern(self) -> str:
         return self.regex.pattern
 
     def mask(self, content: str, mask_prefix: str, mask_suffix: str) -> str:
+        if _lacks(content, self.needs):
+            return content
         return self.regex.sub(self.repl, content)
 
 
@@ -76,13 +109,19 @@ def default_masking() -> list[AbstractMaskingInstruction]:
     field holds an IP on one line and a host name on the next, and Drain compares masks by name.
     """
     var = "VAR"
-    masks: list[tuple[str, str]] = [
+    d = (DIGIT,)
+    # each mask with what its pattern cannot match without (any one of them)
+    masks: list[tuple[str, str, tuple[str, ...]]] = [
         # ctime-like and ISO timestamps inside the message
-        (_DAY + r"?\s*" + _MON + r"\s+\d{1,2}\s+\d{2}:\d{2}:\d{2}(?:\s+\d{4})?", "DATE"),
-        (r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?", "DATE"),
-        (r"[a-zA-Z][\w+.-]*://[^\s\"'<>]+", var),  # URL
-        (_B + r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}" + _E, "ID"),  # UUID
-        (_B + r"(?:[0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}" + _E, "ID"),  # MAC
+        (_DAY + r"?\s*" + _MON + r"\s+\d{1,2}\s+\d{2}:\d{2}:\d{2}(?:\s+\d{4})?", "DATE", (":",)),
+        (
+            r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?",
+            "DATE",
+            (":",),
+        ),
+        (r"[a-zA-Z][\w+.-]*://[^\s\"'<>]+", var, ("://",)),  # URL
+        (_B + r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}" + _E, "ID", ("-",)),
+        (_B + r"(?:[0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}" + _E, "ID", (":", "-")),  # MAC
         # IPv6 (needs '::' or eight groups so that clock times are not taken for it)
         (
             _B
@@ -90,33 +129,44 @@ def default_masking() -> list[AbstractMaskingInstruction]:
             + r"[0-9a-fA-F]{1,4}"
             + _E,
             var,
+            (":",),
         ),
-        (r"/?" + _B + r"(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?" + _E, var),  # IPv4[:port]
-        (_B + r"[\w.+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}" + _E, var),  # e-mail address
+        (r"/?" + _B + r"(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?" + _E, var, (".",)),  # IPv4[:port]
+        (_B + r"[\w.+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}" + _E, var, ("@",)),  # e-mail
         # host names with a known top-level domain (Java packages and intents stay words)
-        (_B + r"(?:[A-Za-z0-9-]+\.)+" + _TLD + _E + r"(?::\d+)?", var),
-        (r"(?<![\w/.-])(?:/[\w.@%+-]+)+/?", "PATH"),
-        (r"(?<![\w\\])(?:[A-Za-z]:|\\\\[\w.$-]+)(?:\\[^\s\\]*)+", "PATH"),  # Windows path
-        (_B + r"\d{1,2}:\d{2}(?::\d{2})?(?:\.\d+)?" + _E, "NUM"),  # clock time / duration
-        (_B + r"<?\d+(?:\.\d+)? ?(?:ms|s|sec|secs|seconds|min|mins|minutes|h|hours)" + _E, "NUM"),
-        (_B + r"\d+(?:\.\d+)? ?(?:[KMGTP]i?B|B|bytes)" + _E, "NUM"),  # sizes, unit included
-        (_B + r"0[xX][0-9a-fA-F]+" + _E, "NUM"),
+        (_B + r"(?:[A-Za-z0-9-]+\.)+" + _TLD + _E + r"(?::\d+)?", var, (".",)),
+        (r"(?<![\w/.-])(?:/[\w.@%+-]+)+/?", "PATH", ("/",)),
+        (r"(?<![\w\\])(?:[A-Za-z]:|\\\\[\w.$-]+)(?:\\[^\s\\]*)+", "PATH", ("\\",)),  # Windows
+        (_B + r"\d{1,2}:\d{2}(?::\d{2})?(?:\.\d+)?" + _E, "NUM", (":",)),  # clock time
+        (
+            _B + r"<?\d+(?:\.\d+)? ?(?:ms|s|sec|secs|seconds|min|mins|minutes|h|hours)" + _E,
+            "NUM",
+            d,
+        ),
+        (_B + r"\d+(?:\.\d+)? ?(?:[KMGTP]i?B|B|bytes)" + _E, "NUM", d),  # sizes, unit included
+        (_B + r"0[xX][0-9a-fA-F]+" + _E, "NUM", d),
         # any token holding a digit is a variable (ids like blk_-123, attempt_1_0001_m_3, node-12)
-        (r"(?<![\w.-])[\w.-]*\d[\w.-]*(?![\w-])", var),
-        (_B + r"[-+]?\d+(?:\.\d+)?" + _E, "NUM"),
-        (_B + r"(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{6,}" + _E, "NUM"),
+        (r"(?<![\w.-])[\w.-]*\d[\w.-]*(?![\w-])", var, d),
+        (_B + r"[-+]?\d+(?:\.\d+)?" + _E, "NUM", d),
+        (_B + r"(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{6,}" + _E, "NUM", d),
     ]
-    out: list[AbstractMaskingInstruction] = [MaskingInstruction(p, n) for p, n in masks]
+    out: list[AbstractMaskingInstruction] = [GuardedMask(p, n, needs) for p, n, needs in masks]
     out += [
         # "<VAR>,<VAR>" or "<VAR>.<VAR>" is one value
-        RegexRewrite(r"<(\w+)>(?:[.:,_/-]+<\w+>)+", r"<\1>", "join"),
+        RegexRewrite(r"<(\w+)>(?:[.:,_/-]+<\w+>)+", r"<\1>", "join", ("<",)),
         # a token partly masked ("rhost=<VAR>.pl", "www.x.asia:<VAR>") is a variable as a whole
         RegexRewrite(
-            r"(?<![^\s=(\[{\"'])[\w.:-]*<(\w+)>(?:(?:[\w.:/-]|<\w+>)*[\w/-])?", r"<\1>", "absorb"
+            r"(?<![^\s=(\[{\"'])[\w.:-]*<(\w+)>(?:(?:[\w.:/-]|<\w+>)*[\w/-])?",
+            r"<\1>",
+            "absorb",
+            ("<",),
         ),
         # optional annotations made only of values: "(<NUM>)", "()" ("1234 bytes (1.2 KB) sent")
         RegexRewrite(
-            r"(?:(?<=\s)|^)\(\s*(?:<\w+>(?:[\s,]*<\w+>)*)?\s*\)(?=\s|$)\s?", "", "drop_paren"
+            r"(?:(?<=\s)|^)\(\s*(?:<\w+>(?:[\s,]*<\w+>)*)?\s*\)(?=\s|$)\s?",
+            "",
+            "drop_paren",
+            ("(",),
         ),
     ]
     return out

@@ -87,6 +87,13 @@ _FAILED_LOGIN = re.compile(
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 _IPV6 = re.compile(r"(?<![\w:])(?=[0-9a-fA-F:]*::|(?:[0-9a-fA-F]{1,4}:){7})[0-9a-fA-F:]{2,39}")
 _HEX_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
+# Every pattern of a family needs one of its hints: a message without any skips the family
+# (most log lines), and one with nothing to decode is searched once. Same hits, less work.
+_SQLI_HINT = re.compile(
+    r"""['"`;]|union|waitfor|exec|unhex|char|information_schema|sleep|benchmark""", _I
+)
+_TRAVERSAL_HINT = re.compile(r"\.\.|/etc/|/proc/self/|windows", _I)
+_ENCODED = re.compile(r"[%+]|\\x")
 SOURCE_LABELS = ("source_ip", "client_ip", "remote_addr")
 
 
@@ -110,10 +117,13 @@ def _truncate(s: str, n: int = MAX_MATCHED_CHARS) -> str:
 def match_attacks(message: str) -> list[AttackHit]:
     """Injection and traversal hits in one message (at most one hit per attack kind)."""
     hits: list[AttackHit] = []
-    texts = (message, decode_message(message))
-    for attack, patterns in ((SQL_INJECTION, _SQLI), (PATH_TRAVERSAL, _TRAVERSAL)):
+    texts = (message, decode_message(message)) if _ENCODED.search(message) else (message,)
+    families = ((SQL_INJECTION, _SQLI, _SQLI_HINT), (PATH_TRAVERSAL, _TRAVERSAL, _TRAVERSAL_HINT))
+    for attack, patterns, hint in families:
         found = None
         for text in texts:
+            if not hint.search(text):
+                continue
             for pat in patterns:
                 m = pat.search(text)
                 if m:
@@ -194,13 +204,16 @@ class SecurityJudge(LogJudge):
         self._emitted: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
 
     def observe_log(self, line: LogLine) -> list[Finding]:
+        hits = match_attacks(line.message)
+        phrase = is_failed_login(line.message)
+        if not hits and phrase is None:
+            return []  # most lines: no need to look for their source
         source = source_address(line)
         findings: list[Finding] = []
-        for hit in match_attacks(line.message):
+        for hit in hits:
             f = self._emit(line, source, hit.attack, hit.matched, Severity.CRITICAL, 1)
             if f is not None:
                 findings.append(f)
-        phrase = is_failed_login(line.message)
         if phrase is not None and source is not None:
             count = self._count_failure(source, line.ts)
             if count >= self.brute_force_threshold:
