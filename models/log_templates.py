@@ -64,7 +64,7 @@ def _lacks(content: str, needs: tuple[str, ...]) -> bool:
     return bool(needs) and not any(n in content for n in needs)
 
 
-class GuardedMask(MaskingInstruction):  # type: ignore[misc]
+class GuardedMask(MaskingInstruction):
     """drain3's mask, skipped for a message lacking every one of ``needs``.
 
     Each pattern needs some character (a digit, ``:``, ``/``...): checking for it costs a
@@ -81,7 +81,7 @@ class GuardedMask(MaskingInstruction):  # type: ignore[misc]
         return str(super().mask(content, mask_prefix, mask_suffix))
 
 
-class RegexRewrite(AbstractMaskingInstruction):  # type: ignore[misc]
+class RegexRewrite(AbstractMaskingInstruction):
     """A masking step that rewrites with an arbitrary replacement (not just ``<name>``)."""
 
     def __init__(
