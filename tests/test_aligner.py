@@ -165,3 +165,39 @@ async def test_a_backlog_of_metrics_and_logs_makes_no_loop_look_stuck(
     dead = [orjson.loads(v) for v in await consume_all(broker.bootstrap, s.kafka.topics.deadletter)]
     assert not dead, {d["reason"] for d in dead}
     assert not [k for k in kinds if k[1] in ("loop_stuck", "rate_limited")], kinds
+
+
+@pytest.mark.asyncio
+async def test_a_backlog_attributes_a_deploy_to_the_errors_that_follow_it(
+    broker, producer, topic_prefix
+) -> None:
+    """The bad-deploy story (tests/incident_scenarios.py) is all in the broker before the
+    pipeline starts, sent in the order it happened: the deploy on the changes topic is read
+    before the errors it caused on the metrics topic, and the rollback cites it."""
+    from tests.incident_scenarios import bad_deploy
+
+    s = settings_for(topic_prefix, broker.bootstrap, partitions=1)
+    t = s.kafka.topics
+    await ensure_topics(broker.bootstrap, [t.metrics, t.logs, t.changes], 1)
+    futures = []
+    for rec in bad_deploy():
+        is_change = "context" in rec
+        topic, key = (t.changes, rec["subject"]["id"]) if is_change else (t.metrics, rec["entity"])
+        futures.append(await producer.send(topic, orjson.dumps(rec), key=key.encode()))
+    await asyncio.gather(*futures)
+    runner = make_runner(s)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(broker.bootstrap, stop=stop))
+    try:
+        for _ in range(900):
+            if runner.stats.messages >= len(futures) or task.done():
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    repairs = [orjson.loads(v) for v in await consume_all(broker.bootstrap, t.repairs)]
+    rollbacks = [e for e in repairs if e["type"] == "io.selfheal.repair.rollback"]
+    assert [(e["subject"], e["data"]["params"].get("change_id")) for e in rollbacks] == [
+        ("api-3", "chg-v2-api-3")
+    ], repairs
