@@ -159,7 +159,9 @@ async def _consume_repairs(consumer: AIOKafkaConsumer, fleet: Fleet, stats: SimS
                         req.action, req.entity, fleet.now if req.ts is None else req.ts
                     )
                 except ValueError as exc:
-                    log.warning("ignoring repair %s on %s: %s", req.action, req.entity, exc)
+                    # a storm's page names the storm, not a service: nothing to apply, no noise
+                    level = logging.DEBUG if req.action == "escalate" else logging.WARNING
+                    log.log(level, "ignoring repair %s on %s: %s", req.action, req.entity, exc)
                     stats.repairs_ignored += 1
                 else:
                     stats.repairs_applied += 1
