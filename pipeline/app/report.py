@@ -42,6 +42,7 @@ from selfheal.pipeline.app.report_incidents import (
     read_incidents,
 )
 from selfheal.pipeline.app.report_plots import load_samples
+from selfheal.pipeline.app.sim_plan import DEPENDENCY_DOWN
 from selfheal.pipeline.kernel.cloudevents import INCIDENT_PREFIX
 from selfheal.pipeline.kernel.schemas import parse_ts
 
@@ -61,6 +62,8 @@ FAULT_DETECTED_BY: dict[str, frozenset[str]] = {
     "sql_injection": frozenset({"security"}),
     "failing_health_checks": frozenset({"health_check_failed"}),
     "memory_high": frozenset({"memory_high"}),
+    # a caller of a failing service (``simulator.FleetConfig.calls``): its breaker opens
+    DEPENDENCY_DOWN: frozenset({"breaker_open"}),
 }
 #: faults with a breach ahead of them (OOM, full queue): a repair before it is predictive
 PREDICTABLE_FAULTS = frozenset({"memory_leak", "queue_filling"})
