@@ -239,9 +239,12 @@ def _event_row(ev: Mapping[str, Any]) -> tuple[str, str, str, str]:
 
 
 def incident_table(incidents: Sequence[IncidentView], rows: int = 6, wrap: bool = False) -> Table:
-    """One row per incident (the ones with several entities first), its anomalies under it:
-    per entity, the kinds counted (cut at the table's width unless ``wrap``)."""
-    shown = sorted(incidents, key=lambda i: (len(i.entities) < 2, i.state == "resolved"))
+    """One row per incident (several entities first, then open ones, then the most anomalies),
+    its anomalies under it: per entity, the kinds counted (cut at the table's width unless
+    ``wrap``)."""
+    shown = sorted(
+        incidents, key=lambda i: (len(i.entities) < 2, i.state == "resolved", -len(i.anomalies))
+    )
     t = Table(title=f"incidents ({len(incidents)}), anomalies under each", expand=True)
     for name in ("incident", "state", "since (UTC)", "entities", "top cause"):
         t.add_column(name, no_wrap=True)
@@ -257,7 +260,7 @@ def incident_table(incidents: Sequence[IncidentView], rows: int = 6, wrap: bool 
         if under:
             t.add_row("", "", "", "", "", f"[dim]{under}[/]")
     if len(shown) > rows:
-        t.add_row(f"+{len(shown) - rows}", "", "", "", "", "[dim]more (single-entity first)[/]")
+        t.add_row(f"+{len(shown) - rows}", "", "", "", "", "[dim]more incidents[/]")
     return t
 
 
