@@ -95,6 +95,12 @@ def _anomaly(entity: str, kind: str, at: float) -> dict[str, Any]:
             "data": {"entity": entity, "kind": kind, "metric": "m", "ts": T0 + at}}  # fmt: skip
 
 
+def _repair(entity: str, action: str, at: float, reason: list[str]) -> dict[str, Any]:
+    return {"type": f"io.selfheal.repair.{action}", "subject": entity, "id": f"d{entity}{at}",
+            "data": {"entity": entity, "action": action, "status": "execute", "reason": reason,
+                     "params": {}, "ts": T0 + at}}  # fmt: skip
+
+
 def test_latest_revision_wins_merged_incidents_join_the_survivor_loose_anomalies_follow(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -107,17 +113,28 @@ def test_latest_revision_wins_merged_incidents_join_the_survivor_loose_anomalies
         _anomaly("web-1", "breaker_open", 40),
         _anomaly("web-2", "breaker_open", 35),
         _anomaly("cache-1", "memory_high", 5000),  # after every incident: in none
+        _incident("i-c", 1, "resolved", ["queue-1"], 60),
+        _anomaly("queue-1", "queue_high", 70),
+        _repair("queue-1", "scale_up", 80, ["queue-170"]),
+        # a storm's escalation cites anomalies of several incidents: it is under none of them
+        _repair("storm:restart", "escalate", 90, ["api-110", "queue-170"]),
     ]
     src = _write(tmp_path / "ev.jsonl", events)
     page = tmp_path / "r.html"
     assert main([str(src), "--out", str(page)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "incidents 1 (1 updated); anomalies in no incident 1"
+    assert out[0] == "incidents 2 (1 resolved, 1 updated); anomalies in no incident 1"
     assert out[1].startswith("incident i-a updated, 2026-11-28 05:00:00 UTC, still open")
     assert "3 entities, 3 anomalies" in out[1]  # web-2 came with the merged incident
     assert [x.split()[0] for x in out if x.startswith("    ")] == ["api-1", "web-2", "web-1"]
-    assert "repairs left to the cause: see --audit" not in "\n".join(out)  # no repairs at all
+    assert "  repairs: none" in out and "storm" not in "\n".join(out)
+    # incidents of one entity: a line each
+    assert out[out.index("incidents of one entity: 1") + 1].split() == [
+        "i-c", "resolved", "2026-11-28", "05:01:00", "to", "05:16:00", "UTC", "queue-1:",
+        "queue_high", "x1;", "queue-1", "scale_up", "(executed)",
+    ]  # fmt: skip
     html = page.read_text()
     assert "merged 1 incidents" in html and "Anomalies in no incident (1)" in html
+    assert "<h3>Incidents of one entity (1)</h3>" in html
     loose = html[html.index('<section id="anomalies">') :]
     assert "cache-1" in loose[: loose.index("</section>")]

@@ -138,7 +138,12 @@ def place(
         params = e.data.get("params")
         named = params.get("incident_id") if isinstance(params, Mapping) else None
         inc = by_id.get(str(named)) if named else None
-        inc = inc or next((i for i in incidents if i.anomaly_ids.intersection(ids)), None)
+        # a repair cites anomalies of its own entity; a storm's escalation (``storm:restart``)
+        # cites many incidents' and belongs to none of them unless it names one
+        inc = inc or next(
+            (i for i in incidents if i.anomaly_ids.intersection(ids) and e.entity in i.entities),
+            None,
+        )
         inc = inc or next((i for i in incidents if i.covers(e.entity, e.ts)), None)
         if inc is not None:
             (inc.anomalies if e.category == "anomaly" else inc.repairs).append(e)
@@ -212,7 +217,8 @@ def incident_lines(
         + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
         + f"); anomalies in no incident {len(loose)}"
     ]
-    for inc in incidents:
+    multi = [i for i in incidents if len(i.entities) > 1]
+    for inc in multi:
         lines.append(
             f"incident {inc.id[:8]} {inc.state}, {_when(inc)}: {len(inc.entities)} entities, "
             f"{len(inc.anomalies)} anomalies"
@@ -226,7 +232,18 @@ def incident_lines(
         for entity, kinds, n, first, last in entity_rows(inc.anomalies):
             span = iso(first)[11:] + ("" if n == 1 else f" to {iso(last)[11:]}")
             lines.append(f"    {entity:<16} {span:<20}  {kinds}")
+    single = [i for i in incidents if len(i.entities) <= 1]
+    if single:
+        lines.append(f"incidents of one entity: {len(single)}")
+    for inc in single:
+        what = "; ".join(k for _, k, *_ in entity_rows(inc.anomalies)) or "-"
+        done = "; ".join(_repair_summary(inc)) or "no repair"
+        lines.append(f"  {inc.id[:8]} {inc.state:<8} {_when(inc)}  {_entity(inc)}: {what}; {done}")
     return lines
+
+
+def _entity(inc: IncidentView) -> str:
+    return inc.entities[0] if inc.entities else "-"
 
 
 def _causes_table(inc: IncidentView) -> str:
@@ -236,7 +253,7 @@ def _causes_table(inc: IncidentView) -> str:
         score = f"{float(c.get('score') or 0):.2f}"
         rows.append((rank, str(c.get("entity", "")), score, Raw(f"<ul>{items}</ul>")))
     more = len(inc.causes) - MAX_CAUSES
-    tail = f"<p class='muted'>... and {more} less likely candidates</p>" if more > 0 else ""
+    tail = f"<p class='muted'>... and {more} more candidates, less likely</p>" if more > 0 else ""
     return table(["rank", "probable cause", "score", "evidence"], rows) + tail
 
 
@@ -257,10 +274,11 @@ def _plan_html(inc: IncidentView, have_audit: bool) -> str:
 
 
 def incidents_html(incidents: Sequence[IncidentView], have_audit: bool) -> str:
-    """The report's first section: one block per incident, newest last."""
+    """The report's first section: a block per incident of several entities, oldest first,
+    then one row per incident of one entity."""
     esc = html.escape
     blocks = []
-    for inc in incidents:
+    for inc in (i for i in incidents if len(i.entities) > 1):
         merged = f"; merged {len(inc.merged)} incidents" if inc.merged else ""
         top = inc.causes[0].get("entity") if inc.causes else None
         blocks.append(
@@ -276,6 +294,16 @@ def incidents_html(incidents: Sequence[IncidentView], have_audit: bool) -> str:
             + f"<h4>Anomalies under it ({len(inc.anomalies)})</h4>"
             + _anomalies_html(inc)
         )
+    single = [i for i in incidents if len(i.entities) <= 1]
+    if single:
+        rows = [
+            (inc.id[:8], inc.state, _when(inc), _entity(inc),
+             "; ".join(k for _, k, *_ in entity_rows(inc.anomalies)) or "-",
+             "; ".join(_repair_summary(inc)) or "-")
+            for inc in single
+        ]  # fmt: skip
+        head = ["incident", "state", "time", "entity", "anomalies", "repairs"]
+        blocks.append(f"<h3>Incidents of one entity ({len(single)})</h3>" + table(head, rows))
     return section("incidents", f"Incidents ({len(incidents)})", "".join(blocks))
 
 
