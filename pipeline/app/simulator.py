@@ -409,21 +409,7 @@ class Fleet:
 
         # dependency calls (none while the breaker is open)
         if t >= svc.breaker_until:
-            flap = kinds.get(FaultKind.FLAPPING_DEPENDENCY)
-            if flap is not None:
-                ok = not flap.flap_down
-                flap.flap_left -= 1
-                if flap.flap_left <= 0:
-                    flap.flap_down = not flap.flap_down
-                    flap.flap_left = rng.randint(6, 9) if flap.flap_down else rng.randint(3, 6)
-                if not ok:
-                    notes.append(("WARN", "dependency db request failed: connection refused"))
-            elif callee_down:
-                ok = False
-                notes.append(("WARN", f"request to {svc.dependency} failed: 503 not ready"))
-            else:  # rare isolated failures, never two in a row
-                ok = svc.dep_prev_fail or rng.random() >= 0.005
-            svc.dep_prev_fail = not ok
+            ok = self._probe(svc, kinds.get(FaultKind.FLAPPING_DEPENDENCY), callee_down, notes)
             sample(DEPENDENCY_METRIC, 1.0 if ok else 0.0, {"dependency": svc.dependency})
 
         # health checks
@@ -460,6 +446,27 @@ class Fleet:
         out.sort(key=lambda r: r["ts"])
         logs.sort(key=lambda r: r["ts"])
         return out, logs
+
+    @staticmethod
+    def _probe(
+        svc: _Service, flap: _Fault | None, callee_down: bool, notes: list[tuple[str, str]]
+    ) -> bool:
+        """One call to the service's dependency: whether it succeeded."""
+        if flap is not None:
+            ok = not flap.flap_down
+            flap.flap_left -= 1
+            if flap.flap_left <= 0:
+                flap.flap_down = not flap.flap_down
+                flap.flap_left = svc.rng.randint(6, 9) if flap.flap_down else svc.rng.randint(3, 6)
+            if not ok:
+                notes.append(("WARN", f"dependency {svc.dependency} request failed: refused"))
+        elif callee_down:
+            ok = False
+            notes.append(("WARN", f"request to {svc.dependency} failed: 503 not ready"))
+        else:  # rare isolated failures, never two in a row
+            ok = svc.dep_prev_fail or svc.rng.random() >= 0.005
+        svc.dep_prev_fail = not ok
+        return ok
 
     def _logs(
         self,
