@@ -53,9 +53,12 @@ def inspect_report(
     return info
 
 
-def assert_report_layout(info: dict[str, Any], *, truth: bool, audit: bool = False) -> None:
+def assert_report_layout(
+    info: dict[str, Any], *, truth: bool, audit: bool = False, incidents: bool = False
+) -> None:
     """Sections present in operator order; every plot loaded and at the page's width."""
-    expected = ["not-cleared", "anomalies", "repairs", "approvals"]
+    expected = ["incidents"] if incidents else []  # incidents first, when the events have them
+    expected += ["not-cleared", "anomalies", "repairs", "approvals"]
     expected += ["scorecard"] if truth else []
     expected += ["effectiveness"] if audit else []  # learned effectiveness, from the audit
     expected += ["plots"]

@@ -76,6 +76,18 @@ def test_demo_detects_every_fault_and_repairs_only_faulty_services(broker, tmp_p
         (by_fault["error_rate_drift"], "error_burst"),
     } & seen
 
+    # a service failing behind its callers is one incident, the service ranked first
+    callee = by_fault["failing_health_checks"]
+    callers = {f["entity"] for f in truth["faults"] if f.get("caused_by") == callee}
+    latest: dict[str, dict[str, Any]] = {}
+    for e in (e for e in events if e["type"].startswith("io.selfheal.incident.")):
+        if e["data"]["revision"] > latest.get(e["subject"], {"revision": 0})["revision"]:
+            latest[e["subject"]] = e["data"]
+    assert len(callers) == 3 and any(
+        set(d["entities"]) >= {callee, *callers} and d["causes"][0]["entity"] == callee
+        for d in latest.values()
+    ), [(d["entities"], d["causes"][:1]) for d in latest.values()]
+
     faulty = {f["entity"] for f in truth["faults"]}
     false_repairs = [
         (e["subject"], e["data"]["action"], e["time"])
@@ -101,6 +113,8 @@ def test_demo_detects_every_fault_and_repairs_only_faulty_services(broker, tmp_p
     )
     assert len(progress) >= 3 and int(progress[-1][0]) > int(progress[0][0]), console
     assert console.count("summary: ") == 1 and "interrupted" not in console
+    # the incidents first, then the faults
+    assert console.rindex("anomalies under each") < console.index("faults vs ground truth")
     final = console[console.index("summary: ") :]
     repairs_line = re.search(r"repairs (\d+) executed \((\d+) verified ok", final)
     executed = sum(
@@ -112,11 +126,13 @@ def test_demo_detects_every_fault_and_repairs_only_faulty_services(broker, tmp_p
     assert re.search(r"dead letters: [\d,]+ rate_limited: an entity sent faster than", final)
 
     # the report, read in a real browser: with the ground truth, and from the events alone
-    assert_report_layout(inspect_report(out / "report.html"), truth=True, audit=True)
+    assert_report_layout(
+        inspect_report(out / "report.html"), truth=True, audit=True, incidents=True
+    )
     bare = tmp_path / "bare.html"
     argv = [str(out / "events.jsonl"), "--audit", str(out / "audit.jsonl"), "--out", str(bare)]
     assert report_main([*argv, "--samples", str(out / "samples.jsonl"), "--quiet"]) == 0
-    assert_report_layout(inspect_report(bare), truth=False, audit=True)
+    assert_report_layout(inspect_report(bare), truth=False, audit=True, incidents=True)
 
 
 def test_ctrl_c_ends_the_demo_cleanly_with_a_partial_summary(broker, tmp_path: Path) -> None:
@@ -154,7 +170,11 @@ def test_ctrl_c_ends_the_demo_cleanly_with_a_partial_summary(broker, tmp_path: P
 
 
 #: event type prefix -> the outbound schema ``selfheal schema`` publishes for it
-EVENT_SCHEMAS = {"io.selfheal.anomaly.": "AnomalyEvent", "io.selfheal.repair.": "RepairEvent"}
+EVENT_SCHEMAS = {
+    "io.selfheal.anomaly.": "AnomalyEvent",
+    "io.selfheal.repair.": "RepairEvent",
+    "io.selfheal.incident.": "IncidentEvent",
+}
 
 
 def assert_every_event_matches_the_published_schema(events: list[dict[str, Any]]) -> None:

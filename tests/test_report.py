@@ -19,6 +19,7 @@ from selfheal.pipeline.app.report import (
     summarize,
     summary_lines,
 )
+from selfheal.pipeline.app.sim_plan import DEPENDENCY_DOWN
 from selfheal.pipeline.app.simulator import DEFAULT_START, FaultKind, FaultSpec, Fleet, FleetConfig
 
 T = 1795842000.0
@@ -189,7 +190,8 @@ def test_grace_and_truth_document_forms() -> None:
 
 
 def test_detection_mapping_covers_every_fault_kind() -> None:
-    assert set(FAULT_DETECTED_BY) == {k.value for k in FaultKind}
+    # every scheduled fault kind, and the callers' share of a failing dependency
+    assert set(FAULT_DETECTED_BY) == {k.value for k in FaultKind} | {DEPENDENCY_DOWN}
     assert FAULT_DETECTED_BY["memory_leak"] == {"memory_leak", "memory_high"}
     assert (
         normalize_event(

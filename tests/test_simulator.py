@@ -211,10 +211,35 @@ def test_stuck_loop_stops_emitting_and_slow_loop_exceeds_interval() -> None:
 def test_flapping_dependency_runs_of_five_or_more_failures() -> None:
     samples, _logs = run(one_fault(FaultKind.FLAPPING_DEPENDENCY), 100)
     dep = series(samples, "dependency_request_ok")
-    assert all(s["labels"] == {"dependency": "db"} for s in dep)
+    # each service calls its own database unless it calls another service of the fleet
+    assert all(s["labels"] == {"dependency": "checkout-db"} for s in dep)
     runs = longest_zero_runs([s["value"] for s in dep if s["ts"] >= T_FAULT])
     assert len([r for r in runs if r >= 5]) >= 3  # repeatedly
     assert any(v == 1.0 for v in (s["value"] for s in dep if s["ts"] >= T_FAULT))
+
+
+def test_callers_of_a_failing_service_fail_until_it_is_restarted_and_warm() -> None:
+    """``FleetConfig.calls``: the callers' probes fail while the callee fails its health checks
+    and for ``warmup_s`` after its restart; the truth gives each caller a fault of its own."""
+    e1, e2 = service_names(3)[1:]
+    spec = FaultSpec(E0, FaultKind.FAILING_HEALTH_CHECKS, T_FAULT)
+    calls = {e1: E0, e2: E0}
+    fleet = Fleet(FleetConfig(services=3, seed=7, faults=(spec,), calls=calls, warmup_s=60.0))
+    samples, _ = run(fleet, 30)
+    fleet.apply_repair("restart", E0, fleet.now)
+    restarted = fleet.now
+    more, _ = run(fleet, 20)
+    for caller in (e1, e2):
+        dep = series(samples + more, "dependency_request_ok", caller)
+        assert all(s["labels"] == {"dependency": E0} for s in dep)
+        ok = {s["ts"]: s["value"] == 1.0 for s in dep}
+        down = [t for t in ok if T_FAULT <= t < restarted + 60]
+        assert len(down) == 14 and not any(ok[t] for t in down)
+        assert ok[T_FAULT - STEP] and ok[restarted + 60]  # healthy before and once warm
+    truth = {(f["entity"], f["fault"]): f for f in fleet.ground_truth()}
+    assert truth[E0, "failing_health_checks"]["cleared_by"] == "restart"
+    mine = truth[e1, "dependency_down"]
+    assert (mine["start"], mine["end"], mine["caused_by"]) == (T_FAULT, restarted + 60, E0)
 
 
 def test_queue_fills_past_80pct() -> None:

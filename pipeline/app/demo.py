@@ -1,10 +1,13 @@
 """selfheal demo: embedded broker, simulated fleet and pipeline in a closed loop, with a summary.
 
 The fleet (``selfheal.pipeline.app.simulator``) emits metrics and logs with one fault of every
-kind on its own service; the pipeline detects, decides and publishes repairs; the fleet reads
-the repair topic and heals (restart clears a leak, rollback removes a regression...). A live
-view (``selfheal.pipeline.app.demo_view``) shows services, counters and events as they happen;
-at the end one summary scores every fault against the ground truth. Event time runs faster
+kind on its own service, and three healthy services call the one whose health checks fail (a
+dependency failing behind its callers: one incident, its cause ranked first); the pipeline
+detects, groups anomalies into incidents, decides and publishes repairs; the fleet reads the
+repair topic and heals (restart clears a leak, rollback removes a regression...). A live view
+(``selfheal.pipeline.app.demo_view``) shows incidents first with their anomalies under them,
+then services, counters and events as they happen; at the end the incidents again, then one
+summary scoring every fault against the ground truth. Event time runs faster
 than the clock (default: 6 simulated hours in about two minutes), which is why the demo
 validates timestamps against the watermark. Ctrl-C ends early and cleanly: the summary and the
 report cover the part that ran (exit code 130).
@@ -40,11 +43,13 @@ from selfheal.pipeline.app.demo_view import (
     DemoState,
     counters_line,
     deadletter_text,
+    incident_table,
     live_view,
     progress_line,
 )
 from selfheal.pipeline.app.report import Summary, summarize
 from selfheal.pipeline.app.runner import Runner
+from selfheal.pipeline.app.sim_plan import default_calls
 from selfheal.pipeline.app.simulator import (
     FaultKind,
     FaultSpec,
@@ -253,6 +258,7 @@ def demo_settings(prefix: str, config: Path | None) -> Settings:
                     "deadletter",
                     "audit",
                     "state",
+                    "incidents",
                 )
             },
         },
@@ -346,12 +352,14 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
     steps = max(1, round(args.duration * args.rate))
     event_span = steps * STEP_SECONDS
     start = float(int(time.time() // 3600 * 3600))
+    faults = tuple(_schedule(args.services, event_span, start))
     fleet = FleetConfig(
         services=args.services,
         seed=args.seed,
         start=start,
         step_s=STEP_SECONDS,
-        faults=tuple(_schedule(args.services, event_span, start)),
+        faults=faults,
+        calls=default_calls(args.services, faults),
     )
     state = DemoState(service_names(args.services), start, event_span)
     loop = asyncio.get_running_loop()
@@ -372,14 +380,17 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
                 f"{start_text(start)} UTC) at {args.rate:g} steps/s; broker {broker.kind} at "
                 f"{broker.bootstrap}; Ctrl-C ends early with a partial summary"
             )
-            topics = [t.metrics, t.logs, t.anomalies, t.repairs, t.deadletter, t.audit, t.state]
+            topics = [t.metrics, t.logs, t.anomalies, t.repairs, t.incidents, t.deadletter]
+            topics += [t.audit, t.state]
             await ensure_topics(broker.bootstrap, topics, settings.kafka.partitions)
             runner, stop, run_task, server = await _start_runner(
                 settings, broker.bootstrap, None if args.no_console else args.console_port
             )
             if server is not None:
                 console.print(f"operator console: http://127.0.0.1:{server.port}/console")
-            col = _Collector(broker.bootstrap, [t.anomalies, t.repairs], t.audit, state)
+            col = _Collector(
+                broker.bootstrap, [t.anomalies, t.repairs, t.incidents], t.audit, state
+            )
             await col.start()
             sim_stop = asyncio.Event()
             sim = asyncio.create_task(
@@ -449,14 +460,18 @@ def _finish(run: _Run, sim: SimStats) -> int:
         and not e["subject"].startswith("storm:")
         and e["data"].get("status") == "execute"
     )
+    incidents = state.incidents()
+    console.print(incident_table(incidents, rows=10, wrap=True))
     console.print(_summary_table(summary))
     messages, dead = run.counts()
     part = "" if not run.interrupted.is_set() else " (interrupted: covers the part that ran)"
     console.print(
-        f"[bold]summary{part}[/]: {summary.detected} of {len(summary.faults)} faults detected, "
-        f"{summary.recovered} cleared by a repair; {state.anomalies} anomalies "
-        f"({summary.false_alarms} outside fault windows); {healthy_repairs} repairs on healthy "
-        f"services; fleet applied {sim.repairs_applied} repairs"
+        f"[bold]summary{part}[/]: {len(incidents)} incidents "
+        f"({sum(len(i.entities) > 1 for i in incidents)} with several entities) holding "
+        f"{state.anomalies} anomalies ({summary.false_alarms} outside fault windows); "
+        f"{summary.detected} of {len(summary.faults)} faults detected, {summary.recovered} "
+        f"cleared by a repair; {healthy_repairs} repairs on healthy services; fleet applied "
+        f"{sim.repairs_applied} repairs"
     )
     console.print("  " + counters_line(state, messages, dead))
     for line in deadletter_text(run.deadletters()):

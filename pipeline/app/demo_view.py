@@ -32,6 +32,13 @@ from typing import Any
 
 from rich.console import Group
 from rich.table import Table
+from selfheal.pipeline.app.report_incidents import (
+    IncidentView,
+    entity_rows,
+    place,
+    read_incidents,
+)
+from selfheal.pipeline.kernel.cloudevents import INCIDENT_PREFIX
 from selfheal.pipeline.kernel.schemas import parse_ts
 
 STATES = ("faulty", "repairing", "awaiting approval", "healthy")
@@ -85,6 +92,7 @@ class DemoState:
     statuses: Counter[str] = field(default_factory=Counter)
     anomalies: int = 0
     watermark: float = 0.0
+    incident_events: list[dict[str, Any]] = field(default_factory=list)
     _svc: dict[str, _Service] = field(default_factory=dict)
 
     def add(self, ev: Mapping[str, Any]) -> bool:
@@ -95,6 +103,9 @@ class DemoState:
         self.events[ident] = dict(ev)
         raw = ev.get("data")
         data: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+        if typ.startswith(INCIDENT_PREFIX):
+            self.incident_events.append(dict(ev))  # its subject is the incident, no service
+            return True
         entity = str(ev.get("subject") or data.get("entity") or "")
         try:
             ts = parse_ts(ev.get("time"))
@@ -151,8 +162,20 @@ class DemoState:
     def fraction(self) -> float:
         return min(1.0, max(0.0, (self.watermark - self.start) / self.span)) if self.span else 1.0
 
+    def incidents(self) -> list[IncidentView]:
+        """The incidents so far (latest revision each), their anomalies placed under them;
+        open ones first, then the most recent."""
+        from selfheal.pipeline.app.report import normalize_event
+
+        views = read_incidents(self.incident_events)
+        evs = [e for e in map(normalize_event, self.events.values()) if e is not None]
+        place(views, sorted(evs, key=lambda e: e.ts))
+        return sorted(views, key=lambda i: (i.state == "resolved", -i.started, i.id))
+
     def recent(self, n: int = 10) -> list[dict[str, Any]]:
-        return sorted(self.events.values(), key=lambda e: (e.get("time", ""), e["id"]))[-n:]
+        """The latest anomalies and repairs (incidents have their own table)."""
+        evs = (e for e in self.events.values() if not e["type"].startswith(INCIDENT_PREFIX))
+        return sorted(evs, key=lambda e: (e.get("time", ""), e["id"]))[-n:]
 
 
 def eta(state: DemoState, started: float, now: float | None = None) -> str:
@@ -180,9 +203,21 @@ def progress_line(state: DemoState, started: float, messages: int, deadletters: 
     trouble = "; ".join(f"{s}: {', '.join(groups[s])}" for s in STATES[:3] if groups[s])
     return (
         f"[{100 * state.fraction():3.0f}%] {utc(state.watermark or state.start, False)} UTC | "
-        f"{counters_line(state, messages, deadletters)} | "
+        f"{counters_line(state, messages, deadletters)} | {incidents_text(state.incidents())} | "
         f"{trouble or 'all services healthy'} | ETA {eta(state, started)}"
     )
+
+
+def incidents_text(incidents: Sequence[IncidentView]) -> str:
+    """``incidents 3 (1 open): 92499e34 orders-1 4 entities`` : the open ones with a cause."""
+    live = [i for i in incidents if i.state != "resolved"]
+    text = f"incidents {len(incidents)} ({len(live)} open)"
+    named = [
+        f"{i.id[:8]} {i.causes[0].get('entity')} {len(i.entities)} entities"
+        for i in live
+        if i.causes and len(i.entities) > 1
+    ]
+    return text + (": " + ", ".join(named) if named else "")
 
 
 def _event_row(ev: Mapping[str, Any]) -> tuple[str, str, str, str]:
@@ -201,6 +236,32 @@ def _event_row(ev: Mapping[str, Any]) -> tuple[str, str, str, str]:
     except ValueError:
         when = "-"
     return when, str(ev.get("subject", "")), kind, detail
+
+
+def incident_table(incidents: Sequence[IncidentView], rows: int = 6, wrap: bool = False) -> Table:
+    """One row per incident (several entities first, then open ones, then the most anomalies),
+    its anomalies under it: per entity, the kinds counted (cut at the table's width unless
+    ``wrap``)."""
+    shown = sorted(
+        incidents, key=lambda i: (len(i.entities) < 2, i.state == "resolved", -len(i.anomalies))
+    )
+    t = Table(title=f"incidents ({len(incidents)}), anomalies under each", expand=True)
+    for name in ("incident", "state", "since (UTC)", "entities", "top cause"):
+        t.add_column(name, no_wrap=True)
+    # the list of anomalies takes what the other columns leave
+    t.add_column("anomalies", no_wrap=not wrap, overflow="fold" if wrap else "ellipsis", ratio=1)
+    for inc in shown[:rows]:
+        top = inc.causes[0] if inc.causes else {}
+        cause = f"{top.get('entity', '-')} ({float(top.get('score') or 0):.2f})" if top else "-"
+        style = "red" if inc.state != "resolved" else "green"
+        t.add_row(inc.id[:8], f"[{style}]{inc.state}[/]", utc(inc.started)[5:],
+                  str(len(inc.entities)), cause, str(len(inc.anomalies)))  # fmt: skip
+        under = "; ".join(f"{e}: {k}" for e, k, *_ in entity_rows(inc.anomalies))
+        if under:
+            t.add_row("", "", "", "", "", f"[dim]{under}[/]")
+    if len(shown) > rows:
+        t.add_row(f"+{len(shown) - rows}", "", "", "", "", "[dim]more incidents[/]")
+    return t
 
 
 def live_view(
@@ -224,7 +285,7 @@ def live_view(
         latest.add_column(name)
     for ev in state.recent(rows):
         latest.add_row(*_event_row(ev))
-    return Group(head, services, latest)
+    return Group(head, incident_table(state.incidents()), services, latest)
 
 
 def deadletter_text(by_reason: Mapping[str, float]) -> Iterable[str]:

@@ -1,8 +1,11 @@
 """selfheal report: the page an operator reads after a night, from anomaly and repair events.
 
 Usage: ``selfheal report EVENTS.jsonl --out X.html [--audit AUDIT.jsonl] [--samples S.jsonl]
-[--truth TRUTH.json]``. Works on events alone (anomalies, repairs, plots); ``--audit`` adds
-the repairs' verification outcomes, ``--truth`` (simulator ground truth) the scorecard.
+[--truth TRUTH.json]``. Works on events alone (anomalies, repairs, plots); incident events
+(``selfheal replay`` writes them, the demo collects them) put the incidents first, each with
+its anomalies under it (``selfheal.pipeline.app.report_incidents``); ``--audit`` adds the
+repairs' verification outcomes and the repairs left to an incident's cause, ``--truth``
+(simulator ground truth) the scorecard.
 :func:`summarize` is the pure scorecard (the demo reuses it); the page is
 ``selfheal.pipeline.app.report_html``, the figures ``selfheal.pipeline.app.report_plots``.
 
@@ -32,7 +35,15 @@ from typing import Any
 
 import orjson
 from selfheal.pipeline.app.report_html import render_html
+from selfheal.pipeline.app.report_incidents import (
+    incident_lines,
+    incidents_html,
+    place,
+    read_incidents,
+)
 from selfheal.pipeline.app.report_plots import load_samples
+from selfheal.pipeline.app.sim_plan import DEPENDENCY_DOWN
+from selfheal.pipeline.kernel.cloudevents import INCIDENT_PREFIX
 from selfheal.pipeline.kernel.schemas import parse_ts
 
 ANOMALY_PREFIX = "io.selfheal.anomaly."
@@ -51,6 +62,8 @@ FAULT_DETECTED_BY: dict[str, frozenset[str]] = {
     "sql_injection": frozenset({"security"}),
     "failing_health_checks": frozenset({"health_check_failed"}),
     "memory_high": frozenset({"memory_high"}),
+    # a caller of a failing service (``simulator.FleetConfig.calls``): its breaker opens
+    DEPENDENCY_DOWN: frozenset({"breaker_open"}),
 }
 #: faults with a breach ahead of them (OOM, full queue): a repair before it is predictive
 PREDICTABLE_FAULTS = frozenset({"memory_leak", "queue_filling"})
@@ -398,6 +411,16 @@ def read_truth(path: Path) -> list[dict[str, Any]]:
     return truth
 
 
+def read_decisions(path: Path) -> list[Mapping[str, Any]]:
+    """The decision records of an audit file (suppressed ones too: they are only there)."""
+    from selfheal.pipeline.core.audit import DECISION, read_records
+
+    try:
+        return [r.data for r in read_records(path) if r.record == DECISION]
+    except OSError as exc:
+        raise ReportInputError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from exc
+
+
 def read_verdicts(path: Path) -> dict[str, bool]:
     """Decision id -> verified success, from the verification records of an audit file."""
     from selfheal.pipeline.core.audit import VERIFICATION, read_records
@@ -466,6 +489,7 @@ def main(argv: list[str]) -> int:
         raw, bad = read_events(args.events)
         truth = read_truth(args.truth) if args.truth else None
         verdicts = read_verdicts(args.audit) if args.audit else None
+        decisions = read_decisions(args.audit) if args.audit else []
         learned = effectiveness_html(raw, args.audit) if args.audit else ""
     except ReportInputError as exc:
         print(f"selfheal report: {exc}", file=sys.stderr)
@@ -476,13 +500,18 @@ def main(argv: list[str]) -> int:
     if args.samples is not None:
         wanted = {f.entity for f in summary.faults} if summary else {e.entity for e in events}
         samples = load_samples(args.samples, wanted)
+    incidents = read_incidents(raw)
+    loose = place(incidents, events, decisions) if incidents else None
     notes = f"{len(raw)} events read from {args.events.name}"
     if bad:
         notes += f", {bad} malformed lines skipped"
-    if len(raw) != len(events):
-        notes += f", {len(raw) - len(events)} neither anomaly nor repair"
+    other = len(raw) - len(events) - sum(str(e["type"]).startswith(INCIDENT_PREFIX) for e in raw)
+    if other:
+        notes += f", {other} neither anomaly, repair nor incident"
+    first = incidents_html(incidents, args.audit is not None) if incidents else ""
     page = render_html(events, summary=summary, samples=samples, truth=truth or [],
-                       verdicts=verdicts, notes=notes, extra=learned)  # fmt: skip
+                       verdicts=verdicts, notes=notes, extra=learned, first=first,
+                       loose=loose)  # fmt: skip
     try:
         args.out.write_text(page, encoding="utf-8")
     except OSError as exc:
@@ -490,6 +519,8 @@ def main(argv: list[str]) -> int:
         return 2
     if args.quiet:
         return 0
+    if loose is not None:
+        print("\n".join(incident_lines(incidents, loose, args.audit is not None)))
     if summary is not None:
         print("\n".join(summary_lines(summary)))
     else:

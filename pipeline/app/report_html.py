@@ -1,6 +1,8 @@
 """The HTML page of ``selfheal report``: what an on-call engineer reads after a night.
 
-Order: time range and mode; problems never cleared; anomalies by entity and kind; repairs
+Order: time range and mode; incidents (when the events have them: each with its probable
+causes, its repair plan and its anomalies, ``report_incidents``); problems never cleared;
+anomalies by entity and kind (those in no incident, when there are incidents); repairs
 (grouped, with their verification outcome and what they cited in words); repairs awaiting
 approval; the ground-truth scorecard (only with ``--truth``); page-wide plots. One
 self-contained page: figures are embedded PNGs, no external links.
@@ -31,7 +33,7 @@ _CSS = """body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222;max-
 h1{margin-bottom:.2em}.meta{color:#555;margin-top:0}table{border-collapse:collapse;margin:.6em 0}
 td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}.bad{color:#b00;font-weight:bold}.ok{color:#070}.muted{color:#777}
-tr.open td{background:#fde8e8}section{margin-bottom:1.5em}
+tr.open td{background:#fde8e8}td ul{margin:0;padding-left:1.2em}section{margin-bottom:1.5em}
 img.plot{width:100%;height:auto;display:block;margin:.3em 0 1.2em}"""
 
 
@@ -276,9 +278,12 @@ def render_html(
     title: str = "selfheal report",
     notes: str = "",
     extra: str = "",
+    first: str = "",
+    loose: Sequence[Event] | None = None,
 ) -> str:
     """The whole report as one page; ``summary`` (the scorecard) only with ground truth;
-    ``extra``: more sections (HTML) placed before the plots."""
+    ``extra``: more sections (HTML) placed before the plots; ``first``: the incidents section,
+    placed before everything, and then ``loose`` are the anomalies in no incident."""
     esc = html.escape
     anomalies = [e for e in events if e.category == "anomaly"]
     repairs = [e for e in events if e.category == "repair"]
@@ -308,11 +313,14 @@ def render_html(
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>{head}",
+        first,
         section("not-cleared", f"Problems not cleared ({len(open_rows)})", open_html),
         section(
             "anomalies",
-            f"Anomalies by entity and kind ({len(anomalies)})",
-            _anomalies_html(anomalies),
+            f"Anomalies by entity and kind ({len(anomalies)})"
+            if loose is None
+            else f"Anomalies in no incident ({len(loose)})",
+            _anomalies_html(anomalies if loose is None else loose),
         ),
         section(
             "repairs",

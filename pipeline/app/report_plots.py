@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from selfheal.models.resources import MEMORY_METRICS
 from selfheal.pipeline.kernel.schemas import parse_ts
 
 if TYPE_CHECKING:
@@ -33,12 +34,6 @@ if TYPE_CHECKING:
 
 Series = dict[str, list[tuple[float, float, float | None]]]  # metric -> (ts, value, limit)
 Points = list[tuple[float, float]]
-MEMORY_METRICS = (
-    "container_memory_working_set_bytes",
-    "process_resident_memory_bytes",
-    "jvm_memory_used_bytes",
-    "process_memory_bytes",
-)
 #: inches at 100 dpi: 1200 px, shown at 100 % of the page width
 FIG_WIDTH, FIG_HEIGHT, DPI = 12.0, 3.0, 100
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from selfheal.pipeline.kernel.types import RepairAction
 
@@ -22,6 +22,13 @@ DEPENDENCY_METRIC = "dependency_request_ok"
 HEALTH_METRIC = "health_check_ok"
 REQUESTS_METRIC = "requests_total"
 ERRORS_METRIC = "errors_total"
+
+
+#: the ground truth's fault of a caller whose dependency (another service of the fleet) fails:
+#: derived from the callee's fault and ``FleetConfig.calls``, never scheduled itself
+DEPENDENCY_DOWN = "dependency_down"
+#: a callee's faults that its callers see as failed requests
+CALLEE_DOWN_FAULTS = frozenset({"failing_health_checks"})
 
 
 class FaultKind(enum.StrEnum):
@@ -105,7 +112,10 @@ class FleetConfig:
 
     ``cycle_s`` is the (compressed) "day" of the traffic cycle; ``flood_factor`` how many times
     its normal message volume an abusive entity sends; ``breaker_hold_s`` how long an opened
-    circuit breaker stays open.
+    circuit breaker stays open. Each service calls its own database (``checkout-db`` for
+    ``checkout-1``: not an entity of the fleet) unless ``calls`` names another service of the
+    fleet it calls instead (caller -> callee): the caller's requests to it fail while the callee
+    fails its health checks and for ``warmup_s`` after the callee restarts.
     """
 
     services: int = 12
@@ -117,9 +127,12 @@ class FleetConfig:
     cycle_s: float = 3600.0
     flood_factor: int = 20
     breaker_hold_s: float = 600.0
+    calls: Mapping[str, str] = field(default_factory=dict, hash=False)
+    warmup_s: float = 60.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "faults", tuple(self.faults))
+        object.__setattr__(self, "calls", dict(self.calls))
         if self.services < 1 or self.step_s <= 0 or self.log_lines < 0 or self.cycle_s <= 0:
             raise ValueError("services >= 1, step_s > 0, log_lines >= 0, cycle_s > 0 required")
         if self.flood_factor < 1:
@@ -128,6 +141,9 @@ class FleetConfig:
         for f in self.faults:
             if f.entity not in names:
                 raise ValueError(f"fault on unknown entity {f.entity!r}")
+        for caller, callee in self.calls.items():
+            if caller not in names or callee not in names or caller == callee:
+                raise ValueError(f"calls: {caller!r} -> {callee!r} needs two fleet entities")
 
 
 def default_schedule(
@@ -162,3 +178,20 @@ def default_schedule(
             ttb = min(1200.0, max(300.0, round(0.4 * remaining)))
         specs.append(FaultSpec(names[k], kind, t0, end, ttb))
     return specs
+
+
+def default_calls(n_services: int, faults: Sequence[FaultSpec], callers: int = 3) -> dict[str, str]:
+    """Up to ``callers`` healthy services call the service whose health checks fail (a
+    dependency failing behind its callers: one incident, one cause), two services stay healthy.
+
+    >>> default_calls(17, default_schedule(17, 7200))
+    {'billing-1': 'orders-1', 'pricing-1': 'orders-1', 'notify-1': 'orders-1'}
+    >>> default_calls(6, default_schedule(6, 7200))
+    {}
+    """
+    callee = next((f.entity for f in faults if f.fault in CALLEE_DOWN_FAULTS), None)
+    faulty = {f.entity for f in faults}
+    healthy = [n for n in service_names(n_services) if n not in faulty]
+    if callee is None:
+        return {}
+    return dict.fromkeys(healthy[: max(0, min(callers, len(healthy) - 2))], callee)

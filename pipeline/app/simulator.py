@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from selfheal.pipeline.app.sim_plan import (
+    CALLEE_DOWN_FAULTS,
     DEFAULT_START,
+    DEPENDENCY_DOWN,
     DEPENDENCY_METRIC,
     ERRORS_METRIC,
     FAULT_PRIORITY,
@@ -112,6 +114,9 @@ class _Service:
         self.health_prev_fail = False
         self.dep_prev_fail = False
         self.breaker_until = -math.inf
+        self.ready_at = -math.inf  # a restarted service serves its callers from then on
+        #: what it calls: a service of the fleet (``FleetConfig.calls``) or its own database
+        self.dependency = cfg.calls.get(name) or f"{name.rsplit('-', 1)[0]}-db"
         self.drain: tuple[float, float] | None = None  # (since, queued items to drain)
 
     def cycle(self, t: float, cfg: FleetConfig) -> float:
@@ -240,12 +245,14 @@ class Fleet:
         note = self._notes.setdefault(entity, [])
         if action == RepairAction.RESTART:
             svc.mem_anchor = t  # a fresh process: the sawtooth starts from the bottom
+            svc.ready_at = t + self.config.warmup_s
             note.append(("INFO", f"service {entity} started (version {svc.version})"))
         elif action == RepairAction.ROLLBACK:
             note.append(("INFO", f"rolled back to version {svc.version}"))
         elif action == RepairAction.CIRCUIT_BREAK:
             svc.breaker_until = t + self.config.breaker_hold_s
-            note.append(("WARN", "circuit breaker open for dependency db, serving fallback"))
+            dep = svc.dependency
+            note.append(("WARN", f"circuit breaker open for dependency {dep}, serving fallback"))
         elif action == RepairAction.SCALE_UP:
             note.append(("INFO", "scaled consumers from 2 to 4 replicas"))
         elif action == RepairAction.BLOCK_SOURCE:
@@ -258,6 +265,15 @@ class Fleet:
                 "entity": entity,
                 "cleared": cleared,
             }
+        )
+
+    def _serving(self, entity: str, t: float) -> bool:
+        """Whether ``entity`` answers its callers at ``t`` (not failing, not warming up)."""
+        if t < self._svc[entity].ready_at:
+            return False
+        return not any(
+            f.spec.entity == entity and f.spec.fault in CALLEE_DOWN_FAULTS and f.active(t)
+            for f in self._faults
         )
 
     # ------------------------------------------------------------------ emission
@@ -337,9 +353,13 @@ class Fleet:
             )
         sample(MEMORY_METRIC, round(mem), limit=svc.mem_limit)
 
-        # request / error counters (monotonic)
+        # request / error counters (monotonic); requests needing a callee that is down fail
+        # unless the circuit breaker serves a fallback
+        callee_down = name in cfg.calls and not self._serving(svc.dependency, t)
         n_req = max(0, round(svc.rps * cfg.step_s * traffic * (1.0 + rng.gauss(0.0, 0.05))))
         ratio = max(0.0, 0.01 * (1.0 + rng.gauss(0.0, 0.2)))
+        if callee_down and t >= svc.breaker_until:
+            ratio = 0.4
         drift = kinds.get(FaultKind.ERROR_RATE_DRIFT)
         if drift is not None:
             ratio = 0.01 + 0.19 * min(1.0, (t - drift.spec.start) / 600.0)
@@ -389,19 +409,8 @@ class Fleet:
 
         # dependency calls (none while the breaker is open)
         if t >= svc.breaker_until:
-            flap = kinds.get(FaultKind.FLAPPING_DEPENDENCY)
-            if flap is not None:
-                ok = not flap.flap_down
-                flap.flap_left -= 1
-                if flap.flap_left <= 0:
-                    flap.flap_down = not flap.flap_down
-                    flap.flap_left = rng.randint(6, 9) if flap.flap_down else rng.randint(3, 6)
-                if not ok:
-                    notes.append(("WARN", "dependency db request failed: connection refused"))
-            else:  # rare isolated failures, never two in a row
-                ok = svc.dep_prev_fail or rng.random() >= 0.005
-            svc.dep_prev_fail = not ok
-            sample(DEPENDENCY_METRIC, 1.0 if ok else 0.0, {"dependency": "db"})
+            ok = self._probe(svc, kinds.get(FaultKind.FLAPPING_DEPENDENCY), callee_down, notes)
+            sample(DEPENDENCY_METRIC, 1.0 if ok else 0.0, {"dependency": svc.dependency})
 
         # health checks
         if FaultKind.FAILING_HEALTH_CHECKS in kinds:
@@ -437,6 +446,27 @@ class Fleet:
         out.sort(key=lambda r: r["ts"])
         logs.sort(key=lambda r: r["ts"])
         return out, logs
+
+    @staticmethod
+    def _probe(
+        svc: _Service, flap: _Fault | None, callee_down: bool, notes: list[tuple[str, str]]
+    ) -> bool:
+        """One call to the service's dependency: whether it succeeded."""
+        if flap is not None:
+            ok = not flap.flap_down
+            flap.flap_left -= 1
+            if flap.flap_left <= 0:
+                flap.flap_down = not flap.flap_down
+                flap.flap_left = svc.rng.randint(6, 9) if flap.flap_down else svc.rng.randint(3, 6)
+            if not ok:
+                notes.append(("WARN", f"dependency {svc.dependency} request failed: refused"))
+        elif callee_down:
+            ok = False
+            notes.append(("WARN", f"request to {svc.dependency} failed: 503 not ready"))
+        else:  # rare isolated failures, never two in a row
+            ok = svc.dep_prev_fail or svc.rng.random() >= 0.005
+        svc.dep_prev_fail = not ok
+        return ok
 
     def _logs(
         self,
@@ -485,7 +515,9 @@ class Fleet:
         ``end`` is the time a repair cleared it (``cleared_by`` = the action) or its scheduled
         end (``cleared_by`` None; None if open-ended and unrepaired). ``breach_at`` is the
         planned time the limit is reached (memory leak, queue filling, memory high); ``ooms``
-        the times the leaking container was actually OOM-killed.
+        the times the leaking container was actually OOM-killed. The callers of a failing
+        service (``FleetConfig.calls``) have a ``dependency_down`` fault of their own, with
+        ``caused_by`` naming the callee, lasting until it serves them again.
         """
         out: list[dict[str, Any]] = []
         for f in self._faults:
@@ -507,4 +539,19 @@ class Fleet:
             if s.fault in (FaultKind.SQL_INJECTION,):
                 rec["source_ip"] = f.attacker_ip
             out.append(rec)
+            if s.fault in CALLEE_DOWN_FAULTS:
+                out += self._callers_truth(rec)
         return out
+
+    def _callers_truth(self, callee: dict[str, Any]) -> list[dict[str, Any]]:
+        """The callee's fault as its callers live it: until it serves again (after warm-up)."""
+        end = callee["end"]
+        if callee["cleared_by"] is not None:
+            end = end + self.config.warmup_s
+        return [
+            {"entity": caller, "fault": DEPENDENCY_DOWN, "start": callee["start"], "end": end,
+             "cleared_by": callee["cleared_by"], "scheduled_end": callee["scheduled_end"],
+             "caused_by": callee["entity"]}
+            for caller, target in self.config.calls.items()
+            if target == callee["entity"]
+        ]  # fmt: skip
