@@ -66,14 +66,18 @@ class SharedIncidents:
             timeout_seconds=min(10.0, k.request_timeout_ms / 1000),
             on_error=self.on_error,
         )
+        from_snapshot = arbiter.applied
         await self.transport.start()
         self.hub.log = IncidentLog(arbiter, self.transport, clock=time.time)
         self._saved = arbiter.applied
         log.info(
-            "incident log %s: %d open incidents after %d records",
+            "incident log %s: %d open incidents after %d records (%s)",
             k.topics.incident_log,
             len(arbiter.book.open_incidents()),
             arbiter.applied,
+            f"a snapshot of {from_snapshot}, then the log"
+            if since is not None
+            else "the whole log, no snapshot",
         )
 
     async def _restored(self) -> tuple[IncidentArbiter, float | None]:
