@@ -78,8 +78,13 @@ class KafkaIncidentLog(KafkaFleet):
 
     def append(self, raw: bytes) -> None:
         """Log ``raw`` and block until this process has read the log up to it."""
+        self.append_many([raw])
+
+    def append_many(self, raws: list[bytes]) -> None:
+        """Log ``raws`` in this order and block until this process has read the log up to them
+        (one wait for all: the producer pipelines them)."""
         started = time.monotonic()
-        fut = self._submit(self._append(raw))
+        fut = self._submit(self._append(raws))
         try:
             fut.result(self.timeout_seconds)
         except TimeoutError as exc:
@@ -92,8 +97,12 @@ class KafkaIncidentLog(KafkaFleet):
         if self.observe is not None:
             self.observe(time.monotonic() - started)
 
-    async def _append(self, raw: bytes) -> None:
-        await self._caught_up(await self._send(raw))
+    async def _append(self, raws: list[bytes]) -> None:
+        assert self._producer is not None
+        key = self.group.encode()
+        sent = [await self._producer.send(self.topic, raw, key=key, partition=0) for raw in raws]
+        offsets = [(await fut).offset for fut in sent]
+        await self._caught_up(max(offsets))
 
     def _apply(self, raw: bytes | None) -> None:
         try:

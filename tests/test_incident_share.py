@@ -22,6 +22,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +121,10 @@ async def _events(bootstrap: str, topic: str) -> list[dict[str, Any]]:
 
 
 async def _wait_resolved(bootstrap: str, topic: str, timeout: float = 60) -> list[dict[str, Any]]:
+    """The incident events on ``topic`` once one of them is a resolution (or at the timeout)."""
     deadline = time.monotonic() + timeout
     while True:
-        events = await _events(bootstrap, topic)
+        events = [e for e in await _events(bootstrap, topic) if e["type"].startswith(INCIDENT)]
         if any(e["type"] == INCIDENT + "resolved" for e in events) or time.monotonic() > deadline:
             return events
         await asyncio.sleep(0.5)
@@ -165,39 +169,46 @@ def _check_repairs(repairs: list[dict[str, Any]]) -> None:
         assert acted[(c, "restart")] == 0 and acted[(c, "rollback")] == 0, (c, acted)
 
 
-async def _start(
+@dataclass
+class Deployment:
+    """Two ``selfheal run`` processes in one group, settled: ``owned[i]`` are process i's."""
+
+    settings: Settings
+    configs: list[Path]
+    ports: list[int]
+    procs: list[subprocess.Popen[bytes]]
+    owned: list[set[int]]
+
+
+@asynccontextmanager
+async def _two_processes(
     broker: BrokerHandle, topic_prefix: str, tmp_path: Path
-) -> tuple[Settings, list[Path], list[int], list[subprocess.Popen[bytes]]]:
+) -> AsyncIterator[Deployment]:
     s = group_settings(topic_prefix, broker.bootstrap)
     t = s.kafka.topics
     await ensure_topics(broker.bootstrap, [t.metrics, t.logs, t.changes], PARTITIONS)
     ports = [free_port() for _ in range(2)]
     cfgs = [_config(s, tmp_path / f"c{i}.yaml", ports[i], f"selfheal/p{i}") for i in range(2)]
     procs = [start_pipeline(cfgs[i], broker.bootstrap, tmp_path / f"p{i}.log") for i in range(2)]
-    return s, cfgs, ports, procs
+    try:
+        yield Deployment(s, cfgs, ports, procs, await _settled(ports, t.metrics))
+    finally:
+        for proc in procs:  # the processes of the list now (a restarted one included)
+            stop(proc)
 
 
 async def test_two_processes_publish_one_incident_with_the_database_first(
     broker: BrokerHandle, topic_prefix: str, tmp_path: Path
 ) -> None:
-    s, cfgs, ports, procs = await _start(broker, topic_prefix, tmp_path)
-    t = s.kafka.topics
     lines = _scenario()
-    try:
-        owned = await _settled(ports, t.metrics)
-        db_owner = next(i for i, o in enumerate(owned) if _partition("db-1") in o)
-        elsewhere = [c for c in CALLERS if _partition(c) not in owned[db_owner]]
+    async with _two_processes(broker, topic_prefix, tmp_path) as d:
+        t = d.settings.kafka.topics
+        db_owner = next(i for i, o in enumerate(d.owned) if _partition("db-1") in o)
+        elsewhere = [c for c in CALLERS if _partition(c) not in d.owned[db_owner]]
         assert elsewhere, "some callers live on the other process (the point of the test)"
-        await _feed(broker.bootstrap, s, lines, procs, {})
-        incidents = [
-            e
-            for e in await _wait_resolved(broker.bootstrap, t.incidents)
-            if "incident" in e["type"]
-        ]
-    finally:
-        for proc in procs:
-            stop(proc)
-    replayed = _replay(lines, cfgs[0], tmp_path)
+        await _feed(broker.bootstrap, d.settings, lines, d.procs, {})
+        incidents = await _wait_resolved(broker.bootstrap, t.incidents)
+    replayed = _replay(lines, d.configs[0], tmp_path)
     _check_one_incident(incidents, replayed)
     # exactly one writer per event, and both processes wrote some of them
     assert all(n == 1 for n in Counter(e["id"] for e in incidents).values())
@@ -213,37 +224,30 @@ async def test_two_processes_publish_one_incident_with_the_database_first(
 async def test_a_kill_9_mid_incident_keeps_the_incident_id_and_it_resolves_once(
     broker: BrokerHandle, topic_prefix: str, tmp_path: Path
 ) -> None:
-    s, cfgs, ports, procs = await _start(broker, topic_prefix, tmp_path)
-    t = s.kafka.topics
     lines = _scenario()
+    chunk = STEPS_PER_CHUNK * PER_STEP
     # up to 15 minutes into the outage (it starts at step 120): the incident is open
-    cut = 5 * STEPS_PER_CHUNK * PER_STEP
+    cut = 5 * chunk
     ends: dict[int, int] = {}
-    try:
-        owned = await _settled(ports, t.metrics)
-        victim = next(i for i, o in enumerate(owned) if _partition("db-1") in o)
+    async with _two_processes(broker, topic_prefix, tmp_path) as d:
+        s, procs = d.settings, d.procs
+        t = s.kafka.topics
+        victim = next(i for i, o in enumerate(d.owned) if _partition("db-1") in o)
         await _feed(broker.bootstrap, s, lines[:cut], procs, ends)
-        before = [e for e in await _events(broker.bootstrap, t.incidents)]
+        before = await _events(broker.bootstrap, t.incidents)
         assert [e["type"] for e in before if e["type"] == INCIDENT + "opened"], before
         assert not [e for e in before if e["type"] == INCIDENT + "resolved"]
         os.kill(procs[victim].pid, signal.SIGKILL)
         procs[victim].wait(timeout=10)
         survivor = [procs[1 - victim]]
-        await _feed(
-            broker.bootstrap, s, lines[cut : cut + 2 * STEPS_PER_CHUNK * PER_STEP], survivor, ends
+        await _feed(broker.bootstrap, s, lines[cut : cut + 2 * chunk], survivor, ends)
+        procs[victim] = start_pipeline(
+            d.configs[victim], broker.bootstrap, tmp_path / "restart.log"
         )
-        procs[victim] = start_pipeline(cfgs[victim], broker.bootstrap, tmp_path / "restart.log")
-        await _settled(ports, t.metrics)
-        await _feed(broker.bootstrap, s, lines[cut + 2 * STEPS_PER_CHUNK * PER_STEP :], procs, ends)
-        incidents = [
-            e
-            for e in await _wait_resolved(broker.bootstrap, t.incidents)
-            if "incident" in e["type"]
-        ]
-    finally:
-        for proc in procs:
-            stop(proc)
-    replayed = _replay(lines, cfgs[0], tmp_path)
+        await _settled(d.ports, t.metrics)
+        await _feed(broker.bootstrap, s, lines[cut + 2 * chunk :], procs, ends)
+        incidents = await _wait_resolved(broker.bootstrap, t.incidents)
+    replayed = _replay(lines, d.configs[0], tmp_path)
     incident_id = _check_one_incident(incidents, replayed)
     assert before[0]["subject"] == incident_id
     # redelivered notes repeat their events: the same id, the same content

@@ -59,6 +59,10 @@ class Reader:
         self.log.records.append(raw)
         self.catch_up()
 
+    def append_many(self, raws: list[bytes]) -> None:
+        self.log.records.extend(raws)
+        self.catch_up()
+
     def catch_up(self) -> None:
         for raw in self.log.records[self.position :]:
             self.arbiter.apply_raw(raw)
@@ -179,6 +183,34 @@ def test_an_incident_pages_once_whichever_process_decides() -> None:
     assert page.status is DecisionStatus.EXECUTE
     b.decided(other, [page])  # already paged: nothing logged
     assert b_reader.appended == 1
+    # the paging anomaly asked for again (a redelivery) does not find its own page
+    _, again = a.plan(anomaly(0, 0.0, "db-1", K.HEALTH_CHECK_FAILED), topo, changes)
+    assert again.escalated is None and again.incident_id == plan.incident_id
+
+
+def test_a_batch_is_logged_at_once_and_plans_as_if_one_by_one() -> None:
+    """Prefetched notes: one append for the batch; a page decided on the first anomaly still
+    answers the second, as when each note is logged in turn (and as in a replay)."""
+    log = MemoryLog()
+    hub, reader = process(log)
+    changes, topo = ChangeLog(), topology(CALLS)
+    batch = outage()
+    hub.prefetch(batch, topo, changes)
+    assert len(log.records) == len(batch) and reader.appended == 0  # one append_many
+    page = Decision("d-page", 0.0, RepairAction.ESCALATE, "db-1", Mode.ENFORCE, False, ("a0",))
+    plans = []
+    for i, a in enumerate(batch):
+        _, plan = hub.plan(a, topo, changes)
+        hub.decided(plan, [page] if i == 0 else [])
+        plans.append(plan)
+    assert plans[0].escalated is None and all(p.escalated == "d-page" for p in plans[1:])
+    one_by_one, _ = process(MemoryLog())
+    expected = []
+    for i, a in enumerate(batch):
+        _, plan = one_by_one.plan(a, topo, changes)
+        one_by_one.decided(plan, [page] if i == 0 else [])
+        expected.append(plan)
+    assert plans == expected
 
 
 def test_state_is_bounded() -> None:

@@ -16,7 +16,12 @@ Records:
 * ``tick``: a partition's event time passed an open incident's quiet period; its outcome is the
   resolutions. Sent only when the book says one is due (``due``), with the id
   ``tick:<partition>:<event time>``, which a redelivered partition reaches again.
-* ``escalated``: an incident paged (its decision id), so its other entities do not page again.
+* ``escalated``: an incident paged (its decision id, and the note it answered), so the notes
+  after that one in the log do not page again.
+
+A stage logs the notes of a batch together (``IncidentLog.prefetch``: one wait, not one per
+anomaly) and then asks for each: an outcome depends only on the log before its note, so the plans
+are those of notes logged one by one.
 
 The process that asked for a record (``IncidentLog.note`` / ``tick``) emits the events of its
 outcome; the others apply it silently, so each transition has exactly one writer. Outcomes are
@@ -90,8 +95,8 @@ class IncidentOutcome:
     cause: Cause | None = None
     attribution: Attribution | None = None
     causes: tuple[Cause, ...] = ()
-    #: the decision id of the incident's page, if it paged before this note
-    escalated: str | None = None
+    #: the note's place among the notes of the log (a page answers the notes after its own)
+    seq: int = 0
 
 
 class IncidentArbiter:
@@ -105,8 +110,10 @@ class IncidentArbiter:
         self.remember = remember
         #: record id -> outcome, so a record asked for again is answered alike (bounded)
         self._outcomes: OrderedDict[str, IncidentOutcome] = OrderedDict()
-        #: open incident id -> the decision id of its page (dropped when it resolves)
-        self._escalated: dict[str, str] = {}
+        #: open incident id -> (its page's decision id, the seq of the note the page answered)
+        self._escalated: dict[str, tuple[str, int]] = {}
+        #: distinct notes applied (the next note's seq is one more)
+        self.notes = 0
         #: records applied, and the largest writer clock among them (a restart reads from there)
         self.applied = 0
         self.wall = 0.0
@@ -118,6 +125,7 @@ class IncidentArbiter:
         if known is not None:
             return known
         self.applied += 1
+        self.notes += 1
         book = self.book
         events = book.apply(note)
         self._forget_resolved(events)
@@ -125,12 +133,10 @@ class IncidentArbiter:
         found = attribute(note.kind, note.entity, note.service, note.change, book)
         cause = None if found is not None else book.symptom_of(note.entity)
         if inc is None:
-            out = IncidentOutcome(tuple(events), None, cause, found)
+            out = IncidentOutcome(tuple(events), None, cause, found, (), self.notes)
         else:
             causes = tuple(inc.causes[:3])
-            out = IncidentOutcome(
-                tuple(events), inc.id, cause, found, causes, self._escalated.get(inc.id)
-            )
+            out = IncidentOutcome(tuple(events), inc.id, cause, found, causes, self.notes)
         return self._keep(note.id, out)
 
     def apply_tick(self, tick_id: str, ts: float) -> IncidentOutcome:
@@ -142,10 +148,11 @@ class IncidentArbiter:
         self._forget_resolved(events)
         return self._keep(tick_id, IncidentOutcome(tuple(events)))
 
-    def apply_escalated(self, incident_id: str, decision_id: str) -> None:
+    def apply_escalated(self, incident_id: str, decision_id: str, note_id: str) -> None:
         self.applied += 1
-        if self.book.is_open(incident_id):
-            self._escalated.setdefault(incident_id, decision_id)  # the first page wins
+        if self.book.is_open(incident_id) and incident_id not in self._escalated:
+            known = self._outcomes.get(note_id)  # the first page wins
+            self._escalated[incident_id] = (decision_id, known.seq if known else self.notes)
 
     def apply_raw(self, raw: bytes) -> None:
         """Apply one log record as written by ``encode_*`` (other groups' records are skipped)."""
@@ -160,7 +167,9 @@ class IncidentArbiter:
             elif kind == "tick":
                 self.apply_tick(str(rec["id"]), float(rec["ts"]))
             elif kind == "escalated":
-                self.apply_escalated(str(rec["incident_id"]), str(rec["decision_id"]))
+                self.apply_escalated(
+                    str(rec["incident_id"]), str(rec["decision_id"]), str(rec["note_id"])
+                )
             else:
                 raise IncidentRecordError(f"unknown incident record type {kind!r}")
         except (KeyError, TypeError, ValueError) as exc:
@@ -173,8 +182,14 @@ class IncidentArbiter:
     def outcome(self, record_id: str) -> IncidentOutcome | None:
         return self._outcomes.get(record_id)
 
-    def escalated(self, incident_id: str) -> str | None:
-        return self._escalated.get(incident_id)
+    def escalated(self, incident_id: str, before: int | None = None) -> str | None:
+        """The decision id of the incident's page; with ``before``, only a page that answered
+        a note earlier in the log than the note of seq ``before`` (so a note asked for again
+        does not find its own page)."""
+        page = self._escalated.get(incident_id)
+        if page is None or (before is not None and page[1] >= before):
+            return None
+        return page[0]
 
     def due(self, ts: float) -> bool:
         return self.book.due(ts)
@@ -199,10 +214,11 @@ class IncidentArbiter:
             "version": STATE_VERSION,
             "group": self.group,
             "applied": self.applied,
+            "notes": self.notes,
             "wall": self.wall,
             "book": self.book.to_state(),
             "outcomes": list(self._outcomes.items()),
-            "escalated": dict(self._escalated),
+            "escalated": [[k, d, seq] for k, (d, seq) in self._escalated.items()],
         }
         return _codec(key).dumps(doc)
 
@@ -217,8 +233,9 @@ class IncidentArbiter:
             if not all(isinstance(v, IncidentOutcome) for _, v in outcomes):
                 raise IncidentRecordError("incident outcomes are malformed")
             self._outcomes = OrderedDict(outcomes)
-            self._escalated = {str(k): str(v) for k, v in dict(doc["escalated"]).items()}
+            self._escalated = {str(k): (str(d), int(seq)) for k, d, seq in doc["escalated"]}
             self.applied = int(doc["applied"])
+            self.notes = int(doc["notes"])
             self.wall = float(doc["wall"])
         except (CodecError, AttributeError, KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, IncidentRecordError):
@@ -249,6 +266,9 @@ class Transport(Protocol):
 
     def append(self, raw: bytes) -> None: ...
 
+    def append_many(self, raws: list[bytes]) -> None:
+        """Log ``raws`` in this order; return once this process has read the log up to them."""
+
 
 class _CallOrder:
     """The local transport: a record is applied when it is appended."""
@@ -262,6 +282,10 @@ class _CallOrder:
 
     def append(self, raw: bytes) -> None:
         self.arbiter.apply_raw(raw)
+
+    def append_many(self, raws: list[bytes]) -> None:
+        for raw in raws:
+            self.arbiter.apply_raw(raw)
 
 
 class IncidentLog:
@@ -289,12 +313,26 @@ class IncidentLog:
     def note(self, note: AnomalyNote) -> IncidentOutcome:
         return self._ask(note.id, lambda: _encode_note(note, self.arbiter.group, self.clock()))
 
+    def prefetch(self, notes: list[AnomalyNote]) -> None:
+        """Log the notes not logged yet in one go (one wait for a batch of anomalies); ``note``
+        then answers each from its outcome. Outcomes do not depend on what follows a note."""
+        with self.lock:
+            fresh = {n.id: n for n in notes if self.arbiter.outcome(n.id) is None}
+        if fresh:
+            group, wall = self.arbiter.group, self.clock()
+            self.transport.append_many([_encode_note(n, group, wall) for n in fresh.values()])
+
     def tick(self, tick_id: str, ts: float) -> IncidentOutcome:
         rec = {"type": "tick", "id": tick_id, "ts": ts}
         return self._ask(tick_id, lambda: _encode(rec, self.arbiter.group, self.clock()))
 
-    def escalate(self, incident_id: str, decision_id: str) -> None:
-        rec = {"type": "escalated", "incident_id": incident_id, "decision_id": decision_id}
+    def escalate(self, incident_id: str, decision_id: str, note_id: str) -> None:
+        rec = {
+            "type": "escalated",
+            "incident_id": incident_id,
+            "decision_id": decision_id,
+            "note_id": note_id,
+        }
         self.transport.append(_encode(rec, self.arbiter.group, self.clock()))
 
     def known(self, record_id: str) -> bool:
@@ -305,9 +343,9 @@ class IncidentLog:
         with self.lock:
             return self.arbiter.due(ts)
 
-    def escalated(self, incident_id: str) -> str | None:
+    def escalated(self, incident_id: str, before: int | None = None) -> str | None:
         with self.lock:
-            return self.arbiter.escalated(incident_id)
+            return self.arbiter.escalated(incident_id, before)
 
     def snapshot(self, key: bytes | None = None) -> bytes:
         with self.lock:

@@ -243,16 +243,22 @@ class IncidentBook:
         if len(inc.anomalies) < self.config.max_listed_anomalies:
             inc.anomalies.append(note.id)
         view = inc.entities.get(note.entity)
+        before = None
         if view is None:
             if len(inc.entities) >= self.config.max_entities:
                 return
             view = EntityView(note.ts, {}, note.callees, note.service, note.node, note.change)
             inc.entities[note.entity] = view
             self._by_entity[note.entity] = inc.id
+        else:
+            before = (len(view.kinds), view.callees, view.change)
         view.kinds[note.kind.value] = None
         view.callees = tuple(dict.fromkeys((*view.callees, *note.callees)))
         view.change = view.change or note.change
-        inc.causes = rank_causes(inc.entities, inc.started)
+        if before != (len(view.kinds), view.callees, view.change):
+            # a repeat of what the entity reported already leaves the ranking as it is (the
+            # ranking is the costly part of a note: quadratic in the incident's entities)
+            inc.causes = rank_causes(inc.entities, inc.started)
 
     def _merge(self, into: Incident, other: Incident) -> None:
         for entity, view in other.entities.items():

@@ -54,6 +54,8 @@ class RepairPlan:
     causes: tuple[Cause, ...] = ()
     #: the id of the escalation already raised for this incident, if any: one per incident
     escalated: str | None = None
+    #: the anomaly the plan is for (its note on the incident log)
+    anomaly_id: str | None = None
 
     def symptom_text(self) -> str:
         assert self.cause is not None
@@ -99,6 +101,18 @@ class IncidentHub:
     def plan(
         self, anomaly: Anomaly, topology: Topology, changes: ChangeLog
     ) -> tuple[list[IncidentEvent], RepairPlan]:
+        out = self.log.note(self._note(anomaly, topology, changes))
+        inc = out.incident_id
+        escalated = None if inc is None else self.log.escalated(inc, before=out.seq)
+        plan = RepairPlan(inc, out.cause, out.attribution, out.causes, escalated, anomaly.id)
+        return list(out.events), plan
+
+    def prefetch(self, anomalies: list[Anomaly], topology: Topology, changes: ChangeLog) -> None:
+        """Log a batch's anomalies at once, so ``plan`` does not wait for each in turn."""
+        if len(anomalies) > 1:
+            self.log.prefetch([self._note(a, topology, changes) for a in anomalies])
+
+    def _note(self, anomaly: Anomaly, topology: Topology, changes: ChangeLog) -> AnomalyNote:
         f = anomaly.finding
         labels = f.labels
         service = next((labels[k] for k in SERVICE_LABELS if labels.get(k)), None)
@@ -106,7 +120,7 @@ class IncidentHub:
         change = None
         if f.kind in CHANGE_SENSITIVE:
             change = changes.recent(f.entity, f.ts, self.change_window_seconds)
-        note = AnomalyNote(
+        return AnomalyNote(
             anomaly.id,
             f.ts,
             f.entity,
@@ -118,9 +132,6 @@ class IncidentHub:
             topology.callees(f.entity),
             change,
         )
-        out = self.log.note(note)
-        plan = RepairPlan(out.incident_id, out.cause, out.attribution, out.causes, out.escalated)
-        return list(out.events), plan
 
     def decided(self, plan: RepairPlan, decisions: list[Decision]) -> None:
         """Log the incident's first escalation, so its other entities do not page again."""
@@ -131,7 +142,7 @@ class IncidentHub:
         for d in decisions:
             ladder_page = not d.params.get("storm") and not d.params.get("resolved")
             if d.action is RepairAction.ESCALATE and ladder_page and d.status is not SUPPRESSED:
-                self.log.escalate(plan.incident_id, d.id)
+                self.log.escalate(plan.incident_id, d.id, plan.anomaly_id or "")
                 return
 
     def tick(self, ts: float, partition: int = 0) -> list[IncidentEvent]:

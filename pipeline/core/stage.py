@@ -299,12 +299,16 @@ class PartitionStage:
 
     def _decide(self, findings: list[Signal], out: Outputs) -> None:
         observed = False
-        for f in findings:
-            if type(f) is ConditionReport:
-                self.policy.observe(f)  # type: ignore[attr-defined]
+        signals = [f if isinstance(f, ConditionReport) else to_anomaly(f) for f in findings]
+        if self.incidents is not None and signals:
+            # the batch's notes go to the incident log together: one wait, not one each
+            found = [a for a in signals if isinstance(a, Anomaly)]
+            self.incidents.prefetch(found, self.topology, self.changes)
+        for a in signals:
+            if isinstance(a, ConditionReport):
+                self.policy.observe(a)  # type: ignore[attr-defined]
                 observed = True
                 continue
-            a = to_anomaly(f)  # type: ignore[arg-type]
             out.anomalies.append(a)
             if self.incidents is None:
                 out.decisions.extend(self.policy.decide(a))
