@@ -47,6 +47,7 @@ runner hands the arbiter to ``selfheal.connectors.incident_log.KafkaIncidentLog`
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -209,18 +210,22 @@ class IncidentArbiter:
 
     # -- snapshots (data only, no configuration) ---------------------------------------------
 
-    def snapshot(self, key: bytes | None = None) -> bytes:
-        doc = {
+    def state(self) -> dict[str, Any]:
+        """The arbiter's state, detached: later records do not change it (the open incidents are
+        copied; outcomes never change once made), so it can be encoded without the lock."""
+        return {
             "version": STATE_VERSION,
             "group": self.group,
             "applied": self.applied,
             "notes": self.notes,
             "wall": self.wall,
-            "book": self.book.to_state(),
+            "book": copy.deepcopy(self.book.to_state()),
             "outcomes": list(self._outcomes.items()),
             "escalated": [[k, d, seq] for k, (d, seq) in self._escalated.items()],
         }
-        return _codec(key).dumps(doc)
+
+    def snapshot(self, key: bytes | None = None) -> bytes:
+        return encode_state(self.state(), key)
 
     def restore(self, blob: bytes, key: bytes | None = None) -> None:
         """Load a ``snapshot``; ``IncidentRecordError`` when it cannot be used."""
@@ -241,6 +246,11 @@ class IncidentArbiter:
             if isinstance(exc, IncidentRecordError):
                 raise
             raise IncidentRecordError(f"incident book snapshot: {exc!r}") from exc
+
+
+def encode_state(state: dict[str, Any], key: bytes | None = None) -> bytes:
+    """``IncidentArbiter.state`` as a data-only snapshot (``restore`` reads it)."""
+    return _codec(key).dumps(state)
 
 
 @cache
@@ -348,8 +358,9 @@ class IncidentLog:
             return self.arbiter.escalated(incident_id, before)
 
     def snapshot(self, key: bytes | None = None) -> bytes:
-        with self.lock:
-            return self.arbiter.snapshot(key)
+        with self.lock:  # only the copy holds up the log's reader, not the encoding
+            state = self.arbiter.state()
+        return encode_state(state, key)
 
     def _ask(self, record_id: str, encode: Callable[[], bytes]) -> IncidentOutcome:
         with self.lock:
