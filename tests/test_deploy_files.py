@@ -44,6 +44,7 @@ TOPICS = (
     "selfheal.audit",
     "selfheal.state",
     "selfheal.fleet",
+    "selfheal.incident_log",
 )
 
 
@@ -173,8 +174,13 @@ def test_topic_init_creates_every_topic_and_compacts_state(compose: dict[str, An
     for topic in TOPICS:
         assert topic in script, topic
     assert re.search(r"create selfheal\.state [^\n]*cleanup\.policy=compact", script)
-    # the fleet ledger orders every repair need of the deployment: exactly one partition
-    assert re.search(r"--partitions 1 --topic selfheal\.fleet", script)
+    # the fleet ledger and the incident log order every repair need and every anomaly note of
+    # the deployment: exactly one partition each
+    assert re.search(
+        r"for topic in selfheal\.fleet selfheal\.incident_log; do\n[^\n]*\n"
+        r"\s*--replication-factor 1 --partitions 1 --topic \"\$topic\"",
+        script,
+    )
     assert "--if-not-exists" in script
     partitions = int(_env(init)["PARTITIONS"])
     assert partitions >= 3

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from selfheal.connectors.kafka import KafkaSink, KafkaSource
     from selfheal.connectors.state_store import KafkaStateStore
     from selfheal.pipeline.app.backpressure import Backpressure
+    from selfheal.pipeline.app.incident_share import SharedIncidents
     from selfheal.pipeline.core.config import Settings
     from selfheal.pipeline.core.metrics import Metrics
     from selfheal.pipeline.core.stage import Pipeline
@@ -36,6 +37,7 @@ class PartitionState:
     _source: KafkaSource | None
     _sink: KafkaSink | None
     _store: KafkaStateStore | None
+    _shared_incidents: SharedIncidents | None
     _rebalance_lock: asyncio.Lock
     _generation: int
     _pending: dict[tuple[str, int], int]
@@ -182,6 +184,9 @@ class PartitionState:
                 )
         await self._store.save(self._sink.producer, blobs)
         self.metrics.state_snapshots.inc(len(blobs))
+        if self._shared_incidents is not None and 0 in self.pipeline.stages:
+            # the deployment's incident book: one writer, the owner of partition 0
+            await self._shared_incidents.save(self._sink.producer)
         try:
             await self._source.commit(pending)
         except KafkaError as exc:

@@ -31,6 +31,7 @@ from selfheal.connectors.kafka import KafkaSink, KafkaSource, ensure_topics
 from selfheal.connectors.state_store import KafkaStateStore
 from selfheal.pipeline.app.backpressure import Backpressure
 from selfheal.pipeline.app.gcpause import collector_paused
+from selfheal.pipeline.app.incident_share import SharedIncidents
 from selfheal.pipeline.app.outputs import (
     audit_records,
     encode_outputs,
@@ -142,6 +143,7 @@ class Runner(PartitionState):
         self._source: KafkaSource | None = None
         self._sink: KafkaSink | None = None
         self._store: KafkaStateStore | None = None
+        self._shared_incidents: SharedIncidents | None = None
         rt = settings.runtime
         self.backpressure = Backpressure(
             rt.max_pending_outputs, rt.max_rss_bytes, self.metrics.registry
@@ -229,8 +231,9 @@ class Runner(PartitionState):
                 client,
                 compacted=[t.state],
             )
-            # one partition: the fleet's repair needs in a single order every process reads
-            await ensure_topics(bootstrap, [t.fleet], 1, client)
+            # one partition: the fleet's repair needs and the anomaly notes of the incident
+            # book, each in a single order every process reads
+            await ensure_topics(bootstrap, [t.fleet, t.incident_log], 1, client)
         sink = KafkaSink(bootstrap, client=client)
         source = KafkaSource(
             bootstrap,
@@ -270,6 +273,7 @@ class Runner(PartitionState):
         await fleet.start()
         self.pipeline.fleet = fleet
         try:
+            self._shared_incidents = await self._share_incidents(bootstrap, client)
             await sink.start()
             try:
                 try:
@@ -291,7 +295,23 @@ class Runner(PartitionState):
             finally:
                 await _quietly(sink.stop())
         finally:
+            if self._shared_incidents is not None:
+                await _quietly(self._shared_incidents.stop())
+                self._shared_incidents = None
             await _quietly(fleet.stop())
+
+    async def _share_incidents(
+        self, bootstrap: str, client: dict[str, Any]
+    ) -> SharedIncidents | None:
+        """The deployment's incident book for this session (None when incidents are off)."""
+        hub = self.pipeline.incidents
+        if hub is None:
+            return None
+        shared = SharedIncidents(
+            self.settings, bootstrap, client, hub, key=self._state_key(), on_error=self._swallowed
+        )
+        await shared.start()
+        return shared
 
     async def _loop(
         self, source: KafkaSource, sink: KafkaSink, stop: asyncio.Event, deadline: float | None

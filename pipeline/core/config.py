@@ -51,6 +51,8 @@ class TopicsConfig(_Section):
     changes: str = "selfheal.changes"
     #: incident CloudEvents (opened, updated, resolved)
     incidents: str = "selfheal.incidents"
+    #: one-partition log of anomaly notes: the deployment's one incident book
+    incident_log: str = "selfheal.incident_log"
     #: execution record per decision id ("started", then the outcome): at most once per id
     outcomes: str = "selfheal.repair_outcomes"
     #: one-partition log of pause / resume commands every process follows
@@ -68,6 +70,11 @@ class IncidentsConfig(_Section):
     #: an incident with no anomaly for this long is resolved
     resolve_after_seconds: float = Field(default=900.0, gt=0)
     max_open: int = Field(default=1_000, ge=1)
+    #: entities listed per incident (more are counted in ``anomaly_count``, not listed)
+    max_entities: int = Field(default=200, ge=1)
+    #: outcomes of incident log records kept for redeliveries (a note asked for again after a
+    #: crash gets its first answer while it is among the last this many)
+    remember_records: int = Field(default=50_000, ge=100)
     #: a caller's repair is left to its cause only when the cause scores at least this
     min_cause_score: float = Field(default=0.5, ge=0, le=1)
     #: an anomaly this soon after a deploy on its entity may be the deploy's

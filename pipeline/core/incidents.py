@@ -4,7 +4,8 @@ Pure and on event time. ``IncidentBook.apply(note)`` takes one ``AnomalyNote`` (
 partition knows of an anomaly: its entity, kind, time, the entity's service, node and callees,
 and the deploy it followed, if any) and returns the incident events it causes; ``tick(ts)``
 resolves incidents quiet for ``resolve_after_seconds``. The book is a function of the notes in
-order, so every reader of the same ordered log of notes agrees on the incidents.
+order, so every reader of the same ordered log of notes agrees on the incidents: that is how the
+processes of a deployment share one book (``selfheal.pipeline.core.incident_log``).
 
 An anomaly joins an open incident when its entity is related to one already in it (one calls
 the other, directly or through others; both call the same callee; same service; same node) and
@@ -137,6 +138,9 @@ class IncidentBook:
         events = self.tick(note.ts)
         related = self._related(note)
         if not related:
+            # the oldest open incidents make room (resolved, with their events)
+            while len(self._open) >= self.config.max_open:
+                events.append(self._resolve(next(iter(self._open.values())), note.ts))
             inc = self._open_incident(note)
             events.append(self._event(inc, "opened", note.ts))
             return events
@@ -177,10 +181,41 @@ class IncidentBook:
     def open_incidents(self) -> list[Incident]:
         return list(self._open.values())
 
+    def is_open(self, incident_id: str) -> bool:
+        return incident_id in self._open
+
+    def due(self, ts: float) -> bool:
+        """Whether ``tick(ts)`` would resolve an incident."""
+        after = self.config.resolve_after_seconds
+        return any(ts - inc.last > after for inc in self._open.values())
+
+    # -- state (plain data and allow-listed records; no configuration) ----------------------
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "open": list(self._open.values()),
+            "seen": list(self._seen),
+            "revision": dict(self._revision),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Pour ``to_state``'s output in; the bounds are this book's configuration's."""
+        incidents = list(state["open"])
+        if not all(isinstance(inc, Incident) for inc in incidents):
+            raise ValueError("open incidents are malformed")
+        self._open = OrderedDict((inc.id, inc) for inc in incidents)
+        self._by_entity = {e: inc.id for inc in incidents for e in inc.entities}
+        self._seen = OrderedDict((str(i), None) for i in state["seen"])
+        self._remember_trim()
+        self._revision = {str(k): int(v) for k, v in dict(state["revision"]).items()}
+
     # -- internals --------------------------------------------------------------------------
 
     def _remember(self, note_id: str) -> None:
         self._seen[note_id] = None
+        self._remember_trim()
+
+    def _remember_trim(self) -> None:
         while len(self._seen) > 50 * self.config.max_open:
             self._seen.popitem(last=False)
 
@@ -197,9 +232,6 @@ class IncidentBook:
         return sorted(found, key=lambda i: (i.started, i.id))
 
     def _open_incident(self, note: AnomalyNote) -> Incident:
-        while len(self._open) >= self.config.max_open:
-            oldest = next(iter(self._open.values()))
-            self._resolve(oldest, note.ts)
         inc = Incident(id=str(uuid.uuid5(_NS, note.id)), started=note.ts, last=note.ts)
         self._open[inc.id] = inc
         self._add(inc, note)
@@ -211,16 +243,22 @@ class IncidentBook:
         if len(inc.anomalies) < self.config.max_listed_anomalies:
             inc.anomalies.append(note.id)
         view = inc.entities.get(note.entity)
+        before = None
         if view is None:
             if len(inc.entities) >= self.config.max_entities:
                 return
             view = EntityView(note.ts, {}, note.callees, note.service, note.node, note.change)
             inc.entities[note.entity] = view
             self._by_entity[note.entity] = inc.id
+        else:
+            before = (len(view.kinds), view.callees, view.change)
         view.kinds[note.kind.value] = None
         view.callees = tuple(dict.fromkeys((*view.callees, *note.callees)))
         view.change = view.change or note.change
-        inc.causes = rank_causes(inc.entities, inc.started)
+        if before != (len(view.kinds), view.callees, view.change):
+            # a repeat of what the entity reported already leaves the ranking as it is (the
+            # ranking is the costly part of a note: quadratic in the incident's entities)
+            inc.causes = rank_causes(inc.entities, inc.started)
 
     def _merge(self, into: Incident, other: Incident) -> None:
         for entity, view in other.entities.items():

@@ -1,10 +1,11 @@
 """One repair plan per incident: repair the probable cause, protect its callers, roll back a bad
 deploy.
 
-The ``IncidentHub`` is the process's incident book (one for every partition stage, as the fleet
-gate is). For each anomaly a stage hands it, with what the stage knows of the entity (its
-callees from the topology, its recent deploys), it returns the incident events the anomaly
-causes and a ``RepairPlan`` the policy follows:
+The ``IncidentHub`` is the process's door to the deployment's incident book (one for every
+partition stage, as the fleet gate is; the book itself is shared through an ``IncidentLog``,
+see ``selfheal.pipeline.core.incident_log``). For each anomaly a stage hands it, with what the
+stage knows of the entity (its callees from the topology, its recent deploys), it returns the
+incident events the anomaly causes and a ``RepairPlan`` the policy follows:
 
 * ``cause``: the entity's only problem is another entity it depends on (a failing database
   behind its callers): protective actions (circuit break, degrade, rate limit) go ahead,
@@ -18,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from selfheal.pipeline.core.causes import Cause
-from selfheal.pipeline.core.changes import CHANGE_SENSITIVE, Attribution, ChangeLog, attribute
+from selfheal.pipeline.core.changes import CHANGE_SENSITIVE, Attribution, ChangeLog
+from selfheal.pipeline.core.incident_log import IncidentArbiter, IncidentLog
 from selfheal.pipeline.core.incidents import (
     AnomalyNote,
     IncidentBook,
@@ -52,6 +54,8 @@ class RepairPlan:
     causes: tuple[Cause, ...] = ()
     #: the id of the escalation already raised for this incident, if any: one per incident
     escalated: str | None = None
+    #: the anomaly the plan is for (its note on the incident log)
+    anomaly_id: str | None = None
 
     def symptom_text(self) -> str:
         assert self.cause is not None
@@ -80,16 +84,35 @@ class IncidentHub:
     """The process's incidents (see the module docstring)."""
 
     def __init__(
-        self, config: IncidentConfig | None = None, change_window_seconds: float = 1800.0
+        self,
+        config: IncidentConfig | None = None,
+        change_window_seconds: float = 1800.0,
+        log: IncidentLog | None = None,
     ) -> None:
-        self.book = IncidentBook(config)
+        self.config = config or IncidentConfig()
         self.change_window_seconds = change_window_seconds
-        #: open incident id -> its escalation's decision id (dropped when it resolves)
-        self._escalated: dict[str, str] = {}
+        #: in the call order until the runner hands over the deployment's shared log
+        self.log = log or IncidentLog(IncidentArbiter(self.config))
+
+    @property
+    def book(self) -> IncidentBook:
+        return self.log.arbiter.book
 
     def plan(
         self, anomaly: Anomaly, topology: Topology, changes: ChangeLog
     ) -> tuple[list[IncidentEvent], RepairPlan]:
+        out = self.log.note(self._note(anomaly, topology, changes))
+        inc = out.incident_id
+        escalated = None if inc is None else self.log.escalated(inc, before=out.seq)
+        plan = RepairPlan(inc, out.cause, out.attribution, out.causes, escalated, anomaly.id)
+        return list(out.events), plan
+
+    def prefetch(self, anomalies: list[Anomaly], topology: Topology, changes: ChangeLog) -> None:
+        """Log a batch's anomalies at once, so ``plan`` does not wait for each in turn."""
+        if len(anomalies) > 1:
+            self.log.prefetch([self._note(a, topology, changes) for a in anomalies])
+
+    def _note(self, anomaly: Anomaly, topology: Topology, changes: ChangeLog) -> AnomalyNote:
         f = anomaly.finding
         labels = f.labels
         service = next((labels[k] for k in SERVICE_LABELS if labels.get(k)), None)
@@ -97,7 +120,7 @@ class IncidentHub:
         change = None
         if f.kind in CHANGE_SENSITIVE:
             change = changes.recent(f.entity, f.ts, self.change_window_seconds)
-        note = AnomalyNote(
+        return AnomalyNote(
             anomaly.id,
             f.ts,
             f.entity,
@@ -109,28 +132,26 @@ class IncidentHub:
             topology.callees(f.entity),
             change,
         )
-        events = self.book.apply(note)
-        inc = self.book.incident_of(f.entity)
-        found = attribute(f.kind, f.entity, service, change, self.book)
-        cause = None if found is not None else self.book.symptom_of(f.entity)
-        if inc is None:
-            return events, RepairPlan(None, cause, found)
-        causes = tuple(inc.causes[:3])
-        return events, RepairPlan(inc.id, cause, found, causes, self._escalated.get(inc.id))
 
     def decided(self, plan: RepairPlan, decisions: list[Decision]) -> None:
-        """Remember the incident's first escalation, so its other entities do not page again."""
-        if plan.incident_id is None or plan.incident_id in self._escalated:
+        """Log the incident's first escalation, so its other entities do not page again."""
+        if plan.incident_id is None or plan.escalated is not None:
+            return
+        if self.log.escalated(plan.incident_id) is not None:
             return
         for d in decisions:
             ladder_page = not d.params.get("storm") and not d.params.get("resolved")
             if d.action is RepairAction.ESCALATE and ladder_page and d.status is not SUPPRESSED:
-                self._escalated[plan.incident_id] = d.id
+                self.log.escalate(plan.incident_id, d.id, plan.anomaly_id or "")
                 return
 
-    def tick(self, ts: float) -> list[IncidentEvent]:
-        events = self.book.tick(ts)
-        for e in events:
-            if e.state == "resolved":
-                self._escalated.pop(e.data["incident_id"], None)
-        return events
+    def tick(self, ts: float, partition: int = 0) -> list[IncidentEvent]:
+        """Resolutions due at ``partition``'s event time ``ts`` (the log is written only then).
+
+        The tick's id is the partition and its event time: a partition redelivered after a
+        crash reaches the same tick and gets its first outcome (the same events) back.
+        """
+        tick_id = f"tick:{partition}:{ts!r}"
+        if self.log.known(tick_id) or self.log.due(ts):
+            return list(self.log.tick(tick_id, ts).events)
+        return []

@@ -23,6 +23,7 @@ from selfheal.pipeline.core.decode import Decoded, Decoder
 from selfheal.pipeline.core.events import to_anomaly
 from selfheal.pipeline.core.fleet import FleetArbiter, LocalFleet
 from selfheal.pipeline.core.guard import FailureRatio, Guard, GuardConfig
+from selfheal.pipeline.core.incident_log import IncidentArbiter, IncidentLog
 from selfheal.pipeline.core.incidents import IncidentConfig, IncidentEvent
 from selfheal.pipeline.core.repair_plan import IncidentHub, RepairPlan
 from selfheal.pipeline.core.topology import DEPENDENCY_METRIC, Topology
@@ -294,16 +295,20 @@ class PartitionStage:
         out.verifications.extend(verifications)
         out.decisions.extend(decisions)
         if self.incidents is not None:
-            out.incidents.extend(self.incidents.tick(now))
+            out.incidents.extend(self.incidents.tick(now, self.partition))
 
     def _decide(self, findings: list[Signal], out: Outputs) -> None:
         observed = False
-        for f in findings:
-            if type(f) is ConditionReport:
-                self.policy.observe(f)  # type: ignore[attr-defined]
+        signals = [f if isinstance(f, ConditionReport) else to_anomaly(f) for f in findings]
+        if self.incidents is not None and signals:
+            # the batch's notes go to the incident log together: one wait, not one each
+            found = [a for a in signals if isinstance(a, Anomaly)]
+            self.incidents.prefetch(found, self.topology, self.changes)
+        for a in signals:
+            if isinstance(a, ConditionReport):
+                self.policy.observe(a)  # type: ignore[attr-defined]
                 observed = True
                 continue
-            a = to_anomaly(f)  # type: ignore[arg-type]
             out.anomalies.append(a)
             if self.incidents is None:
                 out.decisions.extend(self.policy.decide(a))
@@ -370,19 +375,20 @@ class Pipeline:
         self.stages: dict[int, PartitionStage] = {}
         inc = settings.incidents
         #: one incident book for every partition of this process
-        self.incidents: IncidentHub | None = (
-            IncidentHub(
-                IncidentConfig(
-                    join_window_seconds=inc.join_window_seconds,
-                    resolve_after_seconds=inc.resolve_after_seconds,
-                    max_open=inc.max_open,
-                    min_cause_score=inc.min_cause_score,
-                ),
-                change_window_seconds=inc.change_window_seconds,
+        self.incidents: IncidentHub | None = None
+        if inc.enabled:
+            config = IncidentConfig(
+                join_window_seconds=inc.join_window_seconds,
+                resolve_after_seconds=inc.resolve_after_seconds,
+                max_open=inc.max_open,
+                max_entities=inc.max_entities,
+                min_cause_score=inc.min_cause_score,
             )
-            if inc.enabled
-            else None
-        )
+            # in the call order; the runner hands over the deployment's shared log
+            arbiter = IncidentArbiter(config, remember=inc.remember_records)
+            self.incidents = IncidentHub(
+                config, inc.change_window_seconds, log=IncidentLog(arbiter)
+            )
 
     @property
     def fleet(self) -> FleetGate:
