@@ -94,6 +94,18 @@ def test_arrival_order_does_not_change_the_ranking() -> None:
         assert tops == {"db-1"}
 
 
+def test_a_late_note_from_earlier_moves_the_start_back() -> None:
+    """A partition that reports late (its note has the earlier time) still broke first."""
+    book = IncidentBook()
+    book.apply(note(1, 15.0, "web-1", K.BREAKER_OPEN, ("db-1",)))
+    book.apply(note(2, 15.0, "db-1", K.HEALTH_CHECK_FAILED))
+    book.apply(note(3, 0.0, "db-1", K.HEALTH_CHECK_FAILED))  # read late, happened first
+    [inc] = book.open_incidents()
+    assert inc.started == 0.0 and inc.entities["db-1"].first == 0.0
+    assert inc.causes[0].entity == "db-1"
+    assert any("broke first" in ev for ev in inc.causes[0].evidence), inc.causes[0].evidence
+
+
 def test_incidents_resolve_when_their_anomalies_clear() -> None:
     book = IncidentBook(IncidentConfig(resolve_after_seconds=300.0))
     book.apply(note(1, 0.0, "db-1", K.HEALTH_CHECK_FAILED))

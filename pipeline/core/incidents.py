@@ -251,11 +251,19 @@ class IncidentBook:
             inc.entities[note.entity] = view
             self._by_entity[note.entity] = inc.id
         else:
-            before = (len(view.kinds), view.callees, view.change)
+            before = (len(view.kinds), view.callees, view.change, view.first)
+            view.first = min(view.first, note.ts)  # a note can arrive after a later one
         view.kinds[note.kind.value] = None
         view.callees = tuple(dict.fromkeys((*view.callees, *note.callees)))
         view.change = view.change or note.change
-        if before != (len(view.kinds), view.callees, view.change):
+        started = inc.started
+        inc.started = min(inc.started, note.ts)
+        if inc.started != started or before != (
+            len(view.kinds),
+            view.callees,
+            view.change,
+            view.first,
+        ):
             # a repeat of what the entity reported already leaves the ranking as it is (the
             # ranking is the costly part of a note: quadratic in the incident's entities)
             inc.causes = rank_causes(inc.entities, inc.started)
