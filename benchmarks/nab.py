@@ -4,6 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/nab.py                 # full protocol, 40 files (cached scores)
     .venv/bin/python benchmarks/nab.py --files 8 --grid small --runs 1   # quick subset
+    .venv/bin/python benchmarks/nab.py --cad           # + CAD OSE experiment (#14, minutes)
 
 Protocol (the figure that predicts a user's unseen services, ``benchmarks/crossval.py``):
 every setting of the grid (:data:`GRIDS`, the shipped configuration first) scores every file of
@@ -20,7 +21,8 @@ held-out files with the NAB standard profile (``benchmarks/nab_scoring.py``):
 Baseline, same run: river ``HalfSpaceTrees`` with river's defaults (``n_trees=10, height=8,
 window_size=250``) on the value scaled online by ``MinMaxScaler``, its threshold chosen by the
 same cross-validation and timed in alternation with the latency model.
-Writes ``benchmarks/results/nab.md``.
+``--cad`` adds CAD OSE (``benchmarks/nab_cad.py``) alone and combined with the latency model,
+every weight and threshold chosen on training folds. Writes ``benchmarks/results/nab.md``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from benchmarks.crossval import (  # noqa: E402
     nab_cross_validate,
     spread_folds,
 )
+from benchmarks.nab_cad import WEIGHTS, cad_scores, combine  # noqa: E402
 from benchmarks.nab_scoring import (  # noqa: E402
     STANDARD,
     FileLayout,
@@ -66,6 +69,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "nab.md"
 CACHE = ROOT / "benchmarks" / ".cache" / "nab"
 #: source files whose content keys the score cache (a model edit invalidates it)
 SOURCES = (ROOT / "models" / "latency.py", ROOT / "pipeline" / "core" / "scoring.py")
+CAD_SOURCE = ROOT / "benchmarks" / "nab_cad.py"
 
 #: candidate settings: departures from the shipped ``LatencyConfig`` (shipped first: it wins ties)
 GRIDS: dict[str, list[dict[str, Any]]] = {
@@ -123,6 +127,21 @@ def _hst_job(args: tuple[dict[str, Any], list[float], list[float]]) -> np.ndarra
     return np.asarray(hst_scores(values, **overrides), dtype=np.float64)
 
 
+def _cad_job(args: tuple[dict[str, Any], list[float], list[float]]) -> np.ndarray:
+    overrides, _, values = args
+    return np.asarray(cad_scores(values, **overrides), dtype=np.float64)
+
+
+def _job(model: str) -> tuple[Callable[[tuple[dict[str, Any], list[float], list[float]]],
+                                       np.ndarray], str]:  # fmt: skip
+    """The scoring function of ``model`` and the cache key of its source."""
+    if model == "latency":
+        return _latency_job, _source_hash()
+    if model == "cad":
+        return _cad_job, hashlib.sha1(CAD_SOURCE.read_bytes()).hexdigest()[:12]
+    return _hst_job, "river"
+
+
 def cached_scores(
     corpus: Sequence[Series],
     overrides: dict[str, Any],
@@ -133,8 +152,7 @@ def cached_scores(
 ) -> list[np.ndarray]:
     """Per-file scores of one setting, from the cache or computed (``jobs`` <= 2 processes:
     this one and at most one worker, the machine is shared)."""
-    job: Callable[[tuple[dict[str, Any], list[float], list[float]]], np.ndarray]
-    job, src = (_latency_job, _source_hash()) if model == "latency" else (_hst_job, "river")
+    job, src = _job(model)
     key = hashlib.sha1(repr((model, src, sorted(overrides.items()))).encode()).hexdigest()[:16]
     out: dict[str, np.ndarray] = {}
     path = None if cache is None else cache / f"{key}.npz"
@@ -234,6 +252,68 @@ def speeds(
     return [statistics.median(r) for r in rates]
 
 
+def per_file_speeds(
+    corpus: Sequence[Series], fns: Sequence[Callable[[list[float], list[float]], Any]],
+    runs: int, files: int = 10, head: int = 2000,
+) -> list[float]:  # fmt: skip
+    """Median points/s of each ``fn(ts, values)`` over the first ``head`` points of ``files``
+    files spread over the corpus (each file its own series); the models take turns."""
+    step = max(1, len(corpus) // files)
+    sample = [(ts[:head], vals[:head]) for _, ts, vals, _ in corpus[::step][:files]]
+    n = sum(len(v) for _, v in sample)
+    rates: list[list[float]] = [[] for _ in fns]
+    for _ in range(max(1, runs)):
+        for fn, out in zip(fns, rates, strict=True):
+            t0 = time.perf_counter()
+            for ts, vals in sample:
+                fn(ts, vals)
+            out.append(n / (time.perf_counter() - t0))
+    return [statistics.median(r) for r in rates]
+
+
+def cad_section(
+    corpus: Sequence[Series], latency: list[np.ndarray], k: int, jobs: int, runs: int
+) -> list[str]:
+    """CAD OSE alone and ``max(latency, w x CAD)`` (``w`` chosen on training folds), online and
+    with NAB's look-ahead normalisation (reference), and CAD's cost against the latency model."""
+    thr = z_to_score(LatencyConfig().alarm_z)
+    rows: list[str] = []
+    for lookahead, tag in ((False, "online"), (True, "NAB look-ahead")):
+        cad = cached_scores(
+            corpus, {"lookahead": True} if lookahead else {}, model="cad", jobs=jobs
+        )
+        alone = cross_validate(corpus, {"CAD": cad}, k, None)
+        cands = combine(latency, cad)
+        fixed = cross_validate(corpus, cands, k, dict.fromkeys(cands, thr))
+        rows += _cv_rows(f"CAD OSE {tag}, threshold swept on training folds", alone)
+        rows += _cv_rows(f"max(latency, w x CAD {tag}), shipped threshold", fixed)
+        rows += _cv_rows(
+            f"max(latency, w x CAD {tag}), threshold swept", cross_validate(corpus, cands, k, None)
+        )
+    lat_speed, cad_speed = per_file_speeds(
+        corpus, [lambda t, v: score_series(t, v), lambda t, v: cad_scores(v)], runs
+    )
+    return [
+        f"### CAD OSE as a second model family (`--cad`, #14): weights {list(WEIGHTS)}",
+        "",
+        "Online: range seen so far, rest period 150. NAB look-ahead: the original's setup in "
+        "NAB (the file's minimum and maximum, future values included; rest period = probation "
+        "/ 5): a reference, not deployable. `w=0.0` is the latency model alone.",
+        "",
+        "| model | folds | **cross-validated** | in-sample | settings chosen by the folds |",
+        "| --- | --- | ---: | ---: | --- |",
+        *rows,
+        "",
+        f"| cost (first 2,000 points of 10 spread files, median of {runs} runs) | points/s "
+        "| ratio |",
+        "| --- | ---: | ---: |",
+        f"| latency model (`score_series`) | {lat_speed:,.0f} | 1.0x |",
+        f"| CAD OSE online (`benchmarks/nab_cad.py`) | {cad_speed:,.0f} "
+        f"| {lat_speed / cad_speed:.1f}x slower |",
+        "",
+    ]
+
+
 def _cv_rows(title: str, res: dict[str, CVResult]) -> list[str]:
     rows = []
     for name, r in res.items():
@@ -253,6 +333,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--jobs", type=int, default=2, choices=(1, 2), help="processes for scoring")
     ap.add_argument("--speed-points", type=int, default=20000, help="points timed per model")
     ap.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.name}")
+    ap.add_argument("--cad", action="store_true", help="add the CAD OSE experiment (slow)")
     args = ap.parse_args(argv)
     if not (DATA / "data").is_dir():
         print(f"SKIP: NAB data not found at {DATA.resolve()} (shared data absent)")
@@ -313,6 +394,8 @@ def main(argv: list[str]) -> int:
         "and scores: `benchmarks/crossval.py` (`CVResult.folds`).",
         "",
     ]
+    if args.cad:
+        lines += cad_section(corpus, cands["shipped"], k, args.jobs, args.runs)
     publish("\n".join(lines), None if args.no_write else RESULTS)
     return 0
 
