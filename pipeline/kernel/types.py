@@ -286,6 +286,19 @@ class FleetOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetProgress:
+    """How far input partition ``partition`` (of ``of``) is processed, in event time: no need
+    before ``ts`` can come from it any more (``math.inf``: nothing left to read in it).
+
+    While a storm runs, every process logs its partitions' progress, so a storm ends in event
+    time only once every partition has passed the end, however far apart they are."""
+
+    partition: int
+    of: int
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
 class StormEnd:
     """The proposer of a storm resolved it: later needs count towards a new storm."""
 
@@ -294,6 +307,8 @@ class StormEnd:
     ts: float
     #: an operator released the hold (no new storm on the action until its needs stop)
     released: bool = False
+    #: who released it (``selfheal approve --by``), for the resolution every engine reports
+    by: str = ""
 
 
 # -- changes (deploys) and incidents ---------------------------------------------------------
