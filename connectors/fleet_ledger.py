@@ -86,6 +86,9 @@ class KafkaFleet:
         self._progress: asyncio.Condition | None = None
         #: offset of the next ledger record to read
         self._next = 0
+        #: this process's partitions: how far processed (``local_progress``)
+        self._local: dict[int, float] = {}
+        self._local_of = 0
 
     # -- lifecycle (awaited on the caller's loop) -------------------------------------------
 
@@ -166,11 +169,17 @@ class KafkaFleet:
 
     def fleet_time(self, ts: float) -> float:
         with self._lock:
-            return self.arbiter.fleet_time(ts)
+            return self.arbiter.fleet_time(ts, self._local, self._local_of)
 
     def progress(self, report: FleetProgress) -> None:
         """Log how far a partition is processed (without waiting)."""
         self._fire(encode_progress(report, self.group))
+
+    def local_progress(self, reached: dict[int, float], of: int) -> None:
+        """How far this process's own partitions are processed, now (``fleet_time`` uses it
+        ahead of the log, where ``progress`` records reach the other processes)."""
+        with self._lock:
+            self._local, self._local_of = dict(reached), of
 
     def active_storms(self) -> list[Any]:
         """The arbiter's running storms (``FleetArbiter.active_storms``), read under the lock."""
@@ -337,50 +346,40 @@ class RecordError(ValueError):
     """A ledger record that is not ours or not readable (skipped by readers)."""
 
 
+def _record(group: str, kind: str, **fields: Any) -> bytes:
+    return orjson.dumps({"v": RECORD_VERSION, "group": group, "type": kind, **fields})
+
+
 def encode_request(req: FleetRequest, group: str) -> bytes:
-    return orjson.dumps(
-        {
-            "v": RECORD_VERSION,
-            "group": group,
-            "type": "request",
-            "id": req.id,
-            "ts": req.ts,
-            "entity": req.entity,
-            "action": req.action.value,
-            "claim": req.claim,
-            "storm_id": req.storm_id,
-            "held": req.held,
-        }
+    return _record(
+        group,
+        "request",
+        id=req.id,
+        ts=req.ts,
+        entity=req.entity,
+        action=req.action.value,
+        claim=req.claim,
+        storm_id=req.storm_id,
+        held=req.held,
     )
 
 
 def encode_end(end: StormEnd, group: str) -> bytes:
-    return orjson.dumps(
-        {
-            "v": RECORD_VERSION,
-            "group": group,
-            "type": "storm_end",
-            "storm_id": end.storm_id,
-            "action": end.action.value,
-            "ts": end.ts,
-            "released": end.released,
-            "by": end.by,
-        }
+    return _record(
+        group,
+        "storm_end",
+        storm_id=end.storm_id,
+        action=end.action.value,
+        ts=end.ts,
+        released=end.released,
+        by=end.by,
     )
 
 
 def encode_progress(report: FleetProgress, group: str) -> bytes:
-    return orjson.dumps(
-        {
-            "v": RECORD_VERSION,
-            "group": group,
-            "type": "progress",
-            "partition": report.partition,
-            "of": report.of,
-            # JSON has no infinity: "inf" (nothing left to read), "-inf" (nothing read yet)
-            "ts": str(report.ts) if math.isinf(report.ts) else report.ts,
-        }
-    )
+    # JSON has no infinity: "inf" (nothing left to read), "-inf" (nothing read yet)
+    ts = str(report.ts) if math.isinf(report.ts) else report.ts
+    return _record(group, "progress", partition=report.partition, of=report.of, ts=ts)
 
 
 def decode_record(raw: bytes, group: str) -> FleetRequest | StormEnd | FleetProgress | None:

@@ -17,16 +17,19 @@ import re
 import shlex
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+from selfheal.pipeline.core.config import Settings
 
 from tests.conftest import consume_all
 from tests.spine_helpers import produce_records, settings_for, write_config
 from tests.test_alertmanager import alertmanager, alerts  # noqa: F401 (the fixture)
 from tests.test_control import RECORD, Proc, _until, selfheal
+from tests.test_policy_kafka import _epoch, _mem
 
 pytestmark = pytest.mark.asyncio
 
@@ -35,24 +38,24 @@ def _health(entity: str, ts: float) -> dict[str, Any]:
     return {"ts": ts, "entity": entity, "metric": "health_check_ok", "value": 0.0}
 
 
-def _mem(entity: str, ts: float) -> dict[str, Any]:
-    return {
-        "ts": ts,
-        "entity": entity,
-        "metric": "container_memory_working_set_bytes",
-        "value": 0.97e9,
-        "limit": 1e9,
-    }
-
-
-def _config(tmp_path: Any, prefix: str, bootstrap: str, policy: dict[str, Any], **extra: Any):
+def config_for(
+    tmp_path: Any,
+    prefix: str,
+    bootstrap: str,
+    policy: dict[str, Any] | None,
+    partitions: int = 2,
+    **extra: Any,
+) -> tuple[Settings, Path, Path]:
+    """Settings and a config file for ``selfheal run`` processes whose restart and scale-up
+    commands append the entity to the returned marker file; ``policy`` (None: the default)
+    goes to the file only (``Settings.policy`` stays the default)."""
     script = tmp_path / "record.py"
     script.write_text(RECORD)
     marker = tmp_path / "executed.txt"
     s = settings_for(
         prefix,
         bootstrap,
-        partitions=2,
+        partitions=partitions,
         detection={"models_enabled": False},
         http={"enabled": True, "port": 0},
         executors={
@@ -65,9 +68,10 @@ def _config(tmp_path: Any, prefix: str, bootstrap: str, policy: dict[str, Any], 
         runtime={"audit_path": str(tmp_path / "audit.jsonl")},
     )
     config = write_config(tmp_path / "config.yaml", s)
-    data = orjson.loads(config.read_text())
-    data["policy"] = policy
-    config.write_bytes(orjson.dumps(data))
+    if policy is not None:
+        data = orjson.loads(config.read_text())
+        data["policy"] = policy
+        config.write_bytes(orjson.dumps(data))
     return s, config, marker
 
 
@@ -77,12 +81,6 @@ async def _events(bootstrap: str, topic: str) -> list[dict[str, Any]]:
 
 def _audit(tmp_path: Any) -> list[dict[str, Any]]:
     return [orjson.loads(x) for x in (tmp_path / "audit.jsonl").read_bytes().splitlines()]
-
-
-def _epoch(text: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 async def test_release_an_escalated_entity_across_a_kill(
@@ -97,7 +95,7 @@ async def test_release_an_escalated_entity_across_a_kill(
             {"name": "hc", "kinds": ["health_check_failed"], "actions": [{"action": "restart"}]}
         ]
     }
-    s, config, marker = _config(
+    s, config, marker = config_for(
         tmp_path, topic_prefix, broker.bootstrap, policy, alertmanager_url=alertmanager
     )
     t = s.kafka.topics
@@ -145,8 +143,9 @@ async def test_release_an_escalated_entity_across_a_kill(
             return [e for e in evs if e["data"]["params"].get("released_by")]
 
         await _until(released, 60, "the release by alice")
-        # the condition goes on: the next finding is repaired from the first rung again
-        later = [_health("web-1", base + 1200 + 10 * i) for i in range(60)]
+        # the condition goes on: the next finding is repaired from the first rung again (5
+        # minutes more: a failed restart would escalate again with the finding after it)
+        later = [_health("web-1", base + 1200 + 10 * i) for i in range(30)]
         await produce_records(producer, t.metrics, later)
 
         async def restarted_again() -> bool:
@@ -180,7 +179,7 @@ async def test_console_release_ends_a_storm_in_both_processes(
 ):
     budget = 8
     policy = {"storm_threshold": 5, "budget": {"max_repairs": budget, "window_seconds": 3600}}
-    s, config, marker = _config(tmp_path, topic_prefix, broker.bootstrap, policy)
+    s, config, marker = config_for(tmp_path, topic_prefix, broker.bootstrap, policy)
     t = s.kafka.topics
     from selfheal.connectors.kafka import ensure_topics
 
@@ -193,7 +192,7 @@ async def test_console_release_ends_a_storm_in_both_processes(
             await p.ready()
         # ten minutes at 97 %: a storm forms and holds every entity
         await produce_records(
-            producer, t.metrics, [_mem(e, base + 15 * i) for i in range(40) for e in entities]
+            producer, t.metrics, [_mem(e, base + 15 * i, 0.97) for i in range(40) for e in entities]
         )
 
         async def storm() -> list[dict[str, Any]]:
@@ -223,7 +222,7 @@ async def test_console_release_ends_a_storm_in_both_processes(
         await produce_records(
             producer,
             t.metrics,
-            [_mem(e, base + 600 + 15 * i) for i in range(40) for e in entities],
+            [_mem(e, base + 600 + 15 * i, 0.97) for i in range(40) for e in entities],
         )
 
         async def budget_spent() -> bool:
@@ -243,7 +242,7 @@ async def test_console_release_ends_a_storm_in_both_processes(
     firing = [e for e in await storm() if not e["data"]["params"]["resolved"]]
     assert {e["data"]["params"].get("escalation_id", e["id"]) for e in firing} == {storm_id}
     ran = marker.read_text().split()
-    assert len(before) <= s.policy.storm_threshold and len(ran) == budget
+    assert len(before) <= policy["storm_threshold"] and len(ran) == budget
     assert set(ran) - set(before), "held entities were repaired after the release"
     events = await _events(broker.bootstrap, t.repairs)
     late = [e for e in events if e["data"]["action"] == "restart"][len(before) :]

@@ -13,17 +13,17 @@ run, none while it holds; exactly one storm escalation (updated as entities join
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from datetime import datetime
 from typing import Any
 
 import orjson
 import pytest
 
 from tests.conftest import consume_all
-from tests.spine_helpers import produce_records, settings_for, write_config
-from tests.test_control import RECORD, Proc, _until
+from tests.spine_helpers import produce_records
+from tests.test_control import Proc, _until
+from tests.test_policy_kafka import _epoch, _mem
+from tests.test_release import config_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -32,37 +32,11 @@ STEP = 15.0  # seconds of event time between samples
 HOT, TOTAL = 3000, 3600  # 97 % for 50 minutes, then 50 % for 10
 
 
-def _mem(entity: str, ts: float, ratio: float) -> dict[str, Any]:
-    return {
-        "ts": ts,
-        "entity": entity,
-        "metric": "container_memory_working_set_bytes",
-        "value": ratio * 1e9,
-        "limit": 1e9,
-    }
-
-
-def _epoch(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 @pytest.mark.parametrize("pace", [0.2, 0.0], ids=["paced", "catch-up"])
 async def test_storm_held_across_two_processes(broker, producer, topic_prefix, tmp_path, pace):
     """``pace``: wall seconds per step of 15 s (0.2: the 240 steps in about 50 s; 0: all at
     once, each process catching up at its own speed, event times far apart)."""
-    script = tmp_path / "record.py"
-    script.write_text(RECORD)
-    marker = tmp_path / "executed.txt"
-    s = settings_for(
-        topic_prefix,
-        broker.bootstrap,
-        partitions=4,
-        detection={"models_enabled": False},
-        http={"enabled": True, "port": 0},
-        executors={"commands": {"restart": [sys.executable, str(script), "{entity}", str(marker)]}},
-        runtime={"audit_path": str(tmp_path / "audit.jsonl")},
-    )
-    config = write_config(tmp_path / "config.yaml", s)
+    s, config, marker = config_for(tmp_path, topic_prefix, broker.bootstrap, None, partitions=4)
     t = s.kafka.topics
     from selfheal.connectors.kafka import ensure_topics
 

@@ -34,7 +34,7 @@ from selfheal.pipeline.app.outcomes import vote_record
 from selfheal.pipeline.core.audit import AuditRecord
 from selfheal.pipeline.core.config import Settings
 from selfheal.pipeline.core.metrics import Metrics
-from selfheal.pipeline.core.policy import PolicyEngine
+from selfheal.pipeline.core.policy import PolicyEngine, storm_entity
 from selfheal.pipeline.core.stage import Outputs, Pipeline
 from selfheal.pipeline.kernel.types import RepairAction, StormEnd
 
@@ -81,11 +81,12 @@ class ReleaseDesk:
         records: list[AuditRecord] = []
         engines = self.engines()
         for key, vote in list(self.waiting.items()):
-            done = self._entity(vote, engines, out, records) or await self._storm(
-                vote, engines, out, records
-            )
-            if done:
-                del self.waiting[key]
+            for eng in engines:
+                applied = await self._apply(vote, eng, out)
+                if applied is not None:
+                    records.append(applied)
+                    del self.waiting[key]
+                    break
         return records
 
     def _expire(self) -> None:
@@ -95,49 +96,28 @@ class ReleaseDesk:
         for key in [k for k, v in self.waiting.items() if v.at_ms < horizon]:
             del self.waiting[key]
 
-    def _entity(
-        self,
-        vote: ApprovalVote,
-        engines: list[PolicyEngine],
-        out: Outputs,
-        records: list[AuditRecord],
-    ) -> bool:
-        for eng in engines:
-            found = eng.escalated_case(vote.decision_id)
-            if found is None:
-                continue
+    async def _apply(
+        self, vote: ApprovalVote, eng: PolicyEngine, out: Outputs
+    ) -> AuditRecord | None:
+        """The vote's audit record if ``eng`` raised the escalation it names (else None)."""
+        found = eng.escalated_case(vote.decision_id)
+        action = None if found is not None else eng.escalated_storm(vote.decision_id)
+        if found is not None:
             rule, entity = found
-            if vote.approved:
-                out.decisions.extend(eng.release_escalation(vote.decision_id, vote.by) or [])
-                why = f"automatic repair of {entity} resumed: the ladder starts over"
-            else:
-                why = f"acknowledged; {entity} stays without automatic repair until it recovers"
-            records.append(self._record(vote, entity, rule, why))
-            return True
-        return False
-
-    async def _storm(
-        self,
-        vote: ApprovalVote,
-        engines: list[PolicyEngine],
-        out: Outputs,
-        records: list[AuditRecord],
-    ) -> bool:
-        for eng in engines:
-            action = eng.escalated_storm(vote.decision_id)
-            if action is None:
-                continue
-            entity = f"storm:{action.value}"
-            if not vote.approved:
-                why = f"acknowledged; automatic {action.value} stays held for the storm"
-                records.append(self._record(vote, entity, "", why))
-                return True
+            released = f"automatic repair of {entity} resumed: the ladder starts over"
+            held = f"{entity} stays without automatic repair until it recovers"
+        elif action is not None:
+            rule, entity = "", storm_entity(action)
+            released = f"storm hold on {action.value} released: held entities repaired under budget"
+            held = f"automatic {action.value} stays held for the storm"
+        else:
+            return None
+        if not vote.approved:
+            return self._record(vote, entity, rule, f"acknowledged; {held}")
+        if action is not None:
             await self._log_release(vote, action, eng.watermark)
-            out.decisions.extend(eng.release_escalation(vote.decision_id, vote.by) or [])
-            why = f"storm hold on {action.value} released: held entities repaired under budget"
-            records.append(self._record(vote, entity, "", why))
-            return True
-        return False
+        out.decisions.extend(eng.release_escalation(vote.decision_id, vote.by) or [])
+        return self._record(vote, entity, rule, released)
 
     async def _log_release(self, vote: ApprovalVote, action: RepairAction, ts: float) -> None:
         """The release record on the fleet ledger, read back before the engines go on."""

@@ -380,8 +380,6 @@ class Runner(PartitionState):
             self._position.update(nxt)
             self._pending_messages += len(batch)
         self._account(batch, out)
-        # while a storm runs: where this process's partitions stand in event time
-        self._fleet_progress.report(self, source)
 
     def _detect(self, batch: list[Envelope], now: float) -> Outputs:
         with collector_paused():
@@ -389,6 +387,10 @@ class Runner(PartitionState):
         if now >= self._next_tick:
             self._next_tick = now + self.settings.detection.tick_seconds
             out.extend(self.pipeline.tick(now, self.settings.detection.idle_grace_seconds))
+        # while a storm runs: where this process's partitions stand in event time, then the
+        # storm ends that became due (``fleet_progress.py``)
+        positions = {**self._position, **_next_offsets(batch)} if batch else self._position
+        self._fleet_progress.report(self, self._source, positions)
         out.decisions.extend(recheck_storms(self.pipeline))
         return out
 

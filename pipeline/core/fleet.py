@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from selfheal.pipeline.core.policy_config import PolicyConfig
@@ -194,12 +195,17 @@ class FleetArbiter:
         self._progress[report.partition] = report.ts
         self._advance(-math.inf)
 
-    def fleet_time(self, ts: float) -> float:
+    def fleet_time(self, ts: float, local: Mapping[int, float] | None = None, of: int = 0) -> float:
         """``ts``, but no later than the event time every input partition has reached once
-        partitions report their progress (a partition that never reported: not reached)."""
-        if not self._partitions:
+        partitions report their progress (a partition that never reported: not reached).
+
+        ``local``: what a process knows of its own partitions now, ahead of its reports on the
+        log (``of``: the partition count it knows)."""
+        local = local or {}
+        count = max(self._partitions, of)
+        if not count:
             return -math.inf if self.wait_for_progress else ts
-        reached = [self._progress.get(p, -math.inf) for p in range(self._partitions)]
+        reached = [local.get(p, self._progress.get(p, -math.inf)) for p in range(count)]
         return min(ts, *reached)
 
     def _advance(self, ts: float) -> float:

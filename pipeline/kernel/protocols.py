@@ -7,7 +7,7 @@ protocol from here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -142,6 +142,8 @@ class FleetLog(Protocol):
 
     def progress(self, report: FleetProgress) -> None: ...
 
-    def fleet_time(self, ts: float) -> float: ...
+    def fleet_time(
+        self, ts: float, local: Mapping[int, float] | None = None, of: int = 0
+    ) -> float: ...
 
     def budget_used(self, ts: float) -> int: ...
