@@ -361,6 +361,7 @@ def encode_request(req: FleetRequest, group: str) -> bytes:
         claim=req.claim,
         storm_id=req.storm_id,
         held=req.held,
+        incident=req.incident,
     )
 
 
@@ -406,6 +407,7 @@ def decode_record(raw: bytes, group: str) -> FleetRequest | StormEnd | FleetProg
                 claim=bool(rec["claim"]),
                 storm_id=str(rec["storm_id"]),
                 held=None if rec.get("held") is None else bool(rec["held"]),
+                incident=str(rec.get("incident", "")),
             )
         if rec["type"] == "storm_end":
             return StormEnd(

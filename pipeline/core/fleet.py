@@ -130,7 +130,9 @@ class FleetArbiter:
             return known
         self.applied += 1
         now = self._advance(req.ts)
-        count = self._needs.record(req.action, req.entity, now)
+        # callers protected from one incident's cause are one need, not a storm of them
+        who = f"incident:{req.incident}" if req.incident else req.entity
+        count = self._needs.record(req.action, who, now)
         storm = self._active.get(req.action)
         released = self._released.get(req.action)
         if released is not None:

@@ -274,6 +274,9 @@ class FleetRequest:
     #: a storm-held entity's condition: True still flagged, False cleared (None: a plain need).
     #: A storm does not end while an entity it holds is flagged, whichever process holds it.
     held: bool | None = None
+    #: the incident that explains this need (a protective action for a symptom of its cause):
+    #: the needs of one incident count once towards a storm, the incident is one problem
+    incident: str = ""
 
 
 @dataclass(frozen=True, slots=True)
