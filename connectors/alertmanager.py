@@ -5,7 +5,9 @@ set identifies the alert (Alertmanager fingerprints labels), so the firing alert
 resolution carry the same labels: ``alertname="SelfhealEscalation"``, ``entity``, ``action``
 (the repair that failed or was stopped, ``params["escalated_action"]``), ``kind``,
 ``severity`` and ``rule``. The annotations carry the decision id and, when the executor stage
-set them, the exact ``selfheal approve`` / ``reject`` commands. A firing alert gets
+set them, the exact ``selfheal approve`` / ``reject`` commands: of the pending decision for an
+approval request, of the escalation itself otherwise (approving an escalation releases it, see
+``selfheal.pipeline.app.release``). A firing alert gets
 ``endsAt = now + alert_ttl_seconds`` (it stays active without re-sending); a resolution
 (``params["resolved"] is True``) is sent with ``endsAt = now``, which resolves it.
 """
@@ -69,10 +71,15 @@ def escalation_alert(
             "automatic repair stopped"
         )
         listed = ", ".join(str(e) for e in p.get("entities", []))
-        detail = f"Entities: {listed}."
+        detail = f"Entities: {listed}." + _release_text(
+            p, "ends the hold: the held entities are repaired at the budget's rate"
+        )
     else:
         summary = f"selfheal could not repair {decision.entity} ({labels['kind']})"
         detail = f"Tried: {', '.join(str(a) for a in p.get('tried', [])) or labels['action']}."
+        detail += _release_text(
+            p, f"resumes automatic repair of {decision.entity} at the first rung of its ladder"
+        )
     description = (
         f"{decision.explanation} {detail} Anomaly ids: {', '.join(ids)}"
         + (f" (+{more} more)" if more > 0 else "")
@@ -83,8 +90,9 @@ def escalation_alert(
         "annotations": {
             "summary": summary,
             "description": description.strip(),
-            # the decision an operator acts on: the pending one for an approval request
-            "decision_id": str(p.get("approval_decision_id", decision.id)),
+            # the decision an operator acts on: the pending one for an approval request, the
+            # escalation (not its update) otherwise
+            "decision_id": str(p.get("approval_decision_id", p.get("escalation_id", decision.id))),
             **{k: str(p[k]) for k in ("approve_command", "reject_command") if p.get(k)},
         },
         "startsAt": epoch_to_rfc3339(min(decision.ts, now)),
@@ -93,6 +101,16 @@ def escalation_alert(
     if generator_url:
         alert["generatorURL"] = generator_url
     return alert
+
+
+def _release_text(p: Mapping[str, Any], what: str) -> str:
+    """How an operator releases an open escalation (approving it) or acknowledges it."""
+    if p.get("resolved") or not p.get("approve_command"):
+        return ""
+    return (
+        f" Approving this escalation releases it ({what}): {p['approve_command']}."
+        f" Rejecting acknowledges it (it stays held): {p.get('reject_command', '')}."
+    )
 
 
 class AlertmanagerExecutor(HttpClientOwner):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -32,6 +33,7 @@ from selfheal.connectors.errors import BrokerUnavailable
 from selfheal.pipeline.kernel.protocols import FleetLog
 from selfheal.pipeline.kernel.types import (
     FleetOutcome,
+    FleetProgress,
     FleetRequest,
     RepairAction,
     StormEnd,
@@ -84,6 +86,9 @@ class KafkaFleet:
         self._progress: asyncio.Condition | None = None
         #: offset of the next ledger record to read
         self._next = 0
+        #: this process's partitions: how far processed (``local_progress``)
+        self._local: dict[int, float] = {}
+        self._local_of = 0
 
     # -- lifecycle (awaited on the caller's loop) -------------------------------------------
 
@@ -157,6 +162,43 @@ class KafkaFleet:
     def storm_entities(self, storm_id: str) -> tuple[int, tuple[str, ...]]:
         with self._lock:
             return self.arbiter.storm_entities(storm_id)
+
+    def storm_released(self, storm_id: str) -> str | None:
+        with self._lock:
+            return self.arbiter.storm_released(storm_id)
+
+    def fleet_time(self, ts: float) -> float:
+        with self._lock:
+            return self.arbiter.fleet_time(ts, self._local, self._local_of)
+
+    def progress(self, report: FleetProgress) -> None:
+        """Log how far a partition is processed (without waiting)."""
+        self._fire(encode_progress(report, self.group))
+
+    def local_progress(self, reached: dict[int, float], of: int) -> None:
+        """How far this process's own partitions are processed, now (``fleet_time`` uses it
+        ahead of the log, where ``progress`` records reach the other processes)."""
+        with self._lock:
+            self._local, self._local_of = dict(reached), of
+
+    def active_storms(self) -> list[Any]:
+        """The arbiter's running storms (``FleetArbiter.active_storms``), read under the lock."""
+        with self._lock:
+            view = getattr(self.arbiter, "active_storms", None)
+            return [] if view is None else list(view())
+
+    async def release(self, end: StormEnd) -> None:
+        """Log an operator's release of a storm and wait until this process has read it back
+        (every process applies it at the same place in the log; this one knows it now)."""
+        fut = self._submit(self._logged(encode_end(end, self.group)))
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(fut), self.timeout_seconds)
+        except TimeoutError as exc:
+            raise BrokerUnavailable(
+                f"fleet ledger {self.topic} did not log the release in {self.timeout_seconds:g}s"
+            ) from exc
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"fleet ledger {self.topic}: {exc!r}") from exc
 
     def budget_used(self, ts: float) -> int:
         with self._lock:
@@ -265,6 +307,8 @@ class KafkaFleet:
             self.arbiter.apply(item)
         elif isinstance(item, StormEnd):
             self.arbiter.end(item)
+        elif isinstance(item, FleetProgress):
+            self.arbiter.progress(item)
 
     async def _caught_up(self, offset: int) -> None:
         assert self._progress is not None
@@ -277,6 +321,9 @@ class KafkaFleet:
             self.topic, value, key=self.group.encode(), partition=0
         )
         return int(md.offset)
+
+    async def _logged(self, value: bytes) -> None:
+        await self._caught_up(await self._send(value))
 
     async def _request(self, req: FleetRequest) -> FleetOutcome:
         offset = await self._send(encode_request(req, self.group))
@@ -299,45 +346,56 @@ class RecordError(ValueError):
     """A ledger record that is not ours or not readable (skipped by readers)."""
 
 
+def _record(group: str, kind: str, **fields: Any) -> bytes:
+    return orjson.dumps({"v": RECORD_VERSION, "group": group, "type": kind, **fields})
+
+
 def encode_request(req: FleetRequest, group: str) -> bytes:
-    return orjson.dumps(
-        {
-            "v": RECORD_VERSION,
-            "group": group,
-            "type": "request",
-            "id": req.id,
-            "ts": req.ts,
-            "entity": req.entity,
-            "action": req.action.value,
-            "claim": req.claim,
-            "storm_id": req.storm_id,
-            "held": req.held,
-        }
+    return _record(
+        group,
+        "request",
+        id=req.id,
+        ts=req.ts,
+        entity=req.entity,
+        action=req.action.value,
+        claim=req.claim,
+        storm_id=req.storm_id,
+        held=req.held,
+        incident=req.incident,
     )
 
 
 def encode_end(end: StormEnd, group: str) -> bytes:
-    return orjson.dumps(
-        {
-            "v": RECORD_VERSION,
-            "group": group,
-            "type": "storm_end",
-            "storm_id": end.storm_id,
-            "action": end.action.value,
-            "ts": end.ts,
-            "released": end.released,
-        }
+    return _record(
+        group,
+        "storm_end",
+        storm_id=end.storm_id,
+        action=end.action.value,
+        ts=end.ts,
+        released=end.released,
+        by=end.by,
     )
 
 
-def decode_record(raw: bytes, group: str) -> FleetRequest | StormEnd | None:
-    """The record's request or storm end; None when it belongs to another group."""
+def encode_progress(report: FleetProgress, group: str) -> bytes:
+    # JSON has no infinity: "inf" (nothing left to read), "-inf" (nothing read yet)
+    ts = str(report.ts) if math.isinf(report.ts) else report.ts
+    return _record(group, "progress", partition=report.partition, of=report.of, ts=ts)
+
+
+def decode_record(raw: bytes, group: str) -> FleetRequest | StormEnd | FleetProgress | None:
+    """The record's request, storm end or progress; None when it belongs to another group."""
     try:
         rec = orjson.loads(raw)
         if not isinstance(rec, dict) or rec.get("v") != RECORD_VERSION:
             raise RecordError(f"unknown ledger record version {rec.get('v')!r}")
         if rec.get("group") != group:
             return None
+        if rec["type"] == "progress":
+            ts = float(rec["ts"])  # a number, or "inf" / "-inf"
+            if math.isnan(ts):
+                raise RecordError("progress without a time")
+            return FleetProgress(int(rec["partition"]), int(rec["of"]), ts)
         action = RepairAction(rec["action"])
         ts = float(rec["ts"])
         if rec["type"] == "request":
@@ -349,6 +407,7 @@ def decode_record(raw: bytes, group: str) -> FleetRequest | StormEnd | None:
                 claim=bool(rec["claim"]),
                 storm_id=str(rec["storm_id"]),
                 held=None if rec.get("held") is None else bool(rec["held"]),
+                incident=str(rec.get("incident", "")),
             )
         if rec["type"] == "storm_end":
             return StormEnd(
@@ -356,6 +415,7 @@ def decode_record(raw: bytes, group: str) -> FleetRequest | StormEnd | None:
                 action=action,
                 ts=ts,
                 released=bool(rec.get("released", False)),
+                by=str(rec.get("by", "")),
             )
         raise RecordError(f"unknown ledger record type {rec['type']!r}")
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -205,10 +205,13 @@ def test_released_storm_does_not_restart_until_needs_stop() -> None:
     assert a.apply(_req(2, 30.0)).verdict is Verdict.GRANTED
     assert a.apply(_req(3, 200.0)).verdict is Verdict.GRANTED
     assert a.apply(_req(4, 250.0)).verdict is Verdict.BUDGET
-    # quiet for a storm window: storms are detected again
-    a.apply(_req(5, 600.0))
-    assert a.apply(_req(6, 601.0)).verdict is Verdict.STORM_STARTED
-    end = StormEnd("s6", RESTART, 700.0, released=True)
+    # quiet for one storm window is not enough (a lasting condition is re-reported once per
+    # window); for two, storms are detected again
+    a.apply(_req(5, 551.0))
+    assert a.apply(_req(6, 552.0)).verdict is Verdict.BUDGET  # (0, 30, 200 in its window)
+    a.apply(_req(7, 1200.0))
+    assert a.apply(_req(8, 1201.0)).verdict is Verdict.STORM_STARTED
+    end = StormEnd("s8", RESTART, 1300.0, released=True, by="bob")
     assert decode_record(encode_end(end, "g"), "g") == end
 
 

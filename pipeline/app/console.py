@@ -1,10 +1,12 @@
 """The operator console: one server-rendered page at ``/console`` on ``selfheal run``'s HTTP port.
 
-It shows open incidents with their ranked causes, the decisions waiting for an approval (with
-Approve / Reject), recent executions and their outcomes, effectiveness per action and the
-pause switch. Every button publishes exactly the record the CLI publishes (``selfheal approve``,
-``reject``, ``pause``, ``resume``, see ``control.py``), so a click and a command are the same
-thing to every process of the group.
+It shows open incidents with their ranked causes, what selfheal holds back (storm holds, which
+are fleet-wide, and the open escalations of this process's partitions, each with Release), the
+decisions waiting for an approval (with Approve / Reject), recent executions and their
+outcomes, effectiveness per action and the pause switch. Every button publishes exactly the
+record the CLI publishes (``selfheal approve``, ``reject``, ``pause``, ``resume``, see
+``control.py``; Release is ``selfheal approve`` of the escalation id, see ``release.py``), so a
+click and a command are the same thing to every process of the group.
 
 Safety of the buttons (POST only): a same-origin check (``Origin`` / ``Sec-Fetch-Site``), a
 per-process anti-CSRF field in every form, and, when ``http.console_token`` is set, that token;
@@ -51,7 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("selfheal.console")
 
 PREFIX = "/console"
-ACTIONS = ("approve", "reject", "pause", "resume")
+ACTIONS = ("approve", "reject", "pause", "resume", "release")
 #: executions listed (the latest state of each decision id)
 RECENT = 50
 #: learned-effectiveness metric families read from the registry when present
@@ -106,6 +108,10 @@ class Sources:
     voted: Callable[[], set[str]] = set
     #: open incidents (``IncidentBook.open_incidents``), ``None`` while nothing provides them
     incidents: Callable[[], list[Any]] | None = None
+    #: open escalations of this process's partitions (``ReleaseDesk.open_escalations``)
+    escalations: Callable[[], list[dict[str, Any]]] = lambda: []
+    #: storms running fleet-wide (``ReleaseDesk.storms``: ``ActiveStorm`` rows)
+    storms: Callable[[], list[Any]] = lambda: []
     feed: OutcomeFeed = field(default_factory=OutcomeFeed)
 
 
@@ -223,14 +229,22 @@ class Console:
         topics = self.settings.kafka.topics
         by = form.get("by", "").strip()
         now = self.clock()
-        if action in ("approve", "reject"):
+        if action in ("approve", "reject", "release"):
             did = form.get("decision_id", "")
             if not by:
                 return _html(400, console_html.message("Missing name", "say who decides"))
-            if did not in {d.id for d, _ in self.sources.pending()}:
+            if action == "release":
+                # the CLI's ``selfheal approve <escalation id>``: the same record
+                if did not in self._held_ids():
+                    why = f"{did!r} is not an open escalation or storm hold known here"
+                    return _html(409, console_html.message("Not held", why))
+                op = "approve"
+            elif did not in {d.id for d, _ in self.sources.pending()}:
                 why = f"{did!r} is not a decision pending in this process"
                 return _html(409, console_html.message("Not pending", why))
-            topic, value = topics.approvals, encode_approval(action, group, did, by=by, ts=now)
+            else:
+                op = action
+            topic, value = topics.approvals, encode_approval(op, group, did, by=by, ts=now)
             done = f"{action} of {did} by {by} published"
         else:
             reason = form.get("reason", "").strip()
@@ -247,6 +261,9 @@ class Console:
             return _html(502, console_html.message("Not published", f"{exc!r}"))
         log.info("console: %s", done)
         return Response(303, b"", headers={"Location": f"{PREFIX}?done={_q(done)}"})
+
+    def _held_ids(self) -> set[str]:
+        return {e["id"] for e in self.sources.escalations()} | {s.id for s in self.sources.storms()}
 
     # -- what the page shows ------------------------------------------------------------------
 
@@ -277,6 +294,8 @@ class Console:
             "paused_reason": "" if st is None else st.reason,
             "token_required": self.settings.http.console_token is not None,
             "incidents": self._incidents(),
+            "escalations": self.sources.escalations(),
+            "storms": [_storm_row(s) for s in self.sources.storms()],
             "pending": pending,
             "recent": self.sources.feed.rows(),
             "following_outcomes": self.sources.feed.following,
@@ -343,7 +362,14 @@ def attach_console(process: SelfhealProcess) -> Console:
         plane = process.control
         return set() if plane is None else set(plane.votes.copy())
 
-    sources = Sources(control, pending, voted, incidents=incident_source(process.runner))
+    sources = Sources(
+        control,
+        pending,
+        voted,
+        incidents=incident_source(process.runner),
+        escalations=process.releases.open_escalations,
+        storms=process.releases.storms,
+    )
     console = Console(process.settings, process.metrics.registry, sources)
     process.runner.http_mounts.append((PREFIX, console.handle))
     return console
@@ -370,6 +396,17 @@ def incident_source(runner: Any) -> Callable[[], list[Any]] | None:
     if book is not None and callable(getattr(book, "open_incidents", None)):
         return book.open_incidents
     return None
+
+
+def _storm_row(s: Any) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "action": s.action.value,
+        "count": s.count,
+        "entities": list(s.entities),
+        "flagged": s.flagged,
+        "last_need": s.last_need,
+    }
 
 
 def _samples(registry: CollectorRegistry, family: str, sample: str) -> Iterable[Any]:

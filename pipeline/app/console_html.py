@@ -30,6 +30,7 @@ th{font-size:12px;color:#5a6473;font-weight:600}
 button{padding:4px 12px;border-radius:4px;border:1px solid #888;background:#fff;cursor:pointer}
 button.approve{background:#16794a;color:#fff;border-color:#16794a}
 button.reject{background:#fff;color:#b3261e;border-color:#b3261e}
+button.release{background:#8a5a00;color:#fff;border-color:#8a5a00}
 form{display:inline}
 .flash{background:#e8f0fe;border-radius:4px;padding:6px 10px;margin-bottom:10px}
 code{font-size:12px}
@@ -153,6 +154,60 @@ def _incidents(v: dict[str, Any]) -> str:
     return f'<section id="incidents"><h2>Open incidents</h2>{body}</section>'
 
 
+def _held(v: dict[str, Any], csrf: str) -> str:
+    """Storm holds (fleet-wide) and open escalations (this process), each with Release."""
+
+    def release(ident: str, what: str) -> str:
+        return _form(
+            "release",
+            csrf,
+            {"decision_id": ident},
+            "Release",
+            needs_name="1",
+            confirm=f"Release {what}? Automatic repair resumes for it.",
+        )
+
+    storms = _table(
+        ["storm", "held action", "entities", "still flagged", "escalation", ""],
+        [
+            [
+                escape(f"storm:{s['action']}"),
+                f"<b>{escape(s['action'])}</b>",
+                f"{s['count']}: {escape(', '.join(s['entities']))}",
+                str(s["flagged"]),
+                f"<code>{escape(s['id'])}</code>",
+                release(s["id"], f"the storm hold on {s['action']} (every held entity)"),
+            ]
+            for s in v["storms"]
+        ],
+        "no storm holds any repair",
+    )
+    escalations = _table(
+        ["entity", "rule", "kind", "escalated", "escalation", ""],
+        [
+            [
+                f"<b>{escape(e['entity'])}</b>",
+                escape(e["rule"]),
+                escape(e["kind"]),
+                escape(_t(e["since"])),
+                f"<code>{escape(e['id'])}</code>",
+                release(e["id"], f"{e['entity']} (its ladder starts over)"),
+            ]
+            for e in v["escalations"]
+        ],
+        "no open escalation in this process's partitions",
+    )
+    note = (
+        '<p class="muted">Release = <code>selfheal approve ESCALATION_ID --by NAME</code>; '
+        "storms are fleet-wide, escalations are those of the partitions this process reads</p>"
+    )
+    return (
+        f'<section id="held"><h2>Held by selfheal</h2>{note}<h3>Storm holds</h3>{storms}'
+        f"<h3>Escalations (no automatic repair until released or recovered)</h3>{escalations}"
+        "</section>"
+    )
+
+
 def _pending(v: dict[str, Any], csrf: str) -> str:
     rows = []
     for p in v["pending"]:
@@ -253,7 +308,7 @@ def page(v: dict[str, Any], csrf: str, flash: str = "") -> str:
     )
     note = f'<div class="flash" id="flash">{escape(flash)}</div>' if flash else ""
     live = (
-        f'<div id="live">{_pause(v, csrf)}{_incidents(v)}{_pending(v, csrf)}'
+        f'<div id="live">{_pause(v, csrf)}{_incidents(v)}{_held(v, csrf)}{_pending(v, csrf)}'
         f"{_recent(v)}{_effectiveness(v)}</div>"
     )
     return (

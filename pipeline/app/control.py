@@ -1,7 +1,8 @@
 """Operator control without a restart: pause / resume and approve / reject, through Kafka.
 
 ``selfheal pause|resume|approve|reject`` publish one record to the control topic (pause,
-resume) or the approvals topic (approve, reject); every ``selfheal run`` process of the group
+resume) or the approvals topic (approve, reject: of a pending decision, or of an escalation,
+which releases it, see ``release.py``); every ``selfheal run`` process of the group
 follows both topics from recent history (``executors.history_seconds``), so all of them, and
 any process started later, agree on the state. The latest control record wins (the topic has
 one partition, so "latest" is the same everywhere).
@@ -157,6 +158,8 @@ class ControlPlane:
     client: dict[str, Any]
     on_change: Callable[[ControlState], None] = lambda st: None
     on_vote: Callable[[ApprovalVote], None] = lambda v: None
+    #: every vote, repeats included (an escalation acknowledged first can be released later)
+    on_every_vote: Callable[[ApprovalVote], None] = lambda v: None
     on_error: Callable[[str, BaseException], None] = lambda where, exc: None
     state: ControlState = field(default_factory=ControlState)
     votes: dict[str, ApprovalVote] = field(default_factory=dict)
@@ -212,6 +215,7 @@ class ControlPlane:
         vote = ApprovalVote(
             item["decision_id"], item["op"] == "approve", item["by"], item["ts"], rec.timestamp_ms
         )
+        self.on_every_vote(vote)
         # the first vote on a decision is final: a later approve cannot undo a reject
         if vote.decision_id in self.votes:
             return
@@ -225,7 +229,9 @@ class ControlPlane:
 def _parser(op: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"selfheal {op}", description=_HELP[op])
     if op in APPROVAL_OPS:
-        p.add_argument("decision_id", metavar="DECISION_ID", help="id of the pending decision")
+        p.add_argument(
+            "decision_id", metavar="DECISION_ID", help="id of the pending decision or escalation"
+        )
         p.add_argument("--by", required=True, help="who decides (recorded in the audit)")
     else:
         p.add_argument("--by", default=None, help="who acts (default: the login name)")
@@ -251,8 +257,10 @@ def operator_command(op: str, decision_id: str, settings: Settings, bootstrap: s
 _HELP = {
     "pause": "Stop automatic repair in every process of the group (decisions become dry runs).",
     "resume": "Resume automatic repair after a pause.",
-    "approve": "Approve a pending decision: the executor stage runs it once.",
-    "reject": "Reject a pending decision: it is never executed.",
+    "approve": "Approve a pending decision (the executor stage runs it once), or release an "
+    "escalation: the entity's ladder starts over, or a storm's hold ends for every entity.",
+    "reject": "Reject a pending decision (it is never executed), or acknowledge an escalation "
+    "(it stays held).",
 }
 
 

@@ -412,12 +412,15 @@ class ExecutorStage:
         )
 
     def with_commands(self, d: Decision) -> Decision:
-        """An approval request carries the decision id to act on and the commands to do it."""
-        if d.action is not RepairAction.ESCALATE or not d.params.get("approval_required"):
-            # other escalations carry their own id; what approving them would release is
-            # the policy's (storm hold, stopped ladder), not wired here
+        """An approval request carries the decision id to act on and the commands to do it;
+        an open escalation (an entity's, a storm's or an update of it) the commands that
+        release it (approve) or acknowledge it (reject), see ``release.py``."""
+        if d.action is not RepairAction.ESCALATE or d.params.get("resolved"):
             return d
-        target = str(d.params["approval_decision_id"])
+        if d.params.get("approval_required"):
+            target = str(d.params["approval_decision_id"])
+        else:
+            target = str(d.params.get("escalation_id", d.id))
         return replace(
             d,
             params={

@@ -145,17 +145,31 @@ def approval_record(
     d: Decision, verdict: str, by: str, ts: float, explanation: str = ""
 ) -> AuditRecord:
     """Who approved or rejected a pending decision (or why an approval was not honoured)."""
+    return vote_record(d.id, d.entity, d.action.value, d.rule, verdict, by, ts, explanation)
+
+
+def vote_record(
+    decision_id: str,
+    entity: str,
+    action: str,
+    rule: str,
+    verdict: str,
+    by: str,
+    ts: float,
+    explanation: str = "",
+) -> AuditRecord:
+    """The audit line of an operator's vote on ``decision_id`` (record kind ``approval``)."""
     return AuditRecord(
         {
             "record": "approval",
-            "id": d.id,
+            "id": decision_id,
             "time": epoch_to_rfc3339(ts),
             "ts": ts,
-            "entity": d.entity,
-            "action": d.action.value,
+            "entity": entity,
+            "action": action,
             "status": verdict,
             "by": by,
-            "rule": d.rule,
+            "rule": rule,
             "explanation": explanation,
         }
     )

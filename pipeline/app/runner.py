@@ -30,6 +30,7 @@ from selfheal.connectors.http_server import Handler, Health, MetricsServer
 from selfheal.connectors.kafka import KafkaSink, KafkaSource, ensure_topics
 from selfheal.connectors.state_store import KafkaStateStore
 from selfheal.pipeline.app.backpressure import Backpressure
+from selfheal.pipeline.app.fleet_progress import ProgressReporter, recheck_storms
 from selfheal.pipeline.app.gcpause import collector_paused
 from selfheal.pipeline.app.incident_share import SharedIncidents
 from selfheal.pipeline.app.outputs import (
@@ -150,6 +151,10 @@ class Runner(PartitionState):
         )
         #: applied to each batch's outputs before they are written (``selfheal pause``)
         self.before_write: Callable[[Outputs], None] | None = None
+        #: awaited after every batch's detection, empty ones too, before ``before_write``:
+        #: operator votes change policy state here (``release.py``); returns audit records
+        self.between_batches: Callable[[Outputs], Awaitable[list[AuditRecord]]] | None = None
+        self._fleet_progress = ProgressReporter()
         #: extra HTTP handlers (path prefix, handler) served next to /metrics (the console)
         self.http_mounts: list[tuple[str, Handler]] = []
 
@@ -260,7 +265,8 @@ class Runner(PartitionState):
             bootstrap,
             t.fleet,
             k.group_id,
-            FleetArbiter.from_policy(policy),
+            # storms end on the event time every partition reached (``fleet_progress.py``)
+            FleetArbiter.from_policy(policy, wait_for_progress=True),
             client=client,
             # the engine waits on it synchronously: keep well inside the watchdog
             timeout_seconds=min(10.0, k.request_timeout_ms / 1000),
@@ -371,16 +377,19 @@ class Runner(PartitionState):
         # in a worker thread: a policy waiting on the fleet ledger (up to its timeout) must not
         # stall the event loop (heartbeats, the executor stage, the control topics)
         out = await asyncio.to_thread(self._detect, batch, now)
+        votes = [] if self.between_batches is None else await self.between_batches(out)
         if out and self.before_write is not None:
             self.before_write(out)
-        if out:
+        if out or votes:
+            t = self.settings.kafka.topics
             records = encode_outputs(out, self.settings)
+            records += [(t.audit, r.entity.encode(), r.to_json().rstrip(b"\n")) for r in votes]
             # fetching pauses while many outputs wait for the broker's acks
             self.backpressure.outputs_pending(len(records))
             await sink.write_batch(records)
             self.backpressure.outputs_pending(0)
             if self._audit is not None:
-                self._audit.write_sync(audit_records(out))
+                self._audit.write_sync(audit_records(out) + votes)
             # executors act only on decisions the broker has acknowledged (they are on the
             # repair topic); they are idempotent on the decision id if a replay repeats one
             await self._execute(out.decisions, sink)
@@ -398,6 +407,11 @@ class Runner(PartitionState):
         if now >= self._next_tick:
             self._next_tick = now + self.settings.detection.tick_seconds
             out.extend(self.pipeline.tick(now, self.settings.detection.idle_grace_seconds))
+        # while a storm runs: where this process's partitions stand in event time, then the
+        # storm ends that became due (``fleet_progress.py``)
+        positions = {**self._position, **_next_offsets(batch)} if batch else self._position
+        self._fleet_progress.report(self, self._source, positions)
+        out.decisions.extend(recheck_storms(self.pipeline))
         return out
 
     async def _execute(self, decisions: Sequence[Decision], sink: KafkaSink) -> None:

@@ -18,6 +18,7 @@ from selfheal.connectors.webhook import WebhookExecutor
 from selfheal.pipeline.app.console import Console, attach_console
 from selfheal.pipeline.app.control import ControlPlane, ControlState, apply_pause
 from selfheal.pipeline.app.executor_stage import ExecutorStage
+from selfheal.pipeline.app.release import ReleaseDesk
 from selfheal.pipeline.app.runner import ExecutorLike, Runner, RunStats, kafka_client_options
 from selfheal.pipeline.core.config import ConfigError, KubernetesExecutorConfig, Settings
 from selfheal.pipeline.core.metrics import Metrics
@@ -101,6 +102,9 @@ class SelfhealProcess:
             AuditFileSink(settings.runtime.audit_path) if settings.runtime.audit_path else None
         )
         self.control: ControlPlane | None = None
+        #: operator votes on escalations, applied between batches (``release.py``)
+        self.releases = ReleaseDesk(settings, self.runner.pipeline, self.metrics)
+        self.runner.between_batches = self.releases.apply
         self.stage: ExecutorStage | None = None
         self._executors = build_executors(settings)
         self.metrics.policy_paused.set(0)
@@ -148,6 +152,7 @@ class SelfhealProcess:
                 bootstrap,
                 client,
                 on_change=self._paused,
+                on_every_vote=self.releases.on_vote,
                 on_error=self._swallowed,
             )
             try:

@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from selfheal.pipeline.core.policy_config import PolicyConfig
 from selfheal.pipeline.core.repair import MAX_STORM_ENTITIES, Budget, StormDetector
 from selfheal.pipeline.kernel.types import (
     FleetOutcome,
+    FleetProgress,
     FleetRequest,
     RepairAction,
     StormEnd,
@@ -75,6 +77,8 @@ class FleetArbiter:
         storm_window_seconds: float,
         cap: int = 10_000,
         remember: int = 50_000,
+        *,
+        wait_for_progress: bool = False,
     ) -> None:
         self.max_repairs = max_repairs
         self.window_seconds = window_seconds
@@ -89,16 +93,26 @@ class FleetArbiter:
         #: storm id -> its last need, for storms over (bounded)
         self._ended: OrderedDict[str, float] = OrderedDict()
         #: action -> last need since an operator released its storm: no new storm on it
-        #: starts until its needs stopped for a storm window (the incident is over)
+        #: starts until its needs stopped for two storm windows (the incident is over)
         self._released: dict[RepairAction, float] = {}
+        #: storm id -> who released it (bounded): every engine drops its holds of the storm
+        self._released_by: OrderedDict[str, str] = OrderedDict()
         #: request id -> verdict, so redelivered requests are answered alike (bounded)
         self._outcomes: OrderedDict[str, FleetOutcome] = OrderedDict()
+        #: input partition -> event time it is processed to (reported while storms run), and
+        #: how many partitions there are (0: nobody reported, no limit)
+        self._progress: dict[int, float] = {}
+        self._partitions = 0
+        #: input partitions report their progress (a deployment's ledger): until they did,
+        #: no storm ends (``fleet_time``); a replay or a single engine has no such reports
+        self.wait_for_progress = wait_for_progress
         self.applied = 0
 
     @classmethod
-    def from_policy(cls, policy: PolicyConfig) -> FleetArbiter:
+    def from_policy(cls, policy: PolicyConfig, *, wait_for_progress: bool = False) -> FleetArbiter:
         """Budget, storm threshold and window, and state bounds of ``policy``."""
         return cls(
+            wait_for_progress=wait_for_progress,
             max_repairs=policy.budget.max_repairs,
             window_seconds=policy.budget.window_seconds,
             storm_threshold=policy.storm_threshold,
@@ -116,11 +130,15 @@ class FleetArbiter:
             return known
         self.applied += 1
         now = self._advance(req.ts)
-        count = self._needs.record(req.action, req.entity, now)
+        # callers protected from one incident's cause are one need, not a storm of them
+        who = f"incident:{req.incident}" if req.incident else req.entity
+        count = self._needs.record(req.action, who, now)
         storm = self._active.get(req.action)
         released = self._released.get(req.action)
         if released is not None:
-            if now - released >= self.storm_window_seconds:
+            # quiet for two windows: detectors re-report a lasting condition once per window
+            # (their repeat), so one quiet window does not mean the incident is over
+            if now - released >= 2 * self.storm_window_seconds:
                 del self._released[req.action]
                 released = None
             else:
@@ -164,15 +182,42 @@ class FleetArbiter:
                 # an operator released the hold: the action runs at budget rate until the
                 # needs stop for a storm window, instead of storming again at once
                 self._released[end.action] = self.clock
+                self._released_by[storm.id] = end.by or "an operator"
+                while len(self._released_by) > self.cap:
+                    self._released_by.popitem(last=False)
 
     def outcome(self, request_id: str) -> FleetOutcome | None:
         return self._outcomes.get(request_id)
 
+    def progress(self, report: FleetProgress) -> None:
+        """Input partition ``report.partition`` is processed to ``report.ts`` (last one wins:
+        a partition's new owner may restart it from an older snapshot)."""
+        self.applied += 1
+        self._partitions = max(self._partitions, report.of)
+        self._progress[report.partition] = report.ts
+        self._advance(-math.inf)
+
+    def fleet_time(self, ts: float, local: Mapping[int, float] | None = None, of: int = 0) -> float:
+        """``ts``, but no later than the event time every input partition has reached once
+        partitions report their progress (a partition that never reported: not reached).
+
+        ``local``: what a process knows of its own partitions now, ahead of its reports on the
+        log (``of``: the partition count it knows)."""
+        local = local or {}
+        count = max(self._partitions, of)
+        if not count:
+            return -math.inf if self.wait_for_progress else ts
+        reached = [local.get(p, self._progress.get(p, -math.inf)) for p in range(count)]
+        return min(ts, *reached)
+
     def _advance(self, ts: float) -> float:
         self.clock = max(self.clock, ts)
         now = self.clock
+        # a storm ends only once every partition is past its window: a lagging one may still
+        # hold entities that need the action (it would otherwise start a second storm)
+        over = self.fleet_time(now)
         for action, storm in list(self._active.items()):
-            if not storm.flagged and now - storm.last_need >= self.storm_window_seconds:
+            if not storm.flagged and over - storm.last_need >= self.storm_window_seconds:
                 self._close(action, storm)
         return now
 
@@ -189,7 +234,8 @@ class FleetArbiter:
         storm = self._active.get(action)
         if storm is None:
             return None
-        if not storm.flagged and max(ts, self.clock) - storm.last_need >= self.storm_window_seconds:
+        over = self.fleet_time(max(ts, self.clock))
+        if not storm.flagged and over - storm.last_need >= self.storm_window_seconds:
             return None
         return storm.id
 
@@ -208,8 +254,33 @@ class FleetArbiter:
                 return storm.count, tuple(storm.entities)
         return 0, ()
 
+    def storm_released(self, storm_id: str) -> str | None:
+        """Who released the storm ``storm_id`` by an end record (``None``: not released)."""
+        return self._released_by.get(storm_id)
+
+    def active_storms(self) -> list[ActiveStorm]:
+        """The storms running as of the log read so far (the operator console lists them)."""
+        return [
+            ActiveStorm(s.id, action, s.count, tuple(s.entities), s.last_need, len(s.flagged))
+            for action, s in self._active.items()
+            if self.active_storm(action, self.clock) == s.id
+        ]
+
     def budget_used(self, ts: float) -> int:
         return self._budget.used(max(ts, self.clock)) if self.clock > -math.inf else 0
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveStorm:
+    """A running storm as the fleet log says: its escalation id is what an operator releases."""
+
+    id: str
+    action: RepairAction
+    count: int
+    entities: tuple[str, ...]
+    last_need: float
+    #: held entities whose condition is still flagged
+    flagged: int
 
 
 class LocalFleet:
@@ -235,6 +306,18 @@ class LocalFleet:
 
     def storm_entities(self, storm_id: str) -> tuple[int, tuple[str, ...]]:
         return self.arbiter.storm_entities(storm_id)
+
+    def storm_released(self, storm_id: str) -> str | None:
+        return self.arbiter.storm_released(storm_id)
+
+    def progress(self, report: FleetProgress) -> None:
+        self.arbiter.progress(report)
+
+    def fleet_time(self, ts: float) -> float:
+        return self.arbiter.fleet_time(ts)
+
+    def active_storms(self) -> list[ActiveStorm]:
+        return self.arbiter.active_storms()
 
     def budget_used(self, ts: float) -> int:
         return self.arbiter.budget_used(ts)

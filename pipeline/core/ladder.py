@@ -57,6 +57,9 @@ class Ask:
     anomaly: Anomaly
     now: float
     mode: Mode
+    #: the incident whose cause this entity is a symptom of (its protective needs count once
+    #: towards a storm: the incident is one problem)
+    incident: str = ""
 
     @property
     def entity(self) -> str:
@@ -102,6 +105,7 @@ class Ask:
             if claim
             else "",
             held=held,
+            incident=self.incident if action in PROTECTIVE else "",
         )
 
 
@@ -115,7 +119,8 @@ def decide_rule(
     case.last_seen = max(case.last_seen, now)
     if anomaly.id not in case.history:
         case.history.append(anomaly.id)
-    ask = Ask(rule, anomaly, now, eng.mode(rule))
+    symptom_of = plan.incident_id if plan.cause is not None and plan.incident_id else ""
+    ask = Ask(rule, anomaly, now, eng.mode(rule), symptom_of)
     exhausted = case.rung >= len(rule.actions)
     current = RepairAction.ESCALATE if exhausted else rule.actions[case.rung].action
     if case.escalated:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from dataclasses import replace
 from typing import Any
 
 from selfheal.pipeline.core import ladder, learned_ladder, storm_hold
@@ -95,7 +96,12 @@ class PolicyEngine:
         #: entities whose condition the engine needs to hear about (open cases, holds); the
         #: stage reports conditions for these only. Mutated in place, never replaced.
         self.watched: set[str] = set()
+        #: escalation id -> (rule, entity) of the case it stopped (an operator releases by id);
+        #: rebuilt from the cases, so never part of the state. Entries may be stale: checked.
+        self._escalations: dict[str, tuple[str, str]] = {}
         self._storm_check = -math.inf
+        #: the fleet time ``recheck_storms`` last judged storm ends at
+        self._fleet_checked = -math.inf
         #: the operator's emergency stop (set by the control path, e.g. ``selfheal pause``):
         #: decide and audit as in dry run. Runtime only: never part of the state.
         self.paused = False
@@ -230,6 +236,9 @@ class PolicyEngine:
         self.watched.clear()
         self.watched.update(c.entity for c in st.cases.values() if not c.idle)
         self.watched.update(entity for _, entity in st.held)
+        self._escalations = {
+            c.escalation_id: (c.rule, c.entity) for c in st.cases.values() if c.escalation_id
+        }
 
     def drain(self) -> tuple[list[Verification], list[Decision]]:
         """What closed since the last call (e.g. while observing), without moving time."""
@@ -244,23 +253,84 @@ class PolicyEngine:
         Escalations are resolved, ladders start over at their first rung, storm holds on the
         entity are lifted. Returns the resolutions to publish.
         """
-        st = self._state
         out: list[Decision] = []
         for rule in self.config.rules:
-            if kind is not None and kind not in rule.kinds:
-                continue
-            if (rule.name, entity) in st.held:
-                storm_hold.heartbeat(self, (rule.name, entity), st.watermark, last=True)
-            case = st.cases.get(rule.name, entity)
-            if case is None:
-                continue
-            if case.escalated and case.escalation_id:
-                out.append(
-                    self._resolution(case, st.watermark, f"released by {by or 'an operator'}")
-                )
-            case.reset()
-            case.present = None
+            if kind is None or kind in rule.kinds:
+                out.extend(self._release_case(rule.name, entity, by))
         return out
+
+    def release_escalation(self, escalation_id: str, by: str) -> list[Decision] | None:
+        """An operator approved the escalation ``escalation_id`` (``selfheal approve``): release
+        what it stopped if this engine raised it; ``None`` when it did not.
+
+        An entity's escalation is resolved and its ladder starts over at the first rung with
+        the next finding (no dedup against the escalation). A storm's escalation ends the hold
+        for every entity (``storm_hold.release_storm_id``).
+        """
+        key = self.escalated_case(escalation_id)
+        if key is not None:
+            return self._release_case(*key, by)
+        return storm_hold.release_storm_id(self, escalation_id, by)
+
+    def escalated_case(self, escalation_id: str) -> tuple[str, str] | None:
+        """(rule, entity) whose open escalation is ``escalation_id``, if this engine has it."""
+        key = self._escalations.get(escalation_id)
+        case = None if key is None else self._state.cases.get(*key)
+        if case is None or not case.escalated or case.escalation_id != escalation_id:
+            self._escalations.pop(escalation_id, None)
+            return None
+        return case.rule, case.entity
+
+    def escalated_storm(self, storm_id: str) -> RepairAction | None:
+        """The action the storm ``storm_id`` holds, if this engine escalated it (still open)."""
+        storms = self._state.storms.values()
+        return next((s.action for s in storms if s.decision_id == storm_id), None)
+
+    def open_escalations(self) -> list[dict[str, Any]]:
+        """This engine's open entity escalations (what an operator may release), oldest first."""
+        rows = [
+            {
+                "id": c.escalation_id,
+                "entity": c.entity,
+                "rule": c.rule,
+                "kind": str(c.escalation_params.get("kind", "")),
+                "since": c.escalated_at,
+            }
+            for c in self._state.cases.values()
+            if c.escalated and c.escalation_id
+        ]
+        return sorted(rows, key=lambda r: (r["since"], r["entity"]))
+
+    def _release_case(self, rule: str, entity: str, by: str) -> list[Decision]:
+        st = self._state
+        if (rule, entity) in st.held:
+            storm_hold.heartbeat(self, (rule, entity), st.watermark, last=True)
+        case = st.cases.get(rule, entity)
+        if case is None:
+            return []
+        out: list[Decision] = []
+        who = by or "an operator"
+        if case.escalated and case.escalation_id:
+            self._escalations.pop(case.escalation_id, None)
+            done = self._resolution(case, st.watermark, f"released by {who}")
+            out.append(replace(done, params={**done.params, "released_by": who}))
+        case.reset()
+        case.present = None
+        case.last_acted = None  # the operator asked for repair: the next finding acts
+        return out
+
+    def recheck_storms(self) -> list[Decision]:
+        """Storm ends (and releases) due at this engine's watermark because the rest of the
+        fleet moved on, its partitions' progress or a release on the ledger, while no data of
+        this partition moved its time (the resolution's time is the same either way)."""
+        st = self._state
+        if not st.storms and not st.held:
+            return []
+        reached = self.fleet.fleet_time(st.watermark)
+        if reached == self._fleet_checked:
+            return []
+        self._fleet_checked = reached
+        return storm_hold.end_storms(self, st.watermark)
 
     def release_storm(self, action: RepairAction | None = None, by: str = "") -> list[Decision]:
         """An operator releases the storm hold on ``action`` (every action when None)."""
@@ -297,6 +367,10 @@ class PolicyEngine:
         """``case`` has something open now: schedule its closure and watch its entity."""
         self._state.schedule(case, self.config.verification_window_seconds)
         self.watched.add(case.entity)
+        if case.escalation_id:
+            self._escalations[case.escalation_id] = (case.rule, case.entity)
+            if len(self._escalations) > 2 * len(self._state.cases) + 64:
+                self._rewatch()  # drops the stale entries
 
     def storm_hold(self, ask: Ask, case: Case, current: RepairAction) -> list[Decision] | None:
         return storm_hold.hold_if_storm(self, ask, case, current)

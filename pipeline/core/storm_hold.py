@@ -11,12 +11,18 @@ More than ``storm_threshold`` distinct entities needing one action within
 * a held entity whose detectors still flag its condition re-notes its need every third of the
   storm window, so the storm lasts as long as any held entity is unhealthy and ends (one
   resolution) only after every condition has been clear for the storm window;
-* ``release_storm`` (an operator) ends the hold: the action then runs at the budget's rate
-  and no new storm starts on it until its needs stop for a storm window.
+* an operator releases the hold (``selfheal approve <storm escalation id>``): a release record
+  on the fleet log ends the storm for every process at the same place in the log; the engine
+  that escalated it reports the resolution (``release_storm_id``), every engine drops its holds
+  of it, and the held entities are repaired at the budget's rate. No new storm starts on that
+  action until its needs have stopped for two storm windows (the incident is over; detectors
+  re-report a lasting condition once per window): a released storm does not re-form while the
+  incident it was lasts.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from selfheal.pipeline.core.ladder import SUPPRESSED, Ask
@@ -211,7 +217,11 @@ def _announce(
 def announce_due(eng: PolicyEngine, now: float) -> list[Decision]:
     """Updates for entities held since the last announcement, once per update interval."""
     st = eng._state
-    waiting = {h.storm_id for h in st.held.values() if not h.announced}
+    waiting = {
+        h.storm_id
+        for h in st.held.values()
+        if not h.announced and eng.fleet.storm_released(h.storm_id) is None
+    }
     due = {sid: st.announced.get(sid, now) + _update_interval(eng) for sid in waiting}
     return [
         _announce(eng, sid, at)
@@ -226,6 +236,9 @@ def heartbeat(eng: PolicyEngine, key: tuple[str, str], now: float, *, last: bool
     st = eng._state
     hold = st.held.get(key)
     if hold is None:
+        return
+    if eng.fleet.storm_released(hold.storm_id) is not None:
+        del st.held[key]  # an operator released the storm: nothing to keep going
         return
     if not last and eng.fleet.active_storm(hold.action, now) not in (hold.storm_id, None):
         del st.held[key]  # another storm runs: this one is over
@@ -283,6 +296,7 @@ def end_storms(eng: PolicyEngine, now: float) -> list[Decision]:
     """Resolve the storms this engine escalated once no need came for a storm window."""
     st = eng._state
     window = eng.config.storm_window_seconds
+    out = _released(eng, now)
     over: list[tuple[float, Storm]] = []
     # entities this engine holds whose detectors still flag them: known here at once, while
     # the fleet gate may not have read this engine's latest notes yet
@@ -292,9 +306,9 @@ def end_storms(eng: PolicyEngine, now: float) -> list[Decision]:
             continue
         last = eng.fleet.storm_last_need(storm.decision_id)
         last = storm.last_need if last is None else max(last, storm.last_need)
-        if now - last >= window:
+        # judged on the event time every partition has reached, not this engine's own
+        if eng.fleet.fleet_time(now) - last >= window:
             over.append((last, storm))
-    out: list[Decision] = []
     for last, storm in sorted(over, key=lambda x: (x[0], x[1].action.value)):
         del st.storms[storm.action]
         text = f"storm over: every held entity's condition clear for {window:g}s"
@@ -320,9 +334,33 @@ def _held_here(eng: PolicyEngine, action: RepairAction) -> str | None:
     even if the fleet gate has not read this engine's latest notes yet."""
     st = eng._state
     for key, hold in st.held.items():
-        if hold.action is action and _flagged(st.cases.get(*key)):
+        if (
+            hold.action is action
+            and _flagged(st.cases.get(*key))
+            and eng.fleet.storm_released(hold.storm_id) is None
+        ):
             return hold.storm_id
     return None
+
+
+def _released(eng: PolicyEngine, now: float) -> list[Decision]:
+    """Storms an operator released, as the fleet log says: this engine's holds of them end,
+    and the storm this engine escalated is resolved (whichever process logged the release)."""
+    st = eng._state
+    out: list[Decision] = []
+    for storm in [s for s in st.storms.values() if eng.fleet.storm_released(s.decision_id)]:
+        out.extend(release_storm_id(eng, storm.decision_id, "", now) or [])
+    for storm_id in {h.storm_id for h in st.held.values()}:
+        if eng.fleet.storm_released(storm_id) is not None:
+            _drop_holds(eng, storm_id)
+    return out
+
+
+def _drop_holds(eng: PolicyEngine, storm_id: str) -> None:
+    st = eng._state
+    for key in [k for k, h in st.held.items() if h.storm_id == storm_id]:
+        del st.held[key]
+    st.announced.pop(storm_id, None)
 
 
 def _flagged(case: Case | None) -> bool:
@@ -347,20 +385,39 @@ def _resolution(eng: PolicyEngine, storm: Storm, ts: float, why: str) -> Decisio
     )
 
 
+def release_storm_id(
+    eng: PolicyEngine, storm_id: str, by: str, now: float | None = None
+) -> list[Decision] | None:
+    """An operator releases the storm ``storm_id``: its resolution if this engine escalated it
+    (``None`` otherwise). Logs the release on the fleet gate unless it is there already (the
+    app logs it first and waits for it, so every engine of the process sees it at once)."""
+    st = eng._state
+    storm = next((s for s in st.storms.values() if s.decision_id == storm_id), None)
+    if storm is None:
+        return None
+    now = st.watermark if now is None else now
+    logged = eng.fleet.storm_released(storm_id)
+    if logged is None:
+        eng.fleet.end_storm(StormEnd(storm_id, storm.action, now, released=True, by=by))
+    who = by or logged or "an operator"
+    del st.storms[storm.action]
+    _drop_holds(eng, storm_id)
+    resolution = _resolution(eng, storm, now, f"storm hold released by {who}")
+    return [replace(resolution, params={**resolution.params, "released_by": who})]
+
+
 def release_storm(eng: PolicyEngine, action: RepairAction | None, by: str) -> list[Decision]:
     """An operator releases the storm hold on ``action`` (every action when None)."""
     st = eng._state
-    now = st.watermark
     out: list[Decision] = []
     for act in [a for a in RepairAction if action is None or a is action]:
-        running = eng.fleet.active_storm(act, now)
-        if running is not None:
-            eng.fleet.end_storm(StormEnd(running, act, now, released=True))
-        storm = st.storms.pop(act, None)
+        storm = st.storms.get(act)
         if storm is not None:
-            out.append(
-                _resolution(eng, storm, now, f"storm hold released by {by or 'an operator'}")
-            )
-        for key in [k for k, h in st.held.items() if h.action is act]:
-            st.announced.pop(st.held.pop(key).storm_id, None)
+            out.extend(release_storm_id(eng, storm.decision_id, by) or [])
+            continue
+        running = eng.fleet.active_storm(act, st.watermark)
+        if running is not None:  # escalated by another engine: it reports the resolution
+            eng.fleet.end_storm(StormEnd(running, act, st.watermark, released=True, by=by))
+        for storm_id in {h.storm_id for h in st.held.values() if h.action is act}:
+            _drop_holds(eng, storm_id)
     return out

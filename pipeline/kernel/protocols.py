@@ -7,13 +7,14 @@ protocol from here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from selfheal.pipeline.kernel.types import (
     Decision,
     FleetOutcome,
+    FleetProgress,
     FleetRequest,
     RepairAction,
     StormEnd,
@@ -110,6 +111,15 @@ class FleetGate(Protocol):
         """How many entities a running storm holds, and the first of them."""
         ...
 
+    def storm_released(self, storm_id: str) -> str | None:
+        """Who released the storm ``storm_id`` (``None``: not released, as far as read)."""
+        ...
+
+    def fleet_time(self, ts: float) -> float:
+        """``ts`` capped at the event time every input partition has reached (storm ends are
+        judged on it: a lagging partition may still report needs)."""
+        ...
+
     def budget_used(self, ts: float) -> int: ...
 
 
@@ -127,5 +137,13 @@ class FleetLog(Protocol):
     def storm_last_need(self, storm_id: str) -> float | None: ...
 
     def storm_entities(self, storm_id: str) -> tuple[int, tuple[str, ...]]: ...
+
+    def storm_released(self, storm_id: str) -> str | None: ...
+
+    def progress(self, report: FleetProgress) -> None: ...
+
+    def fleet_time(
+        self, ts: float, local: Mapping[int, float] | None = None, of: int = 0
+    ) -> float: ...
 
     def budget_used(self, ts: float) -> int: ...

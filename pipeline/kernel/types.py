@@ -274,6 +274,9 @@ class FleetRequest:
     #: a storm-held entity's condition: True still flagged, False cleared (None: a plain need).
     #: A storm does not end while an entity it holds is flagged, whichever process holds it.
     held: bool | None = None
+    #: the incident that explains this need (a protective action for a symptom of its cause):
+    #: the needs of one incident count once towards a storm, the incident is one problem
+    incident: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +289,19 @@ class FleetOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetProgress:
+    """How far input partition ``partition`` (of ``of``) is processed, in event time: no need
+    before ``ts`` can come from it any more (``math.inf``: nothing left to read in it).
+
+    While a storm runs, every process logs its partitions' progress, so a storm ends in event
+    time only once every partition has passed the end, however far apart they are."""
+
+    partition: int
+    of: int
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
 class StormEnd:
     """The proposer of a storm resolved it: later needs count towards a new storm."""
 
@@ -294,6 +310,8 @@ class StormEnd:
     ts: float
     #: an operator released the hold (no new storm on the action until its needs stop)
     released: bool = False
+    #: who released it (``selfheal approve --by``), for the resolution every engine reports
+    by: str = ""
 
 
 # -- changes (deploys) and incidents ---------------------------------------------------------
