@@ -121,7 +121,11 @@ def floor_section(seeds: tuple[int, ...], ours: dict[str, int]) -> list[str]:
         lines.append(
             f"| {name} | {fmt.format(big[j])}/{big[1]:.0f} | {fmt.format(two[j])}/{two[1]:.0f} |"
         )
-    lines += [
+    return lines + _missed_rows(missed, quiet)
+
+
+def _missed_rows(missed: list[tuple[str, float, float, int, list[float]]], quiet: int) -> list[str]:
+    lines = [
         "",
         "The shipped judge's misses, with the chance that the bound / the oracle CUSUM flags "
         "that stream within the target, and the oracle's median delay (minutes):",
