@@ -3,14 +3,17 @@
 One model (``selfheal.models.forecast.ResourceForecastJudge``) for every resource; the same
 kinds of controls as the memory benchmark (sawtooth, warm-up plateaus, daily cycles, deploy
 steps), with each resource's own texture: integer counts with small limits (descriptors,
-pools, threads), log-rotation drops (disk), fast fill-and-drain (queues). Leaks start at 2 h
-and reach the limit 6-30 h later; every series is sampled every 30 s, seeded.
+pools, threads), log-rotation drops (disk), fast fill-and-drain (queues). Leaks start at 2-5 h
+and reach the limit 6-30 h later; every series is sampled every 30 s. Each seed draws the
+noise and the timing (daily-cycle phase, step, warm-up and leak times): the defaults are
+chosen on ``TUNING_SEEDS`` (``--tune``), the table is computed on ``HELD_OUT_SEEDS``.
 
 Baseline: the best ``predict_linear(v[w], h) > limit`` configuration with no false alarm on
 the controls, from a sweep of windows 1-12 h and horizons 4-24 h (``benchmarks.memory_leak``).
 
 Run: ``.venv/bin/python -m benchmarks.resource_forecast`` (writes
-benchmarks/results/resource_forecast.md).
+benchmarks/results/resource_forecast.md; ``--tune`` writes resource_forecast_tuning.md;
+``BENCH_WORKERS`` processes, default 2).
 """
 
 from __future__ import annotations
