@@ -23,7 +23,7 @@ carries little of the evidence its counts do.
 
 State per stream is a few KB whatever the stream length: ``array`` rings for the last
 ``history_buckets`` (bucket, errors, requests) and the last ``baseline_buckets`` baseline
-(errors, requests), the detector's state (seven numbers for the CUSUM), ``__slots__`` and
+(errors, requests), the detector's state (nine numbers for the CUSUM), ``__slots__`` and
 tuple pickles. A record inside the open bucket only adds to two counters; the work happens
 when a bucket closes.
 
@@ -88,6 +88,7 @@ class ErrorRateConfig:
     cusum_threshold: float = _CUSUM["threshold"].default
     cusum_baseline_buckets: int = _CUSUM["baseline_buckets"].default
     cusum_margin: float = _CUSUM["margin"].default
+    cusum_learn_delay: int = _CUSUM["learn_delay"].default
     kswin_alpha: float = 0.0001
     kswin_window: int = 100
     kswin_stat: int = 30
@@ -240,6 +241,7 @@ class ErrorRateJudge(Judge, LogJudge):
         cusum_threshold: float = _D.cusum_threshold,
         cusum_baseline_buckets: int = _D.cusum_baseline_buckets,
         cusum_margin: float = _D.cusum_margin,
+        cusum_learn_delay: int = _D.cusum_learn_delay,
         kswin_alpha: float = _D.kswin_alpha,
         kswin_window: int = _D.kswin_window,
         kswin_stat: int = _D.kswin_stat,
@@ -267,6 +269,7 @@ class ErrorRateJudge(Judge, LogJudge):
         self.cusum_threshold = cusum_threshold
         self.cusum_baseline_buckets = cusum_baseline_buckets
         self.cusum_margin = cusum_margin
+        self.cusum_learn_delay = cusum_learn_delay
         self.kswin_alpha = kswin_alpha
         self.kswin_window = kswin_window
         self.kswin_stat = kswin_stat
@@ -313,6 +316,7 @@ class ErrorRateJudge(Judge, LogJudge):
                 baseline_buckets=self.cusum_baseline_buckets,
                 floor_rate=self.burst_floor_rate,
                 margin=self.cusum_margin,
+                learn_delay=self.cusum_learn_delay,
             )
         return KSWin(
             alpha=self.kswin_alpha, window_size=self.kswin_window, stat_size=self.kswin_stat

@@ -28,14 +28,20 @@ noise and outliers) over windows of growing length (``min_history_seconds`` x
 * with a day of floors available, today's floor exceeds yesterday's by ``dod_ratio`` x the
   growth the slope implies (a 24 h cycle does not grow day over day).
 
-The longest passing window is the *span* of evidence. A finding is emitted when the predicted
-breach ``eta`` is inside ``horizon_seconds`` **and** ``eta <= extrapolation_factor * span``: we
-do not extrapolate much further than we have watched the growth, which is what keeps the rising
-half of a daily cycle quiet while a real leak still gets flagged long before the OOM kill.
+The longest passing window is the *span* of evidence. The breach is projected from the
+current level with the slope of the span or, with ``cautious_slope``, the slowest of the span's
+slope, its recent half's and the end slope of the quadratic (a decelerating rise is projected
+at the speed it has now, not its average). A finding is emitted when the predicted breach
+``eta`` is inside ``horizon_seconds`` **and** ``eta <= extrapolation_factor * span``: we do not
+extrapolate further than we have watched the growth. Within its first day a daily cycle cannot
+be told from a leak by the day-over-day check; these two rules are what keep its rising half
+quiet while a real leak still gets flagged hours before the limit
+(``benchmarks/resource_forecast.py``: tuned on seeds apart from the held-out ones).
 
 A level shift resets the fit: a drop of ``reset_drop_fraction`` x limit below the recent floors
-(restart, the leak is cleared) wipes the state and stops findings; a jump of ``step_fraction``
-x limit above them (deploy with a bigger footprint) restarts the fit from the new level.
+(restart, the leak is cleared) wipes the state and stops findings; two floors in a row
+``step_fraction`` x limit above them (deploy with a bigger footprint) restart the fit from the
+first of them (one high floor is noise on a small pool, and a fast leak there kept resetting).
 
 river's online regressors (SGD ``LinearRegression``) are not robust to steps and sawtooth
 outliers and need feature scaling, so the fit is numpy Theil-Sen on a bounded deque of floors
@@ -81,9 +87,9 @@ class GrowthParams:
     max_history_seconds: float = 26 * 3600.0
     bucket_seconds: float = 300.0
     limit: float | None = None
-    # 1.2: forecast a little past the watched growth (median lead 2.1x predict_linear's on the
-    # leak scenarios, no control alarm; costs 2 more alarms on the +-20 % daily-cycle stress set)
-    extrapolation_factor: float = 1.2
+    # 1.0 with the cautious slope: no alarm on the tuning controls (1.2 alarmed on a daily
+    # cycle rising through its first day), see benchmarks/resource_forecast.py --tune
+    extrapolation_factor: float = 1.0
     min_rise_fraction: float = 0.02
     rise_sigmas: float = 4.0
     quarter_ratio: float = 0.5
@@ -94,6 +100,9 @@ class GrowthParams:
     cycle_seconds: float = 24 * 3600.0
     reset_drop_fraction: float = 0.10
     step_fraction: float = 0.05
+    # project from the slowest of the window's, its recent half's and the end-of-curve slope:
+    # the rising half of a daily cycle past its inflection is slower *now* than on average
+    cautious_slope: bool = True
     critical_eta_seconds: float = 2 * 3600.0
     reemit_seconds: float = 3600.0
     reemit_eta_factor: float = 0.5
@@ -151,6 +160,7 @@ class ResourceForecastJudge(Judge):
         cycle_seconds: float = _G.cycle_seconds,
         reset_drop_fraction: float = _G.reset_drop_fraction,
         step_fraction: float = _G.step_fraction,
+        cautious_slope: bool = _G.cautious_slope,
         critical_eta_seconds: float = _G.critical_eta_seconds,
         reemit_seconds: float = _G.reemit_seconds,
         reemit_eta_factor: float = _G.reemit_eta_factor,
@@ -184,6 +194,7 @@ class ResourceForecastJudge(Judge):
         self.cycle_seconds = cycle_seconds
         self.reset_drop_fraction = reset_drop_fraction
         self.step_fraction = step_fraction
+        self.cautious_slope = cautious_slope
         self.critical_eta_seconds = critical_eta_seconds
         self.reemit_seconds = reemit_seconds
         self.reemit_eta_factor = reemit_eta_factor
@@ -205,6 +216,7 @@ class ResourceForecastJudge(Judge):
         self._last_emit_eta = math.inf
         self._last_emit_sev: Severity | None = None
         self._last_pass_ts: float | None = None
+        self._step_from: tuple[float, float] | None = None  # a floor above the level: (t, level)
         self.resets = 0
 
     @classmethod
@@ -261,6 +273,7 @@ class ResourceForecastJudge(Judge):
         self._last_emit_eta = math.inf
         self._last_emit_sev = None
         self._last_pass_ts = None
+        self._step_from = None
         if restart:
             self.resets += 1
 
@@ -268,20 +281,42 @@ class ResourceForecastJudge(Judge):
         v, t = self._b_min, self._b_min_t
         limit = self._last_limit
         scale = limit if limit else max(abs(v), 1.0)
+        spread = self._b_max - self._b_min
         if self._floor_v:
-            # compare with the floors of the last hour, not the last bucket: a slow sawtooth
-            # moves bucket minima up and down by its amplitude without any level shift
-            lo, hi = self._recent_floor_range(t - 3600.0)
-            if v < lo - self.reset_drop_fraction * scale:
-                self._reset(t, restart=True)  # restart/OOM: the leak (if any) is gone
-            elif v > hi + self.step_fraction * scale:
-                self._reset(t, restart=False)  # step up (deploy): refit from the new level
+            self._level_shift(t, v, scale)
         self._floor_t.append(t)
         self._floor_v.append(v)
-        self._spreads.append(self._b_max - self._b_min)
+        self._spreads.append(spread)
         if limit is None:
             return []
         return self._judge(sample, limit)
+
+    def _level_shift(self, t: float, v: float, scale: float) -> None:
+        """Reset the fit on a drop (restart) or a confirmed step up (deploy)."""
+        # compare with the floors of the last hour, not the last bucket: a slow sawtooth
+        # moves bucket minima up and down by its amplitude without any level shift
+        lo, hi = self._recent_floor_range(t - 3600.0)
+        if v < lo - self.reset_drop_fraction * scale:
+            self._reset(t, restart=True)  # restart/OOM: the leak (if any) is gone
+        elif self._step_from is not None and v > self._step_from[1] + self.step_fraction * scale:
+            # a second floor in a row above the old level: a step (deploy), refit from its
+            # first floor. One high floor is not enough: a fast leak on a small noisy pool
+            # (+-2 of 50 connections) jumps 5 % by chance and kept restarting the fit
+            start = self._step_from[0]
+            kept = [
+                (ft, fv, fs)
+                for ft, fv, fs in zip(self._floor_t, self._floor_v, self._spreads, strict=False)
+                if ft >= start
+            ]
+            self._reset(start, restart=False)
+            for ft, fv, fs in kept:
+                self._floor_t.append(ft)
+                self._floor_v.append(fv)
+                self._spreads.append(fs)
+        elif v > hi + self.step_fraction * scale:
+            self._step_from = (t, hi)  # (when, the level before): confirmed by the next floor
+        else:
+            self._step_from = None
 
     def _recent_floor_range(self, since: float) -> tuple[float, float]:
         vals = [fv for ft, fv in zip(self._floor_t, self._floor_v, strict=True) if ft >= since]
@@ -324,6 +359,25 @@ class ResourceForecastJudge(Judge):
             return False, slope, icpt, r2
         return True, slope, icpt, r2
 
+    def _slopes(
+        self, t: np.ndarray, v: np.ndarray, span: float, slope: float, icpt: float
+    ) -> tuple[tuple[float, float], tuple[float, float]]:
+        """((best slope, level now), (cautious slope, level now)) over the span of evidence."""
+        best = gate = (slope, icpt)
+        m = t >= -span / 2.0
+        if m.sum() >= 6:
+            s2, i2 = _theil_sen(*_decimate(t[m], v[m], self.max_fit_points))
+            if s2 > slope:
+                # a span that starts on a plateau under-reads the slope; the recent half of
+                # the span is the better estimate of the current growth when it is steeper
+                best = (s2, i2)
+            if self.cautious_slope:
+                w = t >= -span
+                gate = (min(slope, s2, self._local_slope(t[w], v[w])), i2)
+            else:
+                gate = best
+        return best, gate
+
     def _local_slope(self, x: np.ndarray, y: np.ndarray) -> float:
         """Slope *now*: derivative at x=0 of a quadratic fitted to the last recent_seconds.
 
@@ -354,25 +408,22 @@ class ResourceForecastJudge(Judge):
         if best is None:
             return self._no_pass(now)
         span, slope, icpt, r2 = best
-        # a span that starts on a plateau under-reads the slope; the recent half of the span
-        # is the better estimate of the current growth when it is steeper
-        m = t >= -span / 2.0
-        if m.sum() >= 6:
-            s2, i2 = _theil_sen(*_decimate(t[m], v[m], self.max_fit_points))
-            if s2 > slope:
-                slope, icpt = s2, i2
-        floor_now = icpt  # x is centred on now
+        (slope, floor_now), (gate, gate_floor) = self._slopes(t, v, span, slope, icpt)
+        if gate <= 0:
+            return self._no_pass(now)
         if available >= self.cycle_seconds:
             # a daily cycle repeats its floors a cycle later; a leak is higher by slope x cycle
             m = np.abs(t + self.cycle_seconds) <= 1800.0
             if m.any():
-                growth = floor_now - float(np.median(v[m]))
-                if growth < self.dod_ratio * slope * self.cycle_seconds:
+                growth = gate_floor - float(np.median(v[m]))
+                if growth < self.dod_ratio * gate * self.cycle_seconds:
                     return self._no_pass(now)
         spread = float(np.median(np.fromiter(self._spreads, dtype=float)))
-        eta = max(0.0, (limit - floor_now - spread) / slope)
-        if eta > self.horizon_seconds or eta > self.extrapolation_factor * span:
+        # alarm on the cautious projection, report the best estimate of the breach
+        eta_gate = max(0.0, (limit - gate_floor - spread) / gate)
+        if eta_gate > self.horizon_seconds or eta_gate > self.extrapolation_factor * span:
             return self._no_pass(now)
+        eta = max(0.0, (limit - floor_now - spread) / slope)
         self._last_pass_ts = now
         severity = Severity.CRITICAL if eta <= self.critical_eta_seconds else Severity.WARNING
         due = (

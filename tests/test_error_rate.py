@@ -298,3 +298,32 @@ def test_silent_on_a_daily_swing(seed: int) -> None:
 def test_silent_on_rare_errors() -> None:
     sc = stream(41, 3000, 0.0002, 500.0)  # an error every ten minutes or so
     assert _first_drift_minutes(sc) == []
+
+
+@pytest.mark.parametrize("seed", [51, 52, 53])
+def test_three_fold_rise_at_a_healthy_rate_is_flagged_within_three_minutes(seed: int) -> None:
+    # 1 % of ~1000 requests a minute (10 errors), x3 from minute 400, through counters
+    sc = stream(seed, 460, 0.01, 1000.0, factor=3.0, shift=400)
+    minutes = _first_drift_minutes(sc)
+    assert minutes and 400 < minutes[0] <= 403, minutes
+
+
+def test_learning_delay_keeps_a_slow_rise_out_of_the_baseline() -> None:
+    from selfheal.models.cusum import BinomialCusum
+
+    at_once, delayed = BinomialCusum(), BinomialCusum(learn_delay=10)
+    for det in (at_once, delayed):
+        for _ in range(120):
+            det.update(4.0, 400.0)  # 1 %
+    before = delayed.baseline_rate
+    for det in (at_once, delayed):
+        for _ in range(8):
+            det.update(6.0, 400.0)  # 1.5 %: below the tested 2x, so never suspicious
+    assert before is not None and at_once.baseline_rate is not None
+    assert delayed.baseline_rate is not None and delayed.statistic == 0.0
+    # the delayed baseline has learned only 1 % buckets since; the other one the rise
+    assert delayed.baseline_rate <= before < at_once.baseline_rate
+    clone = pickle.loads(pickle.dumps(delayed))
+    assert clone._queue == delayed._queue and len(clone._queue) == 2 * 10
+    with pytest.raises(ValueError, match="learn_delay"):
+        BinomialCusum(learn_delay=-1)

@@ -195,3 +195,36 @@ def test_settings_section_and_a_bad_resource_name() -> None:
     assert cfg.resources == ("disk",) and cfg.bucket_seconds == 60
     with pytest.raises(ConfigError, match=r"detection\.models\.resources"):
         load_settings(None, {"detection": {"models": {"resources": {"resources": ["gpu"]}}}})
+
+
+# The benchmark's own series (benchmarks/resource_forecast.py): each seed draws the cycle
+# phase, so these daily cycles rise through their first day with nothing to compare them to.
+@pytest.mark.parametrize(
+    ("resource", "seed"),
+    [("disk", 52), ("disk", 10_052), ("connection_pool", 10_252), ("queue", 452)],
+)
+def test_daily_cycle_in_its_first_day_does_not_alarm(resource: str, seed: int) -> None:
+    from benchmarks.resource_forecast import TEXTURES, ours
+    from benchmarks.resource_forecast import _make as make_series
+
+    tex = next(t for t in TEXTURES if t.resource == resource)
+    sc = make_series(tex, seed, "daily")
+    assert ours(sc)[0] == [], "a +-15 % daily cycle never reaches the limit"
+
+
+def test_fast_leak_on_a_small_noisy_pool_is_forecast_and_a_step_still_refits() -> None:
+    from benchmarks.resource_forecast import TEXTURES, ours
+    from benchmarks.resource_forecast import _make as make_series
+
+    pool = next(t for t in TEXTURES if t.resource == "connection_pool")
+    # 50 connections, +-2 of noise: single floors jump 5 % by chance along a fast leak
+    sc = make_series(pool, 200, "leak_6h", 6.0)
+    assert sc.leak_start is not None and sc.breach is not None
+    found = ours(sc)[0]
+    assert found and sc.leak_start < found[0] < sc.breach - HOUR, "an hour's warning at least"
+    # a real deploy step (two floors in a row above the old level) still restarts the fit
+    judge = ResourceForecastJudge(resource="connection_pool", limit=100.0)
+    t = T0 + 30.0 * np.arange(int(6 * HOUR / 30))
+    v = 30.0 + 20.0 * (t >= T0 + 3 * HOUR)
+    _feed(judge, "db.client.connection.count", t, v, limit=100.0)
+    assert judge._fit_start is not None and abs(judge._fit_start - (T0 + 3 * HOUR)) <= 300
