@@ -230,9 +230,10 @@ async def test_console_release_ends_a_storm_in_both_processes(
 
         await _until(budget_spent, 60, "repairs after the release")
         await asyncio.sleep(3)  # anything (wrongly) executed beyond the budget
-        for p in procs:  # the hold is gone from every console
+        for p in procs:  # the hold is gone from every console (entities whose restarts did
+            # not help may climb to the next rung together: a storm of that action is new)
             state = (await p.get("/console/state.json")).json()
-            assert state["storms"] == []
+            assert [x for x in state["storms"] if x["action"] == "restart"] == [], state["storms"]
     finally:
         for p in procs:
             p.stop()
@@ -243,7 +244,8 @@ async def test_console_release_ends_a_storm_in_both_processes(
     assert {e["data"]["params"].get("escalation_id", e["id"]) for e in firing} == {storm_id}
     ran = marker.read_text().split()
     assert len(before) <= policy["storm_threshold"] and len(ran) == budget
-    assert set(ran) - set(before), "held entities were repaired after the release"
+    # every entity was held (the first ones too, once the storm formed): repairs resumed
+    assert len(ran) > len(before), "held entities were repaired after the release"
     events = await _events(broker.bootstrap, t.repairs)
     runs = [
         _epoch(e["time"])

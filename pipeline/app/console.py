@@ -392,10 +392,11 @@ def incident_source(runner: Any) -> Callable[[], list[Any]] | None:
     """``open_incidents`` of the process's incident book (``Pipeline.incidents``, an
     ``IncidentHub``), or ``None`` when incidents are disabled (``incidents.enabled``)."""
     hub = getattr(getattr(runner, "pipeline", None), "incidents", None)
-    book = getattr(hub, "book", hub)
-    if book is not None and callable(getattr(book, "open_incidents", None)):
-        return book.open_incidents
-    return None
+    if hub is None:
+        return None
+    # read the book at each call: each session installs the deployment's shared book
+    # (``app/incident_share.py``) in place of the one the hub started with
+    return lambda: list(getattr(hub, "book", hub).open_incidents())
 
 
 def _storm_row(s: Any) -> dict[str, Any]:
