@@ -15,7 +15,7 @@ from selfheal.connectors.aligner import Aligner, Fetched
 from selfheal.connectors.kafka import ensure_topics
 
 from tests.conftest import consume_all
-from tests.spine_helpers import make_runner, settings_for
+from tests.spine_helpers import make_runner, run_until, settings_for
 
 
 def _recs(stamps: list[int], first: int = 0) -> list[Fetched]:
@@ -147,16 +147,7 @@ async def test_a_backlog_of_metrics_and_logs_makes_no_loop_look_stuck(
                 total += len(recs)
     await asyncio.gather(*futures)
     runner = make_runner(s)
-    stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(broker.bootstrap, stop=stop))
-    try:
-        for _ in range(900):
-            if runner.stats.messages >= total or task.done():
-                break
-            await asyncio.sleep(0.1)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    await run_until(runner, broker.bootstrap, lambda: runner.stats.messages >= total, 90)
     assert runner.stats.messages == total
     anomalies = [
         orjson.loads(v) for v in await consume_all(broker.bootstrap, s.kafka.topics.anomalies)
@@ -186,16 +177,7 @@ async def test_a_backlog_attributes_a_deploy_to_the_errors_that_follow_it(
         futures.append(await producer.send(topic, orjson.dumps(rec), key=key.encode()))
     await asyncio.gather(*futures)
     runner = make_runner(s)
-    stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(broker.bootstrap, stop=stop))
-    try:
-        for _ in range(900):
-            if runner.stats.messages >= len(futures) or task.done():
-                break
-            await asyncio.sleep(0.1)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    await run_until(runner, broker.bootstrap, lambda: runner.stats.messages >= len(futures), 90)
     repairs = [orjson.loads(v) for v in await consume_all(broker.bootstrap, t.repairs)]
     rollbacks = [e for e in repairs if e["type"] == "io.selfheal.repair.rollback"]
     assert [(e["subject"], e["data"]["params"].get("change_id")) for e in rollbacks] == [
