@@ -18,18 +18,15 @@ the redelivered requests, idempotent on their ids, get the verdicts already logg
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import logging
 import math
-import threading
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from selfheal.connectors.errors import BrokerUnavailable
+from selfheal.connectors.kafka_log import KafkaLog
 from selfheal.pipeline.kernel.protocols import FleetLog
 from selfheal.pipeline.kernel.types import (
     FleetOutcome,
@@ -39,17 +36,16 @@ from selfheal.pipeline.kernel.types import (
     StormEnd,
 )
 
-log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-
-class KafkaFleet:
+class KafkaFleet(KafkaLog):
     """``FleetGate`` over the ledger topic ``topic`` (partition 0), records of ``group`` only.
 
     On start the reader seeks to the records of the last ``lookback_seconds`` (wall clock, by
     record timestamp) and catches up to the end before the gate is used.
     """
+
+    title = "fleet ledger"
+    where = "fleet"
 
     def __init__(
         self,
@@ -65,85 +61,27 @@ class KafkaFleet:
         observe: Callable[[float], None] | None = None,
         on_error: Callable[[str, BaseException], None] | None = None,
     ) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.group = group
+        super().__init__(
+            bootstrap,
+            topic,
+            group,
+            client=client,
+            timeout_seconds=timeout_seconds,
+            lookback_seconds=lookback_seconds,
+            clock=clock,
+            observe=observe,
+            on_error=on_error,
+        )
         self.arbiter = arbiter
-        self.client = client or {}
-        self.timeout_seconds = timeout_seconds
-        self.lookback_seconds = lookback_seconds
-        self.clock = clock
-        #: called with each request's wait in seconds (a Prometheus histogram's ``observe``)
-        self.observe = observe
-        #: told of every exception handled by carrying on (a counter; it is also logged)
-        self.on_error = on_error
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self._consumer: AIOKafkaConsumer | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._progress: asyncio.Condition | None = None
-        #: offset of the next ledger record to read
-        self._next = 0
         #: this process's partitions: how far processed (``local_progress``)
         self._local: dict[int, float] = {}
         self._local_of = 0
-
-    # -- lifecycle (awaited on the caller's loop) -------------------------------------------
-
-    async def start(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(
-            target=loop.run_forever, name=f"selfheal-fleet-{self.group}", daemon=True
-        )
-        self._thread.start()
-        try:
-            await asyncio.wait_for(
-                asyncio.wrap_future(self._submit(self._start())), timeout=3 * self.timeout_seconds
-            )
-        except (KafkaError, OSError, TimeoutError) as exc:
-            await self.stop()
-            raise BrokerUnavailable(f"fleet ledger {self.topic}: {exc!r}") from exc
-
-    async def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.wrap_future(self._submit(self._stop())), timeout=10)
-        except Exception as exc:
-            self._swallowed("fleet.stop", exc)
-        loop.call_soon_threadsafe(loop.stop)
-        await asyncio.get_running_loop().run_in_executor(None, thread.join, 10)
-        if not thread.is_alive():
-            loop.close()
-        self._loop = self._thread = None
-
-    def _swallowed(self, where: str, exc: BaseException) -> None:
-        log.warning("fleet ledger %s: %s: %s", where, type(exc).__name__, exc)
-        if self.on_error is not None:
-            self.on_error(where, exc)
 
     # -- FleetGate ---------------------------------------------------------------------------
 
     def request(self, req: FleetRequest) -> FleetOutcome:
         """Log ``req`` and block until this process has read the log up to it."""
-        started = time.monotonic()
-        fut = self._submit(self._request(req))
-        try:
-            outcome = fut.result(self.timeout_seconds)
-            if self.observe is not None:
-                self.observe(time.monotonic() - started)
-            return outcome
-        except concurrent.futures.TimeoutError as exc:
-            fut.cancel()
-            raise BrokerUnavailable(
-                f"fleet ledger {self.topic} did not answer in {self.timeout_seconds:g}s"
-            ) from exc
-        except KafkaError as exc:
-            raise BrokerUnavailable(f"fleet ledger {self.topic}: {exc!r}") from exc
+        return self._wait(self._request(req), "answer")
 
     def note(self, req: FleetRequest) -> None:
         self._fire(encode_request(req, self.group))
@@ -206,97 +144,6 @@ class KafkaFleet:
 
     # -- on the ledger loop ------------------------------------------------------------------
 
-    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        if self._loop is None:
-            coro.close()
-            raise BrokerUnavailable("fleet ledger is not started")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
-
-    def _fire(self, value: bytes) -> None:
-        """Log a record without waiting (a lost one only shortens a storm's tail)."""
-        fut = self._submit(self._send(value))
-
-        def done(f: concurrent.futures.Future[int]) -> None:
-            if f.cancelled():
-                self._swallowed("fleet.write", asyncio.CancelledError())
-            elif f.exception() is not None:
-                self._swallowed("fleet.write", f.exception() or Exception())
-
-        fut.add_done_callback(done)
-
-    async def _start(self) -> None:
-        self._progress = asyncio.Condition()
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            acks="all",
-            enable_idempotence=False,
-            linger_ms=0,
-            **self.client,
-        )
-        await self._producer.start()
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            enable_auto_commit=False,
-            # verdicts wait on this fetch. Kafka answers a fetch as soon as a record is there;
-            # the embedded Tansu holds it for the whole max wait (median verdict ~6 ms at 20 ms,
-            # ~1.4 ms at 1 ms but 4 % of a core spent polling an idle ledger at 5 ms)
-            fetch_max_wait_ms=20,
-            **self.client,
-        )
-        await self._consumer.start()
-        tp = TopicPartition(self.topic, 0)
-        self._consumer.assign([tp])
-        since = int((self.clock() - self.lookback_seconds) * 1000)
-        try:
-            found = await self._consumer.offsets_for_times({tp: since})
-            at = found.get(tp)
-            if at is None:
-                await self._consumer.seek_to_end(tp)
-            else:
-                self._consumer.seek(tp, at.offset)
-        except KafkaError as exc:  # a broker without timestamp lookups: read it all
-            log.info("fleet ledger: no offsets_for_times (%r); reading from the start", exc)
-            await self._consumer.seek_to_beginning(tp)
-        self._next = await self._consumer.position(tp)
-        end = (await self._consumer.end_offsets([tp]))[tp]
-        self._reader = asyncio.get_running_loop().create_task(self._read(tp))
-        await self._caught_up(end - 1)
-
-    async def _stop(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            try:
-                await self._reader
-            except asyncio.CancelledError:
-                pass  # what cancel() asked for
-            except Exception as exc:
-                self._swallowed("fleet.reader", exc)
-        for client in (self._consumer, self._producer):
-            if client is not None:
-                try:
-                    await client.stop()
-                except Exception as exc:
-                    self._swallowed("fleet.stop", exc)
-
-    async def _read(self, tp: TopicPartition) -> None:
-        assert self._consumer is not None and self._progress is not None
-        while True:
-            try:
-                batch = await self._consumer.getmany(tp, timeout_ms=200)
-            except KafkaError as exc:
-                self._swallowed("fleet.read", exc)
-                await asyncio.sleep(0.5)
-                continue
-            records = batch.get(tp, [])
-            if not records:
-                continue
-            with self._lock:
-                for rec in records:
-                    self._apply(rec.value)
-            self._next = records[-1].offset + 1
-            async with self._progress:
-                self._progress.notify_all()
-
     def _apply(self, raw: bytes | None) -> None:
         try:
             item = decode_record(raw or b"", self.group)
@@ -309,21 +156,6 @@ class KafkaFleet:
             self.arbiter.end(item)
         elif isinstance(item, FleetProgress):
             self.arbiter.progress(item)
-
-    async def _caught_up(self, offset: int) -> None:
-        assert self._progress is not None
-        async with self._progress:
-            await self._progress.wait_for(lambda: self._next > offset)
-
-    async def _send(self, value: bytes) -> int:
-        assert self._producer is not None
-        md = await self._producer.send_and_wait(
-            self.topic, value, key=self.group.encode(), partition=0
-        )
-        return int(md.offset)
-
-    async def _logged(self, value: bytes) -> None:
-        await self._caught_up(await self._send(value))
 
     async def _request(self, req: FleetRequest) -> FleetOutcome:
         offset = await self._send(encode_request(req, self.group))

@@ -10,7 +10,8 @@ per point (``benchmarks/otlp_decode.py``), and paths in errors come for free.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from opentelemetry.proto.logs.v1.logs_pb2 import SeverityNumber
 from selfheal.pipeline.core.otlp_logs import LogIn, LogResourceIn
@@ -27,6 +28,8 @@ from selfheal.pipeline.core.otlp_metrics import (
 )
 from selfheal.pipeline.core.otlp_proto import body_text
 from selfheal.pipeline.kernel.schemas import MAX_LABEL_VALUE
+
+_T = TypeVar("_T")
 
 _TEMPORALITY = {
     "AGGREGATION_TEMPORALITY_UNSPECIFIED": 0,
@@ -259,20 +262,27 @@ def _resource_attrs(r: dict[str, Any], rpath: str) -> dict[str, str]:
     return attrs(_list(res, "attributes", f"{rpath}.resource"), f"{rpath}.resource.attributes")
 
 
-def metrics_request(obj: dict[str, Any]) -> list[ResourceIn]:
-    out: list[ResourceIn] = []
-    for i, r in enumerate(_list(obj, "resourceMetrics", "")):
-        rpath = f"resourceMetrics[{i}]"
+def _resources(
+    obj: dict[str, Any], kind: str, scope: str, items: str, parse: Callable[[Any, str], _T]
+) -> list[tuple[str, dict[str, str], Sequence[_T]]]:
+    """``kind[i].scope[j].items[k]`` parsed, per resource with its attributes and path."""
+    out: list[tuple[str, dict[str, str], Sequence[_T]]] = []
+    for i, r in enumerate(_list(obj, kind, "")):
+        rpath = f"{kind}[{i}]"
         r = _obj(r, rpath)
-        metrics: list[MetricIn] = []
-        for j, sm in enumerate(_list(r, "scopeMetrics", rpath)):
-            spath = f"{rpath}.scopeMetrics[{j}]"
-            for k, m in enumerate(_list(_obj(sm, spath), "metrics", spath)):
-                metrics.append(_metric(m, f"{spath}.metrics[{k}]"))
-        out.append((rpath, _resource_attrs(r, rpath), metrics))
+        parsed: list[_T] = []
+        for j, sc in enumerate(_list(r, scope, rpath)):
+            spath = f"{rpath}.{scope}[{j}]"
+            for k, x in enumerate(_list(_obj(sc, spath), items, spath)):
+                parsed.append(parse(x, f"{spath}.{items}[{k}]"))
+        out.append((rpath, _resource_attrs(r, rpath), parsed))
     if not out:
-        raise OtlpError("resourceMetrics", "empty request")
+        raise OtlpError(kind, "empty request")
     return out
+
+
+def metrics_request(obj: dict[str, Any]) -> list[ResourceIn]:
+    return _resources(obj, "resourceMetrics", "scopeMetrics", "metrics", _metric)
 
 
 def _severity(v: Any, path: str) -> int:
@@ -302,16 +312,4 @@ def _record(r: Any, path: str) -> LogIn:
 
 
 def logs_request(obj: dict[str, Any]) -> list[LogResourceIn]:
-    out: list[LogResourceIn] = []
-    for i, r in enumerate(_list(obj, "resourceLogs", "")):
-        rpath = f"resourceLogs[{i}]"
-        r = _obj(r, rpath)
-        records: list[LogIn] = []
-        for j, sl in enumerate(_list(r, "scopeLogs", rpath)):
-            spath = f"{rpath}.scopeLogs[{j}]"
-            for k, rec in enumerate(_list(_obj(sl, spath), "logRecords", spath)):
-                records.append(_record(rec, f"{spath}.logRecords[{k}]"))
-        out.append((rpath, _resource_attrs(r, rpath), records))
-    if not out:
-        raise OtlpError("resourceLogs", "empty request")
-    return out
+    return _resources(obj, "resourceLogs", "scopeLogs", "logRecords", _record)
