@@ -5,6 +5,7 @@ Usage::
     .venv/bin/python benchmarks/nab.py                 # full protocol, 40 files (cached scores)
     .venv/bin/python benchmarks/nab.py --files 8 --grid small --runs 1   # quick subset
     .venv/bin/python benchmarks/nab.py --cad           # + CAD OSE experiment (#14, minutes)
+    .venv/bin/python benchmarks/nab.py --discord       # + discord scorer experiment (#14)
 
 Protocol (the figure that predicts a user's unseen services, ``benchmarks/crossval.py``):
 every setting of the grid (:data:`GRIDS`, the shipped configuration first) scores every file of
@@ -22,7 +23,9 @@ Baseline, same run: river ``HalfSpaceTrees`` with river's defaults (``n_trees=10
 window_size=250``) on the value scaled online by ``MinMaxScaler``, its threshold chosen by the
 same cross-validation and timed in alternation with the latency model.
 ``--cad`` adds CAD OSE (``benchmarks/nab_cad.py``) alone and combined with the latency model,
-every weight and threshold chosen on training folds. Writes ``benchmarks/results/nab.md``.
+every weight and threshold chosen on training folds; ``--discord`` the online discord scorer
+(left matrix profile, ``benchmarks/nab_discord.py``) the same way.
+Writes ``benchmarks/results/nab.md``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,19 @@ from benchmarks.crossval import (  # noqa: E402
     spread_folds,
 )
 from benchmarks.nab_cad import WEIGHTS, cad_scores, combine  # noqa: E402
+from benchmarks.nab_discord import (  # noqa: E402
+    RATIOS,
+    SETTINGS,
+    SHARES,
+    DiscordScorer,
+    discord_distances,
+    discord_likelihood,
+    distance_source,
+    mixed_latency,
+    record_alarms,
+    setting_label,
+)
+from benchmarks.nab_discord import WEIGHTS as DISCORD_WEIGHTS  # noqa: E402
 from benchmarks.nab_scoring import (  # noqa: E402
     STANDARD,
     FileLayout,
@@ -132,6 +148,11 @@ def _cad_job(args: tuple[dict[str, Any], list[float], list[float]]) -> np.ndarra
     return np.asarray(cad_scores(values, **overrides), dtype=np.float64)
 
 
+def _discord_job(args: tuple[dict[str, Any], list[float], list[float]]) -> np.ndarray:
+    overrides, _, values = args
+    return discord_distances(values, **overrides)
+
+
 def _job(model: str) -> tuple[Callable[[tuple[dict[str, Any], list[float], list[float]]],
                                        np.ndarray], str]:  # fmt: skip
     """The scoring function of ``model`` and the cache key of its source."""
@@ -139,6 +160,8 @@ def _job(model: str) -> tuple[Callable[[tuple[dict[str, Any], list[float], list[
         return _latency_job, _source_hash()
     if model == "cad":
         return _cad_job, hashlib.sha1(CAD_SOURCE.read_bytes()).hexdigest()[:12]
+    if model == "discord":  # raw distances: keyed by the code computing them, not the module
+        return _discord_job, distance_source()
     return _hst_job, "river"
 
 
@@ -314,6 +337,95 @@ def cad_section(
     ]
 
 
+def discord_candidates(
+    corpus: Sequence[Series], latency: list[np.ndarray], jobs: int
+) -> dict[str, dict[str, list[np.ndarray]]]:
+    """Candidate sets of the discord experiment (every one but ``alone`` has the latency
+    model first, so that it wins ties): per family, label -> per-file scores."""
+    fam: dict[str, dict[str, list[np.ndarray]]] = {
+        "alone": {}, "max": {"latency": latency}, "damp": {"latency": latency},
+        "mix": {"latency": latency},
+    }  # fmt: skip
+    thr = z_to_score(LatencyConfig().alarm_z)
+    for st in SETTINGS:
+        raw = cached_scores(corpus, dict(st), model="discord", jobs=jobs)
+        tag = setting_label(st)
+        lik = [discord_likelihood(r) for r in raw]
+        fam["alone"][tag] = lik
+        for w in DISCORD_WEIGHTS:
+            fam["max"][f"{tag}, w={w}"] = [
+                np.maximum(a, w * b) for a, b in zip(latency, lik, strict=True)
+            ]
+        for c in RATIOS:
+            fam["damp"][f"{tag}, ratio={c}"] = [
+                np.maximum(a, thr * record_alarms(r, c)) for a, r in zip(latency, raw, strict=True)
+            ]
+        for share in SHARES:
+            fam["mix"][f"{tag}, share={share}"] = [
+                mixed_latency(ts, v, r, share) for (_, ts, v, _), r in zip(corpus, raw, strict=True)
+            ]
+    fam["all"] = {"latency": latency}
+    for name in ("max", "damp", "mix"):
+        fam["all"].update(fam[name])
+    return fam
+
+
+def discord_section(
+    corpus: Sequence[Series], latency: list[np.ndarray], k: int, jobs: int, runs: int
+) -> list[str]:
+    """The online discord scorer (left matrix profile) alone and with the latency model, every
+    setting, weight and threshold chosen on training folds, and its cost per point."""
+    thr = z_to_score(LatencyConfig().alarm_z)
+    fam = discord_candidates(corpus, latency, jobs)
+    fixed = {name: dict.fromkeys(c, thr) for name, c in fam.items()}
+    rows = [
+        *_cv_rows("discord likelihood alone, threshold swept", cross_validate(
+            corpus, fam["alone"], k, None)),
+        *_cv_rows("max(latency, w x discord likelihood), shipped threshold", cross_validate(
+            corpus, fam["max"], k, fixed["max"])),
+        *_cv_rows("max(latency, w x discord likelihood), threshold swept", cross_validate(
+            corpus, fam["max"], k, None)),
+        *_cv_rows("latency + DAMP-style record alarm, shipped threshold", cross_validate(
+            corpus, fam["damp"], k, fixed["damp"])),
+        *_cv_rows("latency, novelty mixed with discord raw, shipped threshold", cross_validate(
+            corpus, fam["mix"], k, fixed["mix"])),
+        *_cv_rows("all of the above with latency (one candidate set), shipped threshold",
+                  cross_validate(corpus, fam["all"], k, fixed["all"])),
+    ]  # fmt: skip
+
+    def discord_only(_: list[float], v: list[float]) -> None:
+        det = DiscordScorer()
+        for x in v:
+            det.distance_learn_one(x)
+
+    lat_speed, disc_speed = per_file_speeds(
+        corpus, [lambda t, v: score_series(t, v), discord_only], runs
+    )
+    return [
+        f"### Online discord scorer (left matrix profile, `--discord`, #14): settings "
+        f"{len(SETTINGS)} (window x flat floor), weights {list(DISCORD_WEIGHTS)}, record "
+        f"ratios {list(RATIOS)}, novelty shares {list(SHARES)}",
+        "",
+        "`benchmarks/nab_discord.py`: z-normalised distance of the last `window` points to "
+        "their nearest non-overlapping neighbour among the windows of the last 3,000 points, "
+        "standard deviation floored at `flat` x the range seen so far; turned into a score "
+        "by the latency model's likelihood (mean of 5, z, suppression 75 after z >= 2.75). "
+        "Settings chosen by the folds are listed as `m=window, flat=floor, ...`.",
+        "",
+        "| model | folds | **cross-validated** | in-sample | settings chosen by the folds |",
+        "| --- | --- | ---: | ---: | --- |",
+        *rows,
+        "",
+        f"| cost (first 2,000 points of 10 spread files, median of {runs} runs) "
+        "| points/s | us/point |",
+        "| --- | ---: | ---: |",
+        f"| latency model (`score_series`) | {lat_speed:,.0f} | {1e6 / lat_speed:.1f} |",
+        f"| discord scorer alone (`DiscordScorer()`, window 32, history 3,000) "
+        f"| {disc_speed:,.0f} | {1e6 / disc_speed:.1f} |",
+        "",
+    ]
+
+
 def _cv_rows(title: str, res: dict[str, CVResult]) -> list[str]:
     rows = []
     for name, r in res.items():
@@ -334,6 +446,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--speed-points", type=int, default=20000, help="points timed per model")
     ap.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.name}")
     ap.add_argument("--cad", action="store_true", help="add the CAD OSE experiment (slow)")
+    ap.add_argument(
+        "--discord", action="store_true", help="add the discord (left matrix profile) experiment"
+    )
     args = ap.parse_args(argv)
     if not (DATA / "data").is_dir():
         print(f"SKIP: NAB data not found at {DATA.resolve()} (shared data absent)")
@@ -396,6 +511,8 @@ def main(argv: list[str]) -> int:
     ]
     if args.cad:
         lines += cad_section(corpus, cands["shipped"], k, args.jobs, args.runs)
+    if args.discord:
+        lines += discord_section(corpus, cands["shipped"], k, args.jobs, args.runs)
     publish("\n".join(lines), None if args.no_write else RESULTS)
     return 0
 
