@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,16 +31,16 @@ from selfheal.models.forecast import ResourceForecastJudge
 from selfheal.models.resources import RESOURCES
 from selfheal.pipeline.kernel.types import Sample
 
+from benchmarks import forecast_protocol as protocol
 from benchmarks.common import publish
+from benchmarks.forecast_protocol import HEAD, HELD_OUT_SEEDS, TUNING_SEEDS, Outcome, Result
+from benchmarks.forecast_protocol import row as _row
 from benchmarks.memory_leak import SWEEP_HORIZONS_H, SWEEP_WINDOWS_H, best_baseline
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_795_842_000.0
 HOUR = 3600.0
 STEP = 30.0
-#: defaults are chosen on these seeds; the held-out ones are only evaluated
-TUNING_SEEDS: tuple[int, ...] = (0, 1, 2)
-HELD_OUT_SEEDS: tuple[int, ...] = (1000, 1001, 1002)
 
 
 @dataclass(frozen=True)
@@ -164,56 +162,13 @@ def ours(sc: Scenario, params: dict[str, Any] | None = None) -> tuple[list[float
     return found, time.perf_counter() - t0
 
 
-@dataclass
-class Result:
-    """Our judge over one seed set: leads, alarmed controls and stress series, cost."""
-
-    leads: list[float]
-    pre_leak: int
-    alarmed: list[str]
-    n_controls: int
-    stressed: list[str]
-    n_stress: int
-    us_per_sample: float
-
-    @property
-    def median_lead(self) -> float:
-        return statistics.median(self.leads)
-
-
-def _run(job: tuple[Scenario, dict[str, Any]]) -> tuple[list[float], float]:
+def _run(job: tuple[Scenario, dict[str, Any]]) -> Outcome:
     return ours(*job)
 
 
 def evaluate(seeds: tuple[int, ...], params: dict[str, Any], workers: int = 1) -> Result:
     leaks, controls = scenarios(seeds)
-    extra = stress(seeds)
-    every = leaks + controls + extra
-    jobs = [(sc, params) for sc in every]
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            outs = list(pool.map(_run, jobs, chunksize=4))
-    else:
-        outs = [_run(j) for j in jobs]
-    by_name = dict(zip((sc.name for sc in every), outs, strict=True))
-    leads, pre = [], 0
-    for sc in leaks:
-        found = by_name[sc.name][0]
-        assert sc.leak_start is not None and sc.breach is not None
-        first = next((f for f in found if f >= sc.leak_start), None)
-        leads.append(sc.breach - first if first is not None else 0.0)
-        pre += sum(f < sc.leak_start for f in found)
-    spent = sum(s for _, s in outs)
-    n = sum(len(sc.ts) for sc in every)
-    return Result(
-        leads,
-        pre,
-        [sc.name for sc in controls if by_name[sc.name][0]],
-        len(controls),
-        [sc.name for sc in extra if by_name[sc.name][0]],
-        len(extra),
-        1e6 * spent / n,
-    )
+    return protocol.evaluate(_run, leaks, controls, stress(seeds), params, workers)
 
 
 #: the shipped defaults, and the same model projecting as before issue #14's daily-cycle fix
@@ -229,20 +184,6 @@ SWEEP: tuple[dict[str, Any], ...] = (
     *({"cautious_slope": True, "extrapolation_factor": f} for f in (0.8, 1.0, 1.2)),
     *({"cautious_slope": False, "extrapolation_factor": f} for f in (1.0, 1.2)),
 )
-HEAD = [
-    "| judge | seeds | leaks | median lead | shortest lead | leaks never warned | findings "
-    "before a leak | controls alarmed | stress set alarmed | us/sample |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-]
-
-
-def _row(name: str, seeds: tuple[int, ...], r: Result) -> str:
-    return (
-        f"| {name} | {seeds} | {len(r.leads)} | {r.median_lead / HOUR:.2f} h "
-        f"| {min(r.leads) / HOUR:.2f} h | {sum(x == 0 for x in r.leads)} | {r.pre_leak} "
-        f"| {len(r.alarmed)}/{r.n_controls} | {len(r.stressed)}/{r.n_stress} "
-        f"| {r.us_per_sample:.0f} |"
-    )
 
 
 def _baseline(seeds: tuple[int, ...]) -> tuple[str, float]:

@@ -3,7 +3,11 @@
 Memory scenarios sample every 15 s (optionally jittered, with dropped samples): leaks of
 several slopes under a garbage-collector sawtooth and noise, each truncated at its OOM point
 (first sample at or above the limit), and controls without a leak (pure sawtooth, slow
-sawtooth, warm-up plateau, deploy step, daily cycle, heavy noise).
+sawtooth, warm-up plateau, deploy step, daily cycle, heavy noise). The fixed sets
+(``memory_leak_scenarios``, ``memory_control_scenarios``, ``memory_daily_stress_scenarios``)
+are one draw each; ``memory_seeded_scenarios(seed)`` draws new series of the same shapes (leak
+duration, start, level, sawtooth, noise; warm-up, deploy and cycle timing) for the tuning and
+held-out seeds of ``benchmarks/memory_leak.py``.
 
 Error scenarios are per-bucket (errors, total) counts with a known shift bucket, plus helpers
 that turn them into ``requests_total``/``errors_total`` counter samples or log lines.
@@ -15,6 +19,7 @@ True
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -35,6 +40,11 @@ class MemoryScenario:
     limit: float
     leak_start: float | None  # None for controls
     oom_ts: float | None  # first sample >= limit (None for controls)
+
+    @property
+    def breach(self) -> float | None:
+        """When the leak reaches the limit (the benchmarks' common name)."""
+        return self.oom_ts
 
     @property
     def is_leak(self) -> bool:
@@ -71,6 +81,44 @@ def _warmup(t: np.ndarray, start: float, rise: float, tau: float) -> np.ndarray:
     return np.asarray(rise * (1.0 - np.exp(-dt / tau)) * (t >= start))
 
 
+#: each control shape's timing in the fixed scenarios (seeded ones draw their own):
+#: warm-ups (start h, time constant h, rise), deploys (restart h, in-place step h), daily (phase h)
+FIXED_TIMES: dict[str, tuple[float, ...]] = {
+    "warmup_slow": (0.5, 2.0, 0.25),
+    "warmup_fast": (1.0, 0.5, 0.20),
+    "deploy_step": (10.0, 30.0),
+    "daily": (0.0,),
+}
+
+
+def _shape(
+    extra: str,
+    t: np.ndarray,
+    y: np.ndarray,
+    base: float,
+    rng: np.random.Generator,
+    times: tuple[float, ...],
+) -> np.ndarray:
+    """A control's shape on top of the start-up warm-up (``times``: see ``FIXED_TIMES``)."""
+    x = (t - T0) / HOUR
+    if extra in ("warmup_slow", "warmup_fast"):
+        start, tau, rise = times
+        y = y + _warmup(t, T0 + start * HOUR, rise, tau * HOUR)
+    elif extra == "deploy_step":
+        # deploy: restart (usage falls to 10 %) then warms up to a level 20 % higher; a second
+        # deploy later adds an in-place step of +8 % without a restart
+        d1 = T0 + times[0] * HOUR
+        y = np.where(t >= d1, 0.10 + _warmup(t, d1, base + 0.20 - 0.10, 0.15 * HOUR), y)
+        y = y + 0.08 * (t >= T0 + times[1] * HOUR)
+    elif extra == "daily":
+        # 24 h cycle of +-15 % (at its trough when the phase is 0)
+        y = y + 0.15 * (1.0 - np.cos(2 * np.pi * (x + times[0]) / 24.0)) - 0.15
+    elif extra == "spikes":
+        spikes = rng.random(len(t)) < 0.01
+        y = y + spikes * rng.uniform(0.05, 0.2, len(t))
+    return np.asarray(y)
+
+
 def _make(
     name: str,
     seed: int,
@@ -84,29 +132,14 @@ def _make(
     leak_start_h: float = 2.0,
     irregular: bool = False,
     extra: str = "",
+    times: tuple[float, ...] | None = None,
 ) -> MemoryScenario:
     rng = np.random.default_rng(seed)
     t = _times(rng, hours, irregular)
     x = (t - T0) / HOUR
     # start-up: from 10 % of the limit up to the base level (cache warm-up, tau 15 min)
     y = 0.10 + _warmup(t, T0, base - 0.10, 0.25 * HOUR)
-    if extra == "warmup_slow":
-        y = y + _warmup(t, T0 + 0.5 * HOUR, 0.25, 2.0 * HOUR)
-    elif extra == "warmup_fast":
-        y = y + _warmup(t, T0 + 1.0 * HOUR, 0.20, 0.5 * HOUR)
-    elif extra == "deploy_step":
-        # deploy at 10 h: restart (usage falls to 10 %) then warms up to a level 20 % higher;
-        # a second deploy at 30 h adds an in-place step of +8 % without a restart
-        d1 = T0 + 10 * HOUR
-        after = t >= d1
-        y = np.where(after, 0.10 + _warmup(t, d1, base + 0.20 - 0.10, 0.15 * HOUR), y)
-        y = y + 0.08 * (t >= T0 + 30 * HOUR)
-    elif extra == "daily":
-        # 24 h cycle of +-15 % starting at its trough
-        y = y + 0.15 * (1.0 - np.cos(2 * np.pi * x / 24.0)) - 0.15
-    elif extra == "spikes":
-        spikes = rng.random(len(t)) < 0.01
-        y = y + spikes * rng.uniform(0.05, 0.2, len(t))
+    y = _shape(extra, t, y, base, rng, FIXED_TIMES.get(extra, ()) if times is None else times)
     leak_start = None
     if leak_hours_to_oom is not None:
         leak_start = T0 + leak_start_h * HOUR
@@ -160,6 +193,21 @@ def memory_control_scenarios() -> list[MemoryScenario]:
     ]
 
 
+def _daily(name: str, seed: int, amp: float, base: float, phase: float) -> MemoryScenario:
+    """A 48 h daily cycle of +-``amp`` around ``base`` with a 2 min GC sawtooth."""
+    rng = np.random.default_rng(seed)
+    t = _times(rng, 48, False)
+    x = (t - T0) / HOUR
+    y = 0.10 + _warmup(t, T0, base - 0.10, 0.25 * HOUR)
+    y = y + amp * (1.0 - np.cos(2 * np.pi * (x + phase) / 24.0)) - amp
+    y = y + _sawtooth(rng, t, 120.0, 0.08) + rng.normal(0.0, 0.005, len(t))
+    return MemoryScenario(name, t, y * LIMIT, LIMIT, None, None)
+
+
+#: the stress set's cycles: amplitude x level (fractions of the limit)
+STRESS_CYCLES = tuple((a, b) for a in (0.10, 0.15, 0.20) for b in (0.45, 0.50))
+
+
 def memory_daily_stress_scenarios() -> list[MemoryScenario]:
     """Harder 24 h cycles: amplitude +-10/15/20 % around 45/50 %, four phases, 48 h each.
 
@@ -167,28 +215,117 @@ def memory_daily_stress_scenarios() -> list[MemoryScenario]:
     the rising half is, within the first day, hard to tell from a leak.
     """
     out = []
-    k = 0
-    for amp in (0.10, 0.15, 0.20):
-        for base in (0.45, 0.50):
-            for phase in (0.0, 6.0, 12.0, 18.0):
-                rng = np.random.default_rng(100 + k)
-                k += 1
-                t = _times(rng, 48, False)
-                x = (t - T0) / HOUR
-                y = 0.10 + _warmup(t, T0, base - 0.10, 0.25 * HOUR)
-                y = y + amp * (1.0 - np.cos(2 * np.pi * (x + phase) / 24.0)) - amp
-                y = y + _sawtooth(rng, t, 120.0, 0.08) + rng.normal(0.0, 0.005, len(t))
-                out.append(
-                    MemoryScenario(
-                        f"daily_a{amp:.2f}_b{base:.2f}_p{int(phase)}",
-                        t,
-                        y * LIMIT,
-                        LIMIT,
-                        None,
-                        None,
-                    )
-                )
+    for k, ((amp, base), phase) in enumerate(
+        itertools.product(STRESS_CYCLES, (0.0, 6.0, 12.0, 18.0))
+    ):
+        out.append(_daily(f"daily_a{amp:.2f}_b{base:.2f}_p{int(phase)}", 100 + k, amp, base, phase))
     return out
+
+
+#: hours from the leak start to OOM: one band per fixed leak (6, 10, 12, 16, 24, 32 h)
+LEAK_BANDS: tuple[tuple[float, float], ...] = (
+    (5, 8),
+    (8, 11),
+    (11, 14),
+    (14, 20),
+    (20, 28),
+    (28, 36),
+)
+#: GC sawtooth periods (s) of the fixed scenarios, from fast collections to slow ones
+GC_PERIODS: tuple[float, ...] = (60.0, 90.0, 120.0, 180.0, 240.0, 600.0, 1200.0)
+
+
+def _seeded_leaks(seed: int, rng: np.random.Generator, draws: int) -> list[MemoryScenario]:
+    out = []
+    for k, (lo, hi) in enumerate(LEAK_BANDS):
+        for j in range(draws):
+            hours = float(rng.uniform(lo, hi))
+            start = float(rng.uniform(2.0, 5.0))  # after the start-up warm-up
+            out.append(
+                _make(
+                    f"leak_{hours:.1f}h:s{seed}:{k}{j}",
+                    10_000 * seed + 10 * k + j,
+                    48,
+                    float(rng.uniform(0.30, 0.40)),
+                    float(rng.choice(GC_PERIODS)),
+                    float(rng.uniform(0.06, 0.12)),
+                    float(rng.uniform(0.005, 0.015)),
+                    leak_hours_to_oom=hours,
+                    leak_start_h=start,
+                    irregular=bool(rng.random() < 0.25),  # jittered scrapes, losses, an outage
+                )
+            )
+    return out
+
+
+def _control_draw(
+    rng: np.random.Generator, kind: str
+) -> tuple[float, float, float, float, tuple[float, ...]]:
+    """(base, GC period s, sawtooth amplitude, noise sigma, times) of one control kind."""
+    u = rng.uniform
+    if kind == "sawtooth_fast":
+        return u(0.40, 0.50), u(60, 180), u(0.10, 0.18), 0.005, ()
+    if kind == "sawtooth_slow":
+        return u(0.35, 0.45), u(900, 2400), u(0.15, 0.22), 0.005, ()
+    if kind == "warmup_plateau_slow":
+        return u(0.20, 0.30), 120.0, 0.10, 0.005, (u(0.25, 1.5), u(1.5, 3.0), u(0.20, 0.30))
+    if kind == "warmup_plateau_fast":
+        return u(0.25, 0.35), 90.0, 0.10, 0.005, (u(0.5, 2.0), u(0.3, 0.8), u(0.15, 0.25))
+    if kind == "deploy_step":
+        return u(0.30, 0.40), 120.0, 0.10, 0.005, (u(6.0, 14.0), u(26.0, 34.0))
+    if kind == "daily_cycle":
+        return u(0.40, 0.50), 120.0, 0.08, 0.005, (u(0.0, 24.0),)
+    return u(0.40, 0.50), 120.0, 0.10, u(0.04, 0.07), ()  # heavy noise with spikes
+
+
+#: the fixed controls' kinds and the ``_make`` shape each one uses
+CONTROL_KINDS: dict[str, str] = {
+    "sawtooth_fast": "",
+    "sawtooth_slow": "",
+    "warmup_plateau_slow": "warmup_slow",
+    "warmup_plateau_fast": "warmup_fast",
+    "deploy_step": "deploy_step",
+    "daily_cycle": "daily",
+    "heavy_noise": "spikes",
+}
+
+
+def memory_seeded_scenarios(
+    seed: int, draws: int = 2
+) -> tuple[list[MemoryScenario], list[MemoryScenario], list[MemoryScenario]]:
+    """(leaks, controls, daily-cycle stress set) drawn from one seed, shaped as the fixed ones.
+
+    ``draws`` leaks per band of ``LEAK_BANDS`` (start at 2-5 h, varied level, GC period and
+    amplitude, noise, a quarter with irregular scrapes), ``draws`` controls per kind of
+    ``CONTROL_KINDS`` (timing drawn: warm-up start and speed, deploy times, cycle phase), and
+    one stress cycle per ``STRESS_CYCLES`` entry at a drawn phase.
+    """
+    rng = np.random.default_rng([seed, 3])  # the draws; each series has its own noise seed
+    leaks = _seeded_leaks(seed, rng, draws)
+    controls = []
+    for k, (kind, extra) in enumerate(CONTROL_KINDS.items()):
+        for j in range(draws):
+            base, period, amp, sigma, times = _control_draw(rng, kind)
+            controls.append(
+                _make(
+                    f"{kind}:s{seed}:{j}",
+                    10_000 * seed + 100 + 10 * k + j,
+                    48,
+                    base,
+                    period,
+                    amp,
+                    sigma,
+                    extra=extra,
+                    times=times,
+                )
+            )
+    stress = [
+        _daily(
+            f"daily_a{a:.2f}_b{b:.2f}:s{seed}", 10_000 * seed + 200 + k, a, b, rng.uniform(0, 24)
+        )
+        for k, (a, b) in enumerate(STRESS_CYCLES)
+    ]
+    return leaks, controls, stress
 
 
 def leak_then_restart(seed: int = 31) -> MemoryScenario:

@@ -1,7 +1,8 @@
 """One small base class per detector family, all on river's ``Estimator`` conventions.
 
 Every detector stores its hyperparameters once, as attributes named like its ``__init__``
-arguments; ``_get_params`` reads them back by that signature and ``clone()`` builds a fresh
+arguments; ``_get_params`` reads them back by that signature (``_param_names``: a subclass
+whose ``__init__`` passes ``**kwargs`` on adds its parent's) and ``clone()`` builds a fresh
 detector from them (river's ``base.Base``). ``_unit_test_params`` yields the arguments the
 generic contract tests (``tests/test_detector_contract.py``) build each discovered detector
 with, as river's ``_unit_test_params`` does.
@@ -36,15 +37,34 @@ class Estimator:
 
     __slots__ = ()
 
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        """The named ``__init__`` arguments and, where ``__init__`` hands ``**kwargs`` to its
+        parent's, the parent's too: a subclass that changes a few defaults (the memory
+        forecast) keeps the rest of the signature without repeating it."""
+        names: list[str] = []
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            params = list(inspect.signature(init).parameters.values())
+            names += [
+                p.name
+                for p in params
+                if p.name != "self"
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                and p.name not in names
+            ]
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                break
+        return names
+
     def _get_params(self) -> dict[str, Any]:
         """The hyperparameters, read back by the ``__init__`` signature (deep copies)."""
-        sig = inspect.signature(type(self).__init__)
         return {
             name: copy.deepcopy(getattr(self, name))
-            for name, p in sig.parameters.items()
-            if name != "self"
-            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-            and hasattr(self, name)
+            for name in self._param_names()
+            if hasattr(self, name)
         }
 
     def clone(self) -> Self:

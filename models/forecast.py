@@ -36,7 +36,9 @@ at the speed it has now, not its average). A finding is emitted when the predict
 extrapolate further than we have watched the growth. Within its first day a daily cycle cannot
 be told from a leak by the day-over-day check; these two rules are what keep its rising half
 quiet while a real leak still gets flagged hours before the limit
-(``benchmarks/resource_forecast.py``: tuned on seeds apart from the held-out ones).
+(``benchmarks/resource_forecast.py``: tuned on seeds apart from the held-out ones). Memory
+decides with its own two settings (``selfheal.models.memory``: the span's slope, 1.2x), chosen
+the same way by ``benchmarks/memory_leak.py --tune``.
 
 A level shift resets the fit: a drop of ``reset_drop_fraction`` x limit below the recent floors
 (restart, the leak is cleared) wipes the state and stops findings; two floors in a row
@@ -88,7 +90,8 @@ class GrowthParams:
     bucket_seconds: float = 300.0
     limit: float | None = None
     # 1.0 with the cautious slope: no alarm on the tuning controls (1.2 alarmed on a daily
-    # cycle rising through its first day), see benchmarks/resource_forecast.py --tune
+    # cycle rising through its first day), see benchmarks/resource_forecast.py --tune;
+    # memory has its own (MemoryLeakConfig)
     extrapolation_factor: float = 1.0
     min_rise_fraction: float = 0.02
     rise_sigmas: float = 4.0

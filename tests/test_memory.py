@@ -19,6 +19,7 @@ from benchmarks.scenarios import (
     leak_then_restart,
     memory_control_scenarios,
     memory_leak_scenarios,
+    memory_seeded_scenarios,
 )
 
 
@@ -146,3 +147,53 @@ def test_state_is_bounded() -> None:
             sizes[h] = len(pickle.dumps(judge))
     assert sizes[47.0] <= 1.05 * sizes[30.0]
     assert sizes[47.0] < 20_000
+
+
+# Memory's own decision settings (models/memory.py, chosen by benchmarks/memory_leak.py --tune
+# on the tuning seeds): the span's slope, 1.2x as far as the growth has been watched. The
+# other resources keep the forecast's cautious slope and 1.0x.
+CAUTIOUS = {"cautious_slope": True, "extrapolation_factor": 1.0}
+
+
+def test_memory_defaults_are_its_own_and_reach_the_router() -> None:
+    from selfheal.models.forecast import GrowthParams, ResourceForecastJudge
+    from selfheal.models.registry import DetectorsConfig, Router
+
+    judge = MemoryLeakJudge()
+    assert (judge.cautious_slope, judge.extrapolation_factor) == (False, 1.2)
+    cfg = MemoryLeakConfig()
+    assert (cfg.cautious_slope, cfg.extrapolation_factor) == (False, 1.2)
+    disk = ResourceForecastJudge(resource="disk")
+    assert (disk.cautious_slope, disk.extrapolation_factor) == (
+        GrowthParams().cautious_slope,
+        GrowthParams().extrapolation_factor,
+    )
+    routed = Router((), DetectorsConfig()).series_judges(
+        Sample(T0, "svc-1", MEM_METRIC, 1.0, {}, LIMIT)
+    )
+    (mem,) = [j for j in routed if isinstance(j, MemoryLeakJudge)]
+    assert mem._get_params() == MemoryLeakJudge.from_config(cfg)._get_params()
+    # a setting still overrides the default, and a clone keeps it
+    assert MemoryLeakJudge(**CAUTIOUS).clone().cautious_slope is True
+
+
+@pytest.mark.parametrize("name", ["leak_12h_slow_gc", "leak_24h_irregular", "leak_32h_noisy"])
+def test_a_leak_is_warned_earlier_than_with_the_cautious_projection(name: str) -> None:
+    sc = leak(name)
+    assert sc.leak_start is not None and sc.oom_ts is not None
+    ours, cautious = run(sc), run(sc, MemoryLeakJudge(**CAUTIOUS))
+    assert ours and cautious
+    assert sc.leak_start <= ours[0].ts < cautious[0].ts < sc.oom_ts
+    # the reported eta is the same best estimate: only the decision to alarm moved
+    assert ours[0].forecast is not None
+    assert abs(ours[0].ts + ours[0].forecast.eta_seconds - sc.oom_ts) <= 0.3 * (
+        sc.oom_ts - ours[0].ts
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_drawn_daily_cycles_and_deploy_steps_stay_quiet(seed: int) -> None:
+    _, controls, _ = memory_seeded_scenarios(seed)
+    for sc in controls:
+        if sc.name.startswith(("daily_cycle", "deploy_step")):
+            assert run(sc) == [], sc.name
