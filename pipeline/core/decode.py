@@ -11,6 +11,7 @@ request is taken on either topic by its top-level key (replayed files hold both 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -18,6 +19,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice, repeat
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -68,6 +71,7 @@ class Decoded:
 
 
 _TS_FIELDS = ("ts", "timestamp")
+_VALUE = attrgetter("value")
 #: what ``_load`` returns for a message that did not parse (JSON ``null`` is a value)
 _FAILED: Any = object()
 
@@ -179,9 +183,12 @@ class Decoder:
         validate = validate_sample
         append = out.samples.append
         cap = self.max_message_bytes
-        for env in batch:
+        start = self._native_run(batch, out)
+        for env in islice(batch, start, None):
             value = env.value
-            if len(value) <= cap and value[:1] == b"{" and b'"metric"' in value:
+            # ``find`` rather than ``in``: the same test at half the cost (bytes' ``in``
+            # takes a buffer of its operand first)
+            if len(value) <= cap and value[:1] == b"{" and value.find(b'"metric"') >= 0:
                 # fast path: a native sample validated straight from bytes in pydantic-core;
                 # anything odd falls through to the general path for a precise reject
                 try:
@@ -207,6 +214,32 @@ class Decoder:
             else:
                 self._metric_obj(env, obj, out, "")
         return out
+
+    def _native_run(self, batch: Sequence[Envelope], out: Decoded) -> int:
+        """Decode the batch's leading native samples into ``out``; returns how many it took.
+
+        A batch of which every message passes the fast path's checks (no larger than the cap,
+        a JSON object, ``"metric"`` in it) is validated with no Python loop: the checks and
+        the validation run over the batch in C. Up to the first message that fails
+        validation, the outcome is the per-message loop's; that message and the rest are
+        left to the loop (``tests/test_hot_fastpaths.py`` compares the two).
+        """
+        values = list(map(_VALUE, batch))
+        try:
+            if not values or max(map(len, values)) > self.max_message_bytes:
+                return 0
+            if not all(map(bytes.startswith, values, repeat(b"{"))):
+                return 0
+            if not all(map(bytes.count, values, repeat(b'"metric"'))):
+                return 0
+        except TypeError:  # a value that is not ``bytes``: the loop handles it
+            return 0
+        samples = out.samples
+        # on a ValidationError, the samples before it are in: the loop goes on from the one
+        # that failed (and from the first, were a list to drop what an extend had added)
+        with contextlib.suppress(ValidationError):
+            samples.extend(zip(batch, map(validate_sample, values), strict=True))
+        return len(samples)
 
     def decode_logs(self, batch: Sequence[Envelope], state: object | None = None) -> Decoded:
         out = Decoded()

@@ -6,7 +6,7 @@ what the live run rejected. Every per-key structure is an ``LRU``.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from selfheal.pipeline.core.eventtime import EventClock
@@ -17,8 +17,11 @@ from selfheal.pipeline.kernel.types import (
     Finding,
     Reject,
     RejectReason,
+    Sample,
     Severity,
 )
+
+_INF = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,52 @@ class Guard:
                 b.tokens -= 1.0
                 return None
         return self._rate(env, entity, ts)
+
+    def admit_samples(
+        self,
+        samples: Sequence[tuple[Envelope, Sample]],
+        keys: Sequence[Hashable],
+        reference: float | None,
+    ) -> list[Reject | None]:
+        """``admit`` for each of a batch's samples in order, against one ``reference``.
+
+        ``keys`` are the samples' series keys (they hold the labels). Verdicts and state are
+        those of one ``admit`` call per sample; the common case (in the time window, a known
+        label set, a bucket with a token) is decided inline, without a call per sample.
+        """
+        verdicts: list[Reject | None] = [None] * len(samples)
+        cfg = self.config
+        # the bounds ``admit`` computes per record, computed once (the same expressions)
+        hi = _INF if reference is None else reference + cfg.max_future_seconds
+        lo = -_INF if reference is None else reference - cfg.max_past_seconds
+        label_sets = self.label_sets._data
+        buckets = self.buckets._data
+        rate, burst = cfg.rate_per_second, cfg.burst
+        for i, ((env, s), key) in enumerate(zip(samples, keys, strict=True)):
+            ts, entity = s.ts, s.entity
+            b = buckets.get(entity)
+            if ts > hi or ts < lo or b is None:
+                verdicts[i] = self.admit(
+                    env, entity, s.metric, key if s.labels else None, ts, reference
+                )
+                continue
+            if s.labels:
+                pair = (entity, s.metric)
+                sets = label_sets.get(pair)
+                if sets is None or key not in sets:  # nothing changed yet: ``admit`` decides
+                    verdicts[i] = self.admit(env, entity, s.metric, key, ts, reference)
+                    continue
+                label_sets.move_to_end(pair)
+            buckets.move_to_end(entity)
+            if ts > b.last:
+                tokens = b.tokens + (ts - b.last) * rate
+                b.tokens = tokens if tokens < burst else burst
+                b.last = ts
+            if b.tokens >= 1.0:
+                b.tokens -= 1.0
+            else:
+                verdicts[i] = self._rate(env, entity, ts)
+        return verdicts
 
     def _rate(self, env: Envelope, entity: str, ts: float) -> Reject | None:
         cfg = self.config

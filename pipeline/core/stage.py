@@ -16,7 +16,7 @@ from operator import attrgetter
 from typing import Any, Protocol, TypeAlias
 
 from selfheal.models.base import Judge, LogJudge
-from selfheal.models.registry import Router, SeriesKey, series_key
+from selfheal.models.registry import Router, SeriesKey
 from selfheal.pipeline.core.changes import ChangeLog
 from selfheal.pipeline.core.config import Settings
 from selfheal.pipeline.core.decode import Decoded, Decoder
@@ -36,6 +36,7 @@ from selfheal.pipeline.kernel.types import (
     Envelope,
     Finding,
     Reject,
+    Sample,
     Verification,
 )
 
@@ -81,6 +82,8 @@ class Outputs:
 
 
 _NO_TIME = float("-inf")
+#: a sample not admitted yet (watermark runs admit in the detection loop)
+_PENDING: Any = object()
 _TOPIC = attrgetter("topic")
 _PARTITION = attrgetter("partition")
 
@@ -167,59 +170,16 @@ class PartitionStage:
             rejects_by_env.setdefault(id(r.envelope), []).append(r)
         ts_by_env: dict[int, float] = {}
 
-        # the per-sample loop is the pipeline's hot path: bound methods in locals, the
-        # watermark in a local mirrored to ``self.watermark`` whenever it moves
-        series = self.series
-        series_get = series.get  # the value, refreshed as most recently used
-        entity_judges = self.router.entity_judges
-        entity_metrics = self.router.entity_metrics
-        admit = guard.admit
-        accepted = 0
-        wm = self.watermark
-        for env, s in decoded.samples:
-            ts = s.ts
-            key = series_key(s)
-            rej = admit(
-                env,
-                s.entity,
-                s.metric,
-                key if s.labels else None,  # the key holds the labels in a hashable form
-                ts,
-                wm if use_watermark and wm > _NO_TIME else reference,
-            )
-            if rej is not None:
-                rejects_by_env.setdefault(id(env), []).append(rej)
-                continue
-            accepted += 1
-            ts_by_env[id(env)] = ts
-            if ts > wm:
-                self.watermark = wm = ts
-                if ts >= self._next_tick:
-                    self._tick_into(ts, findings, out)
-                    wm = self.watermark
-            judges = series_get(key)
-            if judges is None:
-                judges = self.router.series_judges(s)
-                series.put(key, judges)
-                for j in judges:
-                    if _has_tick(j):
-                        self.tickers.put((key, j.name), j)
-            for j in judges:
-                found = j.observe(s)
-                if found:
-                    findings.extend(found)
-                    if watch is not None:
-                        watch.add(s.entity)
-            if watch and s.entity in watch:
-                for j in judges:
-                    findings.extend(reports(j, s.entity, ts))
-            if s.metric == DEPENDENCY_METRIC:
-                self.topology.observe(s)  # caller -> callee, for incidents
-            if s.metric in entity_metrics:
-                for name, factory in entity_judges(s):
-                    ej = self.entities.get_or_create((s.entity, name), factory)
-                    findings.extend(ej.observe(s))  # type: ignore[union-attr]
-        out.accepted += accepted
+        out.accepted += self._samples(
+            decoded.samples,
+            reference,
+            use_watermark,
+            watch,
+            findings,
+            out,
+            rejects_by_env,
+            ts_by_env,
+        )
 
         for env, line in decoded.logs:
             ref = self.watermark if use_watermark and self.watermark > float("-inf") else reference
@@ -279,6 +239,95 @@ class PartitionStage:
                 out.rejects.extend(rejs)
         self._decide(findings, out)
         return out
+
+    def _samples(
+        self,
+        samples: list[tuple[Envelope, Sample]],
+        reference: float | None,
+        use_watermark: bool,
+        watch: set[str] | None,
+        findings: list[Signal],
+        out: Outputs,
+        rejects_by_env: dict[int, list[Reject]],
+        ts_by_env: dict[int, float],
+    ) -> int:
+        """Guard -> judges -> topology for one batch's samples; returns how many were admitted.
+
+        The pipeline's hot path: bound methods and the series bank's dict in locals (``LRU.get``
+        inline: a hit is moved to the end), series keys built inline (``series_key``), the
+        watermark in a local mirrored to ``self.watermark`` whenever it moves.
+        """
+        bank = self.series._data
+        touch = bank.move_to_end
+        admit = self.guard.admit
+        entity_metrics = self.router.entity_metrics
+        accepted = 0
+        wm = self.watermark
+        keys, verdicts = self._keys_and_verdicts(samples, reference, use_watermark)
+        for (env, s), key, rej in zip(samples, keys, verdicts, strict=True):
+            ts = s.ts
+            entity = s.entity
+            metric = s.metric
+            if rej is _PENDING:
+                ref = wm if wm > _NO_TIME else reference
+                rej = admit(env, entity, metric, key if s.labels else None, ts, ref)
+            if rej is not None:
+                rejects_by_env.setdefault(id(env), []).append(rej)
+                continue
+            accepted += 1
+            ts_by_env[id(env)] = ts
+            if ts > wm:
+                self.watermark = wm = ts
+                if ts >= self._next_tick:
+                    self._tick_into(ts, findings, out)
+                    wm = self.watermark
+            judges = bank.get(key)
+            if judges is None:
+                judges = self._new_series(key, s)
+            else:
+                touch(key)
+            for j in judges:
+                found = j.observe(s)
+                if found:
+                    findings.extend(found)
+                    if watch is not None:
+                        watch.add(entity)
+            if watch and entity in watch:
+                for j in judges:
+                    findings.extend(reports(j, entity, ts))
+            if metric == DEPENDENCY_METRIC:
+                self.topology.observe(s)  # caller -> callee, for incidents
+            if metric in entity_metrics:
+                for name, factory in self.router.entity_judges(s):
+                    ej = self.entities.get_or_create((entity, name), factory)
+                    findings.extend(ej.observe(s))  # type: ignore[union-attr]
+        return accepted
+
+    def _keys_and_verdicts(
+        self, samples: list[tuple[Envelope, Sample]], reference: float | None, use_watermark: bool
+    ) -> tuple[list[SeriesKey], list[Any]]:
+        """The samples' series keys, and the guard's verdicts (``_PENDING``: not decided yet)."""
+        # series_key(s) for every sample: the labels sorted, in a hashable form
+        keys: list[SeriesKey] = [
+            (s.entity, s.metric, tuple(sorted(s.labels.items())))
+            if s.labels
+            else (s.entity, s.metric)
+            for _, s in samples
+        ]
+        if use_watermark:
+            # "now" is the watermark, which moves as samples are admitted: each in its turn
+            return keys, [_PENDING] * len(samples)
+        # against the clock, admission does not depend on what the judges do: the guard
+        # decides the whole batch in one pass (its findings are drained after the batch)
+        return keys, self.guard.admit_samples(samples, keys, reference)
+
+    def _new_series(self, key: SeriesKey, s: Sample) -> list[Judge]:
+        judges = self.router.series_judges(s)
+        self.series.put(key, judges)
+        for j in judges:
+            if _has_tick(j):
+                self.tickers.put((key, j.name), j)
+        return judges
 
     def _tick_into(self, now: float, findings: list[Signal], out: Outputs) -> None:
         # ticks fire inline at fixed event-time boundaries, so absence checks see the same
