@@ -74,6 +74,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
+from selfheal.models._fit import decimate, median, theil_sen
 from selfheal.models.base import Judge
 from selfheal.models.resources import RESOURCES
 from selfheal.pipeline.kernel.types import AnomalyKind, Finding, Forecast, Sample, Severity
@@ -118,23 +119,10 @@ _G = GrowthParams()
 GROWTH_PARAMS: tuple[str, ...] = tuple(f.name for f in fields(GrowthParams))
 
 
-def _theil_sen(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Slope and intercept (at x=0) from the median of pairwise slopes."""
-    i, j = np.triu_indices(len(x), k=1)
-    dx = x[j] - x[i]
-    ok = dx > 0
-    if not ok.any():
-        return 0.0, float(np.median(y))
-    slope = float(np.median((y[j][ok] - y[i][ok]) / dx[ok]))
-    return slope, float(np.median(y - slope * x))
-
-
-def _decimate(x: np.ndarray, y: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:
-    # Theil-Sen is O(n^2): keep an even stride so long windows cost the same as short ones
-    if len(x) <= cap:
-        return x, y
-    idx = np.linspace(0, len(x) - 1, cap).round().astype(int)
-    return x[idx], y[idx]
+# the fits' exact fast paths (cached pair/stride indices, partition median): see models/_fit.py
+_theil_sen = theil_sen
+_decimate = decimate
+_median = median
 
 
 class ResourceForecastJudge(Judge):
@@ -329,29 +317,33 @@ class ResourceForecastJudge(Judge):
 
     # ------------------------------------------------------------------ judgement
     def _window_ok(
-        self, x: np.ndarray, y: np.ndarray, width: float, scale: float
+        self, x: np.ndarray, y: np.ndarray, width: float, scale: float, memo: dict[bytes, float]
     ) -> tuple[bool, float, float, float]:
         """(passes, slope, intercept at x=0, r2) for one window of floors."""
         xs, ys = _decimate(x, y, self.max_fit_points)
         slope, icpt = _theil_sen(xs, ys)
         if slope <= 0:
             return False, slope, icpt, 0.0
-        resid = ys - (icpt + slope * xs)
-        sigma = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
         rise = slope * width
-        if rise < self.min_rise_fraction * scale or rise < self.rise_sigmas * sigma:
+        # the test without the residuals first: most windows (anything flat) fail it, and
+        # skip the residual scale's two medians (same outcome, same return value)
+        if rise < self.min_rise_fraction * scale:
+            return False, slope, icpt, 0.0
+        resid = ys - (icpt + slope * xs)
+        sigma = 1.4826 * _median(np.abs(resid - _median(resid)))
+        if rise < self.rise_sigmas * sigma:
             return False, slope, icpt, 0.0
         ss_tot = float(np.sum((ys - ys.mean()) ** 2))
         r2 = 1.0 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else 0.0
         edges = np.linspace(x[0], x[-1], 5)
         for q in range(4):
             m = (x >= edges[q]) & (x <= edges[q + 1])
-            if m.sum() < 3:
+            if np.count_nonzero(m) < 3:
                 return False, slope, icpt, r2
             qs, _ = _theil_sen(*_decimate(x[m], y[m], self.max_fit_points))
             if qs < self.quarter_ratio * slope:
                 return False, slope, icpt, r2
-        if self._local_slope(x, y) < self.recent_ratio * slope:
+        if self._local_slope(x, y, memo) < self.recent_ratio * slope:
             return False, slope, icpt, r2
         thirds = np.linspace(x[0], x[-1], 4)
         ts3 = []
@@ -363,12 +355,18 @@ class ResourceForecastJudge(Judge):
         return True, slope, icpt, r2
 
     def _slopes(
-        self, t: np.ndarray, v: np.ndarray, span: float, slope: float, icpt: float
+        self,
+        t: np.ndarray,
+        v: np.ndarray,
+        span: float,
+        slope: float,
+        icpt: float,
+        memo: dict[bytes, float],
     ) -> tuple[tuple[float, float], tuple[float, float]]:
         """((best slope, level now), (cautious slope, level now)) over the span of evidence."""
         best = gate = (slope, icpt)
         m = t >= -span / 2.0
-        if m.sum() >= 6:
+        if np.count_nonzero(m) >= 6:
             s2, i2 = _theil_sen(*_decimate(t[m], v[m], self.max_fit_points))
             if s2 > slope:
                 # a span that starts on a plateau under-reads the slope; the recent half of
@@ -376,21 +374,27 @@ class ResourceForecastJudge(Judge):
                 best = (s2, i2)
             if self.cautious_slope:
                 w = t >= -span
-                gate = (min(slope, s2, self._local_slope(t[w], v[w])), i2)
+                gate = (min(slope, s2, self._local_slope(t[w], v[w], memo)), i2)
             else:
                 gate = best
         return best, gate
 
-    def _local_slope(self, x: np.ndarray, y: np.ndarray) -> float:
+    def _local_slope(self, x: np.ndarray, y: np.ndarray, memo: dict[bytes, float]) -> float:
         """Slope *now*: derivative at x=0 of a quadratic fitted to the last recent_seconds.
 
         A straight-line average over a whole window hides deceleration (the S-shaped rising
         half of a daily cycle fits a line with r2 ~ 0.98); the quadratic's end slope does not.
         """
         m = x >= -self.recent_seconds
-        if m.sum() < 6:
+        if np.count_nonzero(m) < 6:
             return math.inf
-        return float(np.polyfit(x[m], y[m], 2)[1])
+        xs, ys = x[m], y[m]
+        # every window at least recent_seconds wide fits the same points: fit them once per
+        # bucket close (``memo`` lives for one ``_judge`` call; same points, same result)
+        key = xs.tobytes() + ys.tobytes()
+        if key not in memo:
+            memo[key] = float(np.polyfit(xs, ys, 2)[1])
+        return memo[key]
 
     def _judge(self, sample: Sample, limit: float) -> list[Finding]:
         now = sample.ts
@@ -399,29 +403,30 @@ class ResourceForecastJudge(Judge):
         t = np.fromiter(self._floor_t, dtype=float) - now
         v = np.fromiter(self._floor_v, dtype=float)
         best: tuple[float, float, float, float] | None = None  # span, slope, icpt, r2
+        memo: dict[bytes, float] = {}  # local slopes fitted during this close
         width = self.min_history_seconds
         available = -float(t[0])
         while width <= min(self.max_window_seconds, available + self.bucket_seconds) + 1e-9:
             m = t >= -width
-            if m.sum() >= 8:
-                ok, slope, icpt, r2 = self._window_ok(t[m], v[m], width, limit)
+            if np.count_nonzero(m) >= 8:
+                ok, slope, icpt, r2 = self._window_ok(t[m], v[m], width, limit, memo)
                 if ok:
                     best = (width, slope, icpt, r2)
             width *= self.window_growth
         if best is None:
             return self._no_pass(now)
         span, slope, icpt, r2 = best
-        (slope, floor_now), (gate, gate_floor) = self._slopes(t, v, span, slope, icpt)
+        (slope, floor_now), (gate, gate_floor) = self._slopes(t, v, span, slope, icpt, memo)
         if gate <= 0:
             return self._no_pass(now)
         if available >= self.cycle_seconds:
             # a daily cycle repeats its floors a cycle later; a leak is higher by slope x cycle
             m = np.abs(t + self.cycle_seconds) <= 1800.0
             if m.any():
-                growth = gate_floor - float(np.median(v[m]))
+                growth = gate_floor - _median(v[m])
                 if growth < self.dod_ratio * gate * self.cycle_seconds:
                     return self._no_pass(now)
-        spread = float(np.median(np.fromiter(self._spreads, dtype=float)))
+        spread = _median(np.fromiter(self._spreads, dtype=float))
         # alarm on the cautious projection, report the best estimate of the breach
         eta_gate = max(0.0, (limit - gate_floor - spread) / gate)
         if eta_gate > self.horizon_seconds or eta_gate > self.extrapolation_factor * span:
