@@ -244,8 +244,10 @@ async def test_two_processes_share_partitions_and_survive_kill_9(
     survivor, victim = 0, 1
     try:
         # both members must be in the group before the input arrives, or the first one to
-        # join would take the whole first chunk
-        for _ in range(300):
+        # join would take the whole first chunk; two cold starts on a loaded 2-core CI
+        # machine have taken over 30 s, so the wait is a deadline, not a count of polls
+        deadline = asyncio.get_running_loop().time() + 90.0
+        while asyncio.get_running_loop().time() < deadline:
             if all(scrape(p, "/readyz")[0] == 200 for p in ports):
                 break
             await asyncio.sleep(0.1)
