@@ -74,7 +74,11 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
-from selfheal.models._fit import decimate, median, theil_sen
+
+# the fits' exact fast paths (cached pair/stride indices, partition median)
+from selfheal.models._fit import decimate as _decimate
+from selfheal.models._fit import median as _median
+from selfheal.models._fit import theil_sen as _theil_sen
 from selfheal.models.base import Judge
 from selfheal.models.resources import RESOURCES
 from selfheal.pipeline.kernel.types import AnomalyKind, Finding, Forecast, Sample, Severity
@@ -117,12 +121,6 @@ class GrowthParams:
 
 _G = GrowthParams()
 GROWTH_PARAMS: tuple[str, ...] = tuple(f.name for f in fields(GrowthParams))
-
-
-# the fits' exact fast paths (cached pair/stride indices, partition median): see models/_fit.py
-_theil_sen = theil_sen
-_decimate = decimate
-_median = median
 
 
 class ResourceForecastJudge(Judge):

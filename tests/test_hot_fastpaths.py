@@ -6,7 +6,7 @@
 - ``Guard.admit_samples`` (a batch admitted in one pass) gives the verdicts, the findings and
   the state of one ``Guard.admit`` per sample, across the time window, label-set cap and
   rate limit, with and without a reference time;
-- the stage's inline series keys are ``series_key``'s.
+- the stage's series keys (``series_keys``) are ``series_key``'s.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from operator import attrgetter
 from typing import Any, Protocol, TypeAlias
 
 from selfheal.models.base import Judge, LogJudge
-from selfheal.models.registry import Router, SeriesKey
+from selfheal.models.registry import Router, SeriesKey, series_keys
 from selfheal.pipeline.core.changes import ChangeLog
 from selfheal.pipeline.core.config import Settings
 from selfheal.pipeline.core.decode import Decoded, Decoder
@@ -254,7 +254,7 @@ class PartitionStage:
         """Guard -> judges -> topology for one batch's samples; returns how many were admitted.
 
         The pipeline's hot path: bound methods and the series bank's dict in locals (``LRU.get``
-        inline: a hit is moved to the end), series keys built inline (``series_key``), the
+        inline: a hit is moved to the end), series keys in one pass (``series_keys``), the
         watermark in a local mirrored to ``self.watermark`` whenever it moves.
         """
         bank = self.series._data
@@ -307,13 +307,7 @@ class PartitionStage:
         self, samples: list[tuple[Envelope, Sample]], reference: float | None, use_watermark: bool
     ) -> tuple[list[SeriesKey], list[Any]]:
         """The samples' series keys, and the guard's verdicts (``_PENDING``: not decided yet)."""
-        # series_key(s) for every sample: the labels sorted, in a hashable form
-        keys: list[SeriesKey] = [
-            (s.entity, s.metric, tuple(sorted(s.labels.items())))
-            if s.labels
-            else (s.entity, s.metric)
-            for _, s in samples
-        ]
+        keys = series_keys(samples)
         if use_watermark:
             # "now" is the watermark, which moves as samples are admitted: each in its turn
             return keys, [_PENDING] * len(samples)

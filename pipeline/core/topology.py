@@ -74,13 +74,7 @@ class Topology:
 
     def observe(self, sample: Sample) -> None:
         """Learn from one sample: its entity's groups and, for dependency probes, an edge."""
-        # called for every dependency probe: a known entity is ``LRU.get`` inline
-        nodes = self._nodes._data
-        node = nodes.get(sample.entity)
-        if node is None:
-            node = self._node(sample.entity, sample.labels)
-        else:
-            nodes.move_to_end(sample.entity)
+        node = self._node(sample.entity, sample.labels)
         if sample.metric == DEPENDENCY_METRIC:
             callee = sample.labels.get(DEPENDENCY_LABEL)
             if callee and callee != sample.entity and callee not in node.callees:
