@@ -113,6 +113,11 @@ class LogJudge(Estimator, abc.ABC):
         return []
 
 
+def ticks(judge: Judge | LogJudge) -> bool:
+    """Whether ``judge`` has absence checks (overrides ``tick``): only those are ticked."""
+    return type(judge).tick is not Judge.tick and type(judge).tick is not LogJudge.tick
+
+
 class DriftDetector(Estimator, abc.ABC):
     """Sequential change test on per-bucket counts (``errors`` out of ``total``).
 

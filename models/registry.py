@@ -142,6 +142,23 @@ class Router:
             return []
         return [("error_rate", self._error_rate), ("logs", self._log_analyzer)]
 
+    def entity_factory(self, name: str) -> Callable[[], Judge | LogJudge] | None:
+        """The factory of a per-entity bank entry named ``name`` by ``entity_judges`` or
+        ``log_judges``, under these settings; None when they no longer build it (a restore
+        drops such a judge)."""
+        if not self.models_enabled:
+            return None
+        if name == "error_rate":
+            return self._error_rate
+        if name == "logs":
+            return self._log_analyzer
+        if name.startswith("forecast:"):
+            usage = name.removeprefix("forecast:").split("|", 1)[0]
+            forecast = self._forecasts.get(usage)
+            if forecast is not None and forecast[1] == usage:
+                return forecast[2]
+        return None
+
     def _error_rate(self) -> ErrorRateJudge:
         return ErrorRateJudge(**self._error_kw)  # type: ignore[arg-type]
 

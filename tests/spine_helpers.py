@@ -172,3 +172,26 @@ def start_pipeline(config: Path, bootstrap: str, log: Path) -> subprocess.Popen[
             stdout=subprocess.PIPE,
             stderr=err,
         )
+
+
+async def committed_offset(bootstrap: str, group: str, topic: str, partition: int = 0) -> int:
+    """The group's committed offset of one partition (0 before any commit)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await c.start()
+    try:
+        return await c.committed(TopicPartition(topic, partition)) or 0
+    finally:
+        await c.stop()
+
+
+async def wait_while_running(
+    cond: Any, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90
+) -> None:
+    """Poll the async ``cond`` until true; fail with the log's tail if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while not await cond():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        await asyncio.sleep(0.2)

@@ -31,6 +31,7 @@ import pytest
 import selfheal.models
 from selfheal.models.base import DriftDetector, Estimator, Judge, LogJudge
 from selfheal.pipeline.core import state as snapshots
+from selfheal.pipeline.core.reconcile import same_settings, template
 from selfheal.pipeline.kernel.types import Finding, LogLevel, LogLine, Sample
 
 T0 = 1_795_842_000.0
@@ -319,3 +320,16 @@ def test_has_a_runnable_example(cls: type[Estimator]) -> None:
     assert own or (">>>" in module_doc and cls.__name__ in module_doc), (
         f"{cls.__name__} needs a docstring example (run by tests/test_models_doctest.py)"
     )
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.family != "drift"], ids=lambda c: c.id)
+def test_a_restored_judge_is_kept_under_the_same_settings(case: Case) -> None:
+    # a restore keeps a judge's learning only where the running settings build the same judge
+    # (``reconcile``): a judge that round-trips must be recognised, or every restart relearns
+    det = case.make()
+    _feed(det, case.family, _records(case, 1500, 1), final=False)
+    restored = snapshot_round_trip(det)
+    assert same_settings(restored, template(case.make()))
+    other = next((o for o in CASES if o.cls is case.cls and o.params != case.params), None)
+    if other is not None and repr(other.make()._get_params()) != repr(det._get_params()):
+        assert not same_settings(restored, template(other.make()))

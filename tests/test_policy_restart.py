@@ -9,7 +9,6 @@ command runs.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -27,24 +26,20 @@ from selfheal.pipeline.core.stage import Pipeline
 from selfheal.pipeline.kernel.types import DecisionStatus, Envelope, Mode
 
 from tests.conftest import ROOT, consume_all
-from tests.spine_helpers import env_without_kafka, produce_records, settings_for, write_config
+from tests.spine_helpers import (
+    committed_offset,
+    env_without_kafka,
+    produce_records,
+    settings_for,
+    wait_while_running,
+    write_config,
+)
 
 MEM = "container_memory_working_set_bytes"
 
 
 def _mem(entity: str, ts: float, ratio: float) -> dict[str, Any]:
     return {"ts": ts, "entity": entity, "metric": MEM, "value": ratio * 1e9, "limit": 1e9}
-
-
-async def _committed(bootstrap: str, group: str, topic: str) -> int:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await c.start()
-    try:
-        return await c.committed(TopicPartition(topic, 0)) or 0
-    finally:
-        await c.stop()
 
 
 def _start(config: Path, bootstrap: str, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -57,14 +52,6 @@ def _start(config: Path, bootstrap: str, log: Path, env: dict[str, str]) -> subp
             stdout=subprocess.DEVNULL,
             stderr=err,
         )  # fmt: skip
-
-
-async def _wait(cond: Any, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not await cond():
-        assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        await asyncio.sleep(0.2)
 
 
 @pytest.mark.asyncio
@@ -91,12 +78,13 @@ async def test_dry_run_after_kill_9_governs_restored_and_new_entities(
     await produce_records(producer, t.metrics, first)
 
     async def all_first() -> bool:
-        done = await _committed(broker.bootstrap, s.kafka.group_id, t.metrics) >= len(first)
+        done = await committed_offset(broker.bootstrap, s.kafka.group_id, t.metrics) >= len(first)
         return done and marker.exists() and len(marker.read_text().split()) == 3
 
     proc = _start(config, broker.bootstrap, log, {})
     try:
-        await _wait(all_first, proc, log)  # repaired in enforce mode, snapshot + commit done
+        # repaired in enforce mode, snapshot + commit done
+        await wait_while_running(all_first, proc, log)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
@@ -111,11 +99,11 @@ async def test_dry_run_after_kill_9_governs_restored_and_new_entities(
     total = len(first) + len(second)
 
     async def all_second() -> bool:
-        return await _committed(broker.bootstrap, s.kafka.group_id, t.metrics) >= total
+        return await committed_offset(broker.bootstrap, s.kafka.group_id, t.metrics) >= total
 
     proc = _start(config, broker.bootstrap, log, {"SELFHEAL_POLICY__DRY_RUN": "true"})
     try:
-        await _wait(all_second, proc, log)
+        await wait_while_running(all_second, proc, log)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)

@@ -136,7 +136,7 @@ class PartitionState:
         try:
             # decoding 100k series takes seconds: off the event loop, so heartbeats go on
             offsets, state = await asyncio.to_thread(snapshots.decode, blob, self._state_key())
-            snapshots.restore(stage, state)
+            judges = snapshots.restore(stage, state)
         except Exception as exc:  # a bad snapshot never stops the pipeline
             log.error("partition %d: unusable snapshot (%s); starting it fresh", part, exc)
             self.metrics.state_restores.labels("corrupt").inc()
@@ -144,7 +144,18 @@ class PartitionState:
             return None
         stage.data_wall = float("inf")
         self.metrics.state_restores.labels("restored").inc()
+        self._report_judges(part, judges)
         return offsets
+
+    def _report_judges(self, part: int, judges: snapshots.Reconciled) -> None:
+        for outcome in ("kept", "rebuilt", "added", "dropped"):
+            self.metrics.restored_judges.labels(outcome).inc(getattr(judges, outcome))
+        if judges.rebuilt or judges.dropped or judges.added:
+            log.warning(
+                "partition %d: the detection settings changed since the snapshot: %d judges "
+                "rebuilt (their learning restarts), %d added, %d dropped; %d kept",
+                part, judges.rebuilt, judges.added, judges.dropped, judges.kept,
+            )  # fmt: skip
 
     async def _rewind(self, batch: Sequence[Envelope]) -> None:
         """Put back a batch fetched across a rebalance: resume from the last processed offset."""

@@ -157,6 +157,13 @@ class Metrics:
         self.state_restores = Counter(
             "state_restores_total", "Partition state restores", ["outcome"], registry=r
         )
+        self.restored_judges = Counter(
+            "restored_judges_total",
+            "Judges of restored partitions: kept (same settings), rebuilt (settings changed, "
+            "learning restarts), added (newly configured), dropped (no longer configured)",
+            ["outcome"],
+            registry=r,
+        )
         # learned repair effectiveness (selfheal.pipeline.core.effectiveness); services capped
         self.repair_success_ratio = Gauge(
             "repair_success_ratio",

@@ -15,7 +15,7 @@ from itertools import groupby
 from operator import attrgetter
 from typing import Any, Protocol, TypeAlias
 
-from selfheal.models.base import Judge, LogJudge
+from selfheal.models.base import Judge, LogJudge, ticks
 from selfheal.models.registry import Router, SeriesKey, series_keys
 from selfheal.pipeline.core.changes import ChangeLog
 from selfheal.pipeline.core.config import Settings
@@ -90,10 +90,6 @@ _PARTITION = attrgetter("partition")
 
 def _count_topics(envs: Sequence[Envelope]) -> dict[str, int]:
     return Counter(map(_TOPIC, envs))  # counted in C, not per message in Python
-
-
-def _has_tick(judge: Judge | LogJudge) -> bool:
-    return type(judge).tick is not Judge.tick and type(judge).tick is not LogJudge.tick
 
 
 class PartitionStage:
@@ -198,7 +194,7 @@ class PartitionStage:
                 if lj is None:
                     lj = lfactory()
                     self.entities.put((line.entity, name), lj)
-                    if _has_tick(lj):
+                    if ticks(lj):
                         self.tickers.put((line.entity, name), lj)
                 findings.extend(lj.observe_log(line))  # type: ignore[union-attr]
 
@@ -319,7 +315,7 @@ class PartitionStage:
         judges = self.router.series_judges(s)
         self.series.put(key, judges)
         for j in judges:
-            if _has_tick(j):
+            if ticks(j):
                 self.tickers.put((key, j.name), j)
         return judges
 
@@ -453,13 +449,6 @@ class Pipeline:
             )
             st.incidents = self.incidents
         return st
-
-    def adopt(self, stage: PartitionStage) -> None:
-        """Install a restored stage: this deployment's routing and fleet gate win."""
-        stage.router = self.router
-        attach_fleet(stage.policy, self._fleet)
-        stage.incidents = self.incidents
-        self.stages[stage.partition] = stage
 
     def process(self, batch: Sequence[Envelope], now: float | None) -> Outputs:
         """Decode, guard, detect and decide one batch; ``now`` is the wall clock when live."""

@@ -17,6 +17,7 @@ from functools import cache
 from typing import Any
 
 from selfheal.pipeline.core.codec import Codec, CodecError
+from selfheal.pipeline.core.reconcile import Reconciled, reconcile
 
 VERSION = 4  # 4: data-only codec (3 was pickle)
 
@@ -217,10 +218,12 @@ def _check_stage_state(state: Any) -> None:
         raise SnapshotError("policy snapshot is not bytes")
 
 
-def restore(stage: Any, state: dict[str, Any]) -> None:
+def restore(stage: Any, state: dict[str, Any]) -> Reconciled:
     """Pour decoded ``state`` into ``stage``, built from the running process's settings.
 
-    Bounds come from the current config: collections keep its ``max_series``/``max_entities``.
+    Bounds come from the current config: collections keep its ``max_series``/``max_entities``;
+    the judges are rebuilt through the stage's router (``reconcile``): a restored judge keeps
+    what it learned only where the running settings build the same one. Returns what that did.
     """
     stage.watermark = state["watermark"]
     stage._next_tick = state["next_tick"]
@@ -241,6 +244,7 @@ def restore(stage: Any, state: dict[str, Any]) -> None:
         coll.maxsize = getattr(stage, name).maxsize
         coll.shrink(coll.maxsize)
         setattr(stage, name, coll)
+    judges = reconcile(stage.router, stage.series, stage.entities, stage.tickers)
     from selfheal.pipeline.kernel.lru import LRU
 
     otlp = state.get("otlp")
@@ -266,3 +270,4 @@ def restore(stage: Any, state: dict[str, Any]) -> None:
             restore_policy(state["policy"])
         except (ValueError, SnapshotError) as exc:
             raise SnapshotError(f"policy state: {exc}") from exc
+    return judges
