@@ -13,8 +13,9 @@ Second baseline (issue #14): a sweep of ``predict_linear`` range windows 1-12 h 
 Protocol (``benchmarks.forecast_protocol``, as the resource benchmark): every seed draws leaks
 and controls shaped like the fixed ones (``memory_seeded_scenarios``); the memory model's
 defaults are chosen by ``--tune`` on the tuning seeds, then run once on the held-out seeds,
-with both baselines measured on the same series. The fixed 6 leaks + 7 controls + 24 daily
-cycles of ``benchmarks/scenarios.py`` stay as one row.
+with both baselines measured on the same series. Memory has its own seeds (``TUNING_SEEDS``
+0-19, ``HELD_OUT_SEEDS``; ``SEEN_SEEDS``: held out before, reported as seen). The fixed 6 leaks
++ 7 controls + 24 daily cycles of ``benchmarks/scenarios.py`` stay as one row.
 
 Run: ``.venv/bin/python -m benchmarks.memory_leak`` (writes benchmarks/results/memory_leak.md;
 ``--tune`` writes memory_leak_tuning.md; ``BENCH_WORKERS`` processes, default 2).
@@ -45,8 +46,6 @@ from selfheal.models.memory import MemoryLeakJudge  # noqa: E402
 from benchmarks import forecast_protocol as protocol  # noqa: E402
 from benchmarks.common import publish  # noqa: E402
 from benchmarks.forecast_protocol import (  # noqa: E402
-    HELD_OUT_SEEDS,
-    TUNING_SEEDS,
     Outcome,
     Result,
     choose,
@@ -194,6 +193,15 @@ def best_baseline(
     return best, statistics.median(leads[best]), n_clean, alarmed[best]
 
 
+#: memory's own seeds (the resource benchmark keeps the protocol's): twenty tuning seeds, so
+#: that daily-cycle controls whose trough follows the start-up occur among them by the
+#: generator's own draws; (1000, 1001, 1002) were held out until one of their controls, such a
+#: cycle, alarmed in its first day; (2000, 2001, 2002) were held out for a first design (a cap
+#: on first-day etas, see BENCHMARKS.md) that did not help there; both are reported as seen.
+#: (3000, 3001, 3002) are held out since
+TUNING_SEEDS: tuple[int, ...] = tuple(range(20))
+SEEN_SEEDS: tuple[tuple[int, ...], ...] = ((1000, 1001, 1002), (2000, 2001, 2002))
+HELD_OUT_SEEDS: tuple[int, ...] = (3000, 3001, 3002)
 #: issue #3's rule: ``predict_linear(mem[1h], 4*3600) > limit`` (one cell of the sweep)
 RULE: tuple[float, float] = (1.0, 4.0)
 #: control alarms of the baselines count after the start-up ramp (in their favour)
@@ -294,26 +302,25 @@ def _label(seeds: tuple[int, ...] | None) -> str:
     return "fixed 6+7 (+24)" if seeds is None else str(seeds)
 
 
-#: the shipped defaults first, then comparison rows (held-out seeds only)
+#: the shipped defaults first, then comparison rows (held-out and seen seeds only)
 CONFIGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("shipped defaults", {}),
     (
-        "the forecast's defaults (cautious slope, 1.0x; memory's before the sweep)",
-        {"cautious_slope": True, "extrapolation_factor": 1.0},
+        "with the start-up in the fit (memory's defaults before `startup_seconds`)",
+        {"startup_seconds": 0.0},
+    ),
+    (
+        "the forecast's defaults (cautious slope, 1.0x, start-up in the fit)",
+        {"cautious_slope": True, "extrapolation_factor": 1.0, "startup_seconds": 0.0},
     ),
 )
-#: the sweep on the tuning seeds (``--tune``): the decision settings the memory model passes
-#: to the forecast; ``window_growth`` spaces the fit windows (the span of evidence) finer
-SWEEP: tuple[dict[str, Any], ...] = (
-    *(
-        {"cautious_slope": c, "extrapolation_factor": f}
-        for c in (True, False)
-        for f in (0.8, 1.0, 1.2, 1.5)
-    ),
-    *(
-        {"cautious_slope": True, "extrapolation_factor": f, "window_growth": 1.25}
-        for f in (1.0, 1.2, 1.5)
-    ),
+#: the sweep on the tuning seeds (``--tune``): how long after a (re)start the floors stay out
+#: of the fit, at memory's decision settings; the settings without it (the previous choice,
+#: 1/280 controls alarmed, and the cautious slope at 1.2x, 0/280 and 7.85 h) and the first
+#: design's are in BENCHMARKS.md
+SWEEP: tuple[dict[str, Any], ...] = tuple(
+    {"cautious_slope": False, "extrapolation_factor": 1.2, "startup_seconds": x * HOUR}
+    for x in (0.5, 1.0, 2.0)
 )
 
 
@@ -369,7 +376,11 @@ def main(workers: int) -> str:
     rows = []
     shipped: tuple[Result, Baseline] | None = None
     for name, params in CONFIGS:
-        sets = (HELD_OUT_SEEDS, TUNING_SEEDS, None) if shipped is None else (HELD_OUT_SEEDS,)
+        sets = (
+            (HELD_OUT_SEEDS, *SEEN_SEEDS, TUNING_SEEDS, None)
+            if shipped is None
+            else (HELD_OUT_SEEDS, *SEEN_SEEDS)
+        )
         for seeds in sets:
             r, b = evaluate(seeds, params, workers), baseline(seeds)
             rows.append(row(name, _label(seeds), r, _cells(r, b)))
@@ -391,7 +402,9 @@ def main(workers: int) -> str:
         "cycle, heavy noise with spikes; drawn timing) and a daily-cycle stress set "
         f"({len(stress) // len(HELD_OUT_SEEDS)} a seed: +-10/15/20 % around 45/50 %, drawn "
         "phase); 15 s samples. Defaults chosen on the tuning seeds "
-        f"{TUNING_SEEDS} (`--tune`); held-out seeds {HELD_OUT_SEEDS} only evaluated. The "
+        f"{TUNING_SEEDS} (`--tune`); held-out seeds {HELD_OUT_SEEDS} only evaluated; "
+        f"{' and '.join(map(str, SEEN_SEEDS))}: held out before, seen while designing "
+        "`startup_seconds` (reported, not held out). The "
         "fixed row: the 6 leaks, 7 controls and 24 stress cycles of `benchmarks/scenarios.py`.  ",
         "Baselines on the same series: `predict_linear(mem[1h], 4*3600) > limit` at every "
         "sample (Prometheus' least squares over `(t-1h, t]`, checked against a line-by-line "

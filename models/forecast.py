@@ -37,13 +37,17 @@ extrapolate further than we have watched the growth. Within its first day a dail
 be told from a leak by the day-over-day check; these two rules are what keep its rising half
 quiet while a real leak still gets flagged hours before the limit
 (``benchmarks/resource_forecast.py``: tuned on seeds apart from the held-out ones). Memory
-decides with its own two settings (``selfheal.models.memory``: the span's slope, 1.2x), chosen
-the same way by ``benchmarks/memory_leak.py --tune``.
+decides with its own settings (``selfheal.models.memory``: the span's slope, 1.2x, and the
+start-up left out), chosen the same way by ``benchmarks/memory_leak.py --tune``.
 
 A level shift resets the fit: a drop of ``reset_drop_fraction`` x limit below the recent floors
 (restart, the leak is cleared) wipes the state and stops findings; two floors in a row
 ``step_fraction`` x limit above them (deploy with a bigger footprint) restart the fit from the
 first of them (one high floor is noise on a small pool, and a fast leak there kept resetting).
+With ``startup_seconds`` (memory's default; 0 for the other resources) the floors of that long
+after the fit began (a start, a restart, a step) stay out of the windows: the warm-up of a fresh
+process is a rise, not a trend, and inside a window it steepened the slope enough for a daily
+cycle rising from its trough just after a start to pass in its first day.
 
 river's online regressors (SGD ``LinearRegression``) are not robust to steps and sawtooth
 outliers and need feature scaling, so the fit is numpy Theil-Sen on a bounded deque of floors
@@ -108,6 +112,9 @@ class GrowthParams:
     cycle_seconds: float = 24 * 3600.0
     reset_drop_fraction: float = 0.10
     step_fraction: float = 0.05
+    # floors this soon after the fit began (start, restart, step) are left out; memory has its
+    # own (MemoryLeakConfig), the other resources none
+    startup_seconds: float = 0.0
     # project from the slowest of the window's, its recent half's and the end-of-curve slope:
     # the rising half of a daily cycle past its inflection is slower *now* than on average
     cautious_slope: bool = True
@@ -127,6 +134,8 @@ class ResourceForecastJudge(Judge):
     """Per-series time-to-limit forecaster for one resource; see the module docstring."""
 
     name = "resource_forecast"
+    #: a snapshot taken before the setting existed restores without it (the old behaviour)
+    startup_seconds = 0.0
 
     def __init__(
         self,
@@ -149,6 +158,7 @@ class ResourceForecastJudge(Judge):
         cycle_seconds: float = _G.cycle_seconds,
         reset_drop_fraction: float = _G.reset_drop_fraction,
         step_fraction: float = _G.step_fraction,
+        startup_seconds: float = _G.startup_seconds,
         cautious_slope: bool = _G.cautious_slope,
         critical_eta_seconds: float = _G.critical_eta_seconds,
         reemit_seconds: float = _G.reemit_seconds,
@@ -183,6 +193,7 @@ class ResourceForecastJudge(Judge):
         self.cycle_seconds = cycle_seconds
         self.reset_drop_fraction = reset_drop_fraction
         self.step_fraction = step_fraction
+        self.startup_seconds = startup_seconds
         self.cautious_slope = cautious_slope
         self.critical_eta_seconds = critical_eta_seconds
         self.reemit_seconds = reemit_seconds
@@ -400,6 +411,13 @@ class ResourceForecastJudge(Judge):
             return []
         t = np.fromiter(self._floor_t, dtype=float) - now
         v = np.fromiter(self._floor_v, dtype=float)
+        if self.startup_seconds > 0:
+            # a (re)start warms its caches up: that rise is not a trend, and in a window it
+            # steepens the slope (a daily cycle rising from its trough after a start passed)
+            keep = t >= self._fit_start + self.startup_seconds - now
+            t, v = t[keep], v[keep]
+            if len(t) < 8:
+                return self._no_pass(now)
         best: tuple[float, float, float, float] | None = None  # span, slope, icpt, r2
         memo: dict[bytes, float] = {}  # local slopes fitted during this close
         width = self.min_history_seconds

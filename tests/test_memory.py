@@ -6,6 +6,7 @@ import itertools
 import pickle
 from functools import cache
 
+import numpy as np
 import pytest
 from selfheal.models.memory import MemoryLeakConfig, MemoryLeakJudge
 from selfheal.pipeline.kernel.types import AnomalyKind, Finding, Sample, Severity
@@ -163,11 +164,13 @@ def test_memory_defaults_are_its_own_and_reach_the_router() -> None:
     assert (judge.cautious_slope, judge.extrapolation_factor) == (False, 1.2)
     cfg = MemoryLeakConfig()
     assert (cfg.cautious_slope, cfg.extrapolation_factor) == (False, 1.2)
+    assert judge.startup_seconds == cfg.startup_seconds > 0
     disk = ResourceForecastJudge(resource="disk")
     assert (disk.cautious_slope, disk.extrapolation_factor) == (
         GrowthParams().cautious_slope,
         GrowthParams().extrapolation_factor,
     )
+    assert disk.startup_seconds == 0.0  # the other resources keep their start-up floors
     routed = Router((), DetectorsConfig()).series_judges(
         Sample(T0, "svc-1", MEM_METRIC, 1.0, {}, LIMIT)
     )
@@ -197,3 +200,80 @@ def test_drawn_daily_cycles_and_deploy_steps_stay_quiet(seed: int) -> None:
     for sc in controls:
         if sc.name.startswith(("daily_cycle", "deploy_step")):
             assert run(sc) == [], sc.name
+
+
+# The start-up (models/memory.py, ``startup_seconds``): a +-15 % daily cycle whose trough
+# comes just after the process starts rises through its first day like a leak, and with the
+# start-up warm-up in the evidence window its slope was steep enough to alarm (the day-over-day
+# check cannot run before a day of history).
+def first_day_rise(mean: float, trough_h: float, leak_speed: float = 0.0) -> MemoryScenario:
+    """A 36 h series: start-up from 10 % of the limit (15 min time constant), then a +-15 %
+    daily cycle around ``mean`` with its trough at ``trough_h`` and a 2 min, 8 % GC sawtooth.
+    With ``leak_speed`` > 0 the rise does not turn at the inflection (6 h after the trough) but
+    goes on at ``leak_speed`` x its steepest slope until the limit: a leak with the cycle's
+    first 6 h of rise."""
+    rng = np.random.default_rng(7)
+    t = T0 + 15.0 * np.arange(int(36 * HOUR / 15))
+    x = (t - T0) / HOUR
+    w, amp = 2 * np.pi / 24, 0.15
+    cycle = -amp * np.cos(w * (x - trough_h))  # 0 at the inflection, 6 h after the trough
+    if leak_speed > 0:
+        turn = trough_h + 6.0
+        cycle = np.where(x > turn, leak_speed * amp * w * (x - turn), cycle)
+    y = 0.10 + (mean - 0.10) * (1 - np.exp(-x / 0.25)) + cycle
+    y = y + 0.08 * (np.arange(len(t)) % 8) / 8 + rng.normal(0.0, 0.005, len(t))
+    values = y * LIMIT
+    hit = np.nonzero(values >= LIMIT)[0]
+    cut = int(hit[0]) if len(hit) else len(t) - 1
+    oom = float(t[cut]) if len(hit) else None
+    start = T0 + trough_h * HOUR if leak_speed > 0 else None
+    return MemoryScenario("first_day", t[: cut + 1], values[: cut + 1], LIMIT, start, oom)
+
+
+WITH_STARTUP = {"startup_seconds": 0.0}  # the start-up floors in the windows, as before
+
+
+def test_a_drawn_daily_cycle_rising_from_its_trough_after_the_start_stays_quiet() -> None:
+    # a control of the tuning seeds: the start-up ramp runs into the trough (1.4 h in)
+    _, controls, _ = memory_seeded_scenarios(3)
+    sc = next(c for c in controls if c.name == "daily_cycle:s3:0")
+    assert run(sc) == []
+    before = run(sc, MemoryLeakJudge(**WITH_STARTUP))
+    assert before and before[0].ts - sc.ts[0] < 24 * HOUR  # a first-day alarm, as before
+
+
+@pytest.mark.parametrize("mean", [0.45, 0.50])
+@pytest.mark.parametrize("trough_h", [0.5, 1.0])
+def test_a_daily_cycle_rising_from_its_trough_through_its_first_day_stays_quiet(
+    mean: float, trough_h: float
+) -> None:
+    sc = first_day_rise(mean, trough_h)
+    assert run(sc) == []
+    assert run(sc, MemoryLeakJudge(**WITH_STARTUP))  # a hard case: it alarmed before
+
+
+def test_a_leak_with_the_same_first_day_rise_is_still_warned() -> None:
+    sc = first_day_rise(0.50, 1.0, leak_speed=1.0)
+    assert sc.oom_ts is not None and sc.oom_ts < T0 + 24 * HOUR
+    found = run(sc)
+    assert found, "a leak must still be flagged in its first day"
+    first = found[0]
+    assert first.forecast is not None
+    lead = sc.oom_ts - first.ts
+    assert lead >= 6 * HOUR
+    assert abs(first.ts + first.forecast.eta_seconds - sc.oom_ts) <= 0.3 * lead
+
+
+def test_a_fast_leak_from_the_start_alarms_hours_before_the_limit() -> None:
+    # leaking from the process start: no plateau, the start-up runs straight into the leak
+    sc = first_day_rise(0.30, -6.0, leak_speed=2.0)
+    assert sc.oom_ts is not None and sc.oom_ts < T0 + 9 * HOUR
+    found = run(sc)
+    assert found and found[0].forecast is not None
+    assert found[0].ts <= sc.oom_ts - 3 * HOUR
+    # leaving the start-up out costs it at most the start-up itself
+    before = run(sc, MemoryLeakJudge(**WITH_STARTUP))
+    assert found[0].ts <= before[0].ts + MemoryLeakConfig().startup_seconds
+    assert abs(found[0].ts + found[0].forecast.eta_seconds - sc.oom_ts) <= 0.3 * (
+        sc.oom_ts - found[0].ts
+    )
