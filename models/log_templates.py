@@ -27,12 +27,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import cache
 
 from drain3.drain import Drain, Node
-from drain3.masking import AbstractMaskingInstruction, MaskingInstruction
-from drain3.template_miner import TemplateMiner
-from drain3.template_miner_config import TemplateMinerConfig
+from drain3.masking import AbstractMaskingInstruction, LogMasker, MaskingInstruction
+from drain3.simple_profiler import NullProfiler
 
 __all__ = [
     "LogTemplateConfig",
@@ -172,6 +171,17 @@ def default_masking() -> list[AbstractMaskingInstruction]:
     return out
 
 
+_PREFIX, _SUFFIX = "<", ">"  # drain3's defaults: masks read "<VAR>", Drain's wildcard "<*>"
+_PROFILER = NullProfiler()  # does nothing and holds nothing: one for every Drain
+
+
+@cache
+def shared_masker() -> LogMasker:
+    """The masker of every miner, built once: its instructions are configuration that nothing
+    changes (compiled regexes), and a masker per miner cost about 3 KB per entity."""
+    return LogMasker(default_masking(), _PREFIX, _SUFFIX)
+
+
 @dataclass(frozen=True, slots=True)
 class LogTemplateConfig:
     """Shipped defaults (one configuration for all systems; see ``benchmarks/loghub.py``)."""
@@ -200,7 +210,12 @@ class TemplateMatch:
 
 
 class LogTemplateMiner:
-    """drain3 template miner with the default masking, bounded and picklable."""
+    """drain3's Drain with the default masking, bounded and picklable.
+
+    Not drain3's ``TemplateMiner``: of it only the masker and Drain were used, and it held a
+    config, a masker and a parameter cache per miner. The state is this object's ``__dict__``
+    (settings and Drain: clusters, prefix tree), the same fields as before; the masker is shared.
+    """
 
     def __init__(
         self,
@@ -221,29 +236,28 @@ class LogTemplateMiner:
         self.parametrize_numeric_tokens = parametrize_numeric_tokens
         self.extra_delimiters = tuple(extra_delimiters)
         self.max_message_chars = max_message_chars
-        self._miner = self._build_miner()
+        # the Drain drain3's TemplateMiner built from the config it was given before
+        self._drain = Drain(
+            sim_th=sim_th,
+            depth=depth,
+            max_children=max_children,
+            max_clusters=max_clusters,
+            extra_delimiters=list(self.extra_delimiters),
+            profiler=_PROFILER,
+            param_str=_PREFIX + "*" + _SUFFIX,
+            parametrize_numeric_tokens=parametrize_numeric_tokens,
+        )
         self._created_since_prune = 0
-
-    def _build_miner(self) -> TemplateMiner:
-        cfg = TemplateMinerConfig()  # built in code: never reads drain3.ini from the cwd
-        cfg.drain_sim_th = self.sim_th
-        cfg.drain_depth = self.depth
-        cfg.drain_max_children = self.max_children
-        cfg.drain_max_clusters = self.max_clusters
-        cfg.parametrize_numeric_tokens = self.parametrize_numeric_tokens
-        cfg.drain_extra_delimiters = list(self.extra_delimiters)
-        cfg.masking_instructions = default_masking()
-        return TemplateMiner(persistence_handler=None, config=cfg)
 
     # -- mining ---------------------------------------------------------------------------
     def mask(self, message: str) -> str:
         """The message as Drain sees it."""
-        return str(self._miner.masker.mask(message[: self.max_message_chars]))
+        return str(shared_masker().mask(message[: self.max_message_chars]))
 
     def add(self, message: str) -> TemplateMatch:
         """Mine one message: its cluster (template), created or updated."""
         masked = self.mask(message)
-        cluster, change = self._miner.drain.add_log_message(masked)
+        cluster, change = self._drain.add_log_message(masked)
         is_new = change == "cluster_created"
         if is_new:
             self._created_since_prune += 1
@@ -260,30 +274,30 @@ class LogTemplateMiner:
 
     def match(self, message: str) -> int | None:
         """Cluster id of an existing template matching the message exactly, without learning."""
-        cluster = self._miner.drain.match(self.mask(message), "fallback")
+        cluster = self._drain.match(self.mask(message), "fallback")
         return None if cluster is None else int(cluster.cluster_id)
 
     # -- inspection -----------------------------------------------------------------------
     @property
     def drain(self) -> Drain:
-        return self._miner.drain
+        return self._drain
 
     def __len__(self) -> int:
-        return len(self._miner.drain.id_to_cluster)
+        return len(self._drain.id_to_cluster)
 
     def __contains__(self, cluster_id: object) -> bool:
-        return cluster_id in self._miner.drain.id_to_cluster
+        return cluster_id in self._drain.id_to_cluster
 
     def template(self, cluster_id: int) -> str | None:
-        cluster = self._miner.drain.id_to_cluster.get(cluster_id)
+        cluster = self._drain.id_to_cluster.get(cluster_id)
         return None if cluster is None else str(cluster.get_template())
 
     def templates(self) -> dict[int, str]:
-        return {int(c.cluster_id): str(c.get_template()) for c in self._miner.drain.clusters}
+        return {int(c.cluster_id): str(c.get_template()) for c in self._drain.clusters}
 
     def tree_size(self) -> int:
         """Number of prefix-tree nodes (bounded thanks to ``prune_tree``)."""
-        stack, n = [self._miner.drain.root_node], 0
+        stack, n = [self._drain.root_node], 0
         while stack:
             node = stack.pop()
             n += 1
@@ -292,7 +306,7 @@ class LogTemplateMiner:
 
     def prune_tree(self) -> None:
         """Drop evicted cluster ids from the leaves and remove subtrees left empty."""
-        live = self._miner.drain.id_to_cluster
+        live = self._drain.id_to_cluster
 
         def sweep(node: Node) -> bool:
             node.cluster_ids = [cid for cid in node.cluster_ids if cid in live]
@@ -301,20 +315,8 @@ class LogTemplateMiner:
                     del node.key_to_child_node[key]
             return not node.cluster_ids and not node.key_to_child_node
 
-        root = self._miner.drain.root_node
+        root = self._drain.root_node
         for key in list(root.key_to_child_node):
             if sweep(root.key_to_child_node[key]):
                 del root.key_to_child_node[key]
         self._created_since_prune = 0
-
-    # -- pickling: keep Drain (clusters, tree), rebuild the masker and config -------------
-    def __getstate__(self) -> dict[str, Any]:
-        state = {k: v for k, v in self.__dict__.items() if k != "_miner"}
-        state["_drain"] = self._miner.drain
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        drain = state.pop("_drain")
-        self.__dict__.update(state)
-        self._miner = self._build_miner()
-        self._miner.drain = drain
