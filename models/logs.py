@@ -109,8 +109,7 @@ class _Ring:
         if len(counts) != size:
             raise ValueError("ring counts do not match its size")
         self.size, self.last = size, last
-        wide = isinstance(counts, array) and counts.typecode in ("I", "q")
-        self.counts = counts if wide else _counts(counts)
+        self.counts = _counts(counts)
 
     def _advance(self, bucket: int) -> None:
         if self.last < 0:
