@@ -177,6 +177,43 @@ def test_more_records_stamped_alike_than_can_be_held_are_released_not_rejected()
     assert clock.clock == T0 + 3600.0 and clock.held == []
 
 
+def test_a_producer_ahead_of_the_clock_moves_no_one_elses_time() -> None:
+    # against the clock (the default), a record up to max_future_seconds ahead is admitted;
+    # it moved the partition's time with it: every 10 s loop looked silent and was restarted,
+    # and web-1's restart was verified after 20 s instead of its 300 s window
+    s = load_settings(None, {"http": {"enabled": False}})
+    pipe = Pipeline(s, lambda: PolicyEngine(s.policy), live=True)
+    out, verified_at, ahead = Outputs(), [], float("-inf")
+    for i in range(60):
+        t = T0 + 10 * i
+        docs: list[dict[str, object]] = [
+            {"ts": t, "entity": "web-1", "metric": "health_check_ok", "value": float(i // 4 != 3)}
+        ]
+        docs += [
+            {"ts": t, "entity": f"svc-{k}", "metric": "loop_iteration_seconds", "value": 1.0}
+            for k in range(4)
+        ]
+        for d in docs[1:]:
+            d["limit"] = 10.0
+        if i == 17:
+            docs.append({"ts": t + 290, "entity": "skewed", "metric": "cpu_seconds", "value": 1})
+        envs = [
+            Envelope(s.kafka.topics.metrics, 0, 10 * i + j, orjson.dumps(d))
+            for j, d in enumerate(docs)
+        ]
+        now = t + 0.5  # the wall clock
+        step = pipe.process(envs, now)
+        step.extend(pipe.tick(now, 5.0))
+        verified_at += [now - T0 for _ in step.verifications]
+        out.extend(step)
+        ahead = max(ahead, pipe.stages[0].watermark - now)
+    assert out.rejects == [] and out.accepted == 5 * 60 + 1
+    assert [(d.action.value, d.entity) for d in out.decisions] == [("restart", "web-1")]
+    restarted = out.decisions[0].ts - T0
+    assert verified_at and verified_at[0] > restarted + s.policy.verification_window_seconds
+    assert ahead <= 0.0, "the partition's time never ran ahead of the clock"
+
+
 def test_held_records_survive_a_snapshot() -> None:
     from selfheal.pipeline.core import state as snapshots
 
