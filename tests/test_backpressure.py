@@ -97,3 +97,57 @@ async def test_rss_over_the_cap_pauses_until_it_falls_below_the_low_water_mark(
     assert runner.stats.messages == len(recs), "nothing lost"
     assert _value(runner, "consumer_paused", reason="rss") == 0
     assert _value(runner, "consumer_pauses_total", reason="rss") >= 1
+
+
+async def test_a_partition_is_not_silent_while_fetching_is_paused(broker, producer, topic_prefix):
+    # the loops kept reporting while RSS paused fetching: their records wait in the topic.
+    # Idle for idle_grace, the partition's time moved on with the clock as if the loops had
+    # stopped, and each was flagged loop_stuck and restarted before its backlog was read
+    s = settings_for(
+        topic_prefix,
+        broker.bootstrap,
+        partitions=1,
+        detection={"idle_grace_seconds": 2.0, "tick_seconds": 0.2},
+    )
+    t = s.kafka.topics
+    await ensure_topics(broker.bootstrap, [t.metrics, t.logs], 1)
+
+    def loops(base: float, start: int, end: int) -> list[dict[str, object]]:
+        return [
+            {"ts": base + i, "entity": f"svc-{k}", "metric": "loop_iteration_seconds", "value": 0.1}
+            | {"limit": 2.0}  # stuck after 4 s without an iteration
+            for i in range(start, end)
+            for k in range(3)
+        ]
+
+    runner = make_runner(s)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(broker.bootstrap, stop=stop))
+    try:
+        deadline = time.monotonic() + 60
+        while not (runner._source and runner._source.assignment()):
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.05)
+        base = time.time() - 30
+        first = loops(base, 0, 31)
+        await produce_records(producer, t.metrics, first)
+        while runner.stats.messages < len(first):
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.02)
+        runner.backpressure.rss_cap = 1  # far over the cap: fetching pauses
+        while not runner.backpressure.paused:
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(8.0)  # several idle_grace periods, twice the loops' stuck time
+        rest = loops(base, 31, int(time.time() - base) + 1)
+        await produce_records(producer, t.metrics, rest)
+        runner.backpressure.rss_cap = 2**40
+        while runner.stats.messages < len(first) + len(rest):
+            assert time.monotonic() < deadline + 30 and not task.done()
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert runner.stats.rejects == 0 and len(rest) >= 3 * 8
+    assert _value(runner, "anomalies_detected_total", type="loop_stuck") == 0
+    assert _value(runner, "repairs_attempted_total", type="restart") == 0

@@ -97,6 +97,123 @@ def test_two_outliers_and_a_past_record_are_each_rejected() -> None:
     assert sorted(r.envelope.offset for r in out.rejects) == [50, 51, 120]
 
 
+def _loops_and_one_bad_reading(bad: list[tuple[str, str]], *, ahead: float) -> list[bytes]:
+    """Four healthy loops every 10 s; at 300 s one reading (``bad``: entity, metric) stamped
+    ``ahead`` seconds later, as from a host with a wrong clock."""
+    docs: list[dict[str, object]] = []
+    for step in range(60):
+        t = T0 + 10 * step
+        for k in range(4):
+            docs.append(
+                {"ts": t, "entity": f"svc-{k}", "metric": "loop_iteration_seconds", "value": 1.0}
+            )
+            docs[-1]["limit"] = 10.0
+        if step == 30:
+            docs += [{"ts": t + ahead, "entity": e, "metric": m, "value": 1.0} for e, m in bad]
+    return [orjson.dumps(d) for d in docs]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [("bad-host", m) for m in ("cpu_seconds", "rss", "latency_ms", "queue_depth")],  # a scrape
+        [(f"pod-{i}", "cpu_seconds") for i in range(4)],  # a node's pods, one kubelet's clock
+    ],
+    ids=["one-scrape", "one-node"],
+)
+@pytest.mark.parametrize("ahead", [86400.0, 365 * 86400.0])
+def test_one_reading_from_a_clock_ahead_moves_nobodys_time(
+    bad: list[tuple[str, str]], ahead: float
+) -> None:
+    # records stamped at the same instant confirmed each other: the watermark jumped a day,
+    # every other loop on the partition looked silent and was restarted
+    s, pipe = _replay_pipeline()
+    payloads = _loops_and_one_bad_reading(bad, ahead=ahead)
+    envs = [Envelope(s.kafka.topics.metrics, 0, i, p) for i, p in enumerate(payloads)]
+    out = Outputs()
+    for i in range(0, len(envs), 8):
+        out.extend(pipe.process(envs[i : i + 8], None))
+    out.extend(pipe.final_tick())
+    assert [(r.reason.value, r.field) for r in out.rejects] == [("timestamp_future", "ts")] * 4
+    assert {orjson.loads(r.envelope.value)["ts"] for r in out.rejects} == {T0 + 300 + ahead}
+    assert [a.finding.kind.value for a in out.anomalies] == []
+    assert out.decisions == []
+    assert pipe.stages[0].watermark == T0 + 590
+
+
+def test_a_gap_after_which_every_entity_shares_a_timestamp_loses_nothing() -> None:
+    # the other side of the same-instant rule: after a real fleet-wide gap, scrapes stamped
+    # alike are confirmed by the next scrape (or the end of the input)
+    s, pipe = _replay_pipeline()
+    stamps = [T0 + 10 * i for i in range(30)] + [T0 + 6 * 3600 + 10 * i for i in range(30)]
+    envs = [
+        Envelope(
+            s.kafka.topics.metrics,
+            0,
+            len(stamps) * k + i,
+            orjson.dumps({"ts": t, "entity": f"e{k}", "metric": "latency_ms", "value": 1.0}),
+        )
+        for i, t in enumerate(stamps)
+        for k in range(20)
+    ]
+    out = pipe.process(envs, None)
+    out.extend(pipe.final_tick())
+    assert out.rejects == [] and out.accepted == len(envs)
+    assert pipe.stages[0].watermark == stamps[-1]
+
+
+def test_more_records_stamped_alike_than_can_be_held_are_released_not_rejected() -> None:
+    # a fleet bigger than MAX_HELD scraped at one instant after a gap: the bound judges them
+    from selfheal.pipeline.core.decode import Decoded
+    from selfheal.pipeline.core.eventtime import MAX_HELD, EventClock
+    from selfheal.pipeline.kernel.types import Sample
+
+    clock = EventClock(max_future=300.0, max_past=7 * 86400.0)
+    stamps = [T0 + 10 * i for i in range(5)] + [T0 + 3600.0] * (MAX_HELD + 100)
+    envs = [Envelope("m", 0, i, b"") for i in range(len(stamps))]
+    d = Decoded(samples=[(e, Sample(stamps[e.offset], f"e{e.offset}", "m", 1.0)) for e in envs])
+    out, order = clock.sequence(d, envs)
+    assert out.rejects == [] and len(out.samples) == len(stamps) == len(order)
+    assert clock.clock == T0 + 3600.0 and clock.held == []
+
+
+def test_a_producer_ahead_of_the_clock_moves_no_one_elses_time() -> None:
+    # against the clock (the default), a record up to max_future_seconds ahead is admitted;
+    # it moved the partition's time with it: every 10 s loop looked silent and was restarted,
+    # and web-1's restart was verified after 20 s instead of its 300 s window
+    s = load_settings(None, {"http": {"enabled": False}})
+    pipe = Pipeline(s, lambda: PolicyEngine(s.policy), live=True)
+    out, verified_at, ahead = Outputs(), [], float("-inf")
+    for i in range(60):
+        t = T0 + 10 * i
+        docs: list[dict[str, object]] = [
+            {"ts": t, "entity": "web-1", "metric": "health_check_ok", "value": float(i // 4 != 3)}
+        ]
+        docs += [
+            {"ts": t, "entity": f"svc-{k}", "metric": "loop_iteration_seconds", "value": 1.0}
+            for k in range(4)
+        ]
+        for d in docs[1:]:
+            d["limit"] = 10.0
+        if i == 17:
+            docs.append({"ts": t + 290, "entity": "skewed", "metric": "cpu_seconds", "value": 1})
+        envs = [
+            Envelope(s.kafka.topics.metrics, 0, 10 * i + j, orjson.dumps(d))
+            for j, d in enumerate(docs)
+        ]
+        now = t + 0.5  # the wall clock
+        step = pipe.process(envs, now)
+        step.extend(pipe.tick(now, 5.0))
+        verified_at += [now - T0 for _ in step.verifications]
+        out.extend(step)
+        ahead = max(ahead, pipe.stages[0].watermark - now)
+    assert out.rejects == [] and out.accepted == 5 * 60 + 1
+    assert [(d.action.value, d.entity) for d in out.decisions] == [("restart", "web-1")]
+    restarted = out.decisions[0].ts - T0
+    assert verified_at and verified_at[0] > restarted + s.policy.verification_window_seconds
+    assert ahead <= 0.0, "the partition's time never ran ahead of the clock"
+
+
 def test_held_records_survive_a_snapshot() -> None:
     from selfheal.pipeline.core import state as snapshots
 

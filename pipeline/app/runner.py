@@ -404,6 +404,10 @@ class Runner(PartitionState):
     def _detect(self, batch: list[Envelope], now: float) -> Outputs:
         with collector_paused():
             out = self.pipeline.process(batch, now) if batch else Outputs()
+        if self.backpressure.paused:
+            # nothing is fetched: a partition's records wait in the topic, it is not silent
+            for st in self.pipeline.stages.values():
+                st.data_wall = now
         if now >= self._next_tick:
             self._next_tick = now + self.settings.detection.tick_seconds
             out.extend(self.pipeline.tick(now, self.settings.detection.idle_grace_seconds))

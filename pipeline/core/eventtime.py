@@ -11,12 +11,15 @@ The rule (a bounded look-ahead, decided per partition, deterministic):
   ``[clock - max_past, clock + max_future]`` is released at once.
 - A record older than ``clock - max_past`` is rejected (``timestamp_past``).
 - A record ahead of ``clock + max_future`` (and every record while ``clock`` has not started)
-  is *held* until ``CONFIRM`` more records of the partition have arrived. If at least half of
-  them are no earlier than ``ts - max_future`` (the stream really moved on: a gap, a restart,
-  a sparse log), it is released and the clock jumps; otherwise it alone is rejected
+  is *held* until ``CONFIRM`` more records of the partition stamped at another instant have
+  arrived (records at its very instant are one reading of one clock, e.g. the rest of a
+  scrape from a host whose clock is a day ahead: no evidence). If at least half of them are no
+  earlier than ``ts - max_future`` (the stream really moved on: a gap, a restart, a sparse
+  log), it is released and the clock jumps; otherwise it alone is rejected
   (``timestamp_future``). Held records are released in arrival order and travel in snapshots.
-- At the end of a replay (``flush``) the undecided are judged on what followed them; with
-  nothing after them, a jump up to ``max_past_seconds`` is accepted, a larger one rejected.
+- At the end of a replay (``flush``), or beyond ``MAX_HELD`` held records, the undecided are
+  judged on what followed them; with nothing after them, a jump up to ``max_past_seconds`` is
+  accepted, a larger one rejected.
 
 >>> from selfheal.pipeline.core.decode import Decoded
 >>> from selfheal.pipeline.kernel.types import Envelope, Sample
@@ -105,7 +108,8 @@ class EventClock:
     def _observe(self, ts: float) -> None:
         """A new arrival is evidence for every held record still collecting evidence."""
         for h in self.held:
-            if h.seen < self.confirm:
+            # the same instant is the same reading (one scrape, one export), not evidence
+            if h.seen < self.confirm and ts != h.item[1].ts:
                 h.seen += 1
                 if ts >= h.item[1].ts - self.max_future:
                     h.support += 1
@@ -141,9 +145,9 @@ class EventClock:
             env, rec = h.item
             if self._near(rec.ts) or rec.ts < self.clock - self.max_past:
                 verdict = True  # the clock caught up with it: an ordinary record now
-            elif h.seen >= self.confirm or len(self.held) > MAX_HELD:
+            elif h.seen >= self.confirm:
                 verdict = 2 * h.support >= self.confirm
-            elif final:
+            elif final or len(self.held) > MAX_HELD:  # nothing more to wait for
                 verdict = h.support == h.seen and (
                     self.clock == -math.inf or rec.ts - self.clock <= self.max_past
                 )

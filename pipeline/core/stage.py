@@ -82,6 +82,7 @@ class Outputs:
 
 
 _NO_TIME = float("-inf")
+_NO_CAP = float("inf")
 #: a sample not admitted yet (watermark runs admit in the detection loop)
 _PENDING: Any = object()
 _TOPIC = attrgetter("topic")
@@ -177,6 +178,7 @@ class PartitionStage:
             ts_by_env,
         )
 
+        cap = _NO_CAP if reference is None or use_watermark else reference
         for env, line in decoded.logs:
             ref = self.watermark if use_watermark and self.watermark > float("-inf") else reference
             rej = guard.admit(env, line.entity, "__log__", None, line.ts, ref)
@@ -185,10 +187,11 @@ class PartitionStage:
                 continue
             out.accepted += 1
             ts_by_env[id(env)] = line.ts
-            if line.ts > self.watermark:
-                self.watermark = line.ts
-                if line.ts >= self._next_tick:
-                    self._tick_into(line.ts, findings, out)
+            if line.ts > self.watermark and self.watermark < cap:
+                now = line.ts if line.ts < cap else cap
+                self.watermark = now
+                if now >= self._next_tick:
+                    self._tick_into(now, findings, out)
             for name, lfactory in self.router.log_judges(line):
                 lj = self.entities.get((line.entity, name))
                 if lj is None:
@@ -259,6 +262,10 @@ class PartitionStage:
         entity_metrics = self.router.entity_metrics
         accepted = 0
         wm = self.watermark
+        # against the clock, the partition's time runs no further than the clock: a producer
+        # whose clock is ahead (within max_future) must not make the others look silent, nor
+        # close their cooldowns and verification windows early
+        cap = _NO_CAP if reference is None or use_watermark else reference
         keys, verdicts = self._keys_and_verdicts(samples, reference, use_watermark)
         for (env, s), key, rej in zip(samples, keys, verdicts, strict=True):
             ts = s.ts
@@ -272,10 +279,10 @@ class PartitionStage:
                 continue
             accepted += 1
             ts_by_env[id(env)] = ts
-            if ts > wm:
-                self.watermark = wm = ts
-                if ts >= self._next_tick:
-                    self._tick_into(ts, findings, out)
+            if ts > wm and wm < cap:
+                self.watermark = wm = ts if ts < cap else cap
+                if wm >= self._next_tick:
+                    self._tick_into(wm, findings, out)
                     wm = self.watermark
             judges = bank.get(key)
             if judges is None:
@@ -510,8 +517,9 @@ class Pipeline:
         """Clock-driven checks for live runs: absence is detected even when no data arrives.
 
         While a partition receives data its event time is its watermark (so a live run makes
-        the same decisions as a replay); once it has been silent for ``idle_grace`` wall
-        seconds, its event time moves on with the clock from the last watermark.
+        the same decisions as a replay), never ahead of the clock; once it has been silent for
+        ``idle_grace`` wall seconds, its event time moves on with the clock from the last
+        watermark.
         """
         out = Outputs()
         for st in self.stages.values():
