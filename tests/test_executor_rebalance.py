@@ -1,0 +1,210 @@
+"""The executor stage across rebalances and restarts, with a slow executor.
+
+``ExecutorStage`` members of one group over the real broker, each running one repair at a time
+(``max_concurrent`` 1) and stuck in a slow one while the others wait for their turn:
+
+- a second member joins and takes over one of the two partitions: a decision that was waiting
+  when its partition moved belongs to the new owner, it runs there once and never again in the
+  process that lost it (two restarts of one service for one decision);
+- the operator pauses repairs while decisions wait: they are recorded ``paused`` and the
+  group's offset moves past them, so a process started later neither runs them nor repeats
+  the decisions executed after the pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from selfheal.connectors.kafka import ensure_topics
+from selfheal.pipeline.app import outcomes as oc
+from selfheal.pipeline.app.control import ControlPlane, encode_control
+from selfheal.pipeline.app.executor_stage import ExecutorStage
+from selfheal.pipeline.core.config import Settings
+from selfheal.pipeline.core.metrics import Metrics
+from selfheal.pipeline.kernel.protocols import ExecutionResult
+from selfheal.pipeline.kernel.types import Decision, Mode, RepairAction
+
+from tests.conftest import consume_all
+from tests.spine_helpers import settings_for
+
+pytestmark = pytest.mark.asyncio
+
+
+class Gated:
+    """A restart executor that holds every execution until ``gate`` opens (a slow command)."""
+
+    name = "gated"
+
+    def __init__(self, gate: asyncio.Event) -> None:
+        self.gate = gate
+        self.runs: list[str] = []
+
+    def handles(self, decision: Decision) -> bool:
+        return decision.action is RepairAction.RESTART
+
+    async def execute(self, decision: Decision) -> ExecutionResult:
+        self.runs.append(decision.id)
+        await self.gate.wait()
+        return ExecutionResult(decision.id, self.name, True, "restarted")
+
+
+def _stage(settings: Settings, executor: Gated, started: float) -> ExecutorStage:
+    control = ControlPlane(settings, settings.kafka.bootstrap, {})
+    return ExecutorStage(settings, [executor], Metrics(), control, started=started)
+
+
+def _restart(prefix: str, entity: str) -> Decision:
+    return Decision(
+        id=f"{prefix}-{entity}",
+        ts=time.time(),
+        action=RepairAction.RESTART,
+        entity=entity,
+        mode=Mode.ENFORCE,
+        predictive=False,
+        reason=("a1",),
+        rule="memory-critical",
+    )
+
+
+async def _publish(producer: AIOKafkaProducer, topic: str, d: Decision, part: int) -> None:
+    value = oc.repair_like(d, "selfheal-detect")
+    await producer.send_and_wait(topic, value, key=d.entity.encode(), partition=part)
+
+
+async def _outcomes(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    events = [orjson.loads(v) for v in await consume_all(bootstrap, topic, idle=1.0)]
+    return [ev["data"] for ev in events if ev["type"] == oc.OUTCOME_TYPE]
+
+
+async def _until(cond: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_waiting_repair_whose_partition_moves_runs_once(
+    broker, producer: AIOKafkaProducer, topic_prefix: str
+) -> None:
+    def settings(source: str, concurrent: int) -> Settings:
+        return settings_for(
+            topic_prefix,
+            broker.bootstrap,
+            partitions=2,
+            executors={"max_concurrent": concurrent},
+            runtime={"source": source},
+        )
+
+    sa, sb = settings("selfheal-a", 1), settings("selfheal-b", 4)
+    t = sa.kafka.topics
+    await ensure_topics(broker.bootstrap, [t.repairs, t.outcomes], 2)
+    started = time.time() - 5
+    slow, fast = asyncio.Event(), asyncio.Event()
+    fast.set()
+    ex_a, ex_b = Gated(slow), Gated(fast)
+    a, b = _stage(sa, ex_a, started), _stage(sb, ex_b, started)
+    stop_a, stop_b = asyncio.Event(), asyncio.Event()
+    run_a = asyncio.create_task(a.run(broker.bootstrap, stop_a))
+    run_b: asyncio.Task[None] | None = None
+    try:
+        await _until(lambda: len(a._live_from) == 2, 30, "the first member's assignment")
+        # two decisions per partition: whichever partition moves, one of its repairs waits
+        ids = []
+        for part in (0, 1):
+            for n in (1, 2):
+                d = _restart(topic_prefix, f"web-{part}-{n}")
+                ids.append(d.id)
+                await _publish(producer, t.repairs, d, part)
+        await _until(lambda: len(ex_a.runs) == 1, 30, "the slow repair to start")
+        await asyncio.sleep(2.0)  # the other three are read and wait for the one slot
+        assert len(ex_a.runs) == 1
+        run_b = asyncio.create_task(b.run(broker.bootstrap, stop_b))
+        await _until(lambda: len(b._live_from) == 1 and len(a._live_from) == 1, 60, "rebalance")
+        await _until(lambda: len(ex_b.runs) >= 1, 30, "the new owner to run a moved repair")
+        slow.set()  # the slow repair ends: the first member's waiting repairs get their turn
+        await asyncio.sleep(5.0)
+    finally:
+        slow.set()
+        stop_a.set()
+        stop_b.set()
+        await asyncio.wait_for(run_a, 60)
+        if run_b is not None:
+            await asyncio.wait_for(run_b, 60)
+    runs = Counter(ex_a.runs + ex_b.runs)
+    assert set(runs) == set(ids), runs
+    assert all(n == 1 for n in runs.values()), f"a decision ran twice: {runs}"
+    done = await _outcomes(broker.bootstrap, t.outcomes)
+    ok = Counter(d["decision_id"] for d in done if d["outcome"] == "ok")
+    assert set(ok) == set(ids) and all(n == 1 for n in ok.values()), done
+
+
+async def test_repairs_refused_while_paused_do_not_hold_back_the_group_offset(
+    broker, producer: AIOKafkaProducer, topic_prefix: str
+) -> None:
+    # a short history (24 h by default): what a process started later no longer finds on the
+    # outcome topic, only the group's committed offset keeps it from running again
+    s = settings_for(
+        topic_prefix,
+        broker.bootstrap,
+        partitions=1,
+        executors={"max_concurrent": 1, "history_seconds": 4.0},
+    )
+    t = s.kafka.topics
+    await ensure_topics(broker.bootstrap, [t.repairs, t.outcomes, t.control], 1)
+    started = time.time() - 5
+    slow = asyncio.Event()
+    first = Gated(slow)
+    stage = _stage(s, first, started)
+    await stage.control.start()
+    stop = asyncio.Event()
+    run = asyncio.create_task(stage.run(broker.bootstrap, stop))
+    web1, web2, web3 = (_restart(topic_prefix, e) for e in ("web-1", "web-2", "web-3"))
+    try:
+        await _until(lambda: len(stage._live_from) == 1, 30, "the assignment")
+        await _publish(producer, t.repairs, web1, 0)
+        await _publish(producer, t.repairs, web2, 0)
+        await _until(lambda: first.runs == [web1.id], 30, "the slow repair to start")
+        group = s.kafka.group_id
+        pause = encode_control("pause", group, by="oncall", reason="bad deploy", ts=time.time())
+        await producer.send_and_wait(t.control, pause)
+        await _until(lambda: stage.control.state.paused, 30, "the pause")
+        slow.set()  # web-1 ends; web-2, waiting for the slot, finds repairs paused
+        resume = encode_control("resume", group, by="oncall", reason="", ts=time.time())
+        await producer.send_and_wait(t.control, resume)
+        await _until(lambda: not stage.control.state.paused, 30, "the resume")
+        await _publish(producer, t.repairs, web3, 0)
+        await _until(lambda: len(first.runs) == 2, 30, "the repair after the resume")
+        await asyncio.sleep(2.0)
+    finally:
+        slow.set()
+        stop.set()
+        await asyncio.wait_for(run, 60)
+        await stage.control.stop()
+    assert first.runs == [web1.id, web3.id]
+    before = await _outcomes(broker.bootstrap, t.outcomes)
+    assert {(d["decision_id"], d["outcome"]) for d in before} == {
+        (web1.id, "ok"),
+        (web2.id, "paused"),
+        (web3.id, "ok"),
+    }
+    await asyncio.sleep(5.0)  # the outcomes are now older than the history a new process reads
+    later = Gated(slow)
+    stage = _stage(s, later, time.time())
+    stop = asyncio.Event()
+    run = asyncio.create_task(stage.run(broker.bootstrap, stop))
+    try:
+        await _until(lambda: len(stage._live_from) == 1, 30, "the assignment")
+        await asyncio.sleep(5.0)
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 60)
+    assert later.runs == [], "a decision handled before the restart ran again"
+    assert await _outcomes(broker.bootstrap, t.outcomes) == before
