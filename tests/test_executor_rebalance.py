@@ -8,14 +8,18 @@
   process that lost it (two restarts of one service for one decision);
 - the operator pauses repairs while decisions wait: they are recorded ``paused`` and the
   group's offset moves past them, so a process started later neither runs them nor repeats
-  the decisions executed after the pause.
+  the decisions executed after the pause;
+- a slow Kubernetes API, every request within ``kubernetes.timeout_seconds``: the stage waits
+  for the operation instead of cutting it off as ``timeout`` while it is still being applied.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,6 +29,7 @@ from selfheal.connectors.kafka import ensure_topics
 from selfheal.pipeline.app import outcomes as oc
 from selfheal.pipeline.app.control import ControlPlane, encode_control
 from selfheal.pipeline.app.executor_stage import ExecutorStage
+from selfheal.pipeline.app.wiring import kubernetes_executor
 from selfheal.pipeline.core.config import Settings
 from selfheal.pipeline.core.metrics import Metrics
 from selfheal.pipeline.kernel.protocols import ExecutionResult
@@ -208,3 +213,83 @@ async def test_repairs_refused_while_paused_do_not_hold_back_the_group_offset(
         await asyncio.wait_for(run, 60)
     assert later.runs == [], "a decision handled before the restart ran again"
     assert await _outcomes(broker.bootstrap, t.outcomes) == before
+
+
+def _slow_api(delay: float) -> tuple[Any, Any, str]:
+    """The recording Kubernetes API of ``test_kubernetes_executor``, answering after ``delay``."""
+    from http.server import ThreadingHTTPServer
+
+    from tests.test_kubernetes_executor import Recorder, _handler, _web_pod_routes
+
+    rec = Recorder()
+    _web_pod_routes(rec)
+    base = _handler(rec)
+
+    class Slow(base):
+        def _serve(self) -> None:
+            time.sleep(delay)
+            super()._serve()
+
+        do_GET = do_PATCH = do_DELETE = _serve
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return rec, server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+async def test_a_slow_kubernetes_api_within_its_timeout_is_not_cut_off(
+    broker, producer: AIOKafkaProducer, topic_prefix: str, tmp_path: Path
+) -> None:
+    """Every request answers inside ``kubernetes.timeout_seconds``; the rollout restart (three
+    requests) takes longer than the command and webhook timeouts: its outcome is ``ok``."""
+    pytest.importorskip("kubernetes")
+    from tests.test_kubernetes_executor import DEPLOYMENT, NS
+
+    rec, server, url = _slow_api(delay=5.0)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: t\n"
+        f"clusters: [{{name: t, cluster: {{server: '{url}'}}}}]\n"
+        "users: [{name: t, user: {token: x}}]\n"
+        "contexts: [{name: t, context: {cluster: t, user: t}}]\n"
+    )
+    s = settings_for(
+        topic_prefix,
+        broker.bootstrap,
+        partitions=1,
+        executors={
+            "command_timeout_seconds": 1.0,
+            "webhook_timeout_seconds": 0.5,
+            "kubernetes": {
+                "enabled": True,
+                "in_cluster": False,
+                "kubeconfig": str(kubeconfig),
+                "timeout_seconds": 6.0,
+            },
+        },
+    )
+    t = s.kafka.topics
+    await ensure_topics(broker.bootstrap, [t.repairs, t.outcomes], 1)
+    control = ControlPlane(s, broker.bootstrap, {})
+    ex = kubernetes_executor(s.executors.kubernetes)
+    stage = ExecutorStage(s, [ex], Metrics(), control, started=time.time() - 5)
+    stop = asyncio.Event()
+    run = asyncio.create_task(stage.run(broker.bootstrap, stop))
+    d = _restart(topic_prefix, f"{NS}/web-7d9c-abcde")
+    try:
+        await _until(lambda: len(stage._live_from) == 1, 30, "the assignment")
+        await _publish(producer, t.repairs, d, 0)
+        await _until(lambda: len(rec.requests) == 3, 40, "the three API requests")
+        await asyncio.sleep(8.0)  # the answer to the patch, and its outcome
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 60)
+        server.shutdown()
+        server.server_close()
+    assert rec.calls()[-1] == ("PATCH", DEPLOYMENT), "the restart was applied"
+    done = await _outcomes(broker.bootstrap, t.outcomes)
+    assert [(o["executor"], o["outcome"]) for o in done] == [("kubernetes", "ok")], done
+    count = stage.metrics.registry.get_sample_value(
+        "repairs_executed_total", {"action": "restart", "outcome": "ok"}
+    )
+    assert count == 1

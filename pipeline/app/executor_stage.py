@@ -37,6 +37,7 @@ from aiokafka.errors import KafkaError
 from selfheal.connectors.audit_file import AuditFileSink
 from selfheal.connectors.errors import BrokerUnavailable, is_retriable
 from selfheal.connectors.kafka import KafkaSink, ensure_topics
+from selfheal.connectors.kubernetes import MAX_REQUESTS
 from selfheal.connectors.tail import TailRecord, TopicTail
 from selfheal.pipeline.app import outcomes as oc
 from selfheal.pipeline.app.control import ApprovalVote, ControlPlane, operator_command
@@ -115,9 +116,11 @@ class ExecutorStage:
         self.ledger = oc.Ledger()
         e = settings.executors
         self._sem = asyncio.Semaphore(e.max_concurrent)
-        # a backstop above every executor's own timeout (the command executor kills its child)
+        # a backstop above every executor's own timeout (the command executor kills its child;
+        # a Kubernetes operation cut off here would still be applied, its outcome "timeout")
+        k8s = MAX_REQUESTS * e.kubernetes.timeout_seconds if e.kubernetes.enabled else 0.0
         self.timeout = (
-            max(e.command_timeout_seconds, e.webhook_timeout_seconds * e.webhook_max_attempts)
+            max(e.command_timeout_seconds, e.webhook_timeout_seconds * e.webhook_max_attempts, k8s)
             + 10.0
         )
         self.pending: dict[str, tuple[Decision, int, int]] = {}  # id -> (decision, ms, partition)
