@@ -9,6 +9,8 @@
 - the operator pauses repairs while decisions wait: they are recorded ``paused`` and the
   group's offset moves past them, so a process started later neither runs them nor repeats
   the decisions executed after the pause;
+- a rebalance gives the partition back to the process still running its repair: the re-read
+  decision gets no ``skipped`` outcome, only the one its run records;
 - a slow Kubernetes API, every request within ``kubernetes.timeout_seconds``: the stage waits
   for the operation instead of cutting it off as ``timeout`` while it is still being applied.
 """
@@ -293,3 +295,55 @@ async def test_a_slow_kubernetes_api_within_its_timeout_is_not_cut_off(
         "repairs_executed_total", {"action": "restart", "outcome": "ok"}
     )
     assert count == 1
+
+
+async def test_a_running_repair_read_again_after_a_rebalance_gets_only_its_outcome(
+    broker, producer: AIOKafkaProducer, topic_prefix: str
+) -> None:
+    """A rebalance hands the partition back to the process still running its repair: the
+    re-read decision is no redelivery with an outcome, so no ``skipped`` is recorded for it
+    (the outcome topic's last word on it would be ``skipped``, not what the run returned)."""
+    from aiokafka import AIOKafkaConsumer
+
+    s = settings_for(topic_prefix, broker.bootstrap, partitions=1)
+    t = s.kafka.topics
+    await ensure_topics(broker.bootstrap, [t.repairs, t.outcomes, t.control], 1)
+    slow = asyncio.Event()
+    ex = Gated(slow)
+    stage = _stage(s, ex, time.time() - 5)
+    stop = asyncio.Event()
+    run = asyncio.create_task(stage.run(broker.bootstrap, stop))
+    d = _restart(topic_prefix, "web-1")
+    # another member of the executor group (subscribed elsewhere): the group rebalances and
+    # the repair topic's partition goes back to the stage
+    other = AIOKafkaConsumer(
+        t.control, bootstrap_servers=broker.bootstrap, group_id=f"{s.kafka.group_id}.executor"
+    )
+    try:
+        await _until(lambda: len(stage._live_from) == 1, 30, "the assignment")
+        await _publish(producer, t.repairs, d, 0)
+        await _until(lambda: ex.runs == [d.id], 30, "the slow repair to start")
+        await asyncio.sleep(1.0)  # its offset is committed while it runs
+        before = stage.metrics.registry.get_sample_value(
+            "repairs_executed_total", {"action": "restart", "outcome": "skipped"}
+        )
+        await other.start()
+        await _until(lambda: bool(other.assignment()), 60, "the rebalance")
+        await asyncio.sleep(3.0)  # the stage re-reads its partition from the committed offset
+        slow.set()
+        await _until(lambda: stage.ledger.get(d.id) not in (None, "started"), 30, "the outcome")
+        await asyncio.sleep(1.0)
+    finally:
+        slow.set()
+        stop.set()
+        await other.stop()
+        await asyncio.wait_for(run, 60)
+    assert before is None
+    assert ex.runs == [d.id]
+    done = await _outcomes(broker.bootstrap, t.outcomes)
+    assert [(o["decision_id"], o["outcome"]) for o in done] == [(d.id, "ok")], done
+    assert stage.ledger.get(d.id) == "ok"
+    skipped = stage.metrics.registry.get_sample_value(
+        "repairs_executed_total", {"action": "restart", "outcome": "skipped"}
+    )
+    assert skipped is None

@@ -9,11 +9,12 @@ At most once per decision id, across crashes, restarts and rebalances: before ac
 ``started`` to the outcome topic (keyed by the id) and after acting the outcome; it commits a
 repair-topic offset only once that record's outcome is written. A redelivered decision is
 checked against the outcome topic (followed from ``executors.history_seconds`` back): one with
-an outcome is skipped, one only ``started`` (the process died while running it) is recorded
-as ``unknown`` and not run again. A decision still waiting for a slot when its partition is
-revoked is left to the new owner (never started here); one refused while paused is recorded
-``paused`` and committed past like any outcome. Every outcome becomes an audit record, a
-CloudEvent on the outcome topic and ``repairs_executed_total{action,outcome}``.
+an outcome is skipped, one still running here is left to that run, one only ``started`` (the
+process died while running it) is recorded as ``unknown`` and not run again. A decision still
+waiting for a slot when its partition is revoked is left to the new owner (never started
+here); one refused while paused is recorded ``paused`` and committed past like any outcome.
+Every outcome becomes an audit record, a CloudEvent on the outcome topic and
+``repairs_executed_total{action,outcome}``.
 
 Pending decisions (``pending_approval``) are kept (per assigned partition, history included)
 until ``selfheal approve`` or ``reject``: an approval within ``executors.approval_expiry_seconds``
@@ -347,7 +348,9 @@ class ExecutorStage:
             return
         state = self.ledger.get(d.id)
         if d.id in self._inflight:
-            await self._finish(d, [(oc.SKIPPED, "", "already running in this process", 0.0)])
+            # read again while it waits or runs here (its partition came back in a rebalance,
+            # a replayed batch published it again): no outcome yet, its run records the one
+            log.info("%s %s read again while running here (%s)", d.action.value, d.entity, d.id)
         elif state == oc.STARTED:
             detail = "started before a restart without a recorded outcome: not executed again"
             await self._finish(d, [(oc.UNKNOWN, "", detail, 0.0)])
