@@ -55,6 +55,9 @@ SCALED_BY = "selfheal.io/scaled-by"
 STRATEGIC = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 OPERATIONS = ("restart", "scale", "rollback", "cordon")
+#: the most API requests one operation sends, each within ``timeout`` (a rollback of a pod's
+#: Deployment: pod, ReplicaSet, Deployment, its ReplicaSets, the patch)
+MAX_REQUESTS = 5
 DEFAULT_ACTIONS: dict[str, str] = {
     "restart": "restart",
     "scale_up": "scale",

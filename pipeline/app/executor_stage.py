@@ -5,13 +5,16 @@ this stage, a member of the consumer group ``<group_id>.executor`` on the repair
 each ``execute``/``enforce`` decision on the configured executors in a pool of
 ``executors.max_concurrent`` tasks, so ingestion and detection go on while a slow command runs.
 
-At most once per decision id, across crashes and restarts: before acting it writes
+At most once per decision id, across crashes, restarts and rebalances: before acting it writes
 ``started`` to the outcome topic (keyed by the id) and after acting the outcome; it commits a
 repair-topic offset only once that record's outcome is written. A redelivered decision is
 checked against the outcome topic (followed from ``executors.history_seconds`` back): one with
-an outcome is skipped, one only ``started`` (the process died while running it) is recorded
-as ``unknown`` and not run again. Every outcome becomes an audit record, a CloudEvent on the
-outcome topic and ``repairs_executed_total{action,outcome}``.
+an outcome is skipped, one still running here is left to that run, one only ``started`` (the
+process died while running it) is recorded as ``unknown`` and not run again. A decision still
+waiting for a slot when its partition is revoked is left to the new owner (never started
+here); one refused while paused is recorded ``paused`` and committed past like any outcome.
+Every outcome becomes an audit record, a CloudEvent on the outcome topic and
+``repairs_executed_total{action,outcome}``.
 
 Pending decisions (``pending_approval``) are kept (per assigned partition, history included)
 until ``selfheal approve`` or ``reject``: an approval within ``executors.approval_expiry_seconds``
@@ -35,6 +38,7 @@ from aiokafka.errors import KafkaError
 from selfheal.connectors.audit_file import AuditFileSink
 from selfheal.connectors.errors import BrokerUnavailable, is_retriable
 from selfheal.connectors.kafka import KafkaSink, ensure_topics
+from selfheal.connectors.kubernetes import MAX_REQUESTS
 from selfheal.connectors.tail import TailRecord, TopicTail
 from selfheal.pipeline.app import outcomes as oc
 from selfheal.pipeline.app.control import ApprovalVote, ControlPlane, operator_command
@@ -113,14 +117,18 @@ class ExecutorStage:
         self.ledger = oc.Ledger()
         e = settings.executors
         self._sem = asyncio.Semaphore(e.max_concurrent)
-        # a backstop above every executor's own timeout (the command executor kills its child)
+        # a backstop above every executor's own timeout (the command executor kills its child;
+        # a Kubernetes operation cut off here would still be applied, its outcome "timeout")
+        k8s = MAX_REQUESTS * e.kubernetes.timeout_seconds if e.kubernetes.enabled else 0.0
         self.timeout = (
-            max(e.command_timeout_seconds, e.webhook_timeout_seconds * e.webhook_max_attempts)
+            max(e.command_timeout_seconds, e.webhook_timeout_seconds * e.webhook_max_attempts, k8s)
             + 10.0
         )
         self.pending: dict[str, tuple[Decision, int, int]] = {}  # id -> (decision, ms, partition)
         self._acted: set[str] = set()
         self._inflight: set[str] = set()
+        #: a decision's start and a revocation of its partition never interleave (``_claim``)
+        self._starting = asyncio.Lock()
         self._open: dict[TopicPartition, set[int]] = {}
         self._read_to: dict[TopicPartition, int] = {}
         self._live_from: dict[TopicPartition, int] = {}
@@ -270,15 +278,18 @@ class ExecutorStage:
             self._open.setdefault(tp, set())
 
     async def _on_revoke(self, revoked: set[TopicPartition]) -> None:
-        with contextlib.suppress(Exception):
-            await self._commit()
-        parts = {tp.partition for tp in revoked}
-        for did in [i for i, (_, _, p) in self.pending.items() if p in parts]:
-            del self.pending[did]
-        for tp in revoked:
-            self._expect.pop(tp, None)
-            self._live_from.pop(tp, None)
-            self._read_to.pop(tp, None)
+        # under the start lock (see ``_claim``); the commit keeps every waiting decision's
+        # offset, so the new owner reads and runs those
+        async with self._starting:
+            with contextlib.suppress(Exception):
+                await self._commit()
+            parts = {tp.partition for tp in revoked}
+            for did in [i for i, (_, _, p) in self.pending.items() if p in parts]:
+                del self.pending[did]
+            for tp in revoked:
+                self._expect.pop(tp, None)
+                self._live_from.pop(tp, None)
+                self._read_to.pop(tp, None)
 
     async def _commit(self) -> None:
         if self._consumer is None:
@@ -337,7 +348,9 @@ class ExecutorStage:
             return
         state = self.ledger.get(d.id)
         if d.id in self._inflight:
-            await self._finish(d, [(oc.SKIPPED, "", "already running in this process", 0.0)])
+            # read again while it waits or runs here (its partition came back in a rebalance,
+            # a replayed batch published it again): no outcome yet, its run records the one
+            log.info("%s %s read again while running here (%s)", d.action.value, d.entity, d.id)
         elif state == oc.STARTED:
             detail = "started before a restart without a recorded outcome: not executed again"
             await self._finish(d, [(oc.UNKNOWN, "", detail, 0.0)])
@@ -353,31 +366,12 @@ class ExecutorStage:
     async def _execute(
         self, d: Decision, handlers: list[ExecutorLike], tp: TopicPartition, offset: int
     ) -> None:
-        recorded = False
+        done = False
         try:
             async with self._sem:
-                st = self.control.state
-                # asking humans for an approval is not a repair: it goes out while paused
-                if st.paused and not d.params.get("approval_required"):
-                    detail = f"automatic repair paused by {st.by}: {st.reason}".rstrip(": ")
-                    await self._finish(d, [(oc.PAUSED, "", detail, 0.0)])
-                    return
-                await self._write([self._outcome_out(oc.started_event(d, self._src, self.clock()))])
-                self.ledger.note(d.id, oc.STARTED)
-                d = self.with_commands(d)
-                results = await asyncio.gather(
-                    *(asyncio.wait_for(ex.execute(d), self.timeout) for ex in handlers),
-                    return_exceptions=True,
-                )
-                rows = []
-                for ex, res in zip(handlers, results, strict=True):
-                    outcome, detail, duration = classify(res)
-                    if outcome == oc.ERROR:
-                        log.error("executor %s raised on %s: %s", ex.name, d.id, detail)
-                    rows.append((outcome, ex.name, detail, duration))
-                self._observe_breakers()
-                await self._finish(d, rows, retries=3)
-            recorded = True
+                if await self._claim(d, tp):
+                    await self._run(d, handlers)
+            done = True
         except Exception as exc:
             # the record could not be written: keep the offset uncommitted and restart the
             # session, so the redelivery finds "started" (unknown) or runs it if it never did
@@ -385,8 +379,48 @@ class ExecutorStage:
             self._broken = exc
         finally:
             self._inflight.discard(d.id)
-            if recorded:
+            if done:  # recorded, or left to the partition's new owner: commit past it
                 self._open.get(tp, set()).discard(offset)
+
+    async def _claim(self, d: Decision, tp: TopicPartition) -> bool:
+        """Write ``started`` and return True, unless ``d`` is not to run here: repairs are
+        paused (recorded as such) or its partition was revoked while it waited for a slot.
+
+        Under the lock ``_on_revoke`` holds while it commits and lets go of the partitions:
+        once the new owner can read them, each of their decisions either has its ``started``
+        acknowledged (the new owner does not run it again) or never starts here.
+        """
+        async with self._starting:
+            if tp not in self._live_from:
+                log.info(
+                    "%s %s left to the new owner of %s (%s)", d.action.value, d.entity, tp, d.id
+                )
+                return False
+            st = self.control.state
+            # asking humans for an approval is not a repair: it goes out while paused
+            if st.paused and not d.params.get("approval_required"):
+                detail = f"automatic repair paused by {st.by}: {st.reason}".rstrip(": ")
+                await self._finish(d, [(oc.PAUSED, "", detail, 0.0)])
+                return False
+            await self._write([self._outcome_out(oc.started_event(d, self._src, self.clock()))])
+            self.ledger.note(d.id, oc.STARTED)
+            return True
+
+    async def _run(self, d: Decision, handlers: list[ExecutorLike]) -> None:
+        """Run a started decision on its executors and record the outcomes."""
+        d = self.with_commands(d)
+        results = await asyncio.gather(
+            *(asyncio.wait_for(ex.execute(d), self.timeout) for ex in handlers),
+            return_exceptions=True,
+        )
+        rows = []
+        for ex, res in zip(handlers, results, strict=True):
+            outcome, detail, duration = classify(res)
+            if outcome == oc.ERROR:
+                log.error("executor %s raised on %s: %s", ex.name, d.id, detail)
+            rows.append((outcome, ex.name, detail, duration))
+        self._observe_breakers()
+        await self._finish(d, rows, retries=3)
 
     def _observe_breakers(self) -> None:
         observe_breakers(self.metrics, self.executors, self._breaker_failures)
