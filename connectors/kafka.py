@@ -99,6 +99,9 @@ class KafkaSource:
         self.aligner = Aligner(max_wait_s=align_wait_s)
         self._held: set[TopicPartition] = set()  # paused while the aligner holds their records
         self._paused = False  # paused for backpressure
+        #: partition numbers with records not handed out yet at the last batch (in the broker
+        #: past what was fetched, or held by the aligner): their data is late, not absent
+        self.behind: frozenset[int] = frozenset()
         #: read when they exist at start (the changes topic of a deployment that sends none)
         self.optional_topics = frozenset(optional_topics)
         self.max_batch = max_batch
@@ -152,8 +155,11 @@ class KafkaSource:
         records = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=self.max_batch)
         for tp, msgs in records.items():
             self.aligner.add(tp.topic, tp.partition, msgs)
-        batch = self.aligner.release(await self._pending())
-        self._hold({TopicPartition(*k) for k in self.aligner.held()})
+        pending = await self._pending()
+        batch = self.aligner.release(pending)
+        held = self.aligner.held()
+        self._hold({TopicPartition(*k) for k in held})
+        self.behind = frozenset(p for _, p in (*pending, *held))
         return batch
 
     async def _pending(self) -> set[tuple[str, int]]:

@@ -8,7 +8,9 @@ import asyncio
 import time
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 from selfheal.connectors.kafka import KafkaSource, ensure_topics
+from selfheal.pipeline.core import state as snapshots
 
 from tests.spine_helpers import make_runner, produce, produce_records, settings_for, valid_samples
 
@@ -149,5 +151,88 @@ async def test_a_partition_is_not_silent_while_fetching_is_paused(broker, produc
         stop.set()
         await asyncio.wait_for(task, 30)
     assert runner.stats.rejects == 0 and len(rest) >= 3 * 8
+    assert _value(runner, "anomalies_detected_total", type="loop_stuck") == 0
+    assert _value(runner, "repairs_attempted_total", type="restart") == 0
+
+
+async def test_a_partition_whose_records_wait_behind_a_long_checkpoint_is_not_silent(
+    broker, producer, topic_prefix, monkeypatch: pytest.MonkeyPatch
+):
+    # a checkpoint of a large state takes tens of seconds (BENCHMARKS: 39 s at 100,000
+    # series) while the services keep reporting. The consumer hands out the backlog one
+    # partition's buffer after the other: while the first was being read, the second, idle
+    # for idle_grace by the wall clock, had its time moved on with the clock, and its loops
+    # looked stuck though their records were fetched and next in line
+    s = settings_for(
+        topic_prefix,
+        broker.bootstrap,
+        partitions=2,
+        kafka={"max_batch": 4},
+        detection={"idle_grace_seconds": 2.0, "tick_seconds": 0.2},
+        state={"snapshot_every_seconds": 1.0},
+        validation={"rate_per_second": 1e6, "burst": 1e6},  # the backlog is no flood
+    )
+    t = s.kafka.topics
+    await ensure_topics(broker.bootstrap, [t.metrics, t.logs], 2)
+    slow = {"armed": False, "done": False}
+    encode = snapshots.encode
+
+    def slow_encode(*args: object) -> bytes:
+        if slow["armed"]:
+            slow["armed"] = False
+            time.sleep(6.0)  # in the checkpoint's worker thread: the event loop goes on
+            slow["done"] = True
+        return encode(*args)
+
+    monkeypatch.setattr(snapshots, "encode", slow_encode)
+    part = DefaultPartitioner()
+    names = [f"svc-{i}" for i in range(20)]
+    on = {p: [n for n in names if part(n.encode(), [0, 1], [0, 1]) == p] for p in (0, 1)}
+    entities = on[0][:2] + on[1][:2]  # two loops on each partition
+    stop = asyncio.Event()
+
+    async def loops() -> None:  # every loop reports every 0.25 s, on time
+        while not stop.is_set():
+            now = time.time()
+            await produce_records(
+                producer,
+                t.metrics,
+                [
+                    {"ts": now, "entity": e, "metric": "loop_iteration_seconds", "value": 0.1}
+                    | {"limit": 2.0}  # stuck after 4 s without an iteration
+                    for e in entities
+                ],
+            )
+            await asyncio.sleep(0.25)
+
+    runner = make_runner(s)
+    task = asyncio.create_task(runner.run(broker.bootstrap, stop=stop))
+    feed = asyncio.create_task(loops())
+    try:
+        deadline = time.monotonic() + 60
+        while runner.stats.messages < 40:
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.05)
+        slow["armed"] = True
+        while not slow["done"]:
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.05)
+            if not slow["armed"]:  # the checkpoint is under way: a backlog builds up
+                now = time.time()
+                bulk = [
+                    {"ts": now, "entity": e, "metric": "queue_depth", "value": float(i % 7)}
+                    for i in range(50)
+                    for e in entities
+                ]
+                await produce_records(producer, t.metrics, bulk)
+        seen = runner.stats.messages
+        while runner.stats.messages < seen + 200:  # the backlog and 4 s more of reports
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(feed, 10)
+        await asyncio.wait_for(task, 30)
+    assert len(set(entities)) == 4 and runner.stats.rejects == 0
     assert _value(runner, "anomalies_detected_total", type="loop_stuck") == 0
     assert _value(runner, "repairs_attempted_total", type="restart") == 0

@@ -5,7 +5,7 @@ flap): ``runtime.max_pending_outputs`` output records handed to the broker and n
 acknowledged (resume at half of it), and ``runtime.max_rss_bytes`` (resume below 90 % of it).
 While any reason holds, every assigned partition is paused (aiokafka's ``consumer.pause``):
 the consumer stops fetching, records already buffered are still processed, nothing is dropped
-and the lag shows the delay (the runner counts no partition as silent meanwhile). Gauges
+and the lag shows the delay (a partition with records waiting is late, not silent). Gauges
 ``consumer_paused{reason}`` and ``pending_outputs`` and the counter
 ``consumer_pauses_total{reason}`` make it visible in ``/metrics``; the same module
 exposes this process's partition assignment (``consumer_assigned_partition{topic,partition}``),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import KafkaError
@@ -45,6 +45,9 @@ class PartitionState:
     _pending_messages: int
     _last_checkpoint: float
     backpressure: Backpressure
+    #: partitions with records in the broker past the consumer's position at the last lag
+    #: reading (a broker round trip every second: fresh where the fetch responses are not)
+    _lagging: frozenset[int] = frozenset()
 
     async def _on_revoke(self, revoked: set[Any]) -> None:
         """Snapshot and commit what we leave behind, then drop its state."""
@@ -174,6 +177,26 @@ class PartitionState:
                 continue
             pos = self._position.get(key)
             consumer.seek(tp, pos if pos is not None else first)
+
+    def _heard_from(self, now: float) -> None:
+        """Partitions whose records wait to be read are not silent at ``now``.
+
+        Absence checks move a silent partition's time on with the clock (``Pipeline.tick``).
+        One whose records are still in the topic (fetching paused for backpressure; a backlog
+        behind a long checkpoint or behind other partitions' records; records the aligner
+        holds) is late, not silent: its loops must not look stuck before their records are read.
+        """
+        late: Iterable[int]
+        if self.backpressure.paused:
+            late = list(self.pipeline.stages)  # nothing is fetched: every partition waits
+        elif self._source is not None:
+            late = self._source.behind | self._lagging
+        else:
+            return
+        for part in late:
+            st = self.pipeline.stages.get(part)
+            if st is not None and st.data_wall < now:  # a restored one (inf) waits for data
+                st.data_wall = now
 
     async def _checkpoint(self, only: set[int] | None) -> None:
         """Snapshot the stages behind pending offsets, then commit those offsets."""

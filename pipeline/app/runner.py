@@ -404,10 +404,7 @@ class Runner(PartitionState):
     def _detect(self, batch: list[Envelope], now: float) -> Outputs:
         with collector_paused():
             out = self.pipeline.process(batch, now) if batch else Outputs()
-        if self.backpressure.paused:
-            # nothing is fetched: a partition's records wait in the topic, it is not silent
-            for st in self.pipeline.stages.values():
-                st.data_wall = now
+        self._heard_from(now)
         if now >= self._next_tick:
             self._next_tick = now + self.settings.detection.tick_seconds
             out.extend(self.pipeline.tick(now, self.settings.detection.idle_grace_seconds))
@@ -475,6 +472,7 @@ class Runner(PartitionState):
         lag = await source.lag()
         for (topic, part), value in lag.items():
             self.metrics.consumer_lag.labels(topic, str(part)).set(value)
+        self._lagging = frozenset(part for (_, part), value in lag.items() if value > 0)
         total = sum(lag.values())
         cap = self.settings.runtime.max_pending_outputs
         health = 1.0 if total < cap else max(0.5, 1.0 - math.log10(total / cap) / 4)

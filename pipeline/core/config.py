@@ -133,7 +133,8 @@ class DetectionConfig(_Section):
     #: how often (event-time seconds) absence checks run against the watermark
     tick_seconds: float = Field(default=5.0, gt=0)
     #: live runs: a partition silent for this many wall seconds advances its event time with
-    #: the clock (absence of data is then detected from the clock)
+    #: the clock (absence of data is then detected from the clock); one with records still
+    #: waiting in the topic or the consumer is late, not silent
     idle_grace_seconds: float = Field(default=30.0, gt=0)
 
 
