@@ -214,6 +214,35 @@ def test_a_producer_ahead_of_the_clock_moves_no_one_elses_time() -> None:
     assert ahead <= 0.0, "the partition's time never ran ahead of the clock"
 
 
+def test_an_anomaly_of_a_producer_ahead_of_the_clock_closes_no_one_elses_window() -> None:
+    # a host whose clock runs 290 s fast fails its health checks: its anomaly was decided at
+    # its own time, which moved the policy's clock: web-1's restart was verified 290 s early
+    s = load_settings(None, {"http": {"enabled": False}})
+    pipe = Pipeline(s, lambda: PolicyEngine(s.policy), live=True)
+    out, verified_at = Outputs(), []
+    for i in range(70):
+        t = T0 + 10 * i
+        check = {"metric": "health_check_ok"}
+        docs = [{"ts": t, "entity": "web-1", "value": float(i // 4 != 3)} | check]
+        if 17 <= i < 21:  # four failed checks, stamped 290 s ahead
+            docs.append({"ts": t + 290, "entity": "skewed", "value": 0.0} | check)
+        envs = [
+            Envelope(s.kafka.topics.metrics, 0, 10 * i + j, orjson.dumps(d))
+            for j, d in enumerate(docs)
+        ]
+        now = t + 0.5  # the wall clock
+        step = pipe.process(envs, now)
+        step.extend(pipe.tick(now, 5.0))
+        verified_at += [(v.entity, now - T0) for v in step.verifications]
+        out.extend(step)
+    assert out.rejects == []
+    restarts = {d.entity: d.ts - T0 for d in out.decisions if d.action.value == "restart"}
+    assert set(restarts) == {"web-1", "skewed"}
+    assert restarts["skewed"] <= 21 * 10 + 0.5, "decided at the clock's time, not 290 s ahead"
+    web = [at for entity, at in verified_at if entity == "web-1"]
+    assert web and web[0] > restarts["web-1"] + s.policy.verification_window_seconds
+
+
 def test_held_records_survive_a_snapshot() -> None:
     from selfheal.pipeline.core import state as snapshots
 

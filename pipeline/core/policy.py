@@ -162,16 +162,19 @@ class PolicyEngine:
                     break
         return matched
 
-    def decide(self, anomaly: Anomaly, plan: RepairPlan = NO_PLAN) -> list[Decision]:
+    def decide(
+        self, anomaly: Anomaly, plan: RepairPlan = NO_PLAN, *, at: float | None = None
+    ) -> list[Decision]:
         """Every decision ``anomaly`` causes (executed or suppressed), in a deterministic order,
-        following the incident's repair ``plan``.
+        following the incident's repair ``plan``, at the anomaly's time (or ``at``, the
+        clock's, for an anomaly stamped ahead of it).
 
         An anomaly id seen before (at-least-once redelivery) yields ``[]``.
         """
         st = self._state
         if not st.seen.add(anomaly.id):
             return []
-        now = max(st.watermark, anomaly.finding.ts)
+        now = max(st.watermark, anomaly.finding.ts if at is None else at)
         self._advance(now)
         self._recurred(anomaly, now)
         out, st.decisions = st.decisions, []
@@ -182,10 +185,11 @@ class PolicyEngine:
                 out.extend(ladder.decide_rule(self, rule, anomaly, now, plan))
         return out
 
-    def observe(self, report: ConditionReport) -> None:
-        """A detector flags (or clears) ``report.kind`` on a watched entity at ``report.ts``."""
+    def observe(self, report: ConditionReport, *, at: float | None = None) -> None:
+        """A detector flags (or clears) ``report.kind`` on a watched entity at ``report.ts``
+        (or ``at``, as in :meth:`decide`)."""
         st = self._state
-        self._advance(report.ts)
+        self._advance(report.ts if at is None else at)
         now = st.watermark
         relevant = False
         for rule in self.config.rules:

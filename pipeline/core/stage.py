@@ -42,7 +42,9 @@ from selfheal.pipeline.kernel.types import (
 
 
 class PolicyLike(Protocol):
-    def decide(self, anomaly: Anomaly, plan: RepairPlan = ...) -> list[Decision]: ...
+    def decide(
+        self, anomaly: Anomaly, plan: RepairPlan = ..., *, at: float | None = ...
+    ) -> list[Decision]: ...
 
     def tick(self, watermark: float) -> tuple[list[Verification], list[Decision]]: ...
 
@@ -109,6 +111,8 @@ class PartitionStage:
         self._next_tick = float("-inf")
         #: wall-clock time this partition last received data (live runs only)
         self.data_wall = float("inf")
+        #: the clock of the batch being processed (inf in replays): the policy's time stops there
+        self._cap = _NO_CAP
         self.guard = Guard(
             GuardConfig(
                 max_future_seconds=v.max_future_seconds,
@@ -166,6 +170,8 @@ class PartitionStage:
         for r in decoded.rejects:
             rejects_by_env.setdefault(id(r.envelope), []).append(r)
         ts_by_env: dict[int, float] = {}
+        # against the clock, the policy's time runs no further than the clock either (below)
+        self._cap = cap = _NO_CAP if reference is None or use_watermark else reference
 
         out.accepted += self._samples(
             decoded.samples,
@@ -178,7 +184,6 @@ class PartitionStage:
             ts_by_env,
         )
 
-        cap = _NO_CAP if reference is None or use_watermark else reference
         for env, line in decoded.logs:
             ref = self.watermark if use_watermark and self.watermark > float("-inf") else reference
             rej = guard.admit(env, line.entity, "__log__", None, line.ts, ref)
@@ -350,18 +355,23 @@ class PartitionStage:
             # the batch's notes go to the incident log together: one wait, not one each
             found = [a for a in signals if isinstance(a, Anomaly)]
             self.incidents.prefetch(found, self.topology, self.changes)
+        cap = self._cap
         for a in signals:
+            # a signal stamped ahead of the clock (a producer's clock runs fast) is decided at
+            # the clock's time: it must not close anyone else's cooldowns or windows early
+            ts = a.ts if isinstance(a, ConditionReport) else a.finding.ts
+            at = cap if ts > cap else None
             if isinstance(a, ConditionReport):
-                self.policy.observe(a)  # type: ignore[attr-defined]
+                self.policy.observe(a, at=at)  # type: ignore[attr-defined]
                 observed = True
                 continue
             out.anomalies.append(a)
             if self.incidents is None:
-                out.decisions.extend(self.policy.decide(a))
+                out.decisions.extend(self.policy.decide(a, at=at))
                 continue
             events, plan = self.incidents.plan(a, self.topology, self.changes)
             out.incidents.extend(events)
-            decisions = self.policy.decide(a, plan)
+            decisions = self.policy.decide(a, plan, at=at)
             self.incidents.decided(plan, decisions)
             out.decisions.extend(decisions)
         if observed:
@@ -374,6 +384,7 @@ class PartitionStage:
         """Absence checks and verification windows, against ``now`` (watermark or clock)."""
         out = Outputs()
         findings: list[Signal] = []
+        self._cap = _NO_CAP  # ``now`` comes from the clock: what it finds is never ahead
         self._tick_into(now, findings, out)
         self._decide(findings, out)
         return out
