@@ -47,9 +47,13 @@ def _envs(records: list[dict[str, Any]]) -> list[Envelope]:
     return [Envelope(TOPIC, 0, i, orjson.dumps(r), None) for i, r in enumerate(records)]
 
 
-def _pipe(like: Pipeline | None = None) -> Pipeline:
+def _pipe(like: Pipeline | None = None, *, learned: bool = False) -> Pipeline:
     s = settings_for("rp", "unused:9092", partitions=1)
-    pipe = Pipeline(s, lambda: PolicyEngine(s.policy), live=False)
+    policy = s.policy
+    if learned:  # ladders walked best-first by what was learned (seeded Thompson draws)
+        rules = [r.model_copy(update={"order": "learned", "min_tries": 1}) for r in policy.rules]
+        policy = policy.model_copy(update={"rules": rules})
+    pipe = Pipeline(s, lambda: PolicyEngine(policy), live=False)
     if like is not None:  # the deployment's shared logs survive the crash
         pipe.fleet = like.fleet
         pipe.incidents = like.incidents
@@ -72,10 +76,13 @@ def _book(pipe: Pipeline) -> dict[Any, Any]:
     return {k: r.to_plain() for k, r in learning.records.items()}
 
 
+@pytest.mark.parametrize("learned", [False, True], ids=["configured", "learned"])
 @pytest.mark.parametrize("split", [3, 8, 18, 33])
-def test_a_replay_from_the_last_snapshot_repeats_outputs_and_learns_once(split: int) -> None:
+def test_a_replay_from_the_last_snapshot_repeats_outputs_and_learns_once(
+    split: int, learned: bool
+) -> None:
     envs = _envs(_records())
-    crashed = _pipe()
+    crashed = _pipe(learned=learned)
     blob = b""
     tail: list[bytes] = []
     verdicts = 0
@@ -88,7 +95,7 @@ def test_a_replay_from_the_last_snapshot_repeats_outputs_and_learns_once(split: 
             verdicts += sum(v.success for v in out.verifications)
     assert verdicts, "the replayed span must hold a verified repair"
 
-    restarted = _pipe(like=crashed)
+    restarted = _pipe(like=crashed, learned=learned)
     _, state = snapshots.decode(blob)
     snapshots.restore(restarted.stage(0), state)
     again: list[bytes] = []
@@ -99,11 +106,11 @@ def test_a_replay_from_the_last_snapshot_repeats_outputs_and_learns_once(split: 
     assert _book(restarted) == _book(crashed)
     # each verified success learned once: those before the snapshot and those replayed
     successes = sum(r[0] for k, r in _book(restarted).items() if k[2] != "*")
-    assert successes == verdicts + _successes_before(envs, split)
+    assert successes == verdicts + _successes_before(envs, split, learned)
 
 
-def _successes_before(envs: list[Envelope], split: int) -> int:
-    pipe = _pipe()
+def _successes_before(envs: list[Envelope], split: int, learned: bool) -> int:
+    pipe = _pipe(learned=learned)
     n = 0
     for start in range(0, split * BATCH, BATCH):
         n += sum(
