@@ -134,6 +134,8 @@ class FleetArbiter:
         who = f"incident:{req.incident}" if req.incident else req.entity
         count = self._needs.record(req.action, who, now)
         storm = self._active.get(req.action)
+        if storm is None and req.held and not req.claim and req.storm_id:
+            storm = self._joined_late(req, now)
         released = self._released.get(req.action)
         if released is not None:
             # quiet for two windows: detectors re-report a lasting condition once per window
@@ -151,8 +153,9 @@ class FleetArbiter:
             elif req.held is False:
                 storm.flagged.pop(req.entity, None)
             outcome = FleetOutcome(Verdict.STORM, storm.id, storm.count, tuple(storm.entities))
-        elif count > self.storm_threshold and req.storm_id and released is None:
-            # (a note, storm_id "", never starts a storm: its proposer would not escalate)
+        elif count > self.storm_threshold and req.storm_id and not req.held and released is None:
+            # (a note, storm_id "" or a held entity's storm, never starts a storm: its proposer
+            # would not escalate)
             entities = self._needs.entities(req.action)
             started = self._active[req.action] = _Storm(req.storm_id, now)
             for entity in entities:
@@ -170,6 +173,16 @@ class FleetArbiter:
         while len(self._outcomes) > self.remember:
             self._outcomes.popitem(last=False)
         return outcome
+
+    def _joined_late(self, req: FleetRequest, now: float) -> _Storm | None:
+        """The storm a held entity's note names, when this log did not see it start: a process
+        reads the ledger from its lookback on, and a storm lasts while held entities are
+        unhealthy, so it may have started earlier. (A reader that saw it start knows it
+        running or over: a note never revives a storm that ended or was released.)"""
+        if req.storm_id in self._ended or req.storm_id in self._released_by:
+            return None
+        storm = self._active[req.action] = _Storm(req.storm_id, now)
+        return storm
 
     def end(self, end: StormEnd) -> None:
         """Close the storm ``end`` names (no-op when it already ended or another one runs)."""

@@ -90,20 +90,28 @@ class Ask:
         )
 
     def need(
-        self, action: RepairAction, *, claim: bool, held: bool | None = None, seed: str = ""
+        self,
+        action: RepairAction,
+        *,
+        claim: bool,
+        held: bool | None = None,
+        seed: str = "",
+        holds: str = "",
     ) -> FleetRequest:
+        """``holds``: for a held entity's note, the storm holding it."""
         return FleetRequest(
             id=decision_id(self.rule.name, action, self.entity, seed + self.anomaly.id),
             ts=self.now,
             entity=self.entity,
             action=action,
             claim=claim,
-            # the id the storm escalation gets if this need starts one ("" for a note)
+            # the id the storm escalation gets if this need starts one (a note: the storm
+            # that holds the entity, or "")
             storm_id=decision_id(
                 "storm", RepairAction.ESCALATE, storm_entity(action), self.anomaly.id
             )
             if claim
-            else "",
+            else holds,
             held=held,
             incident=self.incident if action in PROTECTIVE else "",
         )

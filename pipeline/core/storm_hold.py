@@ -62,7 +62,7 @@ def hold_if_storm(
         joined = ask.entity not in listed and len(listed) < MAX_STORM_ENTITIES
         # the need keeps the storm going (and flags the entity held); a note neither takes
         # budget nor waits
-        eng.fleet.note(ask.need(action, claim=False, held=True))
+        eng.fleet.note(ask.need(action, claim=False, held=True, holds=storm_id))
         outcome = FleetOutcome(Verdict.STORM, storm_id, count + joined, listed)
         return _held(eng, ask, case, action, current, outcome, joined=joined)
     eng._state.held.pop((ask.rule.name, ask.entity), None)
@@ -74,7 +74,7 @@ def storm_verdict(
 ) -> list[Decision]:
     """The fleet answered STORM or STORM_STARTED to this need."""
     out: list[Decision] = []
-    eng.fleet.note(ask.need(action, claim=False, held=True, seed="hold:"))
+    eng.fleet.note(ask.need(action, claim=False, held=True, seed="hold:", holds=outcome.storm_id))
     if outcome.verdict is Verdict.STORM_STARTED:
         out.append(_start(eng, ask, action, outcome))
         joined = False
@@ -252,7 +252,9 @@ def heartbeat(eng: PolicyEngine, key: tuple[str, str], now: float, *, last: bool
             entity,
             hold.action,
             claim=False,
-            storm_id="",
+            # still flagged: the storm holding it (a process whose ledger log starts later
+            # learns of the storm from it)
+            storm_id="" if last else hold.storm_id,
             held=not last,
         )
         if last:

@@ -268,8 +268,9 @@ class FleetRequest:
     action: RepairAction
     #: asks for a budget slot (False when the entity is cooling down or awaits approval)
     claim: bool
-    #: the id the storm escalation gets if this request starts a storm ("" for a note: its
-    #: proposer already saw a storm, so it cannot start one)
+    #: the id the storm escalation gets if this request starts a storm. A note never starts
+    #: one: its ``storm_id`` is "", or, for a held entity still flagged, the storm holding it
+    #: (a reader whose log starts after that storm's start learns of the storm from it)
     storm_id: str
     #: a storm-held entity's condition: True still flagged, False cleared (None: a plain need).
     #: A storm does not end while an entity it holds is flagged, whichever process holds it.
