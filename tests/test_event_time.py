@@ -177,6 +177,15 @@ def test_more_records_stamped_alike_than_can_be_held_are_released_not_rejected()
     assert clock.clock == T0 + 3600.0 and clock.held == []
 
 
+def _at_the_clock(pipe: Pipeline, i: int, t: float, docs: list[dict[str, object]]) -> Outputs:
+    """Batch ``i`` (``docs`` on the metrics topic) processed and ticked at wall clock t + 0.5."""
+    topic = pipe.settings.kafka.topics.metrics
+    envs = [Envelope(topic, 0, 10 * i + j, orjson.dumps(d)) for j, d in enumerate(docs)]
+    step = pipe.process(envs, t + 0.5)
+    step.extend(pipe.tick(t + 0.5, 5.0))
+    return step
+
+
 def test_a_producer_ahead_of_the_clock_moves_no_one_elses_time() -> None:
     # against the clock (the default), a record up to max_future_seconds ahead is admitted;
     # it moved the partition's time with it: every 10 s loop looked silent and was restarted,
@@ -197,16 +206,10 @@ def test_a_producer_ahead_of_the_clock_moves_no_one_elses_time() -> None:
             d["limit"] = 10.0
         if i == 17:
             docs.append({"ts": t + 290, "entity": "skewed", "metric": "cpu_seconds", "value": 1})
-        envs = [
-            Envelope(s.kafka.topics.metrics, 0, 10 * i + j, orjson.dumps(d))
-            for j, d in enumerate(docs)
-        ]
-        now = t + 0.5  # the wall clock
-        step = pipe.process(envs, now)
-        step.extend(pipe.tick(now, 5.0))
-        verified_at += [now - T0 for _ in step.verifications]
+        step = _at_the_clock(pipe, i, t, docs)
+        verified_at += [t + 0.5 - T0 for _ in step.verifications]
         out.extend(step)
-        ahead = max(ahead, pipe.stages[0].watermark - now)
+        ahead = max(ahead, pipe.stages[0].watermark - (t + 0.5))
     assert out.rejects == [] and out.accepted == 5 * 60 + 1
     assert [(d.action.value, d.entity) for d in out.decisions] == [("restart", "web-1")]
     restarted = out.decisions[0].ts - T0
@@ -226,14 +229,8 @@ def test_an_anomaly_of_a_producer_ahead_of_the_clock_closes_no_one_elses_window(
         docs = [{"ts": t, "entity": "web-1", "value": float(i // 4 != 3)} | check]
         if 17 <= i < 21:  # four failed checks, stamped 290 s ahead
             docs.append({"ts": t + 290, "entity": "skewed", "value": 0.0} | check)
-        envs = [
-            Envelope(s.kafka.topics.metrics, 0, 10 * i + j, orjson.dumps(d))
-            for j, d in enumerate(docs)
-        ]
-        now = t + 0.5  # the wall clock
-        step = pipe.process(envs, now)
-        step.extend(pipe.tick(now, 5.0))
-        verified_at += [(v.entity, now - T0) for v in step.verifications]
+        step = _at_the_clock(pipe, i, t, docs)
+        verified_at += [(v.entity, t + 0.5 - T0) for v in step.verifications]
         out.extend(step)
     assert out.rejects == []
     restarts = {d.entity: d.ts - T0 for d in out.decisions if d.action.value == "restart"}
