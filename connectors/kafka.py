@@ -99,9 +99,8 @@ class KafkaSource:
         self.aligner = Aligner(max_wait_s=align_wait_s)
         self._held: set[TopicPartition] = set()  # paused while the aligner holds their records
         self._paused = False  # paused for backpressure
-        #: partition numbers with records not handed out yet at the last batch (in the broker
-        #: past what was fetched, or held by the aligner): their data is late, not absent
-        self.behind: frozenset[int] = frozenset()
+        self._pending_parts: frozenset[int] = frozenset()  # at the last batch (see ``behind``)
+        self._lagging: frozenset[int] = frozenset()  # at the last ``lag`` reading
         #: read when they exist at start (the changes topic of a deployment that sends none)
         self.optional_topics = frozenset(optional_topics)
         self.max_batch = max_batch
@@ -159,8 +158,19 @@ class KafkaSource:
         batch = self.aligner.release(pending)
         held = self.aligner.held()
         self._hold({TopicPartition(*k) for k in held})
-        self.behind = frozenset(p for _, p in (*pending, *held))
+        self._pending_parts = frozenset(p for _, p in (*pending, *held))
         return batch
+
+    @property
+    def behind(self) -> frozenset[int]:
+        """Partition numbers with records not handed out yet: their data is late, not absent.
+
+        Past what was fetched (the fetch responses' high watermarks, per batch), held by the
+        aligner, or past the consumer's position at the last ``lag`` reading (a broker round
+        trip: fresh where no fetch response came, as the consumer fetches no more for a
+        partition while its buffer is full).
+        """
+        return self._pending_parts | self._lagging
 
     async def _pending(self) -> set[tuple[str, int]]:
         """Topic partitions of which the broker holds records past what was fetched."""
@@ -243,6 +253,7 @@ class KafkaSource:
             except (KafkaError, AssertionError):
                 continue
             out[(tp.topic, tp.partition)] = max(0, ends.get(tp, pos) - pos)
+        self._lagging = frozenset(part for (_, part), n in out.items() if n > 0)
         return out
 
 

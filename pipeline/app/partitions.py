@@ -45,9 +45,6 @@ class PartitionState:
     _pending_messages: int
     _last_checkpoint: float
     backpressure: Backpressure
-    #: partitions with records in the broker past the consumer's position at the last lag
-    #: reading (a broker round trip every second: fresh where the fetch responses are not)
-    _lagging: frozenset[int] = frozenset()
 
     async def _on_revoke(self, revoked: set[Any]) -> None:
         """Snapshot and commit what we leave behind, then drop its state."""
@@ -190,7 +187,7 @@ class PartitionState:
         if self.backpressure.paused:
             late = list(self.pipeline.stages)  # nothing is fetched: every partition waits
         elif self._source is not None:
-            late = self._source.behind | self._lagging
+            late = self._source.behind
         else:
             return
         for part in late:

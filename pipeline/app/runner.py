@@ -472,7 +472,6 @@ class Runner(PartitionState):
         lag = await source.lag()
         for (topic, part), value in lag.items():
             self.metrics.consumer_lag.labels(topic, str(part)).set(value)
-        self._lagging = frozenset(part for (_, part), value in lag.items() if value > 0)
         total = sum(lag.values())
         cap = self.settings.runtime.max_pending_outputs
         health = 1.0 if total < cap else max(0.5, 1.0 - math.log10(total / cap) / 4)

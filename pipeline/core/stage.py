@@ -270,7 +270,7 @@ class PartitionStage:
         # against the clock, the partition's time runs no further than the clock: a producer
         # whose clock is ahead (within max_future) must not make the others look silent, nor
         # close their cooldowns and verification windows early
-        cap = _NO_CAP if reference is None or use_watermark else reference
+        cap = self._cap  # set by ``process`` for this batch
         keys, verdicts = self._keys_and_verdicts(samples, reference, use_watermark)
         for (env, s), key, rej in zip(samples, keys, verdicts, strict=True):
             ts = s.ts
