@@ -18,6 +18,7 @@ from selfheal.pipeline.core.audit import decision_record, verification_record
 from selfheal.pipeline.core.effectiveness import Effectiveness
 from selfheal.pipeline.core.events import anomaly_event, repair_event
 from selfheal.pipeline.core.policy import PolicyEngine
+from selfheal.pipeline.core.repair_plan import IncidentHub
 from selfheal.pipeline.core.stage import Outputs, Pipeline
 from selfheal.pipeline.kernel.types import Envelope
 
@@ -117,3 +118,45 @@ def _successes_before(envs: list[Envelope], split: int, learned: bool) -> int:
             1 for v in pipe.process(envs[start : start + BATCH], None).verifications if v.success
         )
     return n
+
+
+def _live(like: Pipeline | None = None) -> Pipeline:
+    s = settings_for("rp", "unused:9092", partitions=1)
+    pipe = Pipeline(s, lambda: PolicyEngine(s.policy), live=True)
+    if like is not None:  # a new process: its own hub, on the deployment's incident log
+        hub = like.incidents
+        pipe.incidents = IncidentHub(hub.config, hub.change_window_seconds, hub.log)
+    return pipe
+
+
+def _resolved(out: Outputs) -> list[bytes]:
+    return [orjson.dumps([e.id, e.state, e.data]) for e in out.incidents if e.state == "resolved"]
+
+
+@pytest.mark.parametrize("ticks_before", [0, 1])
+def test_a_resolution_found_by_the_clock_is_emitted_again_after_a_crash(ticks_before: int) -> None:
+    """A silent partition's incidents are resolved by clock-driven ticks. If the process dies
+    after the tick reached the incident log but before its outputs were acknowledged, the
+    next owner ticks at another wall time: it must still emit that resolution, with its id."""
+    envs = _envs(_records()[:60])  # a spike (an incident), then quiet data, then silence
+    last = T0 + 15.0 * 29
+    crashed = _live()
+    for start in range(0, len(envs), BATCH):
+        batch = envs[start : start + BATCH]
+        crashed.process(batch, orjson.loads(batch[-1].value)["ts"] + 1.0)
+    blob = snapshots.encode(crashed.stages[0], {})
+    grace = 30.0
+    for k in range(ticks_before):  # clock ticks that found nothing due yet
+        assert not _resolved(crashed.tick(last + 60.0 * (k + 1), grace))
+    lost = _resolved(crashed.tick(last + 7200.0, grace))  # kill -9 before these were acked
+    assert lost, "the quiet incident must resolve on the clock's tick"
+    assert not _resolved(crashed.tick(last + 7300.0, grace)), "a resolution is emitted once"
+
+    restarted = _live(like=crashed)
+    _, state = snapshots.decode(blob)
+    snapshots.restore(restarted.stage(0), state)
+    restarted.stages[0].data_wall = last + 1.0
+    again: list[bytes] = []
+    for wall in (last + 7260.0, last + 7290.0, last + 7350.0):  # other wall times
+        again += _resolved(restarted.tick(wall, grace))
+    assert again == lost

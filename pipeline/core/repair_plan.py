@@ -93,6 +93,8 @@ class IncidentHub:
         self.change_window_seconds = change_window_seconds
         #: in the call order until the runner hands over the deployment's shared log
         self.log = log or IncidentLog(IncidentArbiter(self.config))
+        #: per partition, the watermark it went silent at and the clock ticks it logged since
+        self._quiet: dict[int, tuple[float, int]] = {}
 
     @property
     def book(self) -> IncidentBook:
@@ -145,13 +147,27 @@ class IncidentHub:
                 self.log.escalate(plan.incident_id, d.id, plan.anomaly_id or "")
                 return
 
-    def tick(self, ts: float, partition: int = 0) -> list[IncidentEvent]:
+    def tick(
+        self, ts: float, partition: int = 0, since: float | None = None
+    ) -> list[IncidentEvent]:
         """Resolutions due at ``partition``'s event time ``ts`` (the log is written only then).
 
         The tick's id is the partition and its event time: a partition redelivered after a
-        crash reaches the same tick and gets its first outcome (the same events) back.
+        crash reaches the same tick and gets its first outcome (the same events) back. A silent
+        partition's time moves on with the clock (``since``: its watermark, older than ``ts``),
+        and the clock differs on redelivery, so such a tick is named by that watermark and its
+        rank among the ticks logged since (``tick:<partition>:<watermark>+<rank>``). A next
+        owner counts from 1 again and so gets the ticks logged before the crash back in order,
+        their events included: emitted again under the same ids rather than lost.
         """
-        tick_id = f"tick:{partition}:{ts!r}"
-        if self.log.known(tick_id) or self.log.due(ts):
-            return list(self.log.tick(tick_id, ts).events)
-        return []
+        if since is None:
+            tick_id = f"tick:{partition}:{ts!r}"
+        else:
+            mark, rank = self._quiet.get(partition, (since, 0))
+            rank = rank if mark == since else 0
+            tick_id = f"tick:{partition}:{since!r}+{rank + 1}"
+        if not (self.log.known(tick_id) or self.log.due(ts)):
+            return []
+        if since is not None:
+            self._quiet[partition] = (since, rank + 1)
+        return list(self.log.tick(tick_id, ts).events)

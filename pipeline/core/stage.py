@@ -346,7 +346,9 @@ class PartitionStage:
         out.verifications.extend(verifications)
         out.decisions.extend(decisions)
         if self.incidents is not None:
-            out.incidents.extend(self.incidents.tick(now, self.partition))
+            # past the watermark, ``now`` is the clock's (a silent partition): not replayable
+            since = self.watermark if now > self.watermark else None
+            out.incidents.extend(self.incidents.tick(now, self.partition, since))
 
     def _decide(self, findings: list[Signal], out: Outputs) -> None:
         observed = False
