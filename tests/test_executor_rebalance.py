@@ -347,3 +347,43 @@ async def test_a_running_repair_read_again_after_a_rebalance_gets_only_its_outco
         "repairs_executed_total", {"action": "restart", "outcome": "skipped"}
     )
     assert skipped is None
+
+
+async def test_a_repair_that_waited_past_its_verification_window_is_not_run(
+    broker, producer: AIOKafkaProducer, topic_prefix: str
+) -> None:
+    """Slow executors: a restart waiting for a slot until its verification window closed has
+    been judged by the policy already (cleared, or the ladder moved on); running it then would
+    restart a service that may have recovered long ago."""
+    s = settings_for(topic_prefix, broker.bootstrap, partitions=1, executors={"max_concurrent": 1})
+    window = 3.0
+    s = s.model_copy(
+        update={"policy": s.policy.model_copy(update={"verification_window_seconds": window})}
+    )
+    t = s.kafka.topics
+    await ensure_topics(broker.bootstrap, [t.repairs, t.outcomes, t.control], 1)
+    slow = asyncio.Event()
+    ex = Gated(slow)
+    stage = _stage(s, ex, time.time() - 5)
+    stop = asyncio.Event()
+    run = asyncio.create_task(stage.run(broker.bootstrap, stop))
+    web1, web2, web3 = (_restart(topic_prefix, e) for e in ("web-1", "web-2", "web-3"))
+    try:
+        await _until(lambda: len(stage._live_from) == 1, 30, "the assignment")
+        await _publish(producer, t.repairs, web1, 0)
+        await _publish(producer, t.repairs, web2, 0)
+        await _until(lambda: ex.runs == [web1.id], 30, "the slow repair to start")
+        await asyncio.sleep(window + 1.0)  # web-2 waits for the slot past its window
+        slow.set()
+        await _publish(producer, t.repairs, web3, 0)  # fresh: runs as usual
+        await _until(lambda: len(ex.runs) >= 2, 30, "the fresh repair")
+        await asyncio.sleep(1.0)
+    finally:
+        slow.set()
+        stop.set()
+        await asyncio.wait_for(run, 60)
+    assert ex.runs == [web1.id, web3.id]
+    got = {d["decision_id"]: d for d in await _outcomes(broker.bootstrap, t.outcomes)}
+    assert got[web2.id]["outcome"] == "skipped"
+    assert "verification window" in got[web2.id]["detail"]
+    assert got[web1.id]["outcome"] == got[web3.id]["outcome"] == "ok"

@@ -340,9 +340,11 @@ class ExecutorStage:
                         assert self._outcomes is not None
                         await self._outcomes.sync()
                         synced = True
-                    await self._admit(self.approval_request(d) if pending else d, tp, m.offset)
+                    await self._admit(
+                        self.approval_request(d) if pending else d, tp, m.offset, m.timestamp
+                    )
 
-    async def _admit(self, d: Decision, tp: TopicPartition, offset: int) -> None:
+    async def _admit(self, d: Decision, tp: TopicPartition, offset: int, at_ms: int) -> None:
         handlers = [ex for ex in self.executors if ex.handles(d)]
         if not handlers:
             return
@@ -359,17 +361,22 @@ class ExecutorStage:
         else:
             self._inflight.add(d.id)
             self._open.setdefault(tp, set()).add(offset)
-            task = asyncio.create_task(self._execute(d, handlers, tp, offset))
+            task = asyncio.create_task(self._execute(d, handlers, tp, offset, at_ms))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _execute(
-        self, d: Decision, handlers: list[ExecutorLike], tp: TopicPartition, offset: int
+        self,
+        d: Decision,
+        handlers: list[ExecutorLike],
+        tp: TopicPartition,
+        offset: int,
+        at_ms: int,
     ) -> None:
         done = False
         try:
             async with self._sem:
-                if await self._claim(d, tp):
+                if await self._claim(d, tp, at_ms):
                     await self._run(d, handlers)
             done = True
         except Exception as exc:
@@ -382,9 +389,10 @@ class ExecutorStage:
             if done:  # recorded, or left to the partition's new owner: commit past it
                 self._open.get(tp, set()).discard(offset)
 
-    async def _claim(self, d: Decision, tp: TopicPartition) -> bool:
+    async def _claim(self, d: Decision, tp: TopicPartition, at_ms: int) -> bool:
         """Write ``started`` and return True, unless ``d`` is not to run here: repairs are
-        paused (recorded as such) or its partition was revoked while it waited for a slot.
+        paused (recorded as such), it waited for a slot past its verification window
+        (recorded ``skipped``), or its partition was revoked while it waited.
 
         Under the lock ``_on_revoke`` holds while it commits and lets go of the partitions:
         once the new owner can read them, each of their decisions either has its ``started``
@@ -401,6 +409,11 @@ class ExecutorStage:
             if st.paused and not d.params.get("approval_required"):
                 detail = f"automatic repair paused by {st.by}: {st.reason}".rstrip(": ")
                 await self._finish(d, [(oc.PAUSED, "", detail, 0.0)])
+                return False
+            window = self.settings.policy.verification_window_seconds
+            stale = oc.stale(d, self.clock() - at_ms / 1000, window)
+            if stale:
+                await self._finish(d, [(oc.SKIPPED, "", stale, 0.0)])
                 return False
             await self._write([self._outcome_out(oc.started_event(d, self._src, self.clock()))])
             self.ledger.note(d.id, oc.STARTED)

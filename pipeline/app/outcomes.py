@@ -141,6 +141,22 @@ def outcome_record(event: Mapping[str, Any], ts: float) -> AuditRecord:
     )
 
 
+def stale(d: Decision, waited: float, window: float) -> str:
+    """Why ``d``, waiting ``waited`` seconds for an executor slot, must not run any more, or "".
+
+    The policy judges a repair when its verification window closes, whether it ran or not: by
+    then the entity recovered, or the ladder moved on to its next step. A repair still waiting
+    for a slot then (slow executors) would act on a judged case, for example restart a service
+    that recovered long ago. Pages and approval requests are for humans: late beats never.
+    """
+    if d.action is RepairAction.ESCALATE or d.params.get("approval_required") or waited <= window:
+        return ""
+    return (
+        f"not run: it waited {waited:.0f}s for a free executor slot, past its {window:g}s "
+        "verification window (the policy has judged the case without it)"
+    )
+
+
 def approval_record(
     d: Decision, verdict: str, by: str, ts: float, explanation: str = ""
 ) -> AuditRecord:
