@@ -30,7 +30,7 @@ from selfheal.pipeline.app.control import (
     encode_approval,
     encode_control,
 )
-from selfheal.pipeline.app.executor_stage import approved_decision, classify
+from selfheal.pipeline.app.executor_stage import approved_decision
 from selfheal.pipeline.app.wiring import SelfhealProcess
 from selfheal.pipeline.core.audit import read_records
 from selfheal.pipeline.core.policy import PolicyEngine
@@ -198,11 +198,11 @@ def test_repair_event_round_trip_and_classify() -> None:
     with pytest.raises(ValueError):
         oc.decision_from_event(b'{"id": "x"}')
     ok = ExecutionResult("d1", "command", True, "exit 0", duration_seconds=2.0)
-    assert classify(ok) == (oc.OK, "exit 0", 2.0)
-    assert classify(ExecutionResult("d1", "command", False, "timeout after 2s"))[0] == oc.TIMEOUT
-    assert classify(ExecutionResult("d1", "command", False, "exit 1"))[0] == oc.FAILED
-    assert classify(TimeoutError())[0] == oc.TIMEOUT
-    assert classify(RuntimeError("x"))[:2] == (oc.ERROR, "RuntimeError: x")
+    assert oc.classify(ok) == (oc.OK, "exit 0", 2.0)
+    assert oc.classify(ExecutionResult("d1", "command", False, "timeout after 2s"))[0] == oc.TIMEOUT
+    assert oc.classify(ExecutionResult("d1", "command", False, "exit 1"))[0] == oc.FAILED
+    assert oc.classify(TimeoutError())[0] == oc.TIMEOUT
+    assert oc.classify(RuntimeError("x"))[:2] == (oc.ERROR, "RuntimeError: x")
 
 
 def test_pause_rewrites_acting_decisions_only() -> None:

@@ -41,8 +41,10 @@ from selfheal.connectors.kafka import KafkaSink, ensure_topics
 from selfheal.connectors.kubernetes import MAX_REQUESTS
 from selfheal.connectors.tail import TailRecord, TopicTail
 from selfheal.pipeline.app import outcomes as oc
-from selfheal.pipeline.app.control import ApprovalVote, ControlPlane, operator_command
+from selfheal.pipeline.app.approval_decisions import approval_request, with_commands
+from selfheal.pipeline.app.control import ApprovalVote, ControlPlane
 from selfheal.pipeline.app.outputs import observe_breakers
+from selfheal.pipeline.app.redelivery import redeliver
 from selfheal.pipeline.app.runner import ExecutorLike, kafka_client_options
 from selfheal.pipeline.core.audit import AuditRecord, decision_record
 from selfheal.pipeline.core.config import Settings
@@ -68,19 +70,6 @@ def approved_decision(pending: Decision, vote: ApprovalVote) -> Decision:
         params={**pending.params, "approved_decision_id": pending.id, "approved_by": vote.by},
         explanation=f"approved by {vote.by}: {pending.explanation}".rstrip(": "),
     )
-
-
-def classify(result: Any) -> tuple[str, str, float]:
-    """(outcome, detail, duration) of what ``executor.execute`` returned or raised."""
-    if isinstance(result, TimeoutError):
-        return oc.TIMEOUT, "no result within the stage's timeout", 0.0
-    if isinstance(result, BaseException):
-        return oc.ERROR, f"{type(result).__name__}: {result}", 0.0
-    detail = str(result.detail)
-    if result.ok:
-        return oc.OK, detail, float(result.duration_seconds)
-    outcome = oc.TIMEOUT if detail.startswith("timeout") else oc.FAILED
-    return outcome, detail, float(result.duration_seconds)
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -127,12 +116,15 @@ class ExecutorStage:
         self.pending: dict[str, tuple[Decision, int, int]] = {}  # id -> (decision, ms, partition)
         self._acted: set[str] = set()
         self._inflight: set[str] = set()
+        #: firing escalations whose resolution was read (their redelivery stops), oldest first
+        self._resolutions: dict[str, None] = {}
         #: a decision's start and a revocation of its partition never interleave (``_claim``)
         self._starting = asyncio.Lock()
         self._open: dict[TopicPartition, set[int]] = {}
         self._read_to: dict[TopicPartition, int] = {}
         self._live_from: dict[TopicPartition, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._redelivering: set[asyncio.Task[Any]] = set()
         self._consumer: AIOKafkaConsumer | None = None
         self._sink: KafkaSink | None = None
         self._outcomes: TopicTail | None = None
@@ -226,6 +218,10 @@ class ExecutorStage:
                 await self._handle_batch(batch)
                 await self._commit()
         finally:
+            # escalations waiting to be delivered again stop: left ``started``, the next
+            # session or process delivers them (``_admit``)
+            for task in self._redelivering:
+                task.cancel()
             if self._tasks:
                 await asyncio.wait(list(self._tasks), timeout=self.timeout)
             with contextlib.suppress(Exception):
@@ -341,7 +337,7 @@ class ExecutorStage:
                         await self._outcomes.sync()
                         synced = True
                     await self._admit(
-                        self.approval_request(d) if pending else d, tp, m.offset, m.timestamp
+                        approval_request(d) if pending else d, tp, m.offset, m.timestamp
                     )
 
     async def _admit(self, d: Decision, tp: TopicPartition, offset: int, at_ms: int) -> None:
@@ -349,14 +345,19 @@ class ExecutorStage:
         if not handlers:
             return
         state = self.ledger.get(d.id)
+        if d.action is RepairAction.ESCALATE and d.params.get("resolved"):
+            self._resolutions[str(d.params.get("escalation_id", ""))] = None
+            while len(self._resolutions) > MAX_PENDING:
+                self._resolutions.pop(next(iter(self._resolutions)))
         if d.id in self._inflight:
             # read again while it waits or runs here (its partition came back in a rebalance,
             # a replayed batch published it again): no outcome yet, its run records the one
             log.info("%s %s read again while running here (%s)", d.action.value, d.entity, d.id)
-        elif state == oc.STARTED:
+        elif state == oc.STARTED and d.action is not RepairAction.ESCALATE:
+            # (an escalation is delivered again instead: idempotent, and a page must arrive)
             detail = "started before a restart without a recorded outcome: not executed again"
             await self._finish(d, [(oc.UNKNOWN, "", detail, 0.0)])
-        elif state is not None:
+        elif state is not None and state != oc.STARTED:
             await self._finish(d, [(oc.SKIPPED, "", f"already executed (outcome {state})", 0.0)])
         else:
             self._inflight.add(d.id)
@@ -376,8 +377,11 @@ class ExecutorStage:
         done = False
         try:
             async with self._sem:
-                if await self._claim(d, tp, at_ms):
-                    await self._run(d, handlers)
+                claimed = await self._claim(d, tp, at_ms)
+                d = with_commands(d, self.settings, self._boot)
+                results = await self._attempt(d, handlers) if claimed else None
+            if results is not None:
+                await self._record(d, handlers, *await self._redeliver(d, handlers, results))
             done = True
         except Exception as exc:
             # the record could not be written: keep the offset uncommitted and restart the
@@ -419,63 +423,55 @@ class ExecutorStage:
             self.ledger.note(d.id, oc.STARTED)
             return True
 
-    async def _run(self, d: Decision, handlers: list[ExecutorLike]) -> None:
-        """Run a started decision on its executors and record the outcomes."""
-        d = self.with_commands(d)
-        results = await asyncio.gather(
+    async def _attempt(self, d: Decision, handlers: list[ExecutorLike]) -> list[Any]:
+        """Run a started decision on its executors: their results or exceptions, in order."""
+        return await asyncio.gather(
             *(asyncio.wait_for(ex.execute(d), self.timeout) for ex in handlers),
             return_exceptions=True,
         )
+
+    async def _redeliver(
+        self, d: Decision, handlers: list[ExecutorLike], results: list[Any]
+    ) -> tuple[list[Any], str]:
+        """An escalation that failed to arrive is tried again (``redelivery``), each attempt
+        in an executor slot; other repairs are not (their ladder is their retry)."""
+        if d.action is not RepairAction.ESCALATE or d.mode is not Mode.ENFORCE:
+            return results, ""
+
+        async def attempt(todo: list[ExecutorLike]) -> list[Any]:
+            async with self._sem:
+                return await self._attempt(d, todo)
+
+        task = asyncio.current_task()
+        assert task is not None
+        self._redelivering.add(task)
+        try:
+            return await redeliver(
+                handlers,
+                results,
+                attempt,
+                until=self.clock() + self.settings.executors.escalation_retry_seconds,
+                clock=self.clock,
+                resolved=lambda: d.id in self._resolutions,
+            )
+        finally:
+            self._redelivering.discard(task)
+
+    async def _record(
+        self, d: Decision, handlers: list[ExecutorLike], results: list[Any], note: str
+    ) -> None:
+        """The outcomes of a started decision's (last) attempt."""
         rows = []
         for ex, res in zip(handlers, results, strict=True):
-            outcome, detail, duration = classify(res)
+            outcome, detail, duration = oc.classify(res)
             if outcome == oc.ERROR:
                 log.error("executor %s raised on %s: %s", ex.name, d.id, detail)
-            rows.append((outcome, ex.name, detail, duration))
+            rows.append((outcome, ex.name, detail + (note if outcome != oc.OK else ""), duration))
         self._observe_breakers()
         await self._finish(d, rows, retries=3)
 
     def _observe_breakers(self) -> None:
         observe_breakers(self.metrics, self.executors, self._breaker_failures)
-
-    def approval_request(self, pending: Decision) -> Decision:
-        """The escalation telling humans a decision awaits them, with the exact commands."""
-        return replace(
-            pending,
-            id=str(uuid.uuid5(_APPROVED_NS, f"request|{pending.id}")),
-            action=RepairAction.ESCALATE,
-            mode=Mode.ENFORCE,
-            status=DecisionStatus.EXECUTE,
-            params={
-                **pending.params,
-                "approval_required": True,
-                "approval_decision_id": pending.id,
-                "escalated_action": pending.action.value,
-                "kind": "approval_required",
-                "severity": "warning",
-            },
-            explanation=f"{pending.action.value} of {pending.entity} awaits approval. "
-            + pending.explanation,
-        )
-
-    def with_commands(self, d: Decision) -> Decision:
-        """An approval request carries the decision id to act on and the commands to do it;
-        an open escalation (an entity's, a storm's or an update of it) the commands that
-        release it (approve) or acknowledge it (reject), see ``release.py``."""
-        if d.action is not RepairAction.ESCALATE or d.params.get("resolved"):
-            return d
-        if d.params.get("approval_required"):
-            target = str(d.params["approval_decision_id"])
-        else:
-            target = str(d.params.get("escalation_id", d.id))
-        return replace(
-            d,
-            params={
-                **d.params,
-                "approve_command": operator_command("approve", target, self.settings, self._boot),
-                "reject_command": operator_command("reject", target, self.settings, self._boot),
-            },
-        )
 
     @property
     def _src(self) -> str:

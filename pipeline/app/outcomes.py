@@ -141,6 +141,19 @@ def outcome_record(event: Mapping[str, Any], ts: float) -> AuditRecord:
     )
 
 
+def classify(result: Any) -> tuple[str, str, float]:
+    """(outcome, detail, duration) of what ``executor.execute`` returned or raised."""
+    if isinstance(result, TimeoutError):
+        return TIMEOUT, "no result within the stage's timeout", 0.0
+    if isinstance(result, BaseException):
+        return ERROR, f"{type(result).__name__}: {result}", 0.0
+    detail = str(result.detail)
+    if result.ok:
+        return OK, detail, float(result.duration_seconds)
+    outcome = TIMEOUT if detail.startswith("timeout") else FAILED
+    return outcome, detail, float(result.duration_seconds)
+
+
 def stale(d: Decision, waited: float, window: float) -> str:
     """Why ``d``, waiting ``waited`` seconds for an executor slot, must not run any more, or "".
 

@@ -210,6 +210,9 @@ class ExecutorsConfig(_Section):
     max_concurrent: int = Field(default=4, ge=1, le=256)
     #: a pending decision can be approved for this long after it was published
     approval_expiry_seconds: float = Field(default=3600.0, gt=0)
+    #: an escalation (page or resolution) whose delivery failed with a retriable error (the
+    #: receiver down or overloaded) is tried again with backoff for this long; 0: never
+    escalation_retry_seconds: float = Field(default=3600.0, ge=0)
     #: how far back a starting process reads the repair, outcome, control and approval logs
     history_seconds: float = Field(default=86_400.0, gt=0)
     kubernetes: KubernetesExecutorConfig = Field(default_factory=KubernetesExecutorConfig)

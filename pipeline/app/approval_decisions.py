@@ -1,0 +1,55 @@
+"""The decisions the executor stage sends to people: approval requests and open escalations,
+each carrying the exact ``selfheal approve`` / ``reject`` commands to answer it."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+from selfheal.pipeline.app.control import operator_command
+from selfheal.pipeline.core.config import Settings
+from selfheal.pipeline.kernel.types import Decision, DecisionStatus, Mode, RepairAction
+
+#: the namespace of approved runs too (executor_stage): request ids stay what they were
+_REQUEST_NS = uuid.UUID("5d2b8e51-0f3c-4a77-b1e9-8c4f2a6d3e07")
+
+
+def approval_request(pending: Decision) -> Decision:
+    """The escalation telling humans a decision awaits them (deterministic id)."""
+    return replace(
+        pending,
+        id=str(uuid.uuid5(_REQUEST_NS, f"request|{pending.id}")),
+        action=RepairAction.ESCALATE,
+        mode=Mode.ENFORCE,
+        status=DecisionStatus.EXECUTE,
+        params={
+            **pending.params,
+            "approval_required": True,
+            "approval_decision_id": pending.id,
+            "escalated_action": pending.action.value,
+            "kind": "approval_required",
+            "severity": "warning",
+        },
+        explanation=f"{pending.action.value} of {pending.entity} awaits approval. "
+        + pending.explanation,
+    )
+
+
+def with_commands(d: Decision, settings: Settings, bootstrap: str) -> Decision:
+    """An approval request carries the decision id to act on and the commands to do it;
+    an open escalation (an entity's, a storm's or an update of it) the commands that
+    release it (approve) or acknowledge it (reject), see ``release.py``."""
+    if d.action is not RepairAction.ESCALATE or d.params.get("resolved"):
+        return d
+    if d.params.get("approval_required"):
+        target = str(d.params["approval_decision_id"])
+    else:
+        target = str(d.params.get("escalation_id", d.id))
+    return replace(
+        d,
+        params={
+            **d.params,
+            "approve_command": operator_command("approve", target, settings, bootstrap),
+            "reject_command": operator_command("reject", target, settings, bootstrap),
+        },
+    )
