@@ -16,7 +16,7 @@ from selfheal.connectors.http_server import Health, MetricsServer
 from selfheal.connectors.tail import TailRecord
 from selfheal.pipeline.app.console import PREFIX, Console, OutcomeFeed, Sources
 from selfheal.pipeline.app.control import ControlState, decode_approval, decode_control
-from selfheal.pipeline.app.outcomes import outcome_event
+from selfheal.pipeline.app.outcomes import outcome_event, settled_event
 from selfheal.pipeline.core.config import load_settings
 from selfheal.pipeline.core.events import dumps
 from selfheal.pipeline.core.incidents import AnomalyNote, IncidentBook
@@ -241,6 +241,9 @@ def test_feed_is_bounded_and_ignores_redelivered_started() -> None:
         feed.on_record(TailRecord("t", 0, i, 0, None, dumps(ev)))
     late = outcome_event(_pending("d4", "e4"), "started", "", "", 0.0, "s", 9.0)
     feed.on_record(TailRecord("t", 0, 9, 0, None, dumps(late)))
+    # a vote's settled marker is no execution: not listed
+    marker = settled_event(_pending("p1", "e9"), "rejected", "s", 10.0)
+    feed.on_record(TailRecord("t", 0, 11, 0, None, dumps(marker)))
     assert [r["decision_id"] for r in feed.rows()] == ["d4", "d3", "d2"]
     assert feed.rows()[0]["outcome"] == "ok"
     with pytest.raises(ValueError):

@@ -191,6 +191,19 @@ def test_ledger_keeps_the_first_outcome() -> None:
         ledger.note_event(b"not json")
 
 
+def test_settled_marker_is_read_back_and_is_no_outcome() -> None:
+    pending = _decision(status=DecisionStatus.PENDING_APPROVAL)
+    ev = oc.settled_event(pending, "rejected", "selfheal", vote_ts=5.0)
+    assert ev["type"] == oc.SETTLED_TYPE and ev["data"]["detail"] == "rejected"
+    assert ev["id"] == oc.settled_event(pending, "rejected", "other", vote_ts=5.0)["id"]
+    CloudEvent.model_validate(ev)
+    RepairOutcomeData.model_validate(ev["data"])
+    ledger = oc.Ledger()
+    ledger.note_event(orjson.dumps(ev))
+    assert ledger.get("d1") == oc.SETTLED
+    assert oc.SETTLED not in oc.OUTCOMES
+
+
 def test_repair_event_round_trip_and_classify() -> None:
     d = _decision(params={"replicas": 1}, explanation="why")
     back = oc.decision_from_event(oc.repair_like(d))

@@ -19,6 +19,8 @@ Every outcome becomes an audit record, a CloudEvent on the outcome topic and
 Pending decisions (``pending_approval``) are kept (per assigned partition, history included)
 until ``selfheal approve`` or ``reject``: an approval within ``executors.approval_expiry_seconds``
 publishes a new ``execute`` decision citing the approved id, which this stage then runs once.
+Each vote is audited and counted once: with its audit record goes a ``settled`` marker on the
+outcome topic (keyed by the pending id), read back like the outcomes.
 """
 
 from __future__ import annotations
@@ -506,13 +508,17 @@ class ExecutorStage:
             log.log(level, "%s %s %s: %s (%s)", d.action.value, d.entity, outcome, detail, d.id)
 
     async def _write(
-        self, records: list[tuple[str, bytes, bytes]], audit: Sequence[AuditRecord] = ()
+        self,
+        records: list[tuple[str, bytes, bytes]],
+        audit: Sequence[AuditRecord] = (),
+        last: Sequence[tuple[str, bytes, bytes]] = (),
     ) -> None:
-        """Publish (acknowledged) ``records`` plus ``audit`` on the audit topic and file."""
+        """Publish (acknowledged) ``records``, ``audit`` on the audit topic, then ``last``, in
+        one batch; then ``audit`` on the audit file."""
         assert self._sink is not None
         t = self.settings.kafka.topics
         lines = [(t.audit, r.entity.encode(), r.to_json().rstrip(b"\n")) for r in audit]
-        await self._sink.write_batch(records + lines)
+        await self._sink.write_batch([*records, *lines, *last])
         if self.audit is not None and audit:
             await self.audit.write(list(audit))
 
@@ -531,42 +537,61 @@ class ExecutorStage:
         if entry is None or vote.decision_id in self._acted:
             return  # another process owns it, or it is not read yet (handled on arrival)
         self._acted.add(vote.decision_id)
-        task = asyncio.get_running_loop().create_task(self._settle(entry[0], entry[1], vote))
+        task = asyncio.get_running_loop().create_task(self._settle(*entry, vote))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _settle(self, pending: Decision, at_ms: int, vote: ApprovalVote) -> None:
-        """Audit the vote; an approval in time publishes the decision to execute."""
+    async def _settle(self, pending: Decision, at_ms: int, part: int, vote: ApprovalVote) -> None:
+        """Audit and count the vote once; an approval in time publishes the decision to run.
+
+        Once: the audit records go out in one batch with a ``settled`` marker on the outcome
+        topic (keyed by the pending id), which this stage reads back after a restart and the
+        partition's next owner after a rebalance. Under the lock ``_on_revoke`` takes, as in
+        ``_claim``: a vote is settled here before the partition goes, or left to the next owner.
+        """
         try:
             self.pending.pop(pending.id, None)
-            expiry = self.settings.executors.approval_expiry_seconds
-            age = (vote.at_ms - at_ms) / 1000
-            if not vote.approved:
-                rec = oc.approval_record(pending, "rejected", vote.by, vote.ts)
-                await self._write([], [rec])
-                self.metrics.approvals.labels("rejected").inc()
-                return
-            if age > expiry:
-                why = f"approved {age:.0f}s after the decision; approvals expire after {expiry:g}s"
-                rec = oc.approval_record(pending, "expired", vote.by, vote.ts, why)
-                await self._write([], [rec])
-                self.metrics.approvals.labels("expired").inc()
-                return
-            run = approved_decision(pending, vote)
             assert self._outcomes is not None
             await self._outcomes.sync()
-            if self.ledger.get(run.id) is not None:
-                return  # approved and executed before a restart: nothing to do again
-            t = self.settings.kafka.topics
-            why = f"executed as {run.id}"
-            await self._write(
-                [(t.repairs, run.entity.encode(), oc.repair_like(run, self._src))],
-                [
-                    oc.approval_record(pending, "approved", vote.by, vote.ts, why),
-                    decision_record(run),
-                ],
-            )
-            self.metrics.approvals.labels("approved").inc()
+            async with self._starting:
+                if TopicPartition(self.settings.kafka.topics.repairs, part) not in self._live_from:
+                    self._acted.discard(pending.id)  # should the partition come back
+                    return
+                if self.ledger.get(pending.id) == oc.SETTLED:
+                    return  # audited before a restart, or by the partition's previous owner
+                settled = self._settlement(pending, at_ms, vote)
+                if settled is None:
+                    return
+                verdict, records, audit = settled
+                marker = self._outcome_out(oc.settled_event(pending, verdict, self._src, vote.ts))
+                # the marker last: it vouches for the records before it (at least once)
+                await self._write(records, audit, last=[marker])
+                self.ledger.note(pending.id, oc.SETTLED)
+                self.metrics.approvals.labels(verdict).inc()
         except Exception as exc:
             self._acted.discard(pending.id)
             self.swallowed("executor.approval", exc)
+
+    def _settlement(
+        self, pending: Decision, at_ms: int, vote: ApprovalVote
+    ) -> tuple[str, list[tuple[str, bytes, bytes]], list[AuditRecord]] | None:
+        """(verdict, records to publish, audit records) of a vote; ``None``: nothing to do."""
+        expiry = self.settings.executors.approval_expiry_seconds
+        age = (vote.at_ms - at_ms) / 1000
+        if not vote.approved:
+            return "rejected", [], [oc.approval_record(pending, "rejected", vote.by, vote.ts)]
+        if age > expiry:
+            why = f"approved {age:.0f}s after the decision; approvals expire after {expiry:g}s"
+            return "expired", [], [oc.approval_record(pending, "expired", vote.by, vote.ts, why)]
+        run = approved_decision(pending, vote)
+        if self.ledger.get(run.id) is not None:
+            return None  # approved and executed before a restart (no marker: an older version)
+        t = self.settings.kafka.topics
+        return (
+            "approved",
+            [(t.repairs, run.entity.encode(), oc.repair_like(run, self._src))],
+            [
+                oc.approval_record(pending, "approved", vote.by, vote.ts, f"executed as {run.id}"),
+                decision_record(run),
+            ],
+        )

@@ -5,6 +5,11 @@ For every decision the executor stage writes ``io.selfheal.repair.started`` befo
 reading that topic back knows which ids already ran (any outcome) or were interrupted
 (``started`` without an outcome): neither is executed again.
 
+A vote on a pending decision leaves ``io.selfheal.approval.settled`` (outcome ``settled``, the
+verdict in ``detail``) keyed by the pending decision's id, written with the vote's audit record:
+a process reading it back does not audit or count that vote again. It is no repair outcome:
+it has no audit line of its own, and no reader counts it as an execution.
+
 >>> from selfheal.pipeline.kernel.types import Decision, Mode, RepairAction
 >>> d = Decision(id="d1", ts=0.0, action=RepairAction.RESTART, entity="web-1",
 ...     mode=Mode.ENFORCE, predictive=False, reason=("a1",), rule="r")
@@ -41,9 +46,12 @@ UNKNOWN = "unknown"
 #: automatic repair was paused when the decision came up for execution
 PAUSED = "paused"
 OUTCOMES = (OK, FAILED, TIMEOUT, ERROR, SKIPPED, UNKNOWN, PAUSED)
+#: a vote on a pending decision was audited (its id never runs: a marker, not an outcome)
+SETTLED = "settled"
 
 STARTED_TYPE = "io.selfheal.repair.started"
 OUTCOME_TYPE = "io.selfheal.repair.outcome"
+SETTLED_TYPE = "io.selfheal.approval.settled"
 
 
 def decision_from_event(raw: bytes | Mapping[str, Any]) -> Decision:
@@ -117,6 +125,12 @@ def outcome_event(
     d: Decision, outcome: str, executor: str, detail: str, duration: float, source: str, now: float
 ) -> dict[str, Any]:
     return _event(OUTCOME_TYPE, d, _data(d, outcome, executor, detail, duration), source, now)
+
+
+def settled_event(pending: Decision, verdict: str, source: str, vote_ts: float) -> dict[str, Any]:
+    """The marker that the vote on ``pending`` was audited (``verdict`` in ``detail``); its id
+    depends on the vote alone, so a rewrite after a crash is a recognisable duplicate."""
+    return _event(SETTLED_TYPE, pending, _data(pending, SETTLED, "", verdict, 0.0), source, vote_ts)
 
 
 def outcome_record(event: Mapping[str, Any], ts: float) -> AuditRecord:

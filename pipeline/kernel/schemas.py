@@ -239,13 +239,17 @@ class RepairData(_Out):
 
 
 class RepairOutcomeData(_Out):
-    """``io.selfheal.repair.outcome`` (and ``.started``) on the repair-outcome topic."""
+    """``io.selfheal.repair.outcome`` (and ``.started``) on the repair-outcome topic; also
+    ``io.selfheal.approval.settled`` (outcome ``settled``, the vote's verdict in ``detail``):
+    a vote on the pending decision ``decision_id`` was audited, nothing was executed."""
 
     decision_id: str
     action: str
     entity: str
     rule: str
-    outcome: Literal["started", "ok", "failed", "timeout", "error", "skipped", "unknown", "paused"]
+    outcome: Literal[
+        "started", "ok", "failed", "timeout", "error", "skipped", "unknown", "paused", "settled"
+    ]
     executor: str
     detail: str
     duration_seconds: float
