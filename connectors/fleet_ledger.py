@@ -41,7 +41,10 @@ class KafkaFleet(KafkaLog):
     """``FleetGate`` over the ledger topic ``topic`` (partition 0), records of ``group`` only.
 
     On start the reader seeks to the records of the last ``lookback_seconds`` (wall clock, by
-    record timestamp) and catches up to the end before the gate is used.
+    record timestamp) and catches up to the end before the gate is used. Budgets and storms are
+    judged in event time, so a process about to decide at older event times (a backlog after a
+    long outage) reads the ledger again from earlier with ``read_back``: a new arbiter from
+    ``fresh`` applies the log from there (verdicts are a function of the log before them).
     """
 
     title = "fleet ledger"
@@ -60,6 +63,7 @@ class KafkaFleet(KafkaLog):
         clock: Callable[[], float] = time.time,
         observe: Callable[[float], None] | None = None,
         on_error: Callable[[str, BaseException], None] | None = None,
+        fresh: Callable[[], FleetLog] | None = None,
     ) -> None:
         super().__init__(
             bootstrap,
@@ -73,6 +77,8 @@ class KafkaFleet(KafkaLog):
             on_error=on_error,
         )
         self.arbiter = arbiter
+        #: builds an empty arbiter like ``arbiter`` (``read_back``)
+        self.fresh = fresh
         #: this process's partitions: how far processed (``local_progress``)
         self._local: dict[int, float] = {}
         self._local_of = 0
@@ -142,7 +148,17 @@ class KafkaFleet(KafkaLog):
         with self._lock:
             return self.arbiter.budget_used(ts)
 
+    async def read_back(self, since: float) -> None:
+        if self.fresh is None and since < self._since:
+            # refused before the reader stops: the gate keeps working on what it read
+            raise NotImplementedError("a fleet ledger without ``fresh`` cannot read back")
+        await super().read_back(since)
+
     # -- on the ledger loop ------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        assert self.fresh is not None  # checked by ``read_back``
+        self.arbiter = self.fresh()
 
     def _apply(self, raw: bytes | None) -> None:
         try:

@@ -8,7 +8,8 @@ this process has read the log up to it, when its outcome is known. Records are k
 consumer group, so deployments sharing a topic keep apart.
 
 On start the reader seeks to the records of the last ``lookback_seconds`` (wall clock, by
-record timestamp) and catches up to the end before the log is used.
+record timestamp) and catches up to the end before the log is used. ``read_back`` reads it
+again from an earlier time, into fresh state, when a caller needs older records after all.
 """
 
 from __future__ import annotations
@@ -70,10 +71,17 @@ class KafkaLog:
         self._progress: asyncio.Condition | None = None
         #: offset of the next record to read
         self._next = 0
+        #: wall time (seconds) the reader started reading from
+        self._since = float("inf")
 
     def _apply(self, raw: bytes | None) -> None:
         """Apply one record (called under ``_lock``, in log order)."""
         raise NotImplementedError
+
+    def _reset(self) -> None:
+        """Forget every record applied (called under ``_lock``, before ``read_back`` reads the
+        log again from an earlier offset)."""
+        raise NotImplementedError(f"{self.title} cannot read back")
 
     # -- lifecycle (awaited on the caller's loop) -------------------------------------------
 
@@ -105,6 +113,20 @@ class KafkaLog:
         if not thread.is_alive():
             loop.close()
         self._loop = self._thread = None
+
+    async def read_back(self, since: float) -> None:
+        """Read the log again from wall time ``since`` (seconds) when the reader started
+        later: the state is rebuilt from there, in log order (``_reset``). Never reads less
+        than it did. Raises ``BrokerUnavailable`` when the broker does not answer in time."""
+        if since >= self._since:
+            return
+        try:
+            await asyncio.wait_for(
+                asyncio.wrap_future(self._submit(self._reread(since))),
+                timeout=3 * self.timeout_seconds,
+            )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"{self.title} {self.topic} read-back: {exc!r}") from exc
 
     def _swallowed(self, where: str, exc: BaseException) -> None:
         log.warning("%s %s: %s: %s", self.title, where, type(exc).__name__, exc)
@@ -173,9 +195,15 @@ class KafkaLog:
         await self._consumer.start()
         tp = TopicPartition(self.topic, 0)
         self._consumer.assign([tp])
-        since = int((self.clock() - self.lookback_seconds) * 1000)
+        await self._read_from(tp, self.clock() - self.lookback_seconds)
+
+    async def _read_from(self, tp: TopicPartition, since: float) -> None:
+        """Seek to the records written since wall time ``since``, start the reader and catch
+        up to the end."""
+        assert self._consumer is not None
+        self._since = since
         try:
-            found = await self._consumer.offsets_for_times({tp: since})
+            found = await self._consumer.offsets_for_times({tp: int(since * 1000)})
             at = found.get(tp)
             if at is None:
                 await self._consumer.seek_to_end(tp)
@@ -189,7 +217,15 @@ class KafkaLog:
         self._reader = asyncio.get_running_loop().create_task(self._read(tp))
         await self._caught_up(end - 1)
 
-    async def _stop(self) -> None:
+    async def _reread(self, since: float) -> None:
+        if since >= self._since:  # another read-back went as far meanwhile
+            return
+        await self._stop_reader()
+        with self._lock:
+            self._reset()
+        await self._read_from(TopicPartition(self.topic, 0), since)
+
+    async def _stop_reader(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
             try:
@@ -198,6 +234,10 @@ class KafkaLog:
                 pass  # what cancel() asked for
             except Exception as exc:
                 self._swallowed(f"{self.where}.reader", exc)
+            self._reader = None
+
+    async def _stop(self) -> None:
+        await self._stop_reader()
         for client in (self._consumer, self._producer):
             if client is not None:
                 try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -19,15 +20,33 @@ from selfheal.pipeline.core import state as snapshots
 from selfheal.pipeline.kernel.types import Envelope
 
 if TYPE_CHECKING:
+    from selfheal.connectors.fleet_ledger import KafkaFleet
     from selfheal.connectors.kafka import KafkaSink, KafkaSource
     from selfheal.connectors.state_store import KafkaStateStore
     from selfheal.pipeline.app.backpressure import Backpressure
     from selfheal.pipeline.app.incident_share import SharedIncidents
     from selfheal.pipeline.core.config import Settings
     from selfheal.pipeline.core.metrics import Metrics
-    from selfheal.pipeline.core.stage import Pipeline
+    from selfheal.pipeline.core.stage import PartitionStage, Pipeline
 
 log = logging.getLogger("selfheal.runner")
+
+
+def ledger_history(settings: Settings) -> float:
+    """Event-time seconds of fleet ledger history a verdict depends on: the budget window, and
+    storms (a released one stays quiet for two storm windows), twice the longer one."""
+    policy = settings.policy
+    return 2 * max(policy.budget.window_seconds, policy.storm_window_seconds)
+
+
+def decides_from(stage: PartitionStage) -> float:
+    """The earliest event time a restored partition's policy will decide at: its watermark
+    (decisions run at the later of it and the anomaly's time), else the stage's; ``inf`` when
+    neither moved yet (nothing known)."""
+    for mark in (getattr(stage.policy, "watermark", -math.inf), stage.watermark):
+        if mark > -math.inf:
+            return float(mark)
+    return math.inf
 
 
 class PartitionState:
@@ -38,6 +57,9 @@ class PartitionState:
     _sink: KafkaSink | None
     _store: KafkaStateStore | None
     _shared_incidents: SharedIncidents | None
+    _fleet: KafkaFleet | None
+    #: the fleet ledger could not be read back far enough (the next iteration restarts)
+    _ledger_error: BaseException | None
     _rebalance_lock: asyncio.Lock
     _generation: int
     _pending: dict[tuple[str, int], int]
@@ -89,10 +111,13 @@ class PartitionState:
         new = sorted(keep - set(self.pipeline.stages))
         blobs = await self._store.load(new, self._load_timeout) if new else {}
         restored: dict[tuple[str, int], int] = {}
+        floor = math.inf
         for part in new:
             offsets = await self._restore(part, blobs.get(part))
             if offsets is not None:
                 restored.update(offsets)
+                floor = min(floor, decides_from(self.pipeline.stages[part]))
+        await self._read_ledger_back(floor)
         for tp in assigned:
             key = (tp.topic, tp.partition)
             if tp.partition not in new:
@@ -111,6 +136,24 @@ class PartitionState:
                     await consumer.seek_to_beginning(tp)
                 else:
                     await consumer.seek_to_end(tp)
+
+    async def _read_ledger_back(self, floor: float) -> None:
+        """The fleet ledger from early enough for restored partitions deciding from event time
+        ``floor`` on. Budgets and storms are judged in event time, the ledger was read from a
+        wall-clock lookback: after an outage longer than that, the backlog's repairs would
+        find the budget spent before the outage unspent. A ledger record is written at or
+        after its event time (against the clock, the policy's time runs no further than it),
+        give or take the clocks' skew and event times ahead of them (``max_future_seconds``)."""
+        if self._fleet is None or floor == math.inf:
+            return
+        reach = ledger_history(self.settings) + self.settings.validation.max_future_seconds
+        try:
+            await self._fleet.read_back(floor - reach)
+        except Exception as exc:
+            # the client only logs what an assignment callback raises: the next iteration
+            # restarts the session instead, so nothing is decided on a ledger read too short
+            log.warning("fleet ledger read-back failed: %s", exc)
+            self._ledger_error = exc
 
     @property
     def _load_timeout(self) -> float:

@@ -39,7 +39,7 @@ from selfheal.pipeline.app.outputs import (
     observe_breakers,
     observe_outputs,
 )
-from selfheal.pipeline.app.partitions import PartitionState
+from selfheal.pipeline.app.partitions import PartitionState, ledger_history
 from selfheal.pipeline.app.replay import ReplayResult, replay
 from selfheal.pipeline.core.audit import (
     AuditRecord,
@@ -145,6 +145,8 @@ class Runner(PartitionState):
         self._sink: KafkaSink | None = None
         self._store: KafkaStateStore | None = None
         self._shared_incidents: SharedIncidents | None = None
+        self._fleet: KafkaFleet | None = None
+        self._ledger_error: BaseException | None = None
         rt = settings.runtime
         self.backpressure = Backpressure(
             rt.max_pending_outputs, rt.max_rss_bytes, self.metrics.registry
@@ -270,14 +272,17 @@ class Runner(PartitionState):
             client=client,
             # the engine waits on it synchronously: keep well inside the watchdog
             timeout_seconds=min(10.0, k.request_timeout_ms / 1000),
-            # verdicts of redelivered requests and the windows' history
-            lookback_seconds=3600
-            + 2 * max(policy.budget.window_seconds, policy.storm_window_seconds),
+            # verdicts of redelivered requests and the windows' history; restored partitions
+            # behind that read further back (``_read_ledger_back``)
+            lookback_seconds=3600 + ledger_history(self.settings),
+            clock=self.clock,
             observe=self.metrics.fleet_request_seconds.observe,
             on_error=self._swallowed,
+            fresh=lambda: FleetArbiter.from_policy(policy, wait_for_progress=True),
         )
+        self._ledger_error = None
         await fleet.start()
-        self.pipeline.fleet = fleet
+        self.pipeline.fleet = self._fleet = fleet
         try:
             self._shared_incidents = await self._share_incidents(bootstrap, client)
             await sink.start()
@@ -305,6 +310,7 @@ class Runner(PartitionState):
                 await _quietly(self._shared_incidents.stop())
                 self._shared_incidents = None
             await _quietly(fleet.stop())
+            self._fleet = None
 
     async def _share_incidents(
         self, bootstrap: str, client: dict[str, Any]
@@ -366,6 +372,8 @@ class Runner(PartitionState):
         if not batch:
             batch = await source.next_batch()
         async with self._rebalance_lock:
+            if self._ledger_error is not None:
+                raise BrokerUnavailable(f"fleet ledger read-back: {self._ledger_error!r}")
             if generation != self._generation:
                 # fetched across a rebalance: its partitions may have moved or been restored
                 await self._rewind(batch)
