@@ -49,6 +49,7 @@ REQUIRED_ALERTS = {
     "CircuitBreakerOpen": "warning",
     "PipelineLoopStuck": "critical",
     "SelfhealDown": "critical",
+    "EscalationNotDelivered": "critical",
 }
 
 
