@@ -20,6 +20,16 @@ from selfheal.pipeline.core.policy import PolicyEngine
 from tests.conftest import ROOT
 
 
+async def until(cond: Any, timeout: float, what: str) -> None:
+    """Wait until ``cond()`` holds, checking every 0.2 s; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def settings_for(prefix: str, bootstrap: str, partitions: int = 3, **extra: Any) -> Settings:
     topics = {
         name: f"{prefix}.{name}"

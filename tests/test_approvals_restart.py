@@ -36,7 +36,7 @@ from selfheal.pipeline.kernel.protocols import ExecutionResult
 from selfheal.pipeline.kernel.types import Decision, DecisionStatus, Mode, RepairAction
 
 from tests.conftest import consume_all
-from tests.spine_helpers import settings_for
+from tests.spine_helpers import settings_for, until
 
 pytestmark = pytest.mark.asyncio
 
@@ -74,15 +74,6 @@ def _pending(prefix: str, entity: str) -> Decision:
     )
 
 
-async def _until(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 class Process:
     """One executor stage with its control plane and audit file, as ``selfheal run`` has."""
 
@@ -102,12 +93,12 @@ class Process:
         self._task = asyncio.create_task(
             self.stage.run(self.stage.settings.kafka.bootstrap, self._stop)
         )
-        await _until(lambda: len(self.stage._live_from) == partitions, 30, "the assignment")
+        await until(lambda: len(self.stage._live_from) == partitions, 30, "the assignment")
 
     async def settled(self, ids: set[str]) -> None:
         """Every vote on ``ids`` was taken up here and its settling is over."""
-        await _until(lambda: ids <= self.stage._acted, 30, "the votes to be taken up")
-        await _until(lambda: not self.stage._tasks, 30, "the votes to be settled")
+        await until(lambda: ids <= self.stage._acted, 30, "the votes to be taken up")
+        await until(lambda: not self.stage._tasks, 30, "the votes to be settled")
         await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
@@ -147,7 +138,7 @@ async def _vote_all(
             t.repairs, value, key=d.entity.encode(), partition=part, timestamp_ms=at_ms
         )
     ids = {d.id for d, _, _ in votes}
-    await _until(lambda: ids <= set(first.stage.pending), 30, "the pending decisions")
+    await until(lambda: ids <= set(first.stage.pending), 30, "the pending decisions")
     for d, verdict, _ in votes:
         op = "reject" if verdict == "rejected" else "approve"
         raw = encode_approval(op, s.kafka.group_id, d.id, by=f"by-{verdict}", ts=time.time())
@@ -187,7 +178,7 @@ async def test_votes_are_audited_and_counted_once_across_a_restart(
     try:
         votes = [(rejected, "rejected", 0), (late, "expired", 0), (approved, "approved", 0)]
         expected = await _vote_all(producer, first, votes)
-        await _until(lambda: first.executor.runs == [approved.id], 30, "the approved run")
+        await until(lambda: first.executor.runs == [approved.id], 30, "the approved run")
         assert first.approvals() == [1, 1, 1]
     finally:
         await first.stop()
@@ -223,7 +214,7 @@ async def test_votes_are_not_settled_again_by_a_partitions_next_owner(
         expected = await _vote_all(producer, first, votes)
         assert first.approvals() == [2, 2, 0]
         await second.start()
-        await _until(lambda: len(first.stage._live_from) == 1, 60, "the rebalance")
+        await until(lambda: len(first.stage._live_from) == 1, 60, "the rebalance")
         [moved] = [tp.partition for tp in second.stage._live_from]
         await second.settled({d.id for d, _, part in votes if part == moved})
     finally:

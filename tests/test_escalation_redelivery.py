@@ -33,19 +33,10 @@ from selfheal.pipeline.kernel.types import Decision, RepairAction
 
 from tests.alertmanager_proc import alerts, free_port, running_alertmanager
 from tests.conftest import consume_all
-from tests.spine_helpers import settings_for
+from tests.spine_helpers import settings_for, until
 from tests.test_alertmanager import escalate_then_resolve
 
 pytestmark = pytest.mark.asyncio
-
-
-async def _until(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def _publish(producer: AIOKafkaProducer, topic: str, d: Decision) -> None:
@@ -75,7 +66,7 @@ class _Run:
         self.task = asyncio.create_task(
             self.stage.run(self.stage.settings.kafka.bootstrap, self.stop)
         )
-        await _until(lambda: len(self.stage._live_from) == 1, 30, "the assignment")
+        await until(lambda: len(self.stage._live_from) == 1, 30, "the assignment")
         return self.stage
 
     async def __aexit__(self, *exc: object) -> None:
@@ -101,7 +92,7 @@ async def test_a_page_decided_while_alertmanager_is_down_arrives_when_it_is_back
         await _publish(producer, s.kafka.topics.repairs, firing)
         await asyncio.sleep(6.0)  # the executor's own retries are long over
         with running_alertmanager(tmp_path / "am", port) as base:
-            await _until(lambda: _active(base, "checkout-3"), 60, "the page to arrive")
+            await until(lambda: _active(base, "checkout-3"), 60, "the page to arrive")
     got = [o for o in await _outcomes(broker.bootstrap, s.kafka.topics.outcomes)]
     assert [(o["decision_id"], o["outcome"]) for o in got] == [(firing.id, "ok")]
 
@@ -114,12 +105,12 @@ async def test_a_page_still_undelivered_at_shutdown_is_delivered_by_the_next_pro
     firing, _ = escalate_then_resolve("checkout-4")
     async with _Run(s, build_executors(s)) as stage:
         await _publish(producer, s.kafka.topics.repairs, firing)
-        await _until(lambda: stage.ledger.get(firing.id) == oc.STARTED, 30, "the first attempt")
+        await until(lambda: stage.ledger.get(firing.id) == oc.STARTED, 30, "the first attempt")
         await asyncio.sleep(4.0)
     assert await _outcomes(broker.bootstrap, s.kafka.topics.outcomes) == []
     with running_alertmanager(tmp_path / "am", port) as base:
         async with _Run(s, build_executors(s)):
-            await _until(lambda: _active(base, "checkout-4"), 60, "the page to arrive")
+            await until(lambda: _active(base, "checkout-4"), 60, "the page to arrive")
     got = await _outcomes(broker.bootstrap, s.kafka.topics.outcomes)
     assert [(o["decision_id"], o["outcome"]) for o in got] == [(firing.id, "ok")]
 
@@ -164,7 +155,7 @@ async def test_a_page_whose_resolution_came_first_is_not_delivered_after_it(
         while not await firing_done():
             assert time.monotonic() < deadline, "the page kept being retried after its resolution"
         receiver.up = True
-        await _until(lambda: receiver.delivered, 60, "the resolution to be delivered")
+        await until(lambda: receiver.delivered, 60, "the resolution to be delivered")
     assert receiver.delivered == [resolution.id]
     got = {o["decision_id"]: o for o in await _outcomes(broker.bootstrap, topic)}
     assert got[firing.id]["outcome"] == "failed"

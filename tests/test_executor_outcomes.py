@@ -22,6 +22,7 @@ import pytest
 from selfheal.connectors.kafka import ensure_topics
 from selfheal.connectors.webhook import WebhookExecutor
 from selfheal.pipeline.app import outcomes as oc
+from selfheal.pipeline.app.approval_decisions import approved_decision
 from selfheal.pipeline.app.control import (
     ControlState,
     RecordError,
@@ -30,7 +31,6 @@ from selfheal.pipeline.app.control import (
     encode_approval,
     encode_control,
 )
-from selfheal.pipeline.app.executor_stage import approved_decision
 from selfheal.pipeline.app.wiring import SelfhealProcess
 from selfheal.pipeline.core.audit import read_records
 from selfheal.pipeline.core.policy import PolicyEngine

@@ -38,7 +38,7 @@ from selfheal.pipeline.kernel.protocols import ExecutionResult
 from selfheal.pipeline.kernel.types import Decision, Mode, RepairAction
 
 from tests.conftest import consume_all
-from tests.spine_helpers import settings_for
+from tests.spine_helpers import settings_for, until
 
 pytestmark = pytest.mark.asyncio
 
@@ -89,15 +89,6 @@ async def _outcomes(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     return [ev["data"] for ev in events if ev["type"] == oc.OUTCOME_TYPE]
 
 
-async def _until(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_a_waiting_repair_whose_partition_moves_runs_once(
     broker, producer: AIOKafkaProducer, topic_prefix: str
 ) -> None:
@@ -122,7 +113,7 @@ async def test_a_waiting_repair_whose_partition_moves_runs_once(
     run_a = asyncio.create_task(a.run(broker.bootstrap, stop_a))
     run_b: asyncio.Task[None] | None = None
     try:
-        await _until(lambda: len(a._live_from) == 2, 30, "the first member's assignment")
+        await until(lambda: len(a._live_from) == 2, 30, "the first member's assignment")
         # two decisions per partition: whichever partition moves, one of its repairs waits
         ids = []
         for part in (0, 1):
@@ -130,12 +121,12 @@ async def test_a_waiting_repair_whose_partition_moves_runs_once(
                 d = _restart(topic_prefix, f"web-{part}-{n}")
                 ids.append(d.id)
                 await _publish(producer, t.repairs, d, part)
-        await _until(lambda: len(ex_a.runs) == 1, 30, "the slow repair to start")
+        await until(lambda: len(ex_a.runs) == 1, 30, "the slow repair to start")
         await asyncio.sleep(2.0)  # the other three are read and wait for the one slot
         assert len(ex_a.runs) == 1
         run_b = asyncio.create_task(b.run(broker.bootstrap, stop_b))
-        await _until(lambda: len(b._live_from) == 1 and len(a._live_from) == 1, 60, "rebalance")
-        await _until(lambda: len(ex_b.runs) >= 1, 30, "the new owner to run a moved repair")
+        await until(lambda: len(b._live_from) == 1 and len(a._live_from) == 1, 60, "rebalance")
+        await until(lambda: len(ex_b.runs) >= 1, 30, "the new owner to run a moved repair")
         slow.set()  # the slow repair ends: the first member's waiting repairs get their turn
         await asyncio.sleep(5.0)
     finally:
@@ -175,20 +166,20 @@ async def test_repairs_refused_while_paused_do_not_hold_back_the_group_offset(
     run = asyncio.create_task(stage.run(broker.bootstrap, stop))
     web1, web2, web3 = (_restart(topic_prefix, e) for e in ("web-1", "web-2", "web-3"))
     try:
-        await _until(lambda: len(stage._live_from) == 1, 30, "the assignment")
+        await until(lambda: len(stage._live_from) == 1, 30, "the assignment")
         await _publish(producer, t.repairs, web1, 0)
         await _publish(producer, t.repairs, web2, 0)
-        await _until(lambda: first.runs == [web1.id], 30, "the slow repair to start")
+        await until(lambda: first.runs == [web1.id], 30, "the slow repair to start")
         group = s.kafka.group_id
         pause = encode_control("pause", group, by="oncall", reason="bad deploy", ts=time.time())
         await producer.send_and_wait(t.control, pause)
-        await _until(lambda: stage.control.state.paused, 30, "the pause")
+        await until(lambda: stage.control.state.paused, 30, "the pause")
         slow.set()  # web-1 ends; web-2, waiting for the slot, finds repairs paused
         resume = encode_control("resume", group, by="oncall", reason="", ts=time.time())
         await producer.send_and_wait(t.control, resume)
-        await _until(lambda: not stage.control.state.paused, 30, "the resume")
+        await until(lambda: not stage.control.state.paused, 30, "the resume")
         await _publish(producer, t.repairs, web3, 0)
-        await _until(lambda: len(first.runs) == 2, 30, "the repair after the resume")
+        await until(lambda: len(first.runs) == 2, 30, "the repair after the resume")
         await asyncio.sleep(2.0)
     finally:
         slow.set()
@@ -208,7 +199,7 @@ async def test_repairs_refused_while_paused_do_not_hold_back_the_group_offset(
     stop = asyncio.Event()
     run = asyncio.create_task(stage.run(broker.bootstrap, stop))
     try:
-        await _until(lambda: len(stage._live_from) == 1, 30, "the assignment")
+        await until(lambda: len(stage._live_from) == 1, 30, "the assignment")
         await asyncio.sleep(5.0)
     finally:
         stop.set()
@@ -279,9 +270,9 @@ async def test_a_slow_kubernetes_api_within_its_timeout_is_not_cut_off(
     run = asyncio.create_task(stage.run(broker.bootstrap, stop))
     d = _restart(topic_prefix, f"{NS}/web-7d9c-abcde")
     try:
-        await _until(lambda: len(stage._live_from) == 1, 30, "the assignment")
+        await until(lambda: len(stage._live_from) == 1, 30, "the assignment")
         await _publish(producer, t.repairs, d, 0)
-        await _until(lambda: len(rec.requests) == 3, 40, "the three API requests")
+        await until(lambda: len(rec.requests) == 3, 40, "the three API requests")
         await asyncio.sleep(8.0)  # the answer to the patch, and its outcome
     finally:
         stop.set()
@@ -320,18 +311,18 @@ async def test_a_running_repair_read_again_after_a_rebalance_gets_only_its_outco
         t.control, bootstrap_servers=broker.bootstrap, group_id=f"{s.kafka.group_id}.executor"
     )
     try:
-        await _until(lambda: len(stage._live_from) == 1, 30, "the assignment")
+        await until(lambda: len(stage._live_from) == 1, 30, "the assignment")
         await _publish(producer, t.repairs, d, 0)
-        await _until(lambda: ex.runs == [d.id], 30, "the slow repair to start")
+        await until(lambda: ex.runs == [d.id], 30, "the slow repair to start")
         await asyncio.sleep(1.0)  # its offset is committed while it runs
         before = stage.metrics.registry.get_sample_value(
             "repairs_executed_total", {"action": "restart", "outcome": "skipped"}
         )
         await other.start()
-        await _until(lambda: bool(other.assignment()), 60, "the rebalance")
+        await until(lambda: bool(other.assignment()), 60, "the rebalance")
         await asyncio.sleep(3.0)  # the stage re-reads its partition from the committed offset
         slow.set()
-        await _until(lambda: stage.ledger.get(d.id) not in (None, "started"), 30, "the outcome")
+        await until(lambda: stage.ledger.get(d.id) not in (None, "started"), 30, "the outcome")
         await asyncio.sleep(1.0)
     finally:
         slow.set()
@@ -369,14 +360,14 @@ async def test_a_repair_that_waited_past_its_verification_window_is_not_run(
     run = asyncio.create_task(stage.run(broker.bootstrap, stop))
     web1, web2, web3 = (_restart(topic_prefix, e) for e in ("web-1", "web-2", "web-3"))
     try:
-        await _until(lambda: len(stage._live_from) == 1, 30, "the assignment")
+        await until(lambda: len(stage._live_from) == 1, 30, "the assignment")
         await _publish(producer, t.repairs, web1, 0)
         await _publish(producer, t.repairs, web2, 0)
-        await _until(lambda: ex.runs == [web1.id], 30, "the slow repair to start")
+        await until(lambda: ex.runs == [web1.id], 30, "the slow repair to start")
         await asyncio.sleep(window + 1.0)  # web-2 waits for the slot past its window
         slow.set()
         await _publish(producer, t.repairs, web3, 0)  # fresh: runs as usual
-        await _until(lambda: len(ex.runs) >= 2, 30, "the fresh repair")
+        await until(lambda: len(ex.runs) >= 2, 30, "the fresh repair")
         await asyncio.sleep(1.0)
     finally:
         slow.set()

@@ -1,24 +1,24 @@
-"""The decisions the executor stage sends to people: approval requests and open escalations,
-each carrying the exact ``selfheal approve`` / ``reject`` commands to answer it."""
+"""The decisions the executor stage derives for people: approval requests and open escalations,
+each carrying the exact ``selfheal approve`` / ``reject`` commands to answer it, and the run an
+approval turns a pending decision into."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import replace
 
-from selfheal.pipeline.app.control import operator_command
+from selfheal.pipeline.app.control import ApprovalVote, operator_command
 from selfheal.pipeline.core.config import Settings
 from selfheal.pipeline.kernel.types import Decision, DecisionStatus, Mode, RepairAction
 
-#: the namespace of approved runs too (executor_stage): request ids stay what they were
-_REQUEST_NS = uuid.UUID("5d2b8e51-0f3c-4a77-b1e9-8c4f2a6d3e07")
+_NS = uuid.UUID("5d2b8e51-0f3c-4a77-b1e9-8c4f2a6d3e07")
 
 
 def approval_request(pending: Decision) -> Decision:
     """The escalation telling humans a decision awaits them (deterministic id)."""
     return replace(
         pending,
-        id=str(uuid.uuid5(_REQUEST_NS, f"request|{pending.id}")),
+        id=str(uuid.uuid5(_NS, f"request|{pending.id}")),
         action=RepairAction.ESCALATE,
         mode=Mode.ENFORCE,
         status=DecisionStatus.EXECUTE,
@@ -32,6 +32,19 @@ def approval_request(pending: Decision) -> Decision:
         },
         explanation=f"{pending.action.value} of {pending.entity} awaits approval. "
         + pending.explanation,
+    )
+
+
+def approved_decision(pending: Decision, vote: ApprovalVote) -> Decision:
+    """The ``execute`` decision an approval turns ``pending`` into (deterministic id)."""
+    return replace(
+        pending,
+        id=str(uuid.uuid5(_NS, f"approved|{pending.id}")),
+        ts=vote.ts,
+        mode=Mode.ENFORCE,
+        status=DecisionStatus.EXECUTE,
+        params={**pending.params, "approved_decision_id": pending.id, "approved_by": vote.by},
+        explanation=f"approved by {vote.by}: {pending.explanation}".rstrip(": "),
     )
 
 

@@ -30,9 +30,7 @@ import contextlib
 import logging
 import random
 import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -43,7 +41,11 @@ from selfheal.connectors.kafka import KafkaSink, ensure_topics
 from selfheal.connectors.kubernetes import MAX_REQUESTS
 from selfheal.connectors.tail import TailRecord, TopicTail
 from selfheal.pipeline.app import outcomes as oc
-from selfheal.pipeline.app.approval_decisions import approval_request, with_commands
+from selfheal.pipeline.app.approval_decisions import (
+    approval_request,
+    approved_decision,
+    with_commands,
+)
 from selfheal.pipeline.app.control import ApprovalVote, ControlPlane
 from selfheal.pipeline.app.outputs import observe_breakers
 from selfheal.pipeline.app.redelivery import redeliver
@@ -56,22 +58,8 @@ from selfheal.pipeline.kernel.types import Decision, DecisionStatus, Mode, Repai
 
 log = logging.getLogger("selfheal.executor")
 
-_APPROVED_NS = uuid.UUID("5d2b8e51-0f3c-4a77-b1e9-8c4f2a6d3e07")
 #: pending decisions remembered per process
 MAX_PENDING = 10_000
-
-
-def approved_decision(pending: Decision, vote: ApprovalVote) -> Decision:
-    """The ``execute`` decision an approval turns ``pending`` into (deterministic id)."""
-    return replace(
-        pending,
-        id=str(uuid.uuid5(_APPROVED_NS, f"approved|{pending.id}")),
-        ts=vote.ts,
-        mode=Mode.ENFORCE,
-        status=DecisionStatus.EXECUTE,
-        params={**pending.params, "approved_decision_id": pending.id, "approved_by": vote.by},
-        explanation=f"approved by {vote.by}: {pending.explanation}".rstrip(": "),
-    )
 
 
 class _Listener(ConsumerRebalanceListener):
