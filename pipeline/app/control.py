@@ -43,6 +43,9 @@ log = logging.getLogger("selfheal.control")
 RECORD_VERSION = 1
 CONTROL_OPS = ("pause", "resume")
 APPROVAL_OPS = ("approve", "reject")
+#: written by a process, not an operator: the vote on an escalation ``decision_id`` was
+#: audited and counted (``release.py``), so no process, restarted or new owner, does it again
+SETTLED_OP = "settled"
 
 
 class RecordError(ValueError):
@@ -72,6 +75,13 @@ def encode_approval(op: str, group: str, decision_id: str, *, by: str, ts: float
     )
 
 
+def encode_settled(group: str, decision_id: str, approved: bool, *, by: str, ts: float) -> bytes:
+    """The marker of an escalation vote that was audited (after the vote in the topic's one
+    partition: whoever re-reads the vote within ``history_seconds`` reads the marker too)."""
+    rec = {"v": RECORD_VERSION, "group": group, "op": SETTLED_OP, "decision_id": decision_id}
+    return orjson.dumps({**rec, "approved": approved, "by": by, "ts": ts})
+
+
 def _decode(raw: bytes, group: str, ops: tuple[str, ...]) -> dict[str, Any] | None:
     try:
         rec = orjson.loads(raw)
@@ -93,7 +103,8 @@ def decode_control(raw: bytes, group: str) -> dict[str, Any] | None:
 
 
 def decode_approval(raw: bytes, group: str) -> dict[str, Any] | None:
-    rec = _decode(raw, group, APPROVAL_OPS)
+    """A vote, or a ``settled`` marker (``op``), of ``group`` (``None``: another group's)."""
+    rec = _decode(raw, group, (*APPROVAL_OPS, SETTLED_OP))
     if rec is not None and not (isinstance(rec.get("decision_id"), str) and rec["decision_id"]):
         raise RecordError("approval without decision_id")
     return rec
@@ -160,10 +171,14 @@ class ControlPlane:
     on_vote: Callable[[ApprovalVote], None] = lambda v: None
     #: every vote, repeats included (an escalation acknowledged first can be released later)
     on_every_vote: Callable[[ApprovalVote], None] = lambda v: None
+    #: a ``settled`` marker: (escalation id, approved) was audited by some process
+    on_settled: Callable[[str, bool], None] = lambda decision_id, approved: None
     on_error: Callable[[str, BaseException], None] = lambda where, exc: None
     state: ControlState = field(default_factory=ControlState)
     votes: dict[str, ApprovalVote] = field(default_factory=dict)
     _tails: list[TopicTail] = field(default_factory=list)
+    #: set once the approvals topic's history was read (``sync_approvals`` waits for it)
+    _approvals_read: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         t = self.settings.kafka.topics
@@ -179,6 +194,13 @@ class ControlPlane:
             )
             await tail.start()
             self._tails.append(tail)
+        self._approvals_read.set()
+
+    async def sync_approvals(self, timeout: float = 30.0) -> None:
+        """Return once every vote and marker published before the call was handled (after
+        the first read of the history, should it still go on)."""
+        await asyncio.wait_for(self._approvals_read.wait(), timeout)
+        await self._tails[1].sync(timeout)
 
     async def stop(self) -> None:
         for tail in self._tails:
@@ -211,6 +233,9 @@ class ControlPlane:
             log.warning("approvals topic: skipping record %d: %s", rec.offset, exc)
             return
         if item is None:
+            return
+        if item["op"] == SETTLED_OP:
+            self.on_settled(item["decision_id"], item.get("approved") is True)
             return
         vote = ApprovalVote(
             item["decision_id"], item["op"] == "approve", item["by"], item["ts"], rec.timestamp_ms

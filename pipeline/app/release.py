@@ -18,7 +18,13 @@ decisions (``control.py``), so every process, and any process started later, rea
 Votes are applied between batches (``Runner.between_batches``), never while detection runs. A
 vote matching nothing here (another process's partition, a pending decision, an escalation that
 is over) waits: a partition assigned later may need it (its snapshot may predate the release).
-Each applied vote is an audit record ``approval`` with status ``released`` or ``acknowledged``.
+Each applied vote is an audit record ``approval`` with status ``released`` or ``acknowledged``,
+counted in ``approvals_total``, once: with the record goes a ``settled`` marker on the approvals
+topic, after the vote in its one partition, so a process that re-reads the vote (restarted,
+or a partition's next owner, after reading the topic to its end) reads the marker too. A vote
+settled before is not audited or counted again; an approval still releases an escalation a
+restored snapshot has open (its resolution has the same id: a duplicate the executor skips),
+and a storm's release is logged on the fleet ledger only if the ledger does not have it.
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from selfheal.pipeline.app.control import ApprovalVote
+from selfheal.connectors.kafka import OutRecord
+from selfheal.pipeline.app.control import ApprovalVote, encode_settled
 from selfheal.pipeline.app.outcomes import vote_record
 from selfheal.pipeline.core.audit import AuditRecord
 from selfheal.pipeline.core.config import Settings
@@ -40,8 +47,11 @@ from selfheal.pipeline.kernel.types import RepairAction, StormEnd
 
 log = logging.getLogger("selfheal.release")
 
-#: votes waiting for an escalation to match (the oldest are dropped beyond it)
+#: votes waiting for an escalation to match (the oldest are dropped beyond it), and settled ones
 MAX_WAITING = 10_000
+
+#: (engine, rule, entity, storm action) a vote's escalation was raised by (action: a storm's)
+Match = tuple[PolicyEngine, str, str, RepairAction | None]
 
 
 class ReleaseDesk:
@@ -61,33 +71,78 @@ class ReleaseDesk:
         #: (decision id, approved) -> vote, in arrival order: an acknowledgement can be
         #: followed by a release of the same escalation
         self.waiting: OrderedDict[tuple[str, bool], ApprovalVote] = OrderedDict()
+        #: (decision id, approved) of votes audited by some process (their markers)
+        self.settled: OrderedDict[tuple[str, bool], None] = OrderedDict()
+        #: reads the approvals topic to its end (``ControlPlane.sync_approvals``)
+        self.sync: Callable[[], Awaitable[None]] | None = None
 
     def on_vote(self, vote: ApprovalVote) -> None:
         """Every vote read from the approvals topic (on the event loop)."""
-        self.waiting.setdefault((vote.decision_id, vote.approved), vote)
+        key = (vote.decision_id, vote.approved)
+        if not vote.approved and key in self.settled:
+            return  # an acknowledgement changes nothing: settled, it is done
+        self.waiting.setdefault(key, vote)
         while len(self.waiting) > MAX_WAITING:
             self.waiting.popitem(last=False)
+
+    def on_settled(self, decision_id: str, approved: bool) -> None:
+        """A marker read from the approvals topic: that vote was audited (on the event loop)."""
+        key = (decision_id, approved)
+        self.settled[key] = None
+        while len(self.settled) > MAX_WAITING:
+            self.settled.popitem(last=False)
+        if not approved:
+            self.waiting.pop(key, None)
 
     def engines(self) -> list[PolicyEngine]:
         stages = list(self.pipeline.stages.values())
         return [st.policy for st in stages if isinstance(st.policy, PolicyEngine)]
 
-    async def apply(self, out: Outputs) -> list[AuditRecord]:
+    async def apply(self, out: Outputs) -> tuple[list[AuditRecord], list[OutRecord]]:
         """Apply the waiting votes this process can (between batches); resolutions go to
-        ``out``, the vote's audit records are returned."""
+        ``out``. Returns the votes' audit records and, to write after them, their markers."""
         if not self.waiting:
-            return []
+            return [], []
         self._expire()
         records: list[AuditRecord] = []
         engines = self.engines()
+        synced = False
         for key, vote in list(self.waiting.items()):
-            for eng in engines:
-                applied = await self._apply(vote, eng, out)
-                if applied is not None:
-                    records.append(applied)
-                    del self.waiting[key]
+            found = self._match(vote, engines)
+            if found is None:
+                continue
+            if key not in self.settled and not synced:
+                # its marker may not be read yet (the partition's previous owner audited it
+                # just before the rebalance): read the approvals topic to its end first
+                if not await self._synced():
                     break
-        return records
+                synced = True
+                if key not in self.waiting:
+                    continue  # an acknowledgement settled meanwhile
+            applied = await self._apply(vote, found, out, audit=key not in self.settled)
+            self.waiting.pop(key, None)
+            if applied is not None:
+                records.append(applied)
+        return records, [self._marker(r) for r in records]
+
+    async def _synced(self) -> bool:
+        if self.sync is None:
+            return True
+        try:
+            await self.sync()
+            return True
+        except Exception as exc:  # the votes wait for the next batch
+            log.warning("approvals topic not read to its end: %r", exc)
+            self.metrics.errors_swallowed.labels("release.sync").inc()
+            return False
+
+    def _marker(self, record: AuditRecord) -> OutRecord:
+        k = self.settings.kafka
+        d = record.data
+        raw = encode_settled(
+            k.group_id, record.id, d["status"] == "released", by=str(d["by"]), ts=float(d["ts"])
+        )
+        return (k.topics.approvals, k.group_id.encode(), raw)
 
     def _expire(self) -> None:
         """Votes older than the history the approvals topic is re-read from are dropped (a
@@ -96,32 +151,47 @@ class ReleaseDesk:
         for key in [k for k, v in self.waiting.items() if v.at_ms < horizon]:
             del self.waiting[key]
 
+    @staticmethod
+    def _match(vote: ApprovalVote, engines: list[PolicyEngine]) -> Match | None:
+        """The engine with the escalation ``vote`` names still open (by id: a later escalation
+        of the same entity has another id), or None."""
+        for eng in engines:
+            found = eng.escalated_case(vote.decision_id)
+            if found is not None:
+                return eng, found[0], found[1], None
+            action = eng.escalated_storm(vote.decision_id)
+            if action is not None:
+                return eng, "", storm_entity(action), action
+        return None
+
     async def _apply(
-        self, vote: ApprovalVote, eng: PolicyEngine, out: Outputs
+        self, vote: ApprovalVote, found: Match, out: Outputs, *, audit: bool
     ) -> AuditRecord | None:
-        """The vote's audit record if ``eng`` raised the escalation it names (else None)."""
-        found = eng.escalated_case(vote.decision_id)
-        action = None if found is not None else eng.escalated_storm(vote.decision_id)
-        if found is not None:
-            rule, entity = found
+        """Apply ``vote`` to the escalation ``found``; its audit record unless ``audit`` is
+        False (settled before: a restored snapshot may predate the release, not the audit)."""
+        eng, rule, entity, action = found
+        if action is None:
             released = f"automatic repair of {entity} resumed: the ladder starts over"
             held = f"{entity} stays without automatic repair until it recovers"
-        elif action is not None:
-            rule, entity = "", storm_entity(action)
+        else:
             released = f"storm hold on {action.value} released: held entities repaired under budget"
             held = f"automatic {action.value} stays held for the storm"
-        else:
-            return None
         if not vote.approved:
-            return self._record(vote, entity, rule, f"acknowledged; {held}")
+            return self._record(vote, entity, rule, f"acknowledged; {held}") if audit else None
         if action is not None:
             await self._log_release(vote, action, eng.watermark)
         out.decisions.extend(eng.release_escalation(vote.decision_id, vote.by) or [])
+        if not audit:
+            log.info("escalation %s released again (a snapshot from before)", vote.decision_id)
+            return None
         return self._record(vote, entity, rule, released)
 
     async def _log_release(self, vote: ApprovalVote, action: RepairAction, ts: float) -> None:
         """The release record on the fleet ledger, read back before the engines go on."""
         fleet: Any = self.pipeline.fleet
+        known = getattr(fleet, "storm_released", None)
+        if known is not None and known(vote.decision_id) is not None:
+            return  # logged before (the engine's snapshot predates it): once on the ledger
         end = StormEnd(vote.decision_id, action, ts, released=True, by=vote.by)
         release = getattr(fleet, "release", None)
         if release is not None:

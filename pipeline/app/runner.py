@@ -27,7 +27,7 @@ from selfheal.connectors.audit_file import AuditFileSink
 from selfheal.connectors.errors import BrokerUnavailable, ConnectorError, is_retriable
 from selfheal.connectors.fleet_ledger import KafkaFleet
 from selfheal.connectors.http_server import Handler, Health, MetricsServer
-from selfheal.connectors.kafka import KafkaSink, KafkaSource, ensure_topics
+from selfheal.connectors.kafka import KafkaSink, KafkaSource, OutRecord, ensure_topics
 from selfheal.connectors.state_store import KafkaStateStore
 from selfheal.pipeline.app.backpressure import Backpressure
 from selfheal.pipeline.app.fleet_progress import ProgressReporter, recheck_storms
@@ -155,7 +155,10 @@ class Runner(PartitionState):
         self.before_write: Callable[[Outputs], None] | None = None
         #: awaited after every batch's detection, empty ones too, before ``before_write``:
         #: operator votes change policy state here (``release.py``); returns audit records
-        self.between_batches: Callable[[Outputs], Awaitable[list[AuditRecord]]] | None = None
+        #: and records to write after them in the same batch (the votes' settled markers)
+        self.between_batches: (
+            Callable[[Outputs], Awaitable[tuple[list[AuditRecord], list[OutRecord]]]] | None
+        ) = None
         self._fleet_progress = ProgressReporter()
         #: extra HTTP handlers (path prefix, handler) served next to /metrics (the console)
         self.http_mounts: list[tuple[str, Handler]] = []
@@ -385,13 +388,17 @@ class Runner(PartitionState):
         # in a worker thread: a policy waiting on the fleet ledger (up to its timeout) must not
         # stall the event loop (heartbeats, the executor stage, the control topics)
         out = await asyncio.to_thread(self._detect, batch, now)
-        votes = [] if self.between_batches is None else await self.between_batches(out)
+        votes: list[AuditRecord] = []
+        marks: list[OutRecord] = []
+        if self.between_batches is not None:
+            votes, marks = await self.between_batches(out)
         if out and self.before_write is not None:
             self.before_write(out)
         if out or votes:
             t = self.settings.kafka.topics
             records = encode_outputs(out, self.settings)
             records += [(t.audit, r.entity.encode(), r.to_json().rstrip(b"\n")) for r in votes]
+            records += marks  # last: a marker vouches for the audit records before it
             # fetching pauses while many outputs wait for the broker's acks
             self.backpressure.outputs_pending(len(records))
             await sink.write_batch(records)

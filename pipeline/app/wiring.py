@@ -153,8 +153,10 @@ class SelfhealProcess:
                 client,
                 on_change=self._paused,
                 on_every_vote=self.releases.on_vote,
+                on_settled=self.releases.on_settled,
                 on_error=self._swallowed,
             )
+            self.releases.sync = control.sync_approvals
             try:
                 if k.create_topics:
                     topics = [k.topics.control, k.topics.approvals]
