@@ -180,7 +180,11 @@ class ReleaseDesk:
             return self._record(vote, entity, rule, f"acknowledged; {held}") if audit else None
         if action is not None:
             await self._log_release(vote, action, eng.watermark)
-        out.decisions.extend(eng.release_escalation(vote.decision_id, vote.by) or [])
+        resolutions = eng.release_escalation(vote.decision_id, vote.by) or []
+        out.decisions.extend(resolutions)
+        hub = getattr(self.pipeline, "incidents", None)
+        if hub is not None:  # the incident's page is closed: a relapse pages again
+            hub.closed(resolutions)
         if not audit:
             log.info("escalation %s released again (a snapshot from before)", vote.decision_id)
             return None

@@ -18,6 +18,8 @@ Records:
   ``tick:<partition>:<event time>``, which a redelivered partition reaches again.
 * ``escalated``: an incident paged (its decision id, and the note it answered), so the notes
   after that one in the log do not page again.
+* ``page_closed``: that page was resolved or released while the incident stays open, so an
+  entity whose ladder runs out later pages again instead of waiting on a closed page.
 
 A stage logs the notes of a batch together (``IncidentLog.prefetch``: one wait, not one per
 anomaly) and then asks for each: an outcome depends only on the log before its note, so the plans
@@ -113,6 +115,9 @@ class IncidentArbiter:
         self._outcomes: OrderedDict[str, IncidentOutcome] = OrderedDict()
         #: open incident id -> (its page's decision id, the seq of the note the page answered)
         self._escalated: dict[str, tuple[str, int]] = {}
+        #: incident id -> (its closed page's decision id, the page's seq, the notes before the
+        #: close): notes logged before the close still see that page, so replays answer alike
+        self._closed: dict[str, tuple[str, int, int]] = {}
         #: distinct notes applied (the next note's seq is one more)
         self.notes = 0
         #: records applied, and the largest writer clock among them (a restart reads from there)
@@ -155,6 +160,15 @@ class IncidentArbiter:
             known = self._outcomes.get(note_id)  # the first page wins
             self._escalated[incident_id] = (decision_id, known.seq if known else self.notes)
 
+    def apply_page_closed(self, incident_id: str, decision_id: str) -> None:
+        """The incident's page was resolved or released: an entity of the incident whose ladder
+        runs out later pages again (rather than waiting on a page nobody is looking at)."""
+        self.applied += 1
+        page = self._escalated.get(incident_id)
+        if page is not None and page[0] == decision_id:
+            del self._escalated[incident_id]
+            self._closed[incident_id] = (decision_id, page[1], self.notes)
+
     def apply_raw(self, raw: bytes) -> None:
         """Apply one log record as written by ``encode_*`` (other groups' records are skipped)."""
         rec = _decode(raw)
@@ -171,6 +185,8 @@ class IncidentArbiter:
                 self.apply_escalated(
                     str(rec["incident_id"]), str(rec["decision_id"]), str(rec["note_id"])
                 )
+            elif kind == "page_closed":
+                self.apply_page_closed(str(rec["incident_id"]), str(rec["decision_id"]))
             else:
                 raise IncidentRecordError(f"unknown incident record type {kind!r}")
         except (KeyError, TypeError, ValueError) as exc:
@@ -188,9 +204,12 @@ class IncidentArbiter:
         a note earlier in the log than the note of seq ``before`` (so a note asked for again
         does not find its own page)."""
         page = self._escalated.get(incident_id)
-        if page is None or (before is not None and page[1] >= before):
-            return None
-        return page[0]
+        if page is not None and (before is None or page[1] < before):
+            return page[0]
+        closed = self._closed.get(incident_id)
+        if closed is not None and before is not None and closed[1] < before <= closed[2]:
+            return closed[0]  # a note logged before the page was closed
+        return None
 
     def due(self, ts: float) -> bool:
         return self.book.due(ts)
@@ -207,6 +226,7 @@ class IncidentArbiter:
         for e in events:
             if e.state == "resolved":
                 self._escalated.pop(e.data["incident_id"], None)
+                self._closed.pop(e.data["incident_id"], None)
 
     # -- snapshots (data only, no configuration) ---------------------------------------------
 
@@ -222,6 +242,7 @@ class IncidentArbiter:
             "book": copy.deepcopy(self.book.to_state()),
             "outcomes": list(self._outcomes.items()),
             "escalated": [[k, d, seq] for k, (d, seq) in self._escalated.items()],
+            "closed": [[k, d, seq, at] for k, (d, seq, at) in self._closed.items()],
         }
 
     def snapshot(self, key: bytes | None = None) -> bytes:
@@ -239,6 +260,8 @@ class IncidentArbiter:
                 raise IncidentRecordError("incident outcomes are malformed")
             self._outcomes = OrderedDict(outcomes)
             self._escalated = {str(k): (str(d), int(seq)) for k, d, seq in doc["escalated"]}
+            closed = doc.get("closed", [])  # absent from snapshots of earlier versions
+            self._closed = {str(k): (str(d), int(s), int(a)) for k, d, s, a in closed}
             self.applied = int(doc["applied"])
             self.notes = int(doc["notes"])
             self.wall = float(doc["wall"])
@@ -343,6 +366,10 @@ class IncidentLog:
             "decision_id": decision_id,
             "note_id": note_id,
         }
+        self.transport.append(_encode(rec, self.arbiter.group, self.clock()))
+
+    def close_page(self, incident_id: str, decision_id: str) -> None:
+        rec = {"type": "page_closed", "incident_id": incident_id, "decision_id": decision_id}
         self.transport.append(_encode(rec, self.arbiter.group, self.clock()))
 
     def known(self, record_id: str) -> bool:

@@ -16,6 +16,7 @@ incident events the anomaly causes and a ``RepairPlan`` the policy follows:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from selfheal.pipeline.core.causes import Cause
@@ -146,6 +147,18 @@ class IncidentHub:
             if d.action is RepairAction.ESCALATE and ladder_page and d.status is not SUPPRESSED:
                 self.log.escalate(plan.incident_id, d.id, plan.anomaly_id or "")
                 return
+
+    def closed(self, decisions: Iterable[Decision]) -> None:
+        """Log that an incident's page got its resolution (the condition cleared, or an operator
+        released it): an entity of the incident whose ladder runs out again then pages again;
+        otherwise it would wait, unrepaired, on a page that is no longer open."""
+        for d in decisions:
+            p = d.params
+            if d.action is not RepairAction.ESCALATE or not p.get("resolved"):
+                continue
+            incident, page = p.get("incident_id"), p.get("escalation_id")
+            if incident and page and self.log.escalated(str(incident)) == page:
+                self.log.close_page(str(incident), str(page))
 
     def tick(
         self, ts: float, partition: int = 0, since: float | None = None

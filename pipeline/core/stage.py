@@ -346,6 +346,7 @@ class PartitionStage:
         out.verifications.extend(verifications)
         out.decisions.extend(decisions)
         if self.incidents is not None:
+            self.incidents.closed(decisions)
             # past the watermark, ``now`` is the clock's (a silent partition): not replayable
             since = self.watermark if now > self.watermark else None
             out.incidents.extend(self.incidents.tick(now, self.partition, since))
@@ -381,6 +382,8 @@ class PartitionStage:
             verifications, decisions = self.policy.drain()  # type: ignore[attr-defined]
             out.verifications.extend(verifications)
             out.decisions.extend(decisions)
+            if self.incidents is not None:
+                self.incidents.closed(decisions)
 
     def tick(self, now: float) -> Outputs:
         """Absence checks and verification windows, against ``now`` (watermark or clock)."""
