@@ -334,15 +334,24 @@ def test_block_source_carries_the_address_to_block() -> None:
 
 
 def test_an_entity_stays_watched_while_any_of_its_cases_is_open() -> None:
-    mem = {"name": "mem", "kinds": ["memory_high"], "actions": [{"action": "evict_cache"}]}
+    # the memory case is a request for approval: two executed repairs of one entity never
+    # overlap (test_policy_entity_lock), but a request and a repair do
+    mem = {
+        "name": "mem",
+        "kinds": ["memory_high"],
+        "requires_approval": True,
+        "actions": [{"action": "evict_cache"}],
+    }
     eng = PolicyEngine(PolicyConfig.model_validate({"rules": [_HC, mem]}))
-    eng.decide(_finding(T0, "web-1", AnomalyKind.MEMORY_HIGH))
-    eng.decide(_finding(T0 + 100, "web-1", AnomalyKind.HEALTH_CHECK_FAILED))
+    (ask,) = eng.decide(_finding(T0, "web-1", AnomalyKind.MEMORY_HIGH))
+    assert ask.status is DecisionStatus.PENDING_APPROVAL
+    (restart,) = eng.decide(_finding(T0 + 100, "web-1", AnomalyKind.HEALTH_CHECK_FAILED))
+    assert restart.status is DecisionStatus.EXECUTE
     assert eng.watched == {"web-1"}
-    # memory back to normal and verified: the health-check repair is still being watched
+    # memory back to normal: the request's window closes (nothing ran, so no verification);
+    # the health-check repair is still being watched
     eng.observe(ConditionReport("web-1", AnomalyKind.MEMORY_HIGH, T0 + 70, False))
-    (ok,) = eng.tick(T0 + 302)[0]
-    assert ok.success and ok.action is RepairAction.EVICT_CACHE
+    assert eng.tick(T0 + 302)[0] == []
     eng.observe(ConditionReport("web-1", AnomalyKind.MEMORY_HIGH, T0 + 303, False))
     assert eng.watched == {"web-1"}
     eng.observe(ConditionReport("web-1", AnomalyKind.HEALTH_CHECK_FAILED, T0 + 304, True))

@@ -11,11 +11,16 @@ For the anomaly's (rule, entity) case, in order:
 5. cooldown on (entity, action) -> SUPPRESSED/COOLDOWN;
 6. approval required -> PENDING_APPROVAL (an attempt of the rung: the ladder climbs past it
    when the condition outlasts the verification window);
-7. fleet budget exhausted -> SUPPRESSED/BUDGET;
-8. otherwise EXECUTE (or DRY_RUN) and a verification window opens.
+7. another rule's executed repair of the entity under verification ->
+   SUPPRESSED/REPAIR_IN_PROGRESS (one automatic repair of an entity at a time, so each
+   verification judges its own repair; what persists is re-reported and acted on after;
+   protective actions neither hold nor are held, as for an incident's symptoms);
+8. fleet budget exhausted -> SUPPRESSED/BUDGET;
+9. otherwise EXECUTE (or DRY_RUN) and a verification window opens.
 
 The fleet gate is asked (and waited for) only when a budget slot is needed: a need in
-cooldown, awaiting approval or held by a storm is only noted (it still counts for storms).
+cooldown, awaiting approval, behind another repair or held by a storm is only noted (it still
+counts for storms).
 (The one other wait: a storm-held entity's clearing, once per entity and storm.)
 """
 
@@ -120,7 +125,7 @@ class Ask:
 def decide_rule(
     eng: PolicyEngine, rule: Rule, anomaly: Anomaly, now: float, plan: RepairPlan = NO_PLAN
 ) -> list[Decision]:
-    """Every decision ``anomaly`` causes under ``rule`` (steps 1-8 of the module doc), following
+    """Every decision ``anomaly`` causes under ``rule`` (steps 1-9 of the module doc), following
     the incident's repair plan (``selfheal.pipeline.core.repair_plan``)."""
     st = eng._state
     case = st.cases.get_or_create(rule.name, anomaly.finding.entity)
@@ -169,7 +174,7 @@ def rollback_step(rule: Rule, plan: RepairPlan) -> ActionStep | None:
 def attempt(
     eng: PolicyEngine, ask: Ask, case: Case, override: ActionStep | None = None
 ) -> list[Decision]:
-    """Try the case's current rung (steps 5-8), or ``override`` in its place."""
+    """Try the case's current rung (steps 5-9), or ``override`` in its place."""
     st, rule, now = eng._state, ask.rule, ask.now
     step = override if override is not None else rule.actions[case.rung]
     if case.pending is not None:
@@ -187,16 +192,18 @@ def attempt(
     approval = (
         step.requires_approval if step.requires_approval is not None else rule.requires_approval
     )
-    if until is not None or approval:
+    # an approval request is not an execution (nothing runs until a human approves), and a
+    # protective action shapes traffic rather than repairs the process: neither is held
+    busy = None if approval or action in PROTECTIVE else repair_in_progress(eng, ask)
+    if until is not None or approval or busy is not None:
         eng.fleet.note(ask.need(action, claim=False))  # counted for storms; no budget, no wait
         outcome = FleetOutcome(Verdict.NOTED)
     else:
         outcome = eng.fleet.request(ask.need(action, claim=True))
     if outcome.verdict in (Verdict.STORM, Verdict.STORM_STARTED):
         return eng.storm_verdict(ask, case, action, outcome)
-    if until is not None:
-        text = f"{action.value} on {ask.entity} cooling down until {at(until)}"
-        return [ask.make(action, SUPPRESSED, text, Suppression.COOLDOWN, params)]
+    if until is not None or busy is not None:
+        return [held_back(ask, action, params, until, busy)]
     rung_text = f"rung {case.rung + 1}/{len(rule.actions)}, attempt {case.attempts + 1}"
     if override is not None:
         p = override.params
@@ -236,6 +243,42 @@ def attempt(
     )
     eng.open_case(case)
     return [decision]
+
+
+def held_back(
+    ask: Ask, action: RepairAction, params: dict[str, Any], until: float | None, busy: str | None
+) -> Decision:
+    """A need suppressed before it takes a budget slot: its (entity, action) cooling down
+    until ``until``, else ``busy``: another repair of the entity under verification."""
+    if until is not None:
+        text = f"{action.value} on {ask.entity} cooling down until {at(until)}"
+        return ask.make(action, SUPPRESSED, text, Suppression.COOLDOWN, params)
+    text = f"{action.value} on {ask.entity} held: {busy}; one automatic repair of an entity "
+    return ask.make(action, SUPPRESSED, text + "at a time", Suppression.REPAIR_IN_PROGRESS, params)
+
+
+def repair_in_progress(eng: PolicyEngine, ask: Ask) -> str | None:
+    """What another rule's executed repair of ``ask``'s entity, still under verification, is
+    (for the suppression's explanation); None when there is none.
+
+    Derived from the cases' open verifications (plain state, in snapshots): no new state, and
+    a replay finds the same. Approval requests (nothing ran), protective actions (a rate limit
+    of an abusive client must not delay the restart of a stuck loop) and failed repairs (their
+    verification closed early) hold nothing. The rule's own ladder needs no check: an attempt
+    of the rule's case is its open verification (``attempt``'s ``case.pending``).
+    """
+    cases = eng._state.cases
+    for rule in eng.config.rules:
+        if rule.name == ask.rule.name:
+            continue
+        other = cases.get(rule.name, ask.entity)
+        pending = None if other is None else other.pending
+        if pending is None or pending.approval or pending.action in PROTECTIVE:
+            continue
+        if pending.deadline >= ask.now:
+            text = f"{pending.action.value} of {ask.entity} (rule {rule.name}, decision "
+            return text + f"{pending.decision_id}) under verification until {at(pending.deadline)}"
+    return None
 
 
 def step_params(step: ActionStep, anomaly: Anomaly) -> dict[str, Any]:

@@ -159,6 +159,8 @@ class Suppression(enum.StrEnum):
     BREAKER_OPEN = "breaker_open"
     #: the entity's only problem is a dependency that is being repaired (incidents)
     SYMPTOM = "symptom"
+    #: another rule's executed repair of the entity is under verification: one at a time
+    REPAIR_IN_PROGRESS = "repair_in_progress"
 
 
 @dataclass(frozen=True, slots=True)
