@@ -30,6 +30,17 @@ async def until(cond: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def critical_memory(entity: str, ts: float) -> dict[str, Any]:
+    """A memory sample at 99 % of its limit (the default policy restarts the entity)."""
+    return {
+        "ts": ts,
+        "entity": entity,
+        "metric": "container_memory_working_set_bytes",
+        "value": 0.99e9,
+        "limit": 1e9,
+    }
+
+
 def settings_for(prefix: str, bootstrap: str, partitions: int = 3, **extra: Any) -> Settings:
     topics = {
         name: f"{prefix}.{name}"

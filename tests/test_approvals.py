@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from tests.conftest import consume_all
-from tests.spine_helpers import produce_records, settings_for, write_config
+from tests.spine_helpers import critical_memory, produce_records, settings_for, write_config
 from tests.test_alertmanager import alertmanager, alerts  # noqa: F401 (the fixture)
 from tests.test_control import RECORD, Proc, _until, entities_on_both, selfheal
 
@@ -26,16 +26,6 @@ pytestmark = pytest.mark.asyncio
 
 #: long enough for the first approval under load, short enough to wait out for the late one
 EXPIRY = 90.0
-
-
-def _mem(entity: str, ts: float) -> dict[str, Any]:
-    return {
-        "ts": ts,
-        "entity": entity,
-        "metric": "container_memory_working_set_bytes",
-        "value": 0.99e9,
-        "limit": 1e9,
-    }
 
 
 async def test_approve_reject_expire_across_restart(
@@ -83,7 +73,7 @@ async def test_approve_reject_expire_across_restart(
     await produce_records(
         producer,
         t.metrics,
-        [_mem(e, base + 15 * i) for i in range(3) for e in (approve, reject, late)],
+        [critical_memory(e, base + 15 * i) for i in range(3) for e in (approve, reject, late)],
     )
 
     async def repairs() -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from tests.conftest import ROOT, consume_all
 from tests.spine_helpers import (
+    critical_memory,
     env_without_kafka,
     produce_records,
     settings_for,
@@ -36,16 +37,6 @@ import pathlib, sys
 with pathlib.Path(sys.argv[2]).open("a") as fh:
     fh.write(sys.argv[1] + "\\n")
 """
-
-
-def _mem(entity: str, ts: float) -> dict[str, Any]:
-    return {
-        "ts": ts,
-        "entity": entity,
-        "metric": "container_memory_working_set_bytes",
-        "value": 0.99e9,
-        "limit": 1e9,
-    }
 
 
 def entities_on_both(prefix: str, n: int) -> list[str]:
@@ -167,7 +158,9 @@ async def test_pause_and_resume_two_processes(broker, producer, topic_prefix, tm
         base = time.time() - 1800
         paused_entities = entities_on_both("paused", 4)
         await produce_records(
-            producer, t.metrics, [_mem(e, base + 15 * i) for i in range(3) for e in paused_entities]
+            producer,
+            t.metrics,
+            [critical_memory(e, base + 15 * i) for i in range(3) for e in paused_entities],
         )
 
         async def decided(entities: list[str]) -> list[dict[str, Any]]:
@@ -210,7 +203,7 @@ async def test_pause_and_resume_two_processes(broker, producer, topic_prefix, tm
         await produce_records(
             producer,
             t.metrics,
-            [_mem(e, base + 60 + 15 * i) for i in range(3) for e in live_entities],
+            [critical_memory(e, base + 60 + 15 * i) for i in range(3) for e in live_entities],
         )
 
         async def executed() -> bool:

@@ -30,7 +30,7 @@ from selfheal.pipeline.kernel.types import (
 )
 
 from tests.conftest import consume_all
-from tests.spine_helpers import produce_records, run_until, settings_for
+from tests.spine_helpers import critical_memory, produce_records, run_until, settings_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -39,18 +39,8 @@ BUDGET = {"max_repairs": 2, "window_seconds": 600.0}
 LOOKBACK = 3600 + 2 * 600.0
 
 
-def _mem(entity: str, ts: float) -> dict[str, Any]:
-    return {
-        "ts": ts,
-        "entity": entity,
-        "metric": "container_memory_working_set_bytes",
-        "value": 0.99e9,
-        "limit": 1e9,
-    }
-
-
 def _burst(entities: list[str], start: float) -> list[dict[str, Any]]:
-    return [_mem(e, start + 15 * i) for i in range(4) for e in entities]
+    return [critical_memory(e, start + 15 * i) for i in range(4) for e in entities]
 
 
 async def test_budget_spent_before_a_long_outage_holds_for_the_backlog(
