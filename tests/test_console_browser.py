@@ -21,8 +21,14 @@ import orjson
 import pytest
 
 from tests.conftest import ROOT
-from tests.spine_helpers import env_without_kafka, produce_records, settings_for, write_config
-from tests.test_control import RECORD, Proc, _mem
+from tests.spine_helpers import (
+    critical_memory,
+    env_without_kafka,
+    produce_records,
+    settings_for,
+    write_config,
+)
+from tests.test_control import RECORD, Proc
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -84,7 +90,7 @@ async def test_approve_in_the_browser_executes_the_repair(broker, producer, topi
         await proc.ready()
         base = time.time() - 1800
         await produce_records(
-            producer, t.metrics, [_mem("users-7", base + 15 * i) for i in range(3)]
+            producer, t.metrics, [critical_memory("users-7", base + 15 * i) for i in range(3)]
         )
         url = f"http://127.0.0.1:{proc.port}/console"
         async with async_playwright() as pw:
