@@ -200,7 +200,8 @@ class ControlPlane:
         """Return once every vote and marker published before the call was handled (after
         the first read of the history, should it still go on)."""
         await asyncio.wait_for(self._approvals_read.wait(), timeout)
-        await self._tails[1].sync(timeout)
+        approvals = self.settings.kafka.topics.approvals
+        await next(t for t in self._tails if t.topic == approvals).sync(timeout)
 
     async def stop(self) -> None:
         for tail in self._tails:

@@ -366,10 +366,11 @@ class ExecutorStage:
     ) -> None:
         done = False
         try:
+            results = None
             async with self._sem:
-                claimed = await self._claim(d, tp, at_ms)
-                d = with_commands(d, self.settings, self._boot)
-                results = await self._attempt(d, handlers) if claimed else None
+                if await self._claim(d, tp, at_ms):
+                    d = with_commands(d, self.settings, self._boot)
+                    results = await self._attempt(d, handlers)
             if results is not None:
                 await self._record(d, handlers, *await self._redeliver(d, handlers, results))
             done = True
