@@ -12,7 +12,8 @@ from operator import attrgetter
 from selfheal.connectors.kafka import OutRecord
 from selfheal.pipeline.core.audit import AuditRecord, decision_record, verification_record
 from selfheal.pipeline.core.config import Settings
-from selfheal.pipeline.core.events import anomaly_event, deadletter_record, dumps, repair_event
+from selfheal.pipeline.core.deadletter import deadletter_records
+from selfheal.pipeline.core.events import anomaly_event, dumps, repair_event
 from selfheal.pipeline.core.metrics import Metrics
 from selfheal.pipeline.core.stage import Outputs
 from selfheal.pipeline.kernel.cloudevents import incident_event
@@ -43,8 +44,9 @@ def encode_outputs(out: Outputs, settings: Settings) -> list[OutRecord]:
         records.append((t.incidents, e.data["incident_id"].encode(), body))
     for rec in audit_records(out):
         records.append((t.audit, rec.entity.encode(), rec.to_json().rstrip(b"\n")))
-    for r in out.rejects:
-        records.append((t.deadletter, r.envelope.key, dumps(deadletter_record(r))))
+    cap = settings.validation.deadletter_payload_bytes
+    for r, dead in deadletter_records(out.rejects, cap):
+        records.append((t.deadletter, r.envelope.key, dumps(dead)))
     return records
 
 

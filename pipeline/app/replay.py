@@ -15,8 +15,9 @@ from selfheal.connectors.files import FileSource, JsonlSink
 from selfheal.pipeline.app.gcpause import collector_paused
 from selfheal.pipeline.app.outputs import audit_records, observe_outputs
 from selfheal.pipeline.core.config import Settings
+from selfheal.pipeline.core.deadletter import deadletter_records
 from selfheal.pipeline.core.effectiveness import observe_effectiveness
-from selfheal.pipeline.core.events import anomaly_event, deadletter_record, repair_event
+from selfheal.pipeline.core.events import anomaly_event, repair_event
 from selfheal.pipeline.core.metrics import Metrics
 from selfheal.pipeline.core.stage import Outputs, Pipeline, PolicyLike
 from selfheal.pipeline.kernel.cloudevents import incident_event
@@ -72,7 +73,8 @@ def replay(
         res.repairs += sum(1 for d in out.decisions if d.status is not DecisionStatus.SUPPRESSED)
         res.rejects += len(out.rejects)
         if dl_sink is not None:
-            dl_sink.write_batch([deadletter_record(r) for r in out.rejects])
+            cap = settings.validation.deadletter_payload_bytes
+            dl_sink.write_batch([d for _, d in deadletter_records(out.rejects, cap)])
         if audit is not None:
             audit.write_sync(audit_records(out))
 

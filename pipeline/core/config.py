@@ -109,6 +109,8 @@ class KafkaConfig(_Section):
 
 class ValidationConfig(_Section):
     max_message_bytes: int = Field(default=1_048_576, ge=256)
+    #: a dead letter's copy of the message, at most (its JSON string; ``core/deadletter.py``)
+    deadletter_payload_bytes: int = Field(default=262_144, ge=0)
     max_future_seconds: float = Field(default=300.0, ge=0)
     max_past_seconds: float = Field(default=7 * 86400.0, ge=0)
     #: what "now" is for the future/past checks: the wall clock (live) or the watermark (replay)

@@ -9,15 +9,14 @@ at-least-once delivery. Encoding uses orjson; the event bodies are built in
 
 from __future__ import annotations
 
-import base64
 import uuid
 from typing import Any
 
 import orjson
 from selfheal.pipeline.kernel.cloudevents import anomaly_event, repair_event
-from selfheal.pipeline.kernel.types import Anomaly, Finding, Reject
+from selfheal.pipeline.kernel.types import Anomaly, Finding
 
-__all__ = ["anomaly_event", "anomaly_id", "deadletter_record", "dumps", "repair_event"]
+__all__ = ["anomaly_event", "anomaly_id", "dumps", "repair_event"]
 
 _NS = uuid.UUID("6f1c3f2e-5b7a-4e0c-9d35-2f6c1b8a7e41")
 
@@ -41,22 +40,3 @@ def _jsonable(value: Any) -> Any:
 
 def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, default=_jsonable, option=orjson.OPT_NON_STR_KEYS)
-
-
-def deadletter_record(r: Reject) -> dict[str, Any]:
-    raw = r.envelope.value
-    try:
-        payload, encoding = raw.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        payload, encoding = base64.b64encode(raw).decode("ascii"), "base64"
-    return {
-        "topic": r.envelope.topic,
-        "partition": r.envelope.partition,
-        "offset": r.envelope.offset,
-        "reason": r.reason.value,
-        "field": r.field,
-        "error": r.error,
-        "payload": payload,
-        "payload_encoding": encoding,
-        "payload_bytes": len(raw),
-    }

@@ -267,6 +267,12 @@ class DeadLetterData(_Out):
     payload: str
     payload_encoding: Literal["utf-8", "base64"]
     payload_bytes: int
+    #: the payload is the message's first ``validation.deadletter_payload_bytes``
+    payload_truncated: bool
+    #: another element of a message whose first dead letter carries the payload
+    payload_omitted: bool
+    #: more rejects of this message, not written (at most 100 dead letters a message)
+    unlisted_rejects: int = Field(ge=0)
 
 
 class CauseOut(_Out):
