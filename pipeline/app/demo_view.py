@@ -54,6 +54,7 @@ DEADLETTER_MEANING: dict[str, str] = {
     "timestamp_future": "timestamps ahead of the watermark by more than max_future_seconds",
     "timestamp_past": "timestamps behind the watermark by more than max_past_seconds",
     "label_cardinality": "too many label sets on one series",
+    "series_cardinality": "new series of an entity past detection.max_series_per_entity",
     "schema": "records that fail the input schema",
     "invalid_json": "bytes that are not JSON",
     "unknown_format": "JSON in no known format",

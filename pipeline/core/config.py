@@ -128,6 +128,9 @@ class ValidationConfig(_Section):
 
 class DetectionConfig(_Section):
     max_series: int = Field(default=100_000, ge=1)
+    #: one entity's share of ``max_series``: its new series beyond it are rejected
+    #: (``series_cardinality``), so runaway metric names cannot evict other entities' models
+    max_series_per_entity: int = Field(default=2_000, ge=1)
     rules: tuple[Annotated[RuleSpec, Field(discriminator="type")], ...] = DEFAULT_RULES
     #: the online models; ``models_enabled: false`` leaves the static rules only
     models_enabled: bool = True

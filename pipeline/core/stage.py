@@ -26,6 +26,7 @@ from selfheal.pipeline.core.guard import FailureRatio, Guard, GuardConfig
 from selfheal.pipeline.core.incident_log import IncidentArbiter, IncidentLog
 from selfheal.pipeline.core.incidents import IncidentConfig, IncidentEvent
 from selfheal.pipeline.core.repair_plan import IncidentHub, RepairPlan
+from selfheal.pipeline.core.series_share import SeriesShare
 from selfheal.pipeline.core.topology import DEPENDENCY_METRIC, Topology
 from selfheal.pipeline.core.verification import ConditionReport, reports
 from selfheal.pipeline.kernel.lru import LRU
@@ -127,6 +128,8 @@ class PartitionStage:
         self.failure_window = v.failure_window_messages
         self.failure_ratio = v.failure_ratio
         self.series: LRU[SeriesKey, list[Judge]] = LRU("series", d.max_series)
+        self.series_share = SeriesShare(d.max_series_per_entity)
+        self.series_share.attach(self.series)
         self.entities: LRU[tuple[str, str], Judge | LogJudge] = LRU("entity_judges", d.max_series)
         self.tickers: LRU[object, Judge | LogJudge] = LRU("tickers", d.max_series)
         #: OTLP cumulative series (last point, plain tuples) and counts of ignored points
@@ -279,6 +282,9 @@ class PartitionStage:
             if rej is _PENDING:
                 ref = wm if wm > _NO_TIME else reference
                 rej = admit(env, entity, metric, key if s.labels else None, ts, ref)
+            judges = bank.get(key)
+            if judges is None and rej is None and self.series_share.full(entity):
+                rej = self.series_share.reject(env, entity, metric)
             if rej is not None:
                 rejects_by_env.setdefault(id(env), []).append(rej)
                 continue
@@ -289,7 +295,6 @@ class PartitionStage:
                 if wm >= self._next_tick:
                     self._tick_into(wm, findings, out)
                     wm = self.watermark
-            judges = bank.get(key)
             if judges is None:
                 judges = self._new_series(key, s)
             else:
@@ -325,7 +330,7 @@ class PartitionStage:
 
     def _new_series(self, key: SeriesKey, s: Sample) -> list[Judge]:
         judges = self.router.series_judges(s)
-        self.series.put(key, judges)
+        self.series_share.add(self.series, key, judges)
         for j in judges:
             if ticks(j):
                 self.tickers.put((key, j.name), j)

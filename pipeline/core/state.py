@@ -245,6 +245,9 @@ def restore(stage: Any, state: dict[str, Any]) -> Reconciled:
         coll.shrink(coll.maxsize)
         setattr(stage, name, coll)
     judges = reconcile(stage.router, stage.series, stage.entities, stage.tickers)
+    share = getattr(stage, "series_share", None)
+    if share is not None:  # counted from the restored bank, against the running config's share
+        share.attach(stage.series)
     from selfheal.pipeline.kernel.lru import LRU
 
     otlp = state.get("otlp")

@@ -236,6 +236,7 @@ class RejectReason(enum.StrEnum):
     TIMESTAMP_FUTURE = "timestamp_future"
     TIMESTAMP_PAST = "timestamp_past"
     LABEL_CARDINALITY = "label_cardinality"
+    SERIES_CARDINALITY = "series_cardinality"
     RATE_LIMITED = "rate_limited"
 
 
