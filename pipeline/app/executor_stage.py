@@ -48,6 +48,7 @@ from selfheal.pipeline.app.approval_decisions import (
 )
 from selfheal.pipeline.app.control import ApprovalVote, ControlPlane
 from selfheal.pipeline.app.outputs import observe_breakers
+from selfheal.pipeline.app.pacing import Pacing
 from selfheal.pipeline.app.redelivery import redeliver
 from selfheal.pipeline.app.runner import ExecutorLike, kafka_client_options
 from selfheal.pipeline.core.audit import AuditRecord, decision_record
@@ -108,6 +109,8 @@ class ExecutorStage:
         self._inflight: set[str] = set()
         #: firing escalations whose resolution was read (their redelivery stops), oldest first
         self._resolutions: dict[str, None] = {}
+        #: repairs of an entity no closer in wall time than the policy spaced them (a backlog)
+        self.pacing = Pacing(settings.policy.verification_window_seconds)
         #: a decision's start and a revocation of its partition never interleave (``_claim``)
         self._starting = asyncio.Lock()
         self._open: dict[TopicPartition, set[int]] = {}
@@ -406,12 +409,14 @@ class ExecutorStage:
                 await self._finish(d, [(oc.PAUSED, "", detail, 0.0)])
                 return False
             window = self.settings.policy.verification_window_seconds
-            stale = oc.stale(d, self.clock() - at_ms / 1000, window)
+            now = self.clock()
+            stale = oc.stale(d, now - at_ms / 1000, window) or self.pacing.hold(d, now)
             if stale:
                 await self._finish(d, [(oc.SKIPPED, "", stale, 0.0)])
                 return False
-            await self._write([self._outcome_out(oc.started_event(d, self._src, self.clock()))])
+            await self._write([self._outcome_out(oc.started_event(d, self._src, now))])
             self.ledger.note(d.id, oc.STARTED)
+            self.pacing.started(d, now)
             return True
 
     async def _attempt(self, d: Decision, handlers: list[ExecutorLike]) -> list[Any]:

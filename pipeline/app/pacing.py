@@ -1,0 +1,80 @@
+"""Repairs of one entity no closer together in wall time than the policy spaced them.
+
+The policy's brakes run on event time: a cooldown, the dedup window and the verification
+window that judges a repair before the ladder climbs. While the pipeline reads a backlog (it
+was down, or fell behind), event time runs many times faster than the wall clock, and those
+brakes stop spacing anything in reality: a service failing for the whole backlog was decided
+a restart, another restart one cooldown later and a scale-up one window after that, and the
+executor stage ran all three within a second, none of them with time to act, all on data an
+hour old.
+
+So the stage keeps, per entity, when (wall clock) its last repair started and at what event
+time it was decided. A repair whose wall-clock gap to that one is less than half the policy's
+event-time gap (capped at one verification window) is not run: it is recorded ``skipped``,
+and the policy judges its case on the data that follows, as it does for any repair. Live,
+event time keeps pace with the clock and nothing is held; the first repair of a backlog
+still runs. Pages, approval requests, protective actions (they shape traffic, see
+``ladder.repair_in_progress``) and repairs a person approved are never held; the last two
+still count as the entity's last repair.
+
+>>> from selfheal.pipeline.kernel.types import Decision, Mode, RepairAction
+>>> def restart(ts):
+...     return Decision(f"d{ts}", ts, RepairAction.RESTART, "web-1", Mode.ENFORCE, False, ())
+>>> pacing = Pacing(window=300.0)
+>>> pacing.hold(restart(0.0), now=1000.0)
+''
+>>> pacing.started(restart(0.0), now=1000.0)
+>>> pacing.hold(restart(300.0), now=1001.0)[:40]  # a backlog: 300 s decided 1 s apart
+'not run: restart of web-1 started 1s ago'
+>>> pacing.hold(restart(300.0), now=1290.0)  # live: the clock kept pace
+''
+"""
+
+from __future__ import annotations
+
+from selfheal.pipeline.core.repair_plan import PROTECTIVE
+from selfheal.pipeline.kernel.lru import LRU
+from selfheal.pipeline.kernel.types import Decision, RepairAction
+
+#: entities remembered (the least recently repaired are forgotten first)
+MAX_ENTITIES = 10_000
+
+
+class Pacing:
+    """Per entity: (wall clock started, event time decided, action) of its last repair."""
+
+    def __init__(self, window: float, maxsize: int = MAX_ENTITIES) -> None:
+        self.window = window
+        self._last: LRU[str, tuple[float, float, str]] = LRU("repair_pacing", maxsize)
+
+    def hold(self, d: Decision, now: float) -> str:
+        """Why ``d`` must not start at wall time ``now``, or "" (see the module docstring)."""
+        if exempt(d) or d.params.get("approved_decision_id"):
+            return ""
+        last = self._last.peek(d.entity)
+        if last is None:
+            return ""
+        wall, event, action = last
+        wall_gap, event_gap = now - wall, d.ts - event
+        if wall_gap * 2 >= min(max(event_gap, 0.0), self.window):
+            return ""
+        return (
+            f"not run: {action} of {d.entity} started {wall_gap:.0f}s ago, and the policy spaced "
+            f"the two {event_gap:.0f}s apart in event time: it decides faster than repairs act "
+            "(a backlog); the policy judges the case on the data that follows"
+        )
+
+    def started(self, d: Decision, now: float) -> None:
+        """``d`` started at wall time ``now``: the entity's last repair (pages do not count)."""
+        if d.action is RepairAction.ESCALATE or d.params.get("approval_required"):
+            return
+        self._last.put(d.entity, (now, d.ts, d.action.value))
+
+
+def exempt(d: Decision) -> bool:
+    """Pages and approval requests are for people; protective actions shape traffic."""
+    return (
+        d.action is RepairAction.ESCALATE
+        or bool(d.params.get("approval_required"))
+        or d.action in PROTECTIVE
+    )

@@ -1,0 +1,105 @@
+"""The executor stage runs repairs of one entity no closer in wall time than the policy spaced
+them in event time (``pipeline/app/pacing.py``), through the real broker.
+
+A backlog is read faster than repairs act: the decisions the policy spaced by a cooldown and a
+verification window arrive within a second. Before, the stage ran them all (two restarts and a
+scale-up of one service in a second, on hour-old data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from selfheal.connectors.kafka import ensure_topics
+from selfheal.pipeline.app import outcomes as oc
+from selfheal.pipeline.app.control import ControlPlane
+from selfheal.pipeline.app.executor_stage import ExecutorStage
+from selfheal.pipeline.core.metrics import Metrics
+from selfheal.pipeline.kernel.protocols import ExecutionResult
+from selfheal.pipeline.kernel.types import Decision, Mode, RepairAction
+
+from tests.conftest import consume_all
+from tests.spine_helpers import settings_for, until
+
+pytestmark = pytest.mark.asyncio
+
+
+class Recording:
+    """Restarts, scale-ups and circuit breaks that succeed at once, recording when they ran."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, float]] = []
+
+    def handles(self, decision: Decision) -> bool:
+        return decision.action in (
+            RepairAction.RESTART, RepairAction.SCALE_UP, RepairAction.CIRCUIT_BREAK
+        )  # fmt: skip
+
+    async def execute(self, decision: Decision) -> ExecutionResult:
+        self.runs.append((decision.id, time.time()))
+        return ExecutionResult(decision.id, self.name, True, "done")
+
+
+def _decision(name: str, entity: str, action: RepairAction, ts: float) -> Decision:
+    return Decision(
+        id=name, ts=ts, action=action, entity=entity, mode=Mode.ENFORCE, predictive=False,
+        reason=("a1",), rule="health-check",
+    )  # fmt: skip
+
+
+async def _publish(producer: AIOKafkaProducer, topic: str, d: Decision) -> None:
+    value = oc.repair_like(d, "selfheal-detect")
+    await producer.send_and_wait(topic, value, key=d.entity.encode(), partition=0)
+
+
+async def test_a_backlog_s_repairs_of_one_service_are_not_run_back_to_back(
+    broker, producer: AIOKafkaProducer, topic_prefix: str
+) -> None:
+    s = settings_for(topic_prefix, broker.bootstrap, partitions=1)
+    t = s.kafka.topics
+    await ensure_topics(broker.bootstrap, [t.repairs, t.outcomes], 1)
+    ex = Recording()
+    stage = ExecutorStage(
+        s, [ex], Metrics(), ControlPlane(s, broker.bootstrap, {}), started=time.time() - 5
+    )
+    stop = asyncio.Event()
+    run = asyncio.create_task(stage.run(broker.bootstrap, stop))
+    old = time.time() - 2 * 3600  # the backlog: decided on data two hours old
+    now = time.time()
+    try:
+        await until(lambda: len(stage._live_from) == 1, 30, "the assignment")
+        backlog = [
+            _decision("r1", "web-1", RepairAction.RESTART, old),
+            _decision("r2", "web-1", RepairAction.RESTART, old + 300),  # one cooldown later
+            _decision("s1", "web-1", RepairAction.SCALE_UP, old + 600),  # one window later
+            _decision("cb", "web-1", RepairAction.CIRCUIT_BREAK, old + 601),  # protective
+            _decision("w1", "web-2", RepairAction.RESTART, now - 20),  # live: paced
+        ]
+        for d in backlog:
+            await _publish(producer, t.repairs, d)
+        await until(lambda: len(ex.runs) >= 3, 30, "the first repairs")
+        await asyncio.sleep(5)  # the live one's next repair, decided 5 s later
+        await _publish(
+            producer, t.repairs, _decision("w2", "web-2", RepairAction.SCALE_UP, now - 15)
+        )
+        await until(lambda: len(ex.runs) >= 4, 30, "the live service's second repair")
+        await asyncio.sleep(2)  # anything else would have run by now
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 30)
+    assert [name for name, _ in ex.runs] == ["r1", "cb", "w1", "w2"]
+    events = [orjson.loads(v) for v in await consume_all(broker.bootstrap, t.outcomes, idle=1.0)]
+    outcomes: dict[str, Any] = {
+        e["data"]["decision_id"]: e["data"] for e in events if e["type"] == oc.OUTCOME_TYPE
+    }
+    for name in ("r2", "s1"):
+        assert outcomes[name]["outcome"] == "skipped", outcomes[name]
+        assert "restart of web-1 started" in outcomes[name]["detail"]
+    assert {outcomes[n]["outcome"] for n in ("r1", "cb", "w1", "w2")} == {"ok"}
