@@ -5,7 +5,8 @@ verifications, storm holds); the rules, budgets and dry-run switches always come
 running process's ``PolicyConfig``. ``to_plain`` gives dicts, lists, numbers, strings,
 booleans and ``None`` only (``-inf`` is written as ``None``), so any data-only codec
 (JSON, msgpack) carries it; ``from_plain`` validates while rebuilding and drops what the
-running configuration no longer knows (a removed rule, a ladder that got shorter).
+running configuration no longer knows (a removed rule, a ladder that got shorter) and
+re-derives what it decides (an open verification ends one running window after it started).
 
 >>> from selfheal.pipeline.core.policy_config import PolicyConfig
 >>> cfg = PolicyConfig()
@@ -144,6 +145,10 @@ class PolicyState:
                 cases.remove(case)  # the running configuration dropped the rule
             elif case.rung > len(rule.actions):
                 case.rung = len(rule.actions)  # the ladder got shorter: its top is exhausted
+            if case.pending is not None:
+                # the snapshot's deadline is its process's window: the running one governs
+                window = config.verification_window_seconds
+                case.pending.deadline = case.pending.started + window
         wm = data["watermark"]
         st = cls(
             cooldowns=Cooldowns.from_plain(list(data["cooldowns"]), cap * 4),
