@@ -16,11 +16,13 @@ from selfheal.pipeline.core.policy_config import PolicyConfig
 from selfheal.pipeline.kernel.types import (
     AnomalyKind,
     Decision,
+    RepairAction,
 )
 
 from tests.test_policy import T0, anomaly
 
 HC = AnomalyKind.HEALTH_CHECK_FAILED
+RESTART_ACTION = RepairAction.RESTART
 
 
 def _engine(rules: list[dict[str, Any]], **glob: Any) -> PolicyEngine:
@@ -54,3 +56,19 @@ def test_a_shorter_verification_window_judges_a_restored_repair() -> None:
     assert [(v.success, v.ts, v.duration_seconds) for v in verifications] == [
         (True, T0 + 120, 120.0)
     ]
+
+
+def test_a_shorter_cooldown_governs_a_restored_cooldown() -> None:
+    old = _engine(RESTART, default_cooldown_seconds=3600)
+    old.decide(anomaly(T0))
+    old.observe(ConditionReport("checkout-1", HC, T0 + 10, False))
+    new = _restarted(old, RESTART, default_cooldown_seconds=60)
+    # the repair worked (T0 + 300); the entity fails again later: 60 s of cooldown are over
+    assert _brief(new.decide(anomaly(T0 + 400))) == [("restart", "execute", None)]
+    # and a longer one holds for its full length
+    longer = _restarted(old, RESTART, default_cooldown_seconds=7200)
+    assert _brief(longer.decide(anomaly(T0 + 4000))) == [("restart", "suppressed", "cooldown")]
+    # a snapshot written before cooldowns kept their start and rule keeps its deadline
+    legacy = _engine(RESTART, default_cooldown_seconds=60)
+    legacy.load_state({**old.to_state(), "cooldowns": [["checkout-1", "restart", T0 + 3600]]})
+    assert legacy._state.cooldowns.until("checkout-1", RESTART_ACTION, T0 + 400) == T0 + 3600

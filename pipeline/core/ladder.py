@@ -215,7 +215,7 @@ def attempt(
         budget = eng.config.budget
         text = f"fleet budget of {budget.max_repairs} repairs per {budget.window_seconds:g}s "
         return [ask.make(action, SUPPRESSED, text + "exhausted", Suppression.BUDGET, params)]
-    st.cooldowns.start(ask.entity, action, now, eng.cooldown(rule, step))
+    st.cooldowns.start(ask.entity, action, now, eng.cooldown(rule, step), rule.name)
     case.last_acted = now
     if ask.mode is Mode.DRY_RUN:
         # nothing runs, so nothing is verified and the ladder stays where it is
