@@ -72,3 +72,17 @@ def test_a_shorter_cooldown_governs_a_restored_cooldown() -> None:
     legacy = _engine(RESTART, default_cooldown_seconds=60)
     legacy.load_state({**old.to_state(), "cooldowns": [["checkout-1", "restart", T0 + 3600]]})
     assert legacy._state.cooldowns.until("checkout-1", RESTART_ACTION, T0 + 400) == T0 + 3600
+
+
+def test_fewer_attempts_per_rung_climb_a_restored_ladder() -> None:
+    def ladder(attempts: int) -> list[dict[str, Any]]:
+        steps = [{"action": "restart"}, {"action": "scale_up"}]
+        return [{**RESTART[0], "actions": steps, "max_attempts": attempts}]
+
+    old = _engine(ladder(3))
+    old.decide(anomaly(T0))
+    # the condition recurs: the first restart failed, the rung has two attempts left
+    assert _brief(old.decide(anomaly(T0 + 100))) == [("restart", "suppressed", "cooldown")]
+    new = _restarted(old, ladder(1))
+    # one attempt per rung now: the failed restart used it, the ladder goes on
+    assert _brief(new.decide(anomaly(T0 + 200))) == [("scale_up", "execute", None)]

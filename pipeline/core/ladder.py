@@ -134,6 +134,7 @@ def decide_rule(
         case.history.append(anomaly.id)
     symptom_of = plan.incident_id if plan.cause is not None and plan.incident_id else ""
     ask = Ask(rule, anomaly, now, eng.mode(rule), symptom_of)
+    climb_if_spent(rule, case)
     exhausted = case.rung >= len(rule.actions)
     current = RepairAction.ESCALATE if exhausted else rule.actions[case.rung].action
     if case.escalated:
@@ -354,12 +355,22 @@ def fail(eng: PolicyEngine, rule: Rule, case: Case, ts: float, why: str) -> None
                 f"(rule {rule.name})",
             )
         )
-    if case.rung < len(rule.actions):
-        step = rule.actions[case.rung]
-        limit = step.max_attempts if step.max_attempts is not None else rule.max_attempts
-        if case.attempts >= limit:
-            case.rung += 1
-            case.attempts = 0
+    climb_if_spent(rule, case)
+
+
+def climb_if_spent(rule: Rule, case: Case) -> None:
+    """Climb past the current rung once its failed attempts reach its ``max_attempts``.
+
+    Also before each decision: attempts that failed under a higher ``max_attempts`` (restored
+    from a snapshot after the setting was lowered) count against the running one.
+    """
+    if case.pending is not None or case.escalated or case.rung >= len(rule.actions):
+        return
+    step = rule.actions[case.rung]
+    limit = step.max_attempts if step.max_attempts is not None else rule.max_attempts
+    if case.attempts >= limit:
+        case.rung += 1
+        case.attempts = 0
 
 
 def succeed(eng: PolicyEngine, case: Case) -> None:
