@@ -94,6 +94,18 @@ def test_fewer_attempts_per_rung_climb_a_restored_ladder() -> None:
     assert _brief(new.decide(anomaly(T0 + 200))) == [("scale_up", "execute", None)]
 
 
+def test_a_removed_rule_leaves_no_lock_on_its_entity() -> None:
+    latency = {"name": "lat", "kinds": ["latency_anomaly"], "actions": [{"action": "scale_up"}]}
+    old = _engine([*RESTART, latency])
+    assert _brief(old.decide(anomaly(T0))) == [("restart", "execute", None)]
+    slow = AnomalyKind.LATENCY_ANOMALY
+    held = [("scale_up", "suppressed", "repair_in_progress")]
+    assert _brief(old.decide(anomaly(T0 + 10, kind=slow))) == held
+    # the restart's rule is gone: its open verification no longer holds the entity
+    new = _restarted(old, [latency])
+    assert _brief(new.decide(anomaly(T0 + 20, kind=slow))) == [("scale_up", "execute", None)]
+
+
 def _pipe(**validation: Any) -> Pipeline:
     s = settings_for("cg", "unused:9092", partitions=1, validation=validation)
     return Pipeline(s, lambda: PolicyEngine(s.policy), live=False)
