@@ -94,6 +94,29 @@ def test_fewer_attempts_per_rung_climb_a_restored_ladder() -> None:
     assert _brief(new.decide(anomaly(T0 + 200))) == [("scale_up", "execute", None)]
 
 
+def _ladder(*actions: str, attempts: int = 1) -> list[dict[str, Any]]:
+    steps = [{"action": a} for a in actions]
+    return [{**RESTART[0], "actions": steps, "max_attempts": attempts}]
+
+
+def test_a_failed_action_removed_from_the_ladder_does_not_use_up_the_new_rung() -> None:
+    old = _engine(_ladder("restart", "scale_up"))
+    assert _brief(old.decide(anomaly(T0))) == [("restart", "execute", None)]
+    new = _restarted(old, _ladder("scale_up"))
+    # the restart failed; the running ladder's only rung, scale_up, was never tried
+    assert _brief(new.decide(anomaly(T0 + 100))) == [("scale_up", "execute", None)]
+
+
+def test_a_reordered_ladder_tries_its_rung_not_the_failed_action_again() -> None:
+    old = _engine(_ladder("restart", "scale_up", attempts=2))
+    old.decide(anomaly(T0))
+    assert _brief(old.decide(anomaly(T0 + 100))) == [("restart", "suppressed", "cooldown")]
+    new = _restarted(old, _ladder("scale_up", "restart", attempts=2))
+    # the restart's failure counts for restart, not for the scale_up now first: two tries
+    assert _brief(new.decide(anomaly(T0 + 200))) == [("scale_up", "execute", None)]
+    assert _brief(new.decide(anomaly(T0 + 300))) == [("scale_up", "suppressed", "cooldown")]
+
+
 def test_a_removed_rule_leaves_no_lock_on_its_entity() -> None:
     latency = {"name": "lat", "kinds": ["latency_anomaly"], "actions": [{"action": "scale_up"}]}
     old = _engine([*RESTART, latency])

@@ -134,6 +134,7 @@ def decide_rule(
         case.history.append(anomaly.id)
     symptom_of = plan.incident_id if plan.cause is not None and plan.incident_id else ""
     ask = Ask(rule, anomaly, now, eng.mode(rule), symptom_of)
+    realign(rule, case)
     climb_if_spent(rule, case)
     exhausted = case.rung >= len(rule.actions)
     current = RepairAction.ESCALATE if exhausted else rule.actions[case.rung].action
@@ -235,6 +236,7 @@ def attempt(
         service = service_of(f.entity, f.labels)
         st.learning.opened(decision.id, f.kind.value, action.value, service, now)
     case.attempts += 1
+    case.rung_action = rule.actions[case.rung].action.value  # the rung's, even when overridden
     case.pending = PendingVerification(
         decision_id=decision.id,
         action=action,
@@ -355,7 +357,19 @@ def fail(eng: PolicyEngine, rule: Rule, case: Case, ts: float, why: str) -> None
                 f"(rule {rule.name})",
             )
         )
+    realign(rule, case)
     climb_if_spent(rule, case)
+
+
+def realign(rule: Rule, case: Case) -> None:
+    """Attempts count for the rung whose action they tried: when the running ladder holds
+    another action at the case's rung (restored after the ladder was reordered or an action
+    removed), that rung is untried and gets its own ``max_attempts``."""
+    if not case.attempts or not case.rung_action or case.rung >= len(rule.actions):
+        return
+    if rule.actions[case.rung].action.value != case.rung_action:
+        case.attempts = 0
+        case.rung_action = ""
 
 
 def climb_if_spent(rule: Rule, case: Case) -> None:

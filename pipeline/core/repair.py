@@ -262,6 +262,9 @@ class Case:
     #: time of the last acted (not suppressed) decision, for the dedup window
     last_acted: float | None = None
     pending: PendingVerification | None = None
+    #: the action of the rung ``attempts`` were made on (a changed ladder may hold another
+    #: action at ``rung`` after a restart: ``ladder.realign``)
+    rung_action: str = ""
     escalated: bool = False
     escalation_id: str = ""
     escalation_params: dict[str, Any] = field(default_factory=dict)
@@ -277,6 +280,7 @@ class Case:
         """The entity recovered: start the ladder again next time."""
         self.rung = 0
         self.attempts = 0
+        self.rung_action = ""
         self.pending = None
         self.escalated = False
         self.escalation_id = ""
@@ -293,6 +297,7 @@ class Case:
             "entity": self.entity,
             "rung": self.rung,
             "attempts": self.attempts,
+            "rung_action": self.rung_action,
             "last_acted": self.last_acted,
             "pending": self.pending.to_plain() if self.pending is not None else None,
             "escalated": self.escalated,
@@ -314,6 +319,7 @@ class Case:
             entity=str(d["entity"]),
             rung=int(d["rung"]),
             attempts=int(d["attempts"]),
+            rung_action=str(d.get("rung_action", "")),
             last_acted=None if acted is None else float(acted),
             pending=PendingVerification.from_plain(pending) if pending else None,
             escalated=bool(d["escalated"]),
