@@ -117,6 +117,22 @@ def test_a_reordered_ladder_tries_its_rung_not_the_failed_action_again() -> None
     assert _brief(new.decide(anomaly(T0 + 300))) == [("scale_up", "suppressed", "cooldown")]
 
 
+def test_a_learned_order_follows_actions_not_positions_of_a_changed_ladder() -> None:
+    def learned(*actions: str) -> list[dict[str, Any]]:
+        return [{**_ladder(*actions)[0], "order": "learned", "min_tries": 1}]
+
+    old = _engine(learned("restart", "scale_up"))
+    for ok in (True, True, True):  # scale_up worked for this service, restart did not
+        old.learning.record("health_check_failed", "scale_up", "checkout", ok, 10.0)
+        old.learning.record("health_check_failed", "restart", "checkout", not ok, None)
+    assert _brief(old.decide(anomaly(T0))) == [("scale_up", "execute", None)]
+    new = _restarted(old, learned("scale_up", "restart"))
+    # scale_up failed: the incident's order (scale_up, then restart) goes on with restart
+    assert _brief(new.decide(anomaly(T0 + 100))) == [("restart", "execute", None)]
+    # and when the restart fails too, the ladder is done (scale_up was tried first)
+    assert [d.action.value for d in new.decide(anomaly(T0 + 300))] == ["escalate"]
+
+
 def test_a_removed_rule_leaves_no_lock_on_its_entity() -> None:
     latency = {"name": "lat", "kinds": ["latency_anomaly"], "actions": [{"action": "scale_up"}]}
     old = _engine([*RESTART, latency])
