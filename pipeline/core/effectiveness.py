@@ -114,7 +114,9 @@ class Effectiveness:
         #: decision id -> (kind, action, service, started)
         self.open: OrderedDict[str, tuple[str, str, str, float]] = OrderedDict()
         #: (rule, entity) -> the order (configured positions) its current ladder follows
-        self.orders: OrderedDict[tuple[str, str], list[int]] = OrderedDict()
+        #: (rule, entity) -> the incident's ranking (positions in the ladder) and the ladder's
+        #: actions it ranked (a ladder changed since is mapped by action: ``learned_ladder``)
+        self.orders: OrderedDict[tuple[str, str], tuple[list[int], list[str]]] = OrderedDict()
 
     def get(self, kind: str, action: str, service: str) -> Record | None:
         return self.records.get((kind, action, service))
@@ -155,8 +157,8 @@ class Effectiveness:
         self.record(kind, action, service, success, seconds)
         return True
 
-    def remember_order(self, rule: str, entity: str, order: list[int]) -> None:
-        self.orders[(rule, entity)] = order
+    def remember_order(self, rule: str, entity: str, order: list[int], ladder: list[str]) -> None:
+        self.orders[(rule, entity)] = (order, ladder)
         self.orders.move_to_end((rule, entity))
         while len(self.orders) > MAX_OPEN:
             self.orders.popitem(last=False)
@@ -165,7 +167,10 @@ class Effectiveness:
         return {
             "records": [[*key, rec.to_plain()] for key, rec in self.records.items()],
             "open": [[did, *entry] for did, entry in self.open.items()],
-            "orders": [[rule, entity, order] for (rule, entity), order in self.orders.items()],
+            "orders": [
+                [rule, entity, order, ladder]
+                for (rule, entity), (order, ladder) in self.orders.items()
+            ],
         }
 
     @classmethod
@@ -177,8 +182,10 @@ class Effectiveness:
             book.records[(str(kind), str(action), str(service))] = Record.from_plain(rec)
         for did, kind, action, service, ts in data["open"][-MAX_OPEN:]:
             book.open[str(did)] = (str(kind), str(action), str(service), float(ts))
-        for rule, entity, order in data["orders"][-MAX_OPEN:]:
-            book.orders[(str(rule), str(entity))] = [int(pos) for pos in order]
+        for rule, entity, order, *ladder in data["orders"][-MAX_OPEN:]:
+            # no ladder: written before ladders were kept (taken as the running one)
+            actions = [str(a) for a in ladder[0]] if ladder else []
+            book.orders[(str(rule), str(entity))] = ([int(pos) for pos in order], actions)
         return book
 
     def merged(self, others: Sequence[Effectiveness]) -> dict[Key, Record]:

@@ -70,6 +70,22 @@ class Guard:
     def restore_time_state(self, state: dict[str, object]) -> None:
         self.events.restore(state)
 
+    def fit_to_config(self) -> None:
+        """Bring restored buckets and label sets within this guard's (the running) bounds.
+
+        A snapshot's tokens can exceed a lowered ``burst`` (a bucket refills only when its
+        event time moves on) and its label sets a lowered ``max_label_sets_per_series``
+        (known sets are always admitted): left alone, the old bounds would govern.
+        """
+        cfg = self.config
+        for b in self.buckets.values():
+            b.tokens = min(b.tokens, cfg.burst)
+        cap = cfg.max_label_sets_per_series
+        for key, sets in list(self.label_sets.items()):
+            if len(sets) > cap:
+                # which sets stay is arbitrary; sorted, every process keeps the same ones
+                self.label_sets._data[key] = set(sorted(sets, key=repr)[:cap])
+
     def admit(
         self,
         env: Envelope,

@@ -134,6 +134,8 @@ def decide_rule(
         case.history.append(anomaly.id)
     symptom_of = plan.incident_id if plan.cause is not None and plan.incident_id else ""
     ask = Ask(rule, anomaly, now, eng.mode(rule), symptom_of)
+    realign(rule, case)
+    climb_if_spent(rule, case)
     exhausted = case.rung >= len(rule.actions)
     current = RepairAction.ESCALATE if exhausted else rule.actions[case.rung].action
     if case.escalated:
@@ -215,7 +217,7 @@ def attempt(
         budget = eng.config.budget
         text = f"fleet budget of {budget.max_repairs} repairs per {budget.window_seconds:g}s "
         return [ask.make(action, SUPPRESSED, text + "exhausted", Suppression.BUDGET, params)]
-    st.cooldowns.start(ask.entity, action, now, eng.cooldown(rule, step))
+    st.cooldowns.start(ask.entity, action, now, eng.cooldown(rule, step), rule.name)
     case.last_acted = now
     if ask.mode is Mode.DRY_RUN:
         # nothing runs, so nothing is verified and the ladder stays where it is
@@ -234,6 +236,7 @@ def attempt(
         service = service_of(f.entity, f.labels)
         st.learning.opened(decision.id, f.kind.value, action.value, service, now)
     case.attempts += 1
+    case.rung_action = rule.actions[case.rung].action.value  # the rung's, even when overridden
     case.pending = PendingVerification(
         decision_id=decision.id,
         action=action,
@@ -354,12 +357,34 @@ def fail(eng: PolicyEngine, rule: Rule, case: Case, ts: float, why: str) -> None
                 f"(rule {rule.name})",
             )
         )
-    if case.rung < len(rule.actions):
-        step = rule.actions[case.rung]
-        limit = step.max_attempts if step.max_attempts is not None else rule.max_attempts
-        if case.attempts >= limit:
-            case.rung += 1
-            case.attempts = 0
+    realign(rule, case)
+    climb_if_spent(rule, case)
+
+
+def realign(rule: Rule, case: Case) -> None:
+    """Attempts count for the rung whose action they tried: when the running ladder holds
+    another action at the case's rung (restored after the ladder was reordered or an action
+    removed), that rung is untried and gets its own ``max_attempts``."""
+    if not case.attempts or not case.rung_action or case.rung >= len(rule.actions):
+        return
+    if rule.actions[case.rung].action.value != case.rung_action:
+        case.attempts = 0
+        case.rung_action = ""
+
+
+def climb_if_spent(rule: Rule, case: Case) -> None:
+    """Climb past the current rung once its failed attempts reach its ``max_attempts``.
+
+    Also before each decision: attempts that failed under a higher ``max_attempts`` (restored
+    from a snapshot after the setting was lowered) count against the running one.
+    """
+    if case.pending is not None or case.escalated or case.rung >= len(rule.actions):
+        return
+    step = rule.actions[case.rung]
+    limit = step.max_attempts if step.max_attempts is not None else rule.max_attempts
+    if case.attempts >= limit:
+        case.rung += 1
+        case.attempts = 0
 
 
 def succeed(eng: PolicyEngine, case: Case) -> None:

@@ -28,12 +28,30 @@ def ordered_rule(eng: PolicyEngine, rule: Rule, entity: str) -> Rule:
     """``rule`` with its ladder in the order ``entity``'s current incident follows."""
     if rule.order != "learned":
         return rule
-    order = eng._state.learning.orders.get((rule.name, entity))
-    if order is None or sorted(order) != list(range(len(rule.actions))):
-        return rule  # nothing ranked yet, or the ladder's length changed since
-    if order == sorted(order):
+    order = incident_order(eng, rule, entity)
+    if order is None or order == sorted(order):
         return rule
     return rule.model_copy(update={"actions": [rule.actions[pos] for pos in order]})
+
+
+def incident_order(eng: PolicyEngine, rule: Rule, entity: str) -> list[int] | None:
+    """The order ``entity``'s incident follows, as positions in ``rule``'s running ladder;
+    None when nothing is ranked yet, or when the ladder changed since (a restart under another
+    policy) and its actions no longer map one to one onto the ranked ones."""
+    got = eng._state.learning.orders.get((rule.name, entity))
+    if got is None:
+        return None
+    order, ranked = got
+    now = [step.action.value for step in rule.actions]
+    ranked = ranked or now
+    if sorted(order) != list(range(len(ranked))):
+        return None
+    if ranked == now:
+        return order
+    if sorted(ranked) != sorted(now) or len(set(now)) != len(now):
+        return None
+    # the same actions in another configured order: the ranking is of actions, not places
+    return [now.index(ranked[pos]) for pos in order]
 
 
 def decide(
@@ -54,9 +72,10 @@ def decide(
             prior=(learning.prior_successes, learning.prior_failures),
             seed=decision_id(rule.name, "order", f.entity, anomaly.id),
         )
-        st.learning.remember_order(rule.name, f.entity, order)
+        ladder_actions = [step.action.value for step in rule.actions]
+        st.learning.remember_order(rule.name, f.entity, order, ladder_actions)
     else:
-        order = st.learning.orders.get((rule.name, f.entity)) or list(range(len(rule.actions)))
+        order = incident_order(eng, rule, f.entity) or list(range(len(rule.actions)))
         names = " > ".join(rule.actions[pos].action.value for pos in order)
         why = f"learned order {names} kept while this incident's ladder climbs"
     out = ladder.decide_rule(eng, ordered_rule(eng, rule, f.entity), anomaly, now, plan)

@@ -44,7 +44,13 @@ from selfheal.pipeline.core import ladder, learned_ladder, storm_hold
 from selfheal.pipeline.core.effectiveness import Effectiveness
 from selfheal.pipeline.core.fleet import FleetArbiter, LocalFleet
 from selfheal.pipeline.core.ladder import Ask
-from selfheal.pipeline.core.policy_config import ActionStep, PolicyConfig, Rule, rule_matches
+from selfheal.pipeline.core.policy_config import (
+    ActionStep,
+    PolicyConfig,
+    Rule,
+    cooldown_seconds,
+    rule_matches,
+)
 from selfheal.pipeline.core.policy_state import (
     PolicyState,
     StateError,
@@ -361,11 +367,7 @@ class PolicyEngine:
         return self.config.default_dedup_seconds
 
     def cooldown(self, rule: Rule, step: ActionStep) -> float:
-        if step.cooldown_seconds is not None:
-            return step.cooldown_seconds
-        if rule.cooldown_seconds is not None:
-            return rule.cooldown_seconds
-        return self.config.default_cooldown_seconds
+        return cooldown_seconds(self.config, rule, step)
 
     def open_case(self, case: Case) -> None:
         """``case`` has something open now: schedule its closure and watch its entity."""

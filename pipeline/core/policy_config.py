@@ -167,6 +167,16 @@ class PolicyConfig(BaseModel):
         raise KeyError(name)
 
 
+def cooldown_seconds(config: PolicyConfig, rule: Rule | None, step: ActionStep | None) -> float:
+    """How long ``rule``'s ``step`` holds its (entity, action) after it acted: the step's
+    cooldown, else the rule's, else the policy default (also for a rule no longer configured)."""
+    if step is not None and step.cooldown_seconds is not None:
+        return step.cooldown_seconds
+    if rule is not None and rule.cooldown_seconds is not None:
+        return rule.cooldown_seconds
+    return config.default_cooldown_seconds
+
+
 def load_policy(source: str | Path | None = None) -> PolicyConfig:
     """Load and validate a policy YAML file (``None`` = the shipped default policy).
 

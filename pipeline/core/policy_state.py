@@ -5,16 +5,18 @@ verifications, storm holds); the rules, budgets and dry-run switches always come
 running process's ``PolicyConfig``. ``to_plain`` gives dicts, lists, numbers, strings,
 booleans and ``None`` only (``-inf`` is written as ``None``), so any data-only codec
 (JSON, msgpack) carries it; ``from_plain`` validates while rebuilding and drops what the
-running configuration no longer knows (a removed rule, a ladder that got shorter).
+running configuration no longer knows (a removed rule, a ladder that got shorter) and
+re-derives what it decides (an open verification ends one running window after it started, a
+cooldown one running cooldown of the rule that started it).
 
->>> from selfheal.pipeline.core.policy_config import PolicyConfig
+>>> from selfheal.pipeline.core.policy_config import PolicyConfig, Rule, cooldown_seconds
 >>> cfg = PolicyConfig()
 >>> st = PolicyState.new(cfg)
 >>> st.watermark = 100.0
 >>> st.cooldowns.start("web-1", RepairAction.RESTART, 100.0, 300.0)
 >>> plain = st.to_plain()
 >>> plain["cooldowns"], plain["version"]
-([['web-1', 'restart', 400.0]], 1)
+([['web-1', 'restart', 400.0, 100.0, '']], 1)
 >>> PolicyState.from_plain(plain, cfg).cooldowns.until("web-1", RepairAction.RESTART, 200.0)
 400.0
 """
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from selfheal.pipeline.core.effectiveness import Effectiveness
-from selfheal.pipeline.core.policy_config import PolicyConfig
+from selfheal.pipeline.core.policy_config import PolicyConfig, Rule, cooldown_seconds
 from selfheal.pipeline.core.repair import Case, CaseBook, Cooldowns, Hold, SeenIds, Storm
 from selfheal.pipeline.kernel.types import Decision, RepairAction, Verification
 
@@ -144,9 +146,15 @@ class PolicyState:
                 cases.remove(case)  # the running configuration dropped the rule
             elif case.rung > len(rule.actions):
                 case.rung = len(rule.actions)  # the ladder got shorter: its top is exhausted
+            if case.pending is not None:
+                # the snapshot's deadline is its process's window: the running one governs
+                window = config.verification_window_seconds
+                case.pending.deadline = case.pending.started + window
+        cooldowns = Cooldowns.from_plain(list(data["cooldowns"]), cap * 4)
+        cooldowns.rederive(lambda rule, action: _cooldown(config, rules.get(rule), action))
         wm = data["watermark"]
         st = cls(
-            cooldowns=Cooldowns.from_plain(list(data["cooldowns"]), cap * 4),
+            cooldowns=cooldowns,
             cases=cases,
             seen=SeenIds.from_plain(list(data["seen"]), config.max_seen_anomalies),
             storms={s.action: s for s in (Storm.from_plain(d) for d in data["storms"])},
@@ -168,6 +176,12 @@ class PolicyState:
         due = case_due(case, window)
         if due is not None:
             heapq.heappush(self.due, (due, case.rule, case.entity))
+
+
+def _cooldown(config: PolicyConfig, rule: Rule | None, action: RepairAction) -> float:
+    """The cooldown the running configuration gives ``rule``'s ``action`` (its ladder step's)."""
+    step = None if rule is None else next((s for s in rule.actions if s.action is action), None)
+    return cooldown_seconds(config, rule, step)
 
 
 def case_due(case: Case, window: float) -> float | None:

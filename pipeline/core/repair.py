@@ -18,6 +18,7 @@ strings, booleans and ``None``), so a snapshot codec carries it without pickling
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,39 +33,58 @@ Plain = dict[str, Any]
 
 
 class Cooldowns:
-    """Deadline per (entity, action); expired entries are dropped by ``expire``."""
+    """Deadline per (entity, action); expired entries are dropped by ``expire``.
+
+    Each entry also keeps when it started and the rule that started it: facts, not settings,
+    from which ``rederive`` recomputes the deadline under the running configuration.
+    """
 
     def __init__(self, cap: int = 10_000) -> None:
         self.cap = cap
-        self._until: OrderedDict[tuple[str, RepairAction], float] = OrderedDict()
+        #: (entity, action) -> (deadline, start, rule)
+        self._until: OrderedDict[tuple[str, RepairAction], tuple[float, float, str]] = OrderedDict()
 
     def until(self, entity: str, action: RepairAction, ts: float) -> float | None:
         """The deadline if (entity, action) is cooling down at ``ts``, else ``None``."""
-        deadline = self._until.get((entity, action))
-        return deadline if deadline is not None and ts < deadline else None
+        got = self._until.get((entity, action))
+        return got[0] if got is not None and ts < got[0] else None
 
-    def start(self, entity: str, action: RepairAction, ts: float, seconds: float) -> None:
+    def start(
+        self, entity: str, action: RepairAction, ts: float, seconds: float, rule: str = ""
+    ) -> None:
         key = (entity, action)
-        self._until[key] = ts + seconds
+        self._until[key] = (ts + seconds, ts, rule)
         self._until.move_to_end(key)
         while len(self._until) > self.cap:
             self._until.popitem(last=False)
 
+    def rederive(self, seconds: Callable[[str, RepairAction], float]) -> None:
+        """Recompute each deadline as its start plus ``seconds(rule, action)``, the cooldown
+        the running configuration gives (entries without a known rule keep theirs)."""
+        for key, (_, started, rule) in list(self._until.items()):
+            if rule:
+                self._until[key] = (started + seconds(rule, key[1]), started, rule)
+
     def expire(self, watermark: float) -> None:
-        for key in [k for k, deadline in self._until.items() if deadline <= watermark]:
+        for key in [k for k, got in self._until.items() if got[0] <= watermark]:
             del self._until[key]
 
     def __len__(self) -> int:
         return len(self._until)
 
     def to_plain(self) -> list[list[Any]]:
-        return [[entity, action.value, until] for (entity, action), until in self._until.items()]
+        return [
+            [entity, action.value, until, started, rule]
+            for (entity, action), (until, started, rule) in self._until.items()
+        ]
 
     @classmethod
     def from_plain(cls, data: list[list[Any]], cap: int) -> Cooldowns:
         c = cls(cap)
-        for entity, action, until in data[-cap:]:
-            c._until[(str(entity), RepairAction(action))] = float(until)
+        for entity, action, until, *origin in data[-cap:]:
+            # [entity, action, until] before the start and the rule were kept: not re-derived
+            started, rule = (float(origin[0]), str(origin[1])) if origin else (float(until), "")
+            c._until[(str(entity), RepairAction(action))] = (float(until), started, rule)
         return c
 
 
@@ -242,6 +262,9 @@ class Case:
     #: time of the last acted (not suppressed) decision, for the dedup window
     last_acted: float | None = None
     pending: PendingVerification | None = None
+    #: the action of the rung ``attempts`` were made on (a changed ladder may hold another
+    #: action at ``rung`` after a restart: ``ladder.realign``)
+    rung_action: str = ""
     escalated: bool = False
     escalation_id: str = ""
     escalation_params: dict[str, Any] = field(default_factory=dict)
@@ -257,6 +280,7 @@ class Case:
         """The entity recovered: start the ladder again next time."""
         self.rung = 0
         self.attempts = 0
+        self.rung_action = ""
         self.pending = None
         self.escalated = False
         self.escalation_id = ""
@@ -273,6 +297,7 @@ class Case:
             "entity": self.entity,
             "rung": self.rung,
             "attempts": self.attempts,
+            "rung_action": self.rung_action,
             "last_acted": self.last_acted,
             "pending": self.pending.to_plain() if self.pending is not None else None,
             "escalated": self.escalated,
@@ -294,6 +319,7 @@ class Case:
             entity=str(d["entity"]),
             rung=int(d["rung"]),
             attempts=int(d["attempts"]),
+            rung_action=str(d.get("rung_action", "")),
             last_acted=None if acted is None else float(acted),
             pending=PendingVerification.from_plain(pending) if pending else None,
             escalated=bool(d["escalated"]),

@@ -233,6 +233,7 @@ def restore(stage: Any, state: dict[str, Any]) -> Reconciled:
         coll.maxsize = getattr(g, name).maxsize
         coll.shrink(coll.maxsize)
         setattr(g, name, coll)
+    g.fit_to_config()  # tokens and label sets within the running burst and cap
     g.findings = list(state["guard"]["findings"])
     if state.get("guard_time") is not None and hasattr(g, "restore_time_state"):
         g.restore_time_state(state["guard_time"])
