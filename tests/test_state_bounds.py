@@ -80,7 +80,6 @@ def _pending(i: int) -> Decision:
     )
 
 
-@pytest.mark.xfail(strict=True, reason="unbounded until its fix")
 async def test_executor_settled_votes_are_bounded() -> None:
     """Each vote the executor stage settled stayed in ``_acted`` for the process's life.
     Now as many as pending decisions are remembered (``MAX_PENDING``), the oldest dropped."""
