@@ -101,7 +101,6 @@ async def test_executor_settled_votes_are_bounded() -> None:
     assert len(stage._acted) <= es.MAX_PENDING, len(stage._acted)
 
 
-@pytest.mark.xfail(strict=True, reason="unbounded until its fix")
 def test_topology_callers_are_bounded() -> None:
     """A caller whose callees keep changing left an empty caller set behind for every callee
     it ever called (``Topology._callers``). The documented bound: ``max_entities`` entities,
