@@ -272,7 +272,13 @@ class IncidentBook:
         for entity, view in other.entities.items():
             if entity not in into.entities and len(into.entities) < self.config.max_entities:
                 into.entities[entity] = view
-                self._by_entity[entity] = into.id
+            if self._by_entity.get(entity) == other.id or entity in into.entities:
+                # no entity may point at the incident merged away (it is not open: a leak);
+                # as ``load_state`` rebuilds it: into's entities to into, the rest to none
+                if entity in into.entities:
+                    self._by_entity[entity] = into.id
+                else:
+                    del self._by_entity[entity]
         room = self.config.max_listed_anomalies - len(into.anomalies)
         into.anomalies.extend(other.anomalies[: max(room, 0)])
         into.anomaly_count += other.anomaly_count
