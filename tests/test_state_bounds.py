@@ -142,3 +142,19 @@ def test_incident_entities_are_bounded() -> None:
     assert len(book._by_entity) <= bound, len(book._by_entity)
     for entity, inc_id in book._by_entity.items():
         assert book.is_open(inc_id), entity
+
+
+def test_incident_entity_callees_are_bounded() -> None:
+    """A long incident whose entity calls ever new replicas (each note names the few callees
+    its topology knows now) kept every callee ever named, in the book and its snapshots, and
+    re-ranked causes over all of them. Now the newest ``max_callees``."""
+    book = IncidentBook(IncidentConfig())
+    n = 5_000  # a note a minute: one incident (quadratic before: ~3 s)
+    for i in range(n):
+        callees = ("cache-1", f"db-{i}")  # one callee it keeps calling, one replica each time
+        book.apply(_note(i, i * 60.0, "web-1", "web", callees))
+    (inc,) = book.open_incidents()
+    callees = inc.entities["web-1"].callees
+    assert len(callees) <= Topology().max_callees, len(callees)  # as many as the topology
+    # the one still called and the newest stay, the oldest replicas went
+    assert {"cache-1", f"db-{n - 1}"} <= set(callees) and "db-0" not in callees

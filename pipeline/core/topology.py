@@ -29,6 +29,9 @@ from typing import Any
 from selfheal.pipeline.kernel.lru import LRU
 from selfheal.pipeline.kernel.types import Sample
 
+#: callees kept per entity (the newest; the incident book keeps as many per entity)
+MAX_CALLEES = 32
+
 DEPENDENCY_METRIC = "dependency_request_ok"
 DEPENDENCY_LABEL = "dependency"
 SERVICE_LABELS = ("service", "service.name", "app")
@@ -59,7 +62,7 @@ class Topology:
         self,
         static: Mapping[str, Sequence[str]] | None = None,
         max_entities: int = 20_000,
-        max_callees: int = 32,
+        max_callees: int = MAX_CALLEES,
         max_hops: int = 4,
     ) -> None:
         self.static = {k: tuple(v) for k, v in (static or {}).items()}
