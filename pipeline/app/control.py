@@ -46,6 +46,9 @@ APPROVAL_OPS = ("approve", "reject")
 #: written by a process, not an operator: the vote on an escalation ``decision_id`` was
 #: audited and counted (``release.py``), so no process, restarted or new owner, does it again
 SETTLED_OP = "settled"
+#: first votes remembered (the oldest dropped beyond it): as many as the executor stage keeps
+#: pending decisions (``executor_stage.MAX_PENDING``), the decisions a vote can still apply to
+MAX_VOTES = 10_000
 
 
 class RecordError(ValueError):
@@ -246,6 +249,11 @@ class ControlPlane:
         if vote.decision_id in self.votes:
             return
         self.votes[vote.decision_id] = vote
+        while len(self.votes) > MAX_VOTES:
+            # a later vote on a dropped decision reaches ``on_vote`` as if first: the executor
+            # stage keeps the oldest pending decisions no longer either, and one it still has
+            # is settled once (its ``settled`` marker on the outcome topic)
+            self.votes.pop(next(iter(self.votes)))
         self.on_vote(vote)
 
 

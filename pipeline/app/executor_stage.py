@@ -55,6 +55,7 @@ from selfheal.pipeline.core.audit import AuditRecord, decision_record
 from selfheal.pipeline.core.config import Settings
 from selfheal.pipeline.core.events import dumps
 from selfheal.pipeline.core.metrics import Metrics
+from selfheal.pipeline.kernel.lru import LRU
 from selfheal.pipeline.kernel.types import Decision, DecisionStatus, Mode, RepairAction
 
 log = logging.getLogger("selfheal.executor")
@@ -105,7 +106,9 @@ class ExecutorStage:
             + 10.0
         )
         self.pending: dict[str, tuple[Decision, int, int]] = {}  # id -> (decision, ms, partition)
-        self._acted: set[str] = set()
+        #: votes taken up (settled, or settling): the newest MAX_PENDING; a dropped one seen
+        #: again (its decision re-read) is settled at most once by the ledger's marker check
+        self._acted: LRU[str, bool] = LRU("approvals_acted", MAX_PENDING)
         self._inflight: set[str] = set()
         #: firing escalations whose resolution was read (their redelivery stops), oldest first
         self._resolutions: dict[str, None] = {}
@@ -530,7 +533,7 @@ class ExecutorStage:
         entry = self.pending.get(vote.decision_id)
         if entry is None or vote.decision_id in self._acted:
             return  # another process owns it, or it is not read yet (handled on arrival)
-        self._acted.add(vote.decision_id)
+        self._acted.put(vote.decision_id, True)
         task = asyncio.get_running_loop().create_task(self._settle(*entry, vote))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -549,7 +552,7 @@ class ExecutorStage:
             await self._outcomes.sync()
             async with self._starting:
                 if TopicPartition(self.settings.kafka.topics.repairs, part) not in self._live_from:
-                    self._acted.discard(pending.id)  # should the partition come back
+                    self._acted.pop(pending.id)  # should the partition come back
                     return
                 if self.ledger.get(pending.id) == oc.SETTLED:
                     return  # audited before a restart, or by the partition's previous owner
@@ -563,7 +566,7 @@ class ExecutorStage:
                 self.ledger.note(pending.id, oc.SETTLED)
                 self.metrics.approvals.labels(verdict).inc()
         except Exception as exc:
-            self._acted.discard(pending.id)
+            self._acted.pop(pending.id)
             self.swallowed("executor.approval", exc)
 
     def _settlement(

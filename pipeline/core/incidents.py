@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from selfheal.pipeline.core.causes import Cause, rank_causes
+from selfheal.pipeline.core.topology import MAX_CALLEES
 from selfheal.pipeline.kernel.types import AnomalyKind, Severity
 
 _NS = uuid.UUID("0b8f3a52-6d1e-4c59-9a57-1f3e7c2d9b10")
@@ -113,6 +114,9 @@ class IncidentConfig:
     max_open: int = 1_000
     #: entities tracked per incident (more are counted, not listed)
     max_entities: int = 200
+    #: callees kept per entity of an incident (the newest: a long incident's entity may call
+    #: ever new replicas, each note naming the few its topology knows now)
+    max_callees: int = MAX_CALLEES
     #: anomaly ids listed per incident event
     max_listed_anomalies: int = 100
     #: a symptom's repair is left to its cause only when the cause scores at least this
@@ -254,7 +258,7 @@ class IncidentBook:
             before = (len(view.kinds), view.callees, view.change, view.first)
             view.first = min(view.first, note.ts)  # a note can arrive after a later one
         view.kinds[note.kind.value] = None
-        view.callees = tuple(dict.fromkeys((*view.callees, *note.callees)))
+        view.callees = _callees(view.callees, note.callees, self.config.max_callees)
         view.change = view.change or note.change
         started = inc.started
         inc.started = min(inc.started, note.ts)
@@ -272,7 +276,13 @@ class IncidentBook:
         for entity, view in other.entities.items():
             if entity not in into.entities and len(into.entities) < self.config.max_entities:
                 into.entities[entity] = view
-                self._by_entity[entity] = into.id
+            if self._by_entity.get(entity) == other.id or entity in into.entities:
+                # no entity may point at the incident merged away (it is not open: a leak);
+                # as ``load_state`` rebuilds it: into's entities to into, the rest to none
+                if entity in into.entities:
+                    self._by_entity[entity] = into.id
+                else:
+                    del self._by_entity[entity]
         room = self.config.max_listed_anomalies - len(into.anomalies)
         into.anomalies.extend(other.anomalies[: max(room, 0)])
         into.anomaly_count += other.anomaly_count
@@ -307,6 +317,22 @@ class IncidentBook:
             **extra,
         }
         return IncidentEvent(state, ts, data)
+
+
+def _callees(known: tuple[str, ...], new: tuple[str, ...], cap: int) -> tuple[str, ...]:
+    """``known`` then ``new`` without repeats; beyond ``cap``, the oldest ``known`` not in
+    ``new`` go first (an order every reader of the log computes alike)."""
+    merged = tuple(dict.fromkeys((*known, *new)))
+    if len(merged) <= cap:
+        return merged
+    fresh, drop = set(new), len(merged) - cap
+    kept = []
+    for callee in merged:
+        if drop and callee not in fresh:
+            drop -= 1
+        else:
+            kept.append(callee)
+    return tuple(kept[-cap:])
 
 
 def _relates(note: AnomalyNote, entity: str, view: EntityView) -> bool:

@@ -29,6 +29,9 @@ from typing import Any
 from selfheal.pipeline.kernel.lru import LRU
 from selfheal.pipeline.kernel.types import Sample
 
+#: callees kept per entity (the newest; the incident book keeps as many per entity)
+MAX_CALLEES = 32
+
 DEPENDENCY_METRIC = "dependency_request_ok"
 DEPENDENCY_LABEL = "dependency"
 SERVICE_LABELS = ("service", "service.name", "app")
@@ -59,7 +62,7 @@ class Topology:
         self,
         static: Mapping[str, Sequence[str]] | None = None,
         max_entities: int = 20_000,
-        max_callees: int = 32,
+        max_callees: int = MAX_CALLEES,
         max_hops: int = 4,
     ) -> None:
         self.static = {k: tuple(v) for k, v in (static or {}).items()}
@@ -98,17 +101,21 @@ class Topology:
         if len(node.callees) >= self.max_callees:
             oldest = next(iter(node.callees))
             del node.callees[oldest]
-            self._callers.get(oldest, set()).discard(caller)
+            self._unlink(caller, oldest)
         node.callees[callee] = None
         self._callers.setdefault(callee, set()).add(caller)
 
     def _forget(self, entity: str, node: _Node) -> None:
         for callee in node.callees:
-            callers = self._callers.get(callee)
-            if callers is not None:
-                callers.discard(entity)
-                if not callers:
-                    del self._callers[callee]
+            self._unlink(entity, callee)
+
+    def _unlink(self, caller: str, callee: str) -> None:
+        # a callee nobody calls any more goes (else one empty set stays per callee ever seen)
+        callers = self._callers.get(callee)
+        if callers is not None:
+            callers.discard(caller)
+            if not callers:
+                del self._callers[callee]
 
     def edges_state(self) -> list[list[Any]]:
         """The learned call graph as plain data (groups are learned again from labels)."""
