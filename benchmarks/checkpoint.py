@@ -59,7 +59,8 @@ def scale_settings(series: int) -> Settings:
         {
             "http": {"enabled": False},
             "detection": {"max_series": cap},
-            "validation": {"max_entities": cap},
+            # every entity of the state is new at once: admitted in one burst
+            "validation": {"max_entities": cap, "new_entities_burst": float(cap)},
         },
     )
 

@@ -55,6 +55,7 @@ DEADLETTER_MEANING: dict[str, str] = {
     "timestamp_past": "timestamps behind the watermark by more than max_past_seconds",
     "label_cardinality": "too many label sets on one series",
     "series_cardinality": "new series of an entity past detection.max_series_per_entity",
+    "entity_cardinality": "new entities past validation.new_entities_per_second",
     "schema": "records that fail the input schema",
     "invalid_json": "bytes that are not JSON",
     "unknown_format": "JSON in no known format",

@@ -120,6 +120,11 @@ class ValidationConfig(_Section):
     rate_per_second: float = Field(default=50.0, gt=0)
     burst: float = Field(default=500.0, ge=1)
     max_entities: int = Field(default=100_000, ge=1)
+    #: entities not seen before admitted per event-time second and partition, after a burst:
+    #: past it their records are rejected (``entity_cardinality``), so ids in entity names
+    #: cannot push the established entities' models out of the bounded state
+    new_entities_per_second: float = Field(default=200.0, gt=0)
+    new_entities_burst: float = Field(default=20_000.0, ge=1)
     entity_label_keys: tuple[str, ...] = DEFAULT_ENTITY_KEYS
     #: validation-failure alarm: ratio of rejects over a tumbling window of messages
     failure_window_messages: int = Field(default=500, ge=10)

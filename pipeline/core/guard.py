@@ -10,6 +10,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from selfheal.pipeline.core.eventtime import EventClock
+from selfheal.pipeline.core.newcomers import Newcomers
 from selfheal.pipeline.kernel.lru import LRU
 from selfheal.pipeline.kernel.types import (
     AnomalyKind,
@@ -32,6 +33,9 @@ class GuardConfig:
     rate_per_second: float = 50.0
     burst: float = 500.0
     max_entities: int = 100_000
+    #: entities not seen before, admitted per event-time second after a burst (``newcomers.py``)
+    new_entities_per_second: float = 200.0
+    new_entities_burst: float = 20_000.0
     #: report a rate-limited entity at most once per this many event-time seconds
     report_every_seconds: float = 300.0
 
@@ -60,6 +64,7 @@ class Guard:
         self.label_sets: LRU[tuple[str, str], set[Hashable]] = LRU(
             "label_sets", config.max_entities
         )
+        self.newcomers = Newcomers(config.new_entities_per_second, config.new_entities_burst)
         self.findings: list[Finding] = []
         #: event-time admission for watermark runs (gaps pass, lone far-future records do not)
         self.events = EventClock(config.max_future_seconds, config.max_past_seconds)
@@ -118,6 +123,15 @@ class Guard:
                     "ts",
                     f"{reference - ts:.0f} s in the past (max {cfg.max_past_seconds:.0f})",
                 )
+        if entity not in self.buckets._data and not self.newcomers.admit(ts):
+            return Reject(
+                env,
+                RejectReason.ENTITY_CARDINALITY,
+                "entity",
+                f"new entity {entity[:64]!r} not admitted: more than "
+                f"{cfg.new_entities_per_second:g} new entities/s (burst "
+                f"{cfg.new_entities_burst:.0f}) on this partition",
+            )
         if labels:
             key = (entity, metric)
             label_sets = self.label_sets._data

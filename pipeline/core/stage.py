@@ -122,6 +122,8 @@ class PartitionStage:
                 rate_per_second=v.rate_per_second,
                 burst=v.burst,
                 max_entities=v.max_entities,
+                new_entities_per_second=v.new_entities_per_second,
+                new_entities_burst=v.new_entities_burst,
             )
         )
         self.failures: dict[str, FailureRatio] = {}

@@ -154,7 +154,12 @@ def stage_state(stage: Any) -> dict[str, Any]:
     return {
         "watermark": stage.watermark,
         "next_tick": stage._next_tick,
-        "guard": {"buckets": g.buckets, "label_sets": g.label_sets, "findings": g.findings},
+        "guard": {
+            "buckets": g.buckets,
+            "label_sets": g.label_sets,
+            "findings": g.findings,
+            "newcomers": g.newcomers.state(),
+        },
         "guard_time": g.time_state() if hasattr(g, "time_state") else None,
         "failures": {t: (f.ok, f.failed, f.last_ts, f.by_field) for t, f in stage.failures.items()},
         "series": stage.series,
@@ -235,6 +240,7 @@ def restore(stage: Any, state: dict[str, Any]) -> Reconciled:
         setattr(g, name, coll)
     g.fit_to_config()  # tokens and label sets within the running burst and cap
     g.findings = list(state["guard"]["findings"])
+    g.newcomers.restore(state["guard"].get("newcomers"))
     if state.get("guard_time") is not None and hasattr(g, "restore_time_state"):
         g.restore_time_state(state["guard_time"])
     for topic, (ok, failed, last_ts, by_field) in state["failures"].items():

@@ -237,6 +237,7 @@ class RejectReason(enum.StrEnum):
     TIMESTAMP_PAST = "timestamp_past"
     LABEL_CARDINALITY = "label_cardinality"
     SERIES_CARDINALITY = "series_cardinality"
+    ENTITY_CARDINALITY = "entity_cardinality"
     RATE_LIMITED = "rate_limited"
 
 

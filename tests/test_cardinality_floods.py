@@ -1,4 +1,6 @@
-"""One entity's runaway metric names must not evict the rest of the fleet's learned state.
+"""Runaway names must not evict the rest of the fleet's learned state.
+
+Metric names first (one entity's share of the series bank), entity names below.
 
 A client that puts ids into metric names (a StatsD bridge turning ``user.12345.latency`` into
 a metric per user) creates a new series with every sample. The series bank is an LRU bounded
@@ -26,9 +28,11 @@ def _env(rec: dict[str, Any], offset: int) -> Envelope:
     return Envelope("m.metrics", 0, offset, orjson.dumps(rec), rec["entity"].encode())
 
 
-def _run(flood: int, share: int = 100) -> tuple[Pipeline, list[Outputs]]:
+def _run(
+    flood: int, share: int = 100, entities: bool = False, newcomers: float = 20_000.0
+) -> tuple[Pipeline, list[Outputs]]:
     detection = {"max_series": 200, "max_series_per_entity": share}
-    validation = {"rate_per_second": 1000.0, "burst": 10_000.0}
+    validation = {"rate_per_second": 1000.0, "burst": 10_000.0, "new_entities_burst": newcomers}
     s = settings_for("m", "localhost:1", partitions=1, detection=detection, validation=validation)
     pipe = Pipeline(s, lambda: PolicyEngine(s.policy))
     outs, off = [], 0
@@ -45,8 +49,12 @@ def _run(flood: int, share: int = 100) -> tuple[Pipeline, list[Outputs]]:
                "value": 100.0 + (i % 5)}])  # fmt: skip
     # a client puts a user id in the metric name: one new series per sample
     ts = T0 + 60 * 400
-    send([{"ts": ts, "entity": "batch-7", "metric": f"user_{u}_latency", "value": 1.0}
-          for u in range(flood)])  # fmt: skip
+    if entities:  # a request id in the entity name: one new entity per sample
+        send([{"ts": ts, "entity": f"req-{u}", "metric": "latency_ms", "value": 1.0}
+              for u in range(flood)])  # fmt: skip
+    else:
+        send([{"ts": ts, "entity": "batch-7", "metric": f"user_{u}_latency", "value": 1.0}
+              for u in range(flood)])  # fmt: skip
     # api-1's latency jumps tenfold
     for i in range(401, 411):
         send([{"ts": T0 + 60 * i, "entity": "api-1", "metric": "latency_ms", "value": 1000.0}])
@@ -95,3 +103,24 @@ def test_evicted_series_free_their_entitys_share_and_a_restore_recounts_them() -
     fresh.process(batch, None)
     assert restored.series_share.counts["batch-7"] == 200 - 150 - 1
     assert not restored.series_share.full("batch-7")
+
+
+def test_a_flood_of_new_entities_keeps_the_established_entities_models() -> None:
+    _, quiet = _run(flood=0)
+    # before (a burst as large as the flood): api-1's judge was pushed out, its jump unseen
+    _, unbounded = _run(flood=5_000, entities=True, newcomers=10_000.0)
+    assert _anomalies(unbounded, "api-1") == []
+    pipe, flooded = _run(flood=5_000, entities=True, newcomers=100.0)
+    assert _anomalies(flooded, "api-1") == _anomalies(quiet, "api-1")
+    rejects = [r for o in flooded for r in o.rejects]
+    assert len(rejects) == 5_000 - 100  # the burst (refilled since api-1 came)
+    assert {(r.reason.value, r.field) for r in rejects} == {("entity_cardinality", "entity")}
+    # a snapshot carries the bucket: a restored stage admits no more of the flood at once
+    # (at the flood's own time: no event time has passed to refill it)
+    stage = pipe.stages[0]
+    _, state = snapshots.decode(snapshots.encode(stage, {}))
+    fresh = Pipeline(pipe.settings, lambda: PolicyEngine(pipe.settings.policy))
+    snapshots.restore(fresh.stage(0), state)
+    again = fresh.process([_env({"ts": T0 + 60 * 400, "entity": "req-x", "metric": "m",
+                                 "value": 1.0}, 0)], None)  # fmt: skip
+    assert [r.reason.value for r in again.rejects] == ["entity_cardinality"]
