@@ -12,6 +12,7 @@ import random
 import orjson
 import pytest
 from selfheal.connectors.kafka import ensure_topics
+from selfheal.pipeline.core.config import Settings
 from selfheal.pipeline.core.deadletter import MAX_LISTED, deadletter_records, payload_of
 from selfheal.pipeline.kernel.schemas import DeadLetterData
 from selfheal.pipeline.kernel.types import Envelope, Reject, RejectReason
@@ -20,13 +21,18 @@ from tests.conftest import consume_all
 from tests.spine_helpers import make_runner, produce, run_until, settings_for, valid_samples
 
 
+async def _one_partition(bootstrap: str, prefix: str) -> Settings:
+    s = settings_for(prefix, bootstrap, partitions=1)
+    await ensure_topics(bootstrap, [s.kafka.topics.metrics, s.kafka.topics.logs], 1)
+    return s
+
+
 @pytest.mark.asyncio
 async def test_an_array_of_bad_samples_is_dead_lettered_without_copying_it_per_sample(
     broker, producer, topic_prefix
 ) -> None:
-    s = settings_for(topic_prefix, broker.bootstrap, partitions=1)
+    s = await _one_partition(broker.bootstrap, topic_prefix)
     t = s.kafka.topics
-    await ensure_topics(broker.bootstrap, [t.metrics, t.logs], 1)
     bad = [{"ts": 1.0, "entity": "a", "metric": "m", "value": "x"} for _ in range(1_000)]
     big = orjson.dumps(bad)
     good = [orjson.dumps(x) for x in valid_samples(200)]
@@ -53,9 +59,8 @@ async def test_an_array_of_bad_samples_is_dead_lettered_without_copying_it_per_s
 async def test_a_message_too_large_to_copy_is_dead_lettered_cut_and_the_rest_is_processed(
     broker, producer, topic_prefix
 ) -> None:
-    s = settings_for(topic_prefix, broker.bootstrap, partitions=1)
+    s = await _one_partition(broker.bootstrap, topic_prefix)
     t = s.kafka.topics
-    await ensure_topics(broker.bootstrap, [t.metrics, t.logs], 1)
     # binary: 17 MB as base64, past the producer's 16 MB request limit (the broker's own limit
     # is 1 MB by default: a 0.8 MB message was enough there)
     blob = random.Random(3).randbytes(13 * 1024 * 1024)
