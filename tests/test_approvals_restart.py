@@ -97,7 +97,9 @@ class Process:
 
     async def settled(self, ids: set[str]) -> None:
         """Every vote on ``ids`` was taken up here and its settling is over."""
-        await until(lambda: ids <= self.stage._acted, 30, "the votes to be taken up")
+        await until(
+            lambda: all(i in self.stage._acted for i in ids), 30, "the votes to be taken up"
+        )
         await until(lambda: not self.stage._tasks, 30, "the votes to be settled")
         await asyncio.sleep(1.0)
 
@@ -188,7 +190,7 @@ async def test_votes_are_audited_and_counted_once_across_a_restart(
     second = Process(s, audit)
     await second.start()
     try:
-        await second.settled(set(first.stage._acted))
+        await second.settled(set(first.stage._acted.keys()))
     finally:
         await second.stop()
     assert second.approvals() == [0, 0, 0]
