@@ -13,11 +13,14 @@ import asyncio
 import time
 from typing import Any
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from selfheal.connectors.kafka import ensure_topics
 from selfheal.pipeline.app import outcomes as oc
+from selfheal.pipeline.app.not_run import NotRunCollector
 from selfheal.pipeline.app.wiring import SelfhealProcess
+from selfheal.pipeline.core.config import load_settings
 from selfheal.pipeline.core.effectiveness import ALL_SERVICES, Effectiveness
 from selfheal.pipeline.core.policy import PolicyEngine
 
@@ -90,11 +93,80 @@ def test_the_verdict_memory_survives_a_snapshot() -> None:
 
 
 def test_the_engine_delegates_to_its_book() -> None:
-    from selfheal.pipeline.core.config import load_settings
-
     eng = PolicyEngine(load_settings(None, {}).policy)
     eng.learning.opened("d1", *KEY, 100.0)
     assert eng.not_run("d1") and not eng.not_run("d1")
+
+
+# -- which outcomes unlearn ---------------------------------------------------------------------
+
+
+def _outcome(did: str, outcome: str, detail: str = "", action: str = "restart") -> bytes:
+    data = {"decision_id": did, "action": action, "outcome": outcome, "detail": detail}
+    return orjson.dumps({"type": oc.OUTCOME_TYPE, "data": data})
+
+
+class _Stage:
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+
+
+class _Pipeline:
+    def __init__(self, *policies: Any) -> None:
+        self.stages = {p: _Stage(policy) for p, policy in enumerate(policies)}
+
+
+def test_only_repairs_that_did_not_run_are_unlearned() -> None:
+    book = Effectiveness()
+    cases = {
+        "failed": (oc.FAILED, "exit 1", "restart"),
+        "error": (oc.ERROR, "RuntimeError: boom", "restart"),
+        "timeout": (oc.TIMEOUT, "timeout after 30s", "restart"),
+        "paused": (oc.PAUSED, "automatic repair paused by sre", "restart"),
+        "stale": (oc.SKIPPED, "not run: it waited 400s for a free executor slot", "restart"),
+        "dup": (oc.SKIPPED, "already executed (outcome failed)", "restart"),
+        "unknown": (oc.UNKNOWN, "started before a restart", "restart"),
+        "page": (oc.FAILED, "HTTP 503", "escalate"),
+        "ok": (oc.OK, "exit 0", "restart"),
+        "one-ok": (oc.FAILED, "exit 1", "restart"),  # and an ok from a second executor
+    }
+    for did in cases:
+        book.opened(did, *KEY, 100.0)
+    c = NotRunCollector(_Pipeline(PolicyEngine(load_settings(None, {}).policy), _Book(book)))  # type: ignore[arg-type]
+    for did, (outcome, detail, action) in cases.items():
+        c.on_outcome(_outcome(did, outcome, detail, action))
+    c.on_outcome(_outcome("one-ok", oc.OK, "exit 0"))
+    c.on_outcome(b"not json")
+    assert c.apply() == 0  # read before this drain: applied at the next but one
+    assert c.apply() == 5
+    assert set(book.open) == {"dup", "unknown", "page", "ok", "one-ok"}
+    c.on_outcome(_outcome("failed", oc.FAILED, "exit 1"))  # re-read: nothing to undo
+    c.apply(), c.apply()
+    assert "failed" in c.waiting  # kept for a partition assigned later
+
+
+def test_an_id_no_engine_has_waits_for_its_partition() -> None:
+    book = Effectiveness()
+    pipeline = _Pipeline()
+    c = NotRunCollector(pipeline)  # type: ignore[arg-type]
+    c.on_outcome(_outcome("d1", oc.FAILED, "exit 1"))
+    c.apply(), c.apply()
+    assert list(c.waiting) == ["d1"]
+    book.opened("d1", *KEY, 100.0)
+    book.closed("d1", False, None)
+    pipeline.stages[7] = _Stage(_Book(book))  # assigned, restored with the verdict
+    assert c.apply() == 1
+    assert _counts(book) is None and not c.waiting
+
+
+class _Book:
+    """A policy-like stage engine over a bare book."""
+
+    def __init__(self, book: Effectiveness) -> None:
+        self.book = book
+
+    def not_run(self, decision_id: str) -> bool:
+        return self.book.not_run(decision_id)
 
 
 # -- end to end --------------------------------------------------------------------------------
