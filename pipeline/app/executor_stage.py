@@ -30,7 +30,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -88,6 +88,7 @@ class ExecutorStage:
         audit: AuditFileSink | None = None,
         clock: Any = time.time,
         started: float | None = None,
+        on_outcome: Callable[[bytes], None] | None = None,
     ) -> None:
         self.settings = settings
         self.executors = list(executors)
@@ -96,6 +97,7 @@ class ExecutorStage:
         self.audit = audit
         self.clock = clock
         self.ledger = oc.Ledger()
+        self.on_outcome = on_outcome  # every outcome record read (``not_run.py``)
         e = settings.executors
         self._sem = asyncio.Semaphore(e.max_concurrent)
         # a backstop above every executor's own timeout (the command executor kills its child;
@@ -305,6 +307,8 @@ class ExecutorStage:
             self.ledger.note_event(rec.value)
         except ValueError as exc:
             self.swallowed("executor.outcome_record", exc)
+        if self.on_outcome is not None:
+            self.on_outcome(rec.value)
 
     async def _handle_batch(self, batch: dict[TopicPartition, list[Any]]) -> None:
         synced = False

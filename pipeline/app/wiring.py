@@ -18,6 +18,7 @@ from selfheal.connectors.webhook import WebhookExecutor
 from selfheal.pipeline.app.console import Console, attach_console
 from selfheal.pipeline.app.control import ControlPlane, ControlState, apply_pause
 from selfheal.pipeline.app.executor_stage import ExecutorStage
+from selfheal.pipeline.app.not_run import NotRunCollector
 from selfheal.pipeline.app.release import ReleaseDesk
 from selfheal.pipeline.app.runner import ExecutorLike, Runner, RunStats, kafka_client_options
 from selfheal.pipeline.core.config import ConfigError, KubernetesExecutorConfig, Settings
@@ -104,7 +105,9 @@ class SelfhealProcess:
         self.control: ControlPlane | None = None
         #: operator votes on escalations, applied between batches (``release.py``)
         self.releases = ReleaseDesk(settings, self.runner.pipeline, self.metrics)
-        self.runner.between_batches = self.releases.apply
+        #: repairs the executors did not run are unlearned, also between batches (``not_run``)
+        self.not_run = NotRunCollector(self.runner.pipeline)
+        self.runner.between_batches = self.not_run.then(self.releases.apply)
         self.stage: ExecutorStage | None = None
         self._executors = build_executors(settings)
         self.metrics.policy_paused.set(0)
@@ -191,6 +194,7 @@ class SelfhealProcess:
             self.control,
             audit=self.audit,
             started=self.started,
+            on_outcome=self.not_run.on_outcome,
         )
         await self.stage.run(bootstrap, stop)
 

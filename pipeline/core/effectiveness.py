@@ -7,6 +7,10 @@ reported). The ``Effectiveness`` book is part of the policy's plain-data state, 
 survives restarts through the snapshot path; it carries counts only, never configuration
 (the prior and ``min_tries`` come from the running ``PolicyConfig``).
 
+Only repairs that ran are learned: the executor stage's outcomes say which did not (failed,
+paused, skipped as stale...), and ``not_run`` drops such a repair while it awaits its verdict,
+or retracts the verdict recorded (the newest ``MAX_OPEN`` verdicts are remembered for that).
+
 A rule with ``order: learned`` tries its ladder's configured actions best-first
 (``learned_order``): each action is first tried ``min_tries`` times in the configured order
 (it cannot be demoted before), then ranked by a Thompson sample of its posterior drawn from
@@ -55,6 +59,8 @@ ALL_SERVICES = "*"
 MAX_SERVICE_LABELS = 50
 
 Key = tuple[str, str, str]
+#: a recorded verdict: (kind, action, service, success, recovery seconds as recorded)
+Verdict = tuple[str, str, str, bool, float | None]
 
 
 def service_of(entity: str, labels: Mapping[str, str] | None = None) -> str:
@@ -117,6 +123,9 @@ class Effectiveness:
         #: (rule, entity) -> the incident's ranking (positions in the ladder) and the ladder's
         #: actions it ranked (a ladder changed since is mapped by action: ``learned_ladder``)
         self.orders: OrderedDict[tuple[str, str], tuple[list[int], list[str]]] = OrderedDict()
+        #: decision id -> the verdict recorded for it, the newest MAX_OPEN: a repair found
+        #: afterwards not to have run has it retracted (``not_run``)
+        self.verdicts: OrderedDict[str, Verdict] = OrderedDict()
 
     def get(self, kind: str, action: str, service: str) -> Record | None:
         return self.records.get((kind, action, service))
@@ -153,8 +162,35 @@ class Effectiveness:
         if entry is None:
             return False
         kind, action, service, started = entry
-        seconds = None if recovered_at is None else recovered_at - started
+        seconds = None if recovered_at is None else max(0.0, recovered_at - started)
         self.record(kind, action, service, success, seconds)
+        self.verdicts[decision_id] = (kind, action, service, success, seconds)
+        while len(self.verdicts) > MAX_OPEN:
+            self.verdicts.popitem(last=False)
+        return True
+
+    def not_run(self, decision_id: str) -> bool:
+        """The executors did not run this repair: it is no trial of its effectiveness. An
+        open one is dropped, a recorded verdict retracted; False when there is nothing (left)
+        to undo here (another engine's, forgotten, or undone already: idempotent)."""
+        if self.open.pop(decision_id, None) is not None:
+            return True
+        verdict = self.verdicts.pop(decision_id, None)
+        if verdict is None:
+            return False
+        kind, action, service, success, seconds = verdict
+        for key in ((kind, action, service), (kind, action, ALL_SERVICES)):
+            rec = self.records.get(key)
+            if rec is None:
+                continue  # evicted since
+            if success:
+                rec.successes = max(0, rec.successes - 1)
+                if seconds is not None and seconds in rec.recoveries:
+                    rec.recoveries.remove(seconds)
+            else:
+                rec.failures = max(0, rec.failures - 1)
+            if not rec.count and not rec.recoveries:
+                del self.records[key]  # as if never tried: no ratio exported for nothing
         return True
 
     def remember_order(self, rule: str, entity: str, order: list[int], ladder: list[str]) -> None:
@@ -171,6 +207,7 @@ class Effectiveness:
                 [rule, entity, order, ladder]
                 for (rule, entity), (order, ladder) in self.orders.items()
             ],
+            "verdicts": [[did, *verdict] for did, verdict in self.verdicts.items()],
         }
 
     @classmethod
@@ -186,6 +223,10 @@ class Effectiveness:
             # no ladder: written before ladders were kept (taken as the running one)
             actions = [str(a) for a in ladder[0]] if ladder else []
             book.orders[(str(rule), str(entity))] = ([int(pos) for pos in order], actions)
+        # absent: written before verdicts were remembered (nothing of it can be retracted)
+        for did, kind, action, service, success, seconds in data.get("verdicts", [])[-MAX_OPEN:]:
+            secs = None if seconds is None else float(seconds)
+            book.verdicts[str(did)] = (str(kind), str(action), str(service), bool(success), secs)
         return book
 
     def merged(self, others: Sequence[Effectiveness]) -> dict[Key, Record]:

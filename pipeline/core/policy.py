@@ -156,6 +156,11 @@ class PolicyEngine:
         """Learned repair effectiveness (``selfheal.pipeline.core.effectiveness``)."""
         return self._state.learning
 
+    def not_run(self, decision_id: str) -> bool:
+        """The executors did not run ``decision_id``: unlearn it (``Effectiveness.not_run``);
+        False when this engine has nothing of it. Between batches only."""
+        return self._state.learning.not_run(decision_id)
+
     # ----------------------------------------------------------------- public API
     def matching_rules(self, anomaly: Anomaly, plan: RepairPlan = NO_PLAN) -> list[Rule]:
         """The rules that apply to ``anomaly``, in evaluation order."""
