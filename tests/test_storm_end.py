@@ -167,3 +167,22 @@ def test_a_crash_before_the_snapshot_replays_the_hold_and_its_clearing() -> None
     successor.observe(ConditionReport("gone-1", MEMORY, 140.0, False))
     done = _resolution(_run(a, 150.0, 103.0 + 10 * W), storm)
     assert done is not None and done.ts <= 140.0 + W + 30.0
+
+
+def test_a_new_owner_whose_restored_state_lost_the_hold_does_not_hold_the_storm() -> None:
+    """Partition 1 moves to a process running a renamed rule: the restored state drops the
+    holds of rules it no longer knows (``PolicyState.from_plain``), so the new owner, though it
+    runs, never clears gone-1. The fleet log still ends the storm."""
+    gate = LoggedFleet()
+    a, b, storm = _storm(gate)
+    renamed = CONFIG.model_copy(
+        update={"rules": [CONFIG.rules[0].model_copy(update={"name": "memory"})]}
+    )
+    moved = PolicyEngine(renamed, gate)
+    moved.load_state(b.to_state())
+    out: list[Decision] = []
+    for t in range(130, int(103 + 10 * W), 30):
+        moved.tick(float(t))
+        out.extend(a.tick(float(t))[1])
+    done = _resolution(out, storm)
+    assert done is not None and done.ts == 103.0 + 3 * W
