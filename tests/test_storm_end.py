@@ -9,6 +9,8 @@ stand for the partitions of a deployment; ``LoggedFleet`` keeps the log so that 
 
 from __future__ import annotations
 
+import math
+
 from selfheal.pipeline.core.config import load_settings
 from selfheal.pipeline.core.fleet import FleetArbiter, LocalFleet
 from selfheal.pipeline.core.policy import ConditionReport, PolicyEngine
@@ -18,6 +20,7 @@ from selfheal.pipeline.kernel.types import (
     AnomalyKind,
     Decision,
     FleetOutcome,
+    FleetProgress,
     FleetRequest,
     RepairAction,
     StormEnd,
@@ -37,6 +40,7 @@ CONFIG = PolicyConfig.model_validate(
     }
 )
 RESTART = RepairAction.RESTART
+SCALE_UP = RepairAction.SCALE_UP
 MEMORY = AnomalyKind.MEMORY_HIGH
 Record = FleetRequest | StormEnd
 
@@ -186,3 +190,21 @@ def test_a_new_owner_whose_restored_state_lost_the_hold_does_not_hold_the_storm(
         out.extend(a.tick(float(t))[1])
     done = _resolution(out, storm)
     assert done is not None and done.ts == 103.0 + 3 * W
+
+
+def test_a_flagged_entity_of_a_lagging_partition_holds_however_far_the_others_are() -> None:
+    """Not too early: staleness is judged on the event time every partition reached (their
+    progress on the ledger), so a partition catching up after a restart keeps its entities."""
+    a = FleetArbiter.from_policy(CONFIG, wait_for_progress=True)
+    for i in range(3):
+        a.apply(FleetRequest(f"d{i}", 100.0 + i, f"svc-{i}", RESTART, claim=True, storm_id=f"s{i}"))
+    a.apply(FleetRequest("h", 103.0, "slow-1", RESTART, claim=False, storm_id="s2", held=True))
+    a.progress(FleetProgress(0, 2, math.inf))
+    a.progress(FleetProgress(1, 2, 110.0))  # slow-1's partition, restored from a snapshot
+    # partition 0 is hours ahead (a need of another action moves the log's time)
+    a.apply(FleetRequest("x", 103.0 + 20 * W, "svc-5", SCALE_UP, claim=True, storm_id=""))
+    assert a.active_storm(RESTART, 103.0 + 20 * W) == "s2"
+    a.progress(FleetProgress(1, 2, 103.0 + 3 * W - 1.0))  # caught up to just before the bound
+    assert a.active_storm(RESTART, 103.0 + 20 * W) == "s2"
+    a.progress(FleetProgress(1, 2, 103.0 + 3 * W))  # slow-1 never renewed its need
+    assert a.active_storm(RESTART, 103.0 + 20 * W) is None and a.active_storms() == []
