@@ -44,22 +44,57 @@ from selfheal.pipeline.kernel.types import (
     Verdict,
 )
 
+#: a flagged entity whose need was not renewed for this many storm windows (of the log's time)
+#: stops holding its storm up. Its engine re-notes it every third of a window while flagged and
+#: clears it after two silent ones (``storm_hold.unflag_stale``): only a clearing that was lost
+#: gets this old (its partition restored elsewhere and not run since, a process that died).
+#: Judged on the log alone, so every process ends the storm at the same record.
+STALE_WINDOWS = 2
+
 
 @dataclass(slots=True)
 class _Storm:
     id: str
     last_need: float
+    #: how long a flagged entity's need holds the storm up unrenewed (STALE_WINDOWS windows)
+    stale: float
     #: the entities that needed the action while it lasted (the first MAX_STORM_ENTITIES)
     entities: dict[str, None] = field(default_factory=dict)
     count: int = 0
-    #: held entities whose condition is still flagged: the storm lasts while there are any
-    flagged: dict[str, None] = field(default_factory=dict)
+    #: held entities whose condition is still flagged -> the log's time their need was last
+    #: renewed, oldest first: the storm lasts while any was renewed within the stale bound
+    flagged: dict[str, float] = field(default_factory=dict)
 
     def join(self, entity: str) -> None:
         if entity not in self.entities:
             self.count += 1
             if len(self.entities) < MAX_STORM_ENTITIES:
                 self.entities[entity] = None
+
+    def flag(self, entity: str, now: float, cap: int) -> None:
+        self.flagged.pop(entity, None)  # renewed: moves to the end (times stay in order)
+        self.flagged[entity] = now
+        while len(self.flagged) > cap:
+            self._unflag_oldest()
+
+    def drop_stale(self, before: float) -> None:
+        """Flagged entities last renewed at or before ``before`` no longer hold it up."""
+        while self.flagged and next(iter(self.flagged.values())) <= before:
+            self._unflag_oldest()
+
+    def _unflag_oldest(self) -> None:
+        entity = next(iter(self.flagged))
+        renewed = self.flagged.pop(entity)
+        # it counts as needing the action until it went stale: the storm's quiet window (and
+        # ``needed_to``) is the same whether it is judged before or after the drop
+        self.last_need = max(self.last_need, renewed + self.stale)
+
+    def needed_to(self) -> float:
+        """The last event time the action counts as needed: flagged entities need it until
+        their need goes stale."""
+        if not self.flagged:
+            return self.last_need
+        return max(self.last_need, next(reversed(self.flagged.values())) + self.stale)
 
 
 class FleetArbiter:
@@ -84,6 +119,7 @@ class FleetArbiter:
         self.window_seconds = window_seconds
         self.storm_threshold = storm_threshold
         self.storm_window_seconds = storm_window_seconds
+        self._stale = STALE_WINDOWS * storm_window_seconds
         self.cap = cap
         self.remember = remember
         self.clock = -math.inf
@@ -146,10 +182,10 @@ class FleetArbiter:
             else:
                 self._released[req.action] = now
         if storm is not None:
-            storm.last_need = now
+            storm.last_need = max(storm.last_need, now)  # (a stale entity's counts to later)
             storm.join(req.entity)
             if req.held is True:
-                storm.flagged[req.entity] = None
+                storm.flag(req.entity, now, self.cap)
             elif req.held is False:
                 storm.flagged.pop(req.entity, None)
             outcome = FleetOutcome(Verdict.STORM, storm.id, storm.count, tuple(storm.entities))
@@ -157,7 +193,7 @@ class FleetArbiter:
             # (a note, storm_id "" or a held entity's storm, never starts a storm: its proposer
             # would not escalate)
             entities = self._needs.entities(req.action)
-            started = self._active[req.action] = _Storm(req.storm_id, now)
+            started = self._active[req.action] = _Storm(req.storm_id, now, self._stale)
             for entity in entities:
                 started.join(entity)
             started.count = count
@@ -181,7 +217,7 @@ class FleetArbiter:
         running or over: a note never revives a storm that ended or was released.)"""
         if req.storm_id in self._ended or req.storm_id in self._released_by:
             return None
-        storm = self._active[req.action] = _Storm(req.storm_id, now)
+        storm = self._active[req.action] = _Storm(req.storm_id, now, self._stale)
         return storm
 
     def end(self, end: StormEnd) -> None:
@@ -230,13 +266,15 @@ class FleetArbiter:
         # hold entities that need the action (it would otherwise start a second storm)
         over = self.fleet_time(now)
         for action, storm in list(self._active.items()):
+            # a flagged entity whose clearing was lost must not hold the action for ever
+            storm.drop_stale(over - self._stale)
             if not storm.flagged and over - storm.last_need >= self.storm_window_seconds:
                 self._close(action, storm)
         return now
 
     def _close(self, action: RepairAction, storm: _Storm) -> None:
         del self._active[action]
-        self._ended[storm.id] = storm.last_need
+        self._ended[storm.id] = storm.needed_to()
         while len(self._ended) > self.cap:
             self._ended.popitem(last=False)
 
@@ -248,16 +286,17 @@ class FleetArbiter:
         if storm is None:
             return None
         over = self.fleet_time(max(ts, self.clock))
-        if not storm.flagged and over - storm.last_need >= self.storm_window_seconds:
+        if over - storm.needed_to() >= self.storm_window_seconds:
             return None
         return storm.id
 
     def storm_last_need(self, storm_id: str) -> float | None:
-        """When the storm ``storm_id`` last saw a need (running or over); None if unknown."""
+        """When the storm ``storm_id`` last saw a need (running or over; an entity still
+        flagged needs it until its need goes stale, ``STALE_WINDOWS``); None if unknown."""
         for storm in self._active.values():
             if storm.id == storm_id:
-                # a held entity still flagged needs it now: the storm is not over
-                return math.inf if storm.flagged else storm.last_need
+                # a held entity still flagged needs it until its need goes stale
+                return storm.needed_to()
         return self._ended.get(storm_id)
 
     def storm_entities(self, storm_id: str) -> tuple[int, tuple[str, ...]]:
