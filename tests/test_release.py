@@ -79,6 +79,15 @@ async def _events(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     return [orjson.loads(v) for v in await consume_all(bootstrap, topic, idle=1)]
 
 
+def _executed(repairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Restarts and scale-ups decided for execution: each took a budget slot."""
+    return [
+        e
+        for e in repairs
+        if e["data"]["action"] in ("restart", "scale_up") and e["data"]["status"] == "execute"
+    ]
+
+
 def _audit(tmp_path: Any) -> list[dict[str, Any]]:
     return [orjson.loads(x) for x in (tmp_path / "audit.jsonl").read_bytes().splitlines()]
 
@@ -226,7 +235,7 @@ async def test_console_release_ends_a_storm_in_both_processes(
         )
 
         async def budget_spent() -> bool:
-            return marker.exists() and len(marker.read_text().split()) >= budget
+            return len(_executed(await _events(broker.bootstrap, t.repairs))) >= budget
 
         await _until(budget_spent, 60, "repairs after the release")
         await asyncio.sleep(3)  # anything (wrongly) executed beyond the budget
@@ -243,15 +252,14 @@ async def test_console_release_ends_a_storm_in_both_processes(
     firing = [e for e in await storm() if not e["data"]["params"]["resolved"]]
     assert {e["data"]["params"].get("escalation_id", e["id"]) for e in firing} == {storm_id}
     ran = marker.read_text().split()
-    assert len(before) <= policy["storm_threshold"] and len(ran) == budget
-    # every entity was held (the first ones too, once the storm formed): repairs resumed
-    assert len(ran) > len(before), "held entities were repaired after the release"
     events = await _events(broker.bootstrap, t.repairs)
-    runs = [
-        _epoch(e["time"])
-        for e in events
-        if e["data"]["action"] in ("restart", "scale_up") and e["data"]["status"] == "execute"
-    ]
+    # the budget's slots are decisions; an entity restarted before the storm gets its next
+    # rung seconds later in wall time (this backlog is read at once), which the executor
+    # stage does not run (``pacing.py``): executions stay within the slots
+    assert len(_executed(events)) == budget
+    assert len(before) <= policy["storm_threshold"] and len(before) < len(ran) <= budget
+    # every entity was held (the first ones too, once the storm formed): repairs resumed
+    runs = [_epoch(e["time"]) for e in _executed(events)]
     held, ended = _epoch(first["time"]), _epoch(end["time"])
     assert not [at for at in runs if held < at < ended], "nothing ran while the storm held"
     assert [at for at in runs if at >= ended], "repairs resumed after the release"
