@@ -67,3 +67,13 @@ def test_long_runs_of_spaces_after_a_quote_or_sql_keyword_cost_linear_time() -> 
     out, cpu = _timed(_pipeline(), records)
     assert not out.rejects
     assert cpu < 2.0, f"{cpu:.1f} s of CPU for a 256 KB message"
+
+
+def test_a_message_of_long_adversarial_log_lines_costs_no_more_than_ordinary_ones() -> None:
+    # each 2 KB line (all that template mining reads) made a mask scan on from every one of
+    # its positions: 480 of them in one 1 MiB array took 20-25 s of CPU (ordinary: 0.7 s)
+    pipe = _pipeline()
+    for filler in (":" + " " * 2040, "a." * 1020, "a.-" * 680):
+        out, cpu = _timed(pipe, [_log(filler + str(i), i) for i in range(480)])
+        assert not out.rejects
+        assert cpu < 5.0, f"{cpu:.1f} s of CPU for one 1 MiB message of {filler[:4]!r}..."
