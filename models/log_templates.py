@@ -112,13 +112,19 @@ def default_masking() -> list[AbstractMaskingInstruction]:
     # each mask with what its pattern cannot match without (any one of them)
     masks: list[tuple[str, str, tuple[str, ...]]] = [
         # ctime-like and ISO timestamps inside the message
-        (_DAY + r"?\s*" + _MON + r"\s+\d{1,2}\s+\d{2}:\d{2}:\d{2}(?:\s+\d{4})?", "DATE", (":",)),
+        # a run of spaces is tried from its start only (``\s*`` from each of its spaces
+        # made a long run quadratic: 25 s for 1 MiB of 2 KB lines)
+        (
+            r"(?:" + _DAY + r"|(?<!\s))\s*" + _MON + r"\s+\d{1,2}\s+\d{2}:\d{2}:\d{2}(?:\s+\d{4})?",
+            "DATE",
+            (":",),
+        ),
         (
             r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?",
             "DATE",
             (":",),
         ),
-        (r"[a-zA-Z][\w+.-]*://[^\s\"'<>]+", var, ("://",)),  # URL
+        (r"[a-zA-Z][\w+.-]{0,31}://[^\s\"'<>]+", var, ("://",)),  # URL (a scheme is short)
         (_B + r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}" + _E, "ID", ("-",)),
         (_B + r"(?:[0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}" + _E, "ID", (":", "-")),  # MAC
         # IPv6 (needs '::' or eight groups so that clock times are not taken for it)
@@ -131,9 +137,15 @@ def default_masking() -> list[AbstractMaskingInstruction]:
             (":",),
         ),
         (r"/?" + _B + r"(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?" + _E, var, (".",)),  # IPv4[:port]
-        (_B + r"[\w.+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}" + _E, var, ("@",)),  # e-mail
+        (_B + r"[\w.+-]{1,64}@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}" + _E, var, ("@",)),  # e-mail
         # host names with a known top-level domain (Java packages and intents stay words)
-        (_B + r"(?:[A-Za-z0-9-]+\.)+" + _TLD + _E + r"(?::\d+)?", var, (".",)),
+        # (not from inside a dotted name: the match from its start would have included it,
+        # and each start scanned the rest of a long "a.a.a...")
+        (
+            r"(?<![A-Za-z0-9-])(?<![A-Za-z0-9-]\.)(?:[A-Za-z0-9-]+\.)+" + _TLD + _E + r"(?::\d+)?",
+            var,
+            (".",),
+        ),
         (r"(?<![\w/.-])(?:/[\w.@%+-]+)+/?", "PATH", ("/",)),
         (r"(?<![\w\\])(?:[A-Za-z]:|\\\\[\w.$-]+)(?:\\[^\s\\]*)+", "PATH", ("\\",)),  # Windows
         (_B + r"\d{1,2}:\d{2}(?::\d{2})?(?:\.\d+)?" + _E, "NUM", (":",)),  # clock time

@@ -48,16 +48,24 @@ BRUTE_FORCE = "brute_force"
 MAX_MATCHED_CHARS = 120
 
 _I = re.IGNORECASE
+#: spaces and SQL comments between keywords ("union/**/all/**/select")
+_GAP = r"(?:\s|/\*(?:[^*]|\*(?!/)){0,64}\*/)+"
 _SQLI = [
     # ' OR 1=1 / ' or 'a'='a / " or ""=" (a quote closes the string, a tautology follows)
-    re.compile(r"""['"`]\s*\)?\s*(?:or|and)\s+(['"]?)(\w*)\1\s*=\s*\1\2\1""", _I),
+    # (``\s*(?:\)\s*)?`` and ``\s+(?=\S)``: two runs of spaces with nothing between them
+    # split a long run every way, quadratic: 70 s for a quote and 40,000 spaces)
+    re.compile(r"""['"`]\s*(?:\)\s*)?(?:or|and)\s+(?=\S)(['"]?)(\w*)\1\s*=\s*\1\2\1""", _I),
     re.compile(r"""['"`]\s*(?:or|and)\s*(['"])\1\s*=\s*\1""", _I),
-    re.compile(r"\bunion\b(?:\s|/\*.*?\*/)+(?:all\s+|distinct\s+)?select\b", _I),
+    # a comment ends at its first "*/" and is at most 64 characters long: with ``.*?``, an
+    # unterminated "/*" after each "union" was scanned to the end of the message (quadratic:
+    # 40 s for 1 MiB), and "/**//**/" was one comment or two (exponential: "union" and 30
+    # "/**/" took minutes)
+    re.compile(rf"\bunion\b{_GAP}(?:(?:all|distinct){_GAP})?select\b", _I),
     re.compile(r";\s*(?:drop|truncate|alter)\s+(?:table|database|schema)\b", _I),
     re.compile(r"""['"]\s*;\s*(?:select|insert|update|delete|exec)\b""", _I),
     # time-based blind injection needs SQL context before sleep(...)
     re.compile(
-        r"""(?:['");]|\b(?:and|or|select|union|if)\b)\s*\(?\s*(?:sleep|pg_sleep|benchmark)"""
+        r"""(?:['");]|\b(?:and|or|select|union|if)\b)\s*(?:\(\s*)?(?:sleep|pg_sleep|benchmark)"""
         r"""\s*\(\s*\d""",
         _I,
     ),
@@ -66,7 +74,7 @@ _SQLI = [
     re.compile(r"\b(?:unhex|char)\s*\(\s*0x[0-9a-f]{2,}", _I),
     re.compile(r"\binformation_schema\.(?:tables|columns)\b", _I),
     # a quote right after a value, then a comment that cuts the rest of the query: admin'--
-    re.compile(r"""(?<=\w)['"]\s*\)?\s*(?:--|#|/\*)"""),
+    re.compile(r"""(?<=\w)['"]\s*(?:\)\s*)?(?:--|#|/\*)"""),
 ]
 _TRAVERSAL = [
     re.compile(r"(?:^|[\s/\\=?&\"'(:;,])\.\.(?:[\\/]|;/)"),
