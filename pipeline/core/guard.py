@@ -124,14 +124,7 @@ class Guard:
                     f"{reference - ts:.0f} s in the past (max {cfg.max_past_seconds:.0f})",
                 )
         if entity not in self.buckets._data and not self.newcomers.admit(ts):
-            return Reject(
-                env,
-                RejectReason.ENTITY_CARDINALITY,
-                "entity",
-                f"new entity {entity[:64]!r} not admitted: more than "
-                f"{cfg.new_entities_per_second:g} new entities/s (burst "
-                f"{cfg.new_entities_burst:.0f}) on this partition",
-            )
+            return self._stranger(env, entity)
         if labels:
             key = (entity, metric)
             label_sets = self.label_sets._data
@@ -212,6 +205,17 @@ class Guard:
             else:
                 verdicts[i] = self._rate(env, entity, ts)
         return verdicts
+
+    def _stranger(self, env: Envelope, entity: str) -> Reject:
+        cfg = self.config
+        return Reject(
+            env,
+            RejectReason.ENTITY_CARDINALITY,
+            "entity",
+            f"new entity {entity[:64]!r} not admitted: more than "
+            f"{cfg.new_entities_per_second:g} new entities/s (burst "
+            f"{cfg.new_entities_burst:.0f}) on this partition",
+        )
 
     def _rate(self, env: Envelope, entity: str, ts: float) -> Reject | None:
         cfg = self.config
