@@ -16,11 +16,11 @@ The counts are derived from the bank (rebuilt on restore): no state of their own
 >>> share = SeriesShare(2)
 >>> share.attach(bank)
 >>> for key in [("a", "m1"), ("a", "m2")]:
-...     share.add(bank, key, [])
+...     share.add(key, [])
 >>> share.full("a"), share.full("b")
 (True, False)
 >>> for key in [("b", "m1"), ("b", "m2")]:  # the bank evicts a's oldest
-...     share.add(bank, key, [])
+...     share.add(key, [])
 >>> share.full("a"), len(bank)
 (False, 3)
 """
@@ -39,6 +39,7 @@ class SeriesShare:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.counts: dict[str, int] = {}
+        self._bank: LRU[Any, Any] | None = None
 
     def attach(self, bank: LRU[Any, Any]) -> None:
         """Count ``bank``'s series (a new or a restored bank) and follow its evictions."""
@@ -46,15 +47,18 @@ class SeriesShare:
         for key, _ in bank.items():
             counts[key[0]] = counts.get(key[0], 0) + 1
         self.counts = counts
+        self._bank = bank
         bank.on_evict = self._evicted
 
     def full(self, entity: str) -> bool:
         return self.counts.get(entity, 0) >= self.limit
 
-    def add(self, bank: LRU[Any, Any], key: tuple[Any, ...], value: Any) -> None:
-        """Put a new series into ``bank``, counted (before the eviction it may cause)."""
+    def add(self, key: tuple[Any, ...], value: Any) -> None:
+        """Put a new series into the attached bank, counted (before the eviction it may
+        cause)."""
+        assert self._bank is not None, "attach a bank first"
         self.counts[key[0]] = self.counts.get(key[0], 0) + 1
-        bank.put(key, value)
+        self._bank.put(key, value)
 
     def _evicted(self, key: tuple[Any, ...], _value: Any) -> None:
         left = self.counts.get(key[0], 0) - 1

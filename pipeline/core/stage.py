@@ -332,7 +332,7 @@ class PartitionStage:
 
     def _new_series(self, key: SeriesKey, s: Sample) -> list[Judge]:
         judges = self.router.series_judges(s)
-        self.series_share.add(self.series, key, judges)
+        self.series_share.add(key, judges)
         for j in judges:
             if ticks(j):
                 self.tickers.put((key, j.name), j)
