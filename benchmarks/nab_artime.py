@@ -33,8 +33,10 @@ reference, not deployable); online, ``headroom=None``: the range seen so far (th
 included); online, ``headroom=h``: the range of the probation's raw values widened by ``h`` x
 its span on each side, frozen, later values clipped into it (the probation is buffered: the
 original learns it in one batch at its end anyway). Every mode takes the probation length from
-NAB's rule (15 % of the file, at most 750 points): the scorer ignores the same points, and a
-fixed 750 would leave less than 85 % of 29 of the 40 files (under 5,000 points) to score.
+NAB's rule (15 % of the file, at most 750 points): the scorer ignores the same points, while a
+fixed 750 would keep the detector silent past the scorer's probation in the 29 of the 40 files
+shorter than 5,000 points. This uses the file's length, a mild look-ahead: a deployment would
+set the probation (750, the rule's value for every file of 5,000 points or more).
 
 >>> x = np.array([1.0, 3.0, 0.0, 0.0, 2.0, 2.0, 5.0, 1.0])
 >>> np.round(haar_dwt(x)[:2] * np.sqrt(8), 6).tolist()  # sum; second half minus first half
