@@ -6,6 +6,7 @@ Usage::
     .venv/bin/python benchmarks/nab.py --files 8 --grid small --runs 1   # quick subset
     .venv/bin/python benchmarks/nab.py --cad           # + CAD OSE experiment (#14, minutes)
     .venv/bin/python benchmarks/nab.py --discord       # + discord scorer experiment (#14)
+    .venv/bin/python benchmarks/nab.py --artime        # + ARTime experiment (#14)
 
 Protocol (the figure that predicts a user's unseen services, ``benchmarks/crossval.py``):
 every setting of the grid (:data:`GRIDS`, the shipped configuration first) scores every file of
@@ -24,7 +25,8 @@ window_size=250``) on the value scaled online by ``MinMaxScaler``, its threshold
 same cross-validation and timed in alternation with the latency model.
 ``--cad`` adds CAD OSE (``benchmarks/nab_cad.py``) alone and combined with the latency model,
 every weight and threshold chosen on training folds; ``--discord`` the online discord scorer
-(left matrix profile, ``benchmarks/nab_discord.py``) the same way.
+(left matrix profile, ``benchmarks/nab_discord.py``) the same way; ``--artime`` ARTime
+(``benchmarks/nab_artime.py``, section in ``benchmarks/nab_artime_report.py``) the same way.
 Writes ``benchmarks/results/nab.md``.
 """
 
@@ -57,6 +59,7 @@ from benchmarks.crossval import (  # noqa: E402
     nab_cross_validate,
     spread_folds,
 )
+from benchmarks.nab_artime import artime_scores  # noqa: E402
 from benchmarks.nab_cad import WEIGHTS, cad_scores, combine  # noqa: E402
 from benchmarks.nab_discord import (  # noqa: E402
     RATIOS,
@@ -86,6 +89,7 @@ CACHE = ROOT / "benchmarks" / ".cache" / "nab"
 #: source files whose content keys the score cache (a model edit invalidates it)
 SOURCES = (ROOT / "models" / "latency.py", ROOT / "pipeline" / "core" / "scoring.py")
 CAD_SOURCE = ROOT / "benchmarks" / "nab_cad.py"
+ARTIME_SOURCE = ROOT / "benchmarks" / "nab_artime.py"
 
 #: candidate settings: departures from the shipped ``LatencyConfig`` (shipped first: it wins ties)
 GRIDS: dict[str, list[dict[str, Any]]] = {
@@ -148,6 +152,11 @@ def _cad_job(args: tuple[dict[str, Any], list[float], list[float]]) -> np.ndarra
     return np.asarray(cad_scores(values, **overrides), dtype=np.float64)
 
 
+def _artime_job(args: tuple[dict[str, Any], list[float], list[float]]) -> np.ndarray:
+    overrides, _, values = args
+    return np.asarray(artime_scores(values, **overrides), dtype=np.float64)
+
+
 def _discord_job(args: tuple[dict[str, Any], list[float], list[float]]) -> np.ndarray:
     overrides, _, values = args
     return discord_distances(values, **overrides)
@@ -160,6 +169,8 @@ def _job(model: str) -> tuple[Callable[[tuple[dict[str, Any], list[float], list[
         return _latency_job, _source_hash()
     if model == "cad":
         return _cad_job, hashlib.sha1(CAD_SOURCE.read_bytes()).hexdigest()[:12]
+    if model == "artime":
+        return _artime_job, hashlib.sha1(ARTIME_SOURCE.read_bytes()).hexdigest()[:12]
     if model == "discord":  # raw distances: keyed by the code computing them, not the module
         return _discord_job, distance_source()
     return _hst_job, "river"
@@ -449,6 +460,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument(
         "--discord", action="store_true", help="add the discord (left matrix profile) experiment"
     )
+    ap.add_argument("--artime", action="store_true", help="add the ARTime experiment")
     args = ap.parse_args(argv)
     if not (DATA / "data").is_dir():
         print(f"SKIP: NAB data not found at {DATA.resolve()} (shared data absent)")
@@ -513,6 +525,10 @@ def main(argv: list[str]) -> int:
         lines += cad_section(corpus, cands["shipped"], k, args.jobs, args.runs)
     if args.discord:
         lines += discord_section(corpus, cands["shipped"], k, args.jobs, args.runs)
+    if args.artime:
+        from benchmarks.nab_artime_report import artime_section
+
+        lines += artime_section(corpus, cands["shipped"], k, args.jobs, args.runs)
     publish("\n".join(lines), None if args.no_write else RESULTS)
     return 0
 
