@@ -58,6 +58,13 @@ class Cooldowns:
         while len(self._until) > self.cap:
             self._until.popitem(last=False)
 
+    def drop(self, entity: str, action: RepairAction, started: float, rule: str) -> None:
+        """Forget the cooldown ``rule`` started at ``started`` (it acted on nothing); one
+        started since stays."""
+        got = self._until.get((entity, action))
+        if got is not None and got[1:] == (started, rule):
+            del self._until[(entity, action)]
+
     def rederive(self, seconds: Callable[[str, RepairAction], float]) -> None:
         """Recompute each deadline as its start plus ``seconds(rule, action)``, the cooldown
         the running configuration gives (entries without a known rule keep theirs)."""
