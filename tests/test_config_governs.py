@@ -221,3 +221,33 @@ def test_a_rungs_own_approval_switched_off_leaves_its_request_untried() -> None:
     assert _brief(old.decide(anomaly(T0))) == [("restart", "pending_approval", None)]
     new = _restarted(old, rules(False))
     assert _brief(new.decide(anomaly(T0 + 100))) == [("restart", "execute", None)]
+
+
+def _silent(escalate: bool) -> list[dict[str, Any]]:
+    return [{**RESTART[0], "escalate": escalate}]
+
+
+def test_a_case_given_up_silently_pages_once_escalation_is_enabled() -> None:
+    old = _engine(_silent(False))
+    assert _brief(old.decide(anomaly(T0))) == [("restart", "execute", None)]
+    # the restart failed; the ladder is exhausted and escalation is off: silent
+    assert _brief(old.decide(anomaly(T0 + 100))) == [("restart", "suppressed", "max_attempts")]
+    new = _restarted(old, _silent(True))
+    # still failing under a config that escalates: one page, then duplicates
+    (page,) = new.decide(anomaly(T0 + 200))
+    assert _brief([page]) == [("escalate", "execute", None)]
+    assert page.params["tried"] == ["restart"] and page.params["resolved"] is False
+    assert [row["id"] for row in new.open_escalations()] == [page.id]
+    assert _brief(new.decide(anomaly(T0 + 300))) == [("escalate", "suppressed", "duplicate")]
+    # released by an operator, the ladder starts over
+    assert [d.params["resolved"] for d in new.release_escalation(page.id, "sre") or []] == [True]
+    # a snapshot from before silent give-ups were marked pages as well
+    legacy_state = old.to_state()
+    for case in legacy_state["cases"]:
+        del case["silent"]
+    legacy = _engine(_silent(True))
+    legacy.load_state(json.loads(json.dumps(legacy_state)))
+    assert _brief(legacy.decide(anomaly(T0 + 200))) == [("escalate", "execute", None)]
+    # unchanged config: the case stays silent
+    quiet = _restarted(old, _silent(False))
+    assert _brief(quiet.decide(anomaly(T0 + 200))) == [("restart", "suppressed", "max_attempts")]
