@@ -15,7 +15,8 @@ For the anomaly's (rule, entity) case, in order:
 7. another rule's executed repair of the entity under verification ->
    SUPPRESSED/REPAIR_IN_PROGRESS (one automatic repair of an entity at a time, so each
    verification judges its own repair; what persists is re-reported and acted on after;
-   protective actions neither hold nor are held, as for an incident's symptoms);
+   protective actions neither hold nor are held, as for an incident's symptoms; a repair a
+   person approves is run by the executor stage after such a window: ``app/entity_hold``);
 8. fleet budget exhausted -> SUPPRESSED/BUDGET;
 9. otherwise EXECUTE (or DRY_RUN) and a verification window opens.
 
