@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -200,3 +201,38 @@ async def test_a_waiting_approved_repair_survives_a_restart_of_the_stage(
         await second.stop()
     assert [n for n, _, _ in ex.runs] == ["restart-web-1", "rollback-web-1"]
     assert ex.at("rollback-web-1") >= ex.at("restart-web-1") + window - 1.0
+
+
+async def test_a_repair_that_did_not_run_holds_nothing_and_the_examples_run() -> None:
+    """Fed the outcome topic's records, as a restarted stage reads them back."""
+    import doctest
+
+    from selfheal.pipeline.app import entity_hold
+
+    assert doctest.testmod(entity_hold).failed == 0
+    holds = entity_hold.EntityHolds(window=WINDOW)
+    now = time.time()
+    approved = _decision("a1", "web-1", RepairAction.ROLLBACK)
+    approved = replace(approved, params={"approved_decision_id": "p1"})
+
+    def read(d: Decision, outcome: str, detail: str = "") -> None:
+        ev = oc.started_event(d, "x", now) if outcome == oc.STARTED else None
+        ev = ev or oc.outcome_event(d, outcome, "command", detail, 0.1, "x", now)
+        holds.note_event(orjson.dumps(ev))
+
+    restart = _decision("r1", "web-1", RepairAction.RESTART)
+    read(restart, oc.STARTED)
+    assert holds.hold(approved, now + 1) is not None
+    read(restart, oc.FAILED, "exit 1")  # it did not run: nothing under verification
+    assert holds.hold(approved, now + 1) is None
+    read(restart, oc.STARTED)
+    read(restart, oc.OK)
+    assert holds.hold(approved, now + 1) is not None
+    assert holds.hold(approved, now + WINDOW) is None
+    # pages and protective actions neither hold nor wait
+    read(_decision("b1", "web-2", RepairAction.CIRCUIT_BREAK), oc.STARTED)
+    read(_decision("e1", "web-2", RepairAction.ESCALATE), oc.STARTED)
+    assert holds.hold(replace(approved, entity="web-2"), now + 1) is None
+    read(_decision("r2", "web-2", RepairAction.RESTART), oc.STARTED)
+    degrade = replace(approved, entity="web-2", action=RepairAction.DEGRADE)
+    assert holds.hold(degrade, now + 1) is None  # web-2 restarting: protective, no wait
