@@ -184,3 +184,70 @@ def test_a_smaller_burst_bounds_restored_rate_buckets() -> None:
     # a burst at the snapshot's last event time: no refill, the running burst is the cap
     rejects = _feed(new, [{"ts": T0, "entity": "api", "metric": "m", "value": 1.0}] * 20)
     assert rejects.count(RejectReason.RATE_LIMITED) == 15
+
+
+def _approval(required: bool) -> list[dict[str, Any]]:
+    steps = [{"action": "restart"}, {"action": "scale_up"}]
+    return [{**RESTART[0], "requires_approval": required, "actions": steps}]
+
+
+def test_an_open_approval_request_is_an_untried_rung_once_approval_is_off() -> None:
+    old = _engine(_approval(True))
+    (ask,) = old.decide(anomaly(T0))
+    assert _brief([ask]) == [("restart", "pending_approval", None)]
+    new = _restarted(old, _approval(False))
+    # nothing ran and the running config needs no approval: the restart runs now, on its own
+    # rung (not cooling down from the request, not climbed past when the window ends)
+    (run,) = new.decide(anomaly(T0 + 100))
+    assert _brief([run]) == [("restart", "execute", None)]
+    assert "rung 1/2, attempt 1" in run.explanation
+    assert list(new.learning.open) == [run.id]
+    # the restart fails: only then does the ladder climb
+    new.observe(ConditionReport("checkout-1", HC, T0 + 170, True))
+    assert [v.success for v in new.drain()[0]] == [False]
+    (scale,) = new.decide(anomaly(T0 + 200))
+    assert _brief([scale]) == [("scale_up", "execute", None)]
+    # still required after the restart: the request stays open (one request per attempt)
+    same = _restarted(old, _approval(True))
+    assert _brief(same.decide(anomaly(T0 + 100))) == [("restart", "suppressed", "duplicate")]
+
+
+def test_a_rungs_own_approval_switched_off_leaves_its_request_untried() -> None:
+    def rules(required: bool) -> list[dict[str, Any]]:
+        steps = [{"action": "restart", "requires_approval": required}, {"action": "scale_up"}]
+        return [{**RESTART[0], "actions": steps}]
+
+    old = _engine(rules(True))
+    assert _brief(old.decide(anomaly(T0))) == [("restart", "pending_approval", None)]
+    new = _restarted(old, rules(False))
+    assert _brief(new.decide(anomaly(T0 + 100))) == [("restart", "execute", None)]
+
+
+def _silent(escalate: bool) -> list[dict[str, Any]]:
+    return [{**RESTART[0], "escalate": escalate}]
+
+
+def test_a_case_given_up_silently_pages_once_escalation_is_enabled() -> None:
+    old = _engine(_silent(False))
+    assert _brief(old.decide(anomaly(T0))) == [("restart", "execute", None)]
+    # the restart failed; the ladder is exhausted and escalation is off: silent
+    assert _brief(old.decide(anomaly(T0 + 100))) == [("restart", "suppressed", "max_attempts")]
+    new = _restarted(old, _silent(True))
+    # still failing under a config that escalates: one page, then duplicates
+    (page,) = new.decide(anomaly(T0 + 200))
+    assert _brief([page]) == [("escalate", "execute", None)]
+    assert page.params["tried"] == ["restart"] and page.params["resolved"] is False
+    assert [row["id"] for row in new.open_escalations()] == [page.id]
+    assert _brief(new.decide(anomaly(T0 + 300))) == [("escalate", "suppressed", "duplicate")]
+    # released by an operator, the ladder starts over
+    assert [d.params["resolved"] for d in new.release_escalation(page.id, "sre") or []] == [True]
+    # a snapshot from before silent give-ups were marked pages as well
+    legacy_state = old.to_state()
+    for case in legacy_state["cases"]:
+        del case["silent"]
+    legacy = _engine(_silent(True))
+    legacy.load_state(json.loads(json.dumps(legacy_state)))
+    assert _brief(legacy.decide(anomaly(T0 + 200))) == [("escalate", "execute", None)]
+    # unchanged config: the case stays silent
+    quiet = _restarted(old, _silent(False))
+    assert _brief(quiet.decide(anomaly(T0 + 200))) == [("restart", "suppressed", "max_attempts")]

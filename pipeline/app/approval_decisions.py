@@ -7,7 +7,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 
+from selfheal.pipeline.app import outcomes as oc
 from selfheal.pipeline.app.control import ApprovalVote, operator_command
+from selfheal.pipeline.core.audit import AuditRecord, decision_record
 from selfheal.pipeline.core.config import Settings
 from selfheal.pipeline.kernel.types import Decision, DecisionStatus, Mode, RepairAction
 
@@ -65,4 +67,35 @@ def with_commands(d: Decision, settings: Settings, bootstrap: str) -> Decision:
             "approve_command": operator_command("approve", target, settings, bootstrap),
             "reject_command": operator_command("reject", target, settings, bootstrap),
         },
+    )
+
+
+def settlement(
+    settings: Settings,
+    ledger: oc.Ledger,
+    pending: Decision,
+    at_ms: int,
+    vote: ApprovalVote,
+    src: str,
+) -> tuple[str, list[tuple[str, bytes, bytes]], list[AuditRecord]] | None:
+    """(verdict, records to publish on the repair topic, audit records) of the executor stage's
+    vote on ``pending`` (published at ``at_ms``); ``None``: nothing to do."""
+    expiry = settings.executors.approval_expiry_seconds
+    age = (vote.at_ms - at_ms) / 1000
+    if not vote.approved:
+        return "rejected", [], [oc.approval_record(pending, "rejected", vote.by, vote.ts)]
+    if age > expiry:
+        why = f"approved {age:.0f}s after the decision; approvals expire after {expiry:g}s"
+        return "expired", [], [oc.approval_record(pending, "expired", vote.by, vote.ts, why)]
+    run = approved_decision(pending, vote)
+    if ledger.get(run.id) is not None:
+        return None  # approved and executed before a restart (no marker: an older version)
+    t = settings.kafka.topics
+    return (
+        "approved",
+        [(t.repairs, run.entity.encode(), oc.repair_like(run, src))],
+        [
+            oc.approval_record(pending, "approved", vote.by, vote.ts, f"executed as {run.id}"),
+            decision_record(run),
+        ],
     )

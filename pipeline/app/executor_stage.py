@@ -18,7 +18,8 @@ Every outcome becomes an audit record, a CloudEvent on the outcome topic and
 
 Pending decisions (``pending_approval``) are kept (per assigned partition, history included)
 until ``selfheal approve`` or ``reject``: an approval within ``executors.approval_expiry_seconds``
-publishes a new ``execute`` decision citing the approved id, which this stage then runs once.
+publishes a new ``execute`` decision citing the approved id, which this stage then runs once
+(after the verification window of the entity's last repair: ``entity_hold``).
 Each vote is audited and counted once: with its audit record goes a ``settled`` marker on the
 outcome topic (keyed by the pending id), read back like the outcomes.
 """
@@ -41,17 +42,14 @@ from selfheal.connectors.kafka import KafkaSink, ensure_topics
 from selfheal.connectors.kubernetes import MAX_REQUESTS
 from selfheal.connectors.tail import TailRecord, TopicTail
 from selfheal.pipeline.app import outcomes as oc
-from selfheal.pipeline.app.approval_decisions import (
-    approval_request,
-    approved_decision,
-    with_commands,
-)
+from selfheal.pipeline.app.approval_decisions import approval_request, settlement, with_commands
 from selfheal.pipeline.app.control import ApprovalVote, ControlPlane
+from selfheal.pipeline.app.entity_hold import EntityHolds, wait_turn
 from selfheal.pipeline.app.outputs import observe_breakers
 from selfheal.pipeline.app.pacing import Pacing
 from selfheal.pipeline.app.redelivery import redeliver
 from selfheal.pipeline.app.runner import ExecutorLike, kafka_client_options
-from selfheal.pipeline.core.audit import AuditRecord, decision_record
+from selfheal.pipeline.core.audit import AuditRecord
 from selfheal.pipeline.core.config import Settings
 from selfheal.pipeline.core.events import dumps
 from selfheal.pipeline.core.metrics import Metrics
@@ -116,6 +114,8 @@ class ExecutorStage:
         self._resolutions: dict[str, None] = {}
         #: repairs of an entity no closer in wall time than the policy spaced them (a backlog)
         self.pacing = Pacing(settings.policy.verification_window_seconds)
+        #: an approved repair waits for its entity's repair under verification (``entity_hold``)
+        self.holds = EntityHolds(settings.policy.verification_window_seconds)
         #: a decision's start and a revocation of its partition never interleave (``_claim``)
         self._starting = asyncio.Lock()
         self._open: dict[TopicPartition, set[int]] = {}
@@ -217,7 +217,8 @@ class ExecutorStage:
                 await self._commit()
         finally:
             # escalations waiting to be delivered again stop: left ``started``, the next
-            # session or process delivers them (``_admit``)
+            # session or process delivers them (``_admit``); so do approved repairs waiting for
+            # their entity (never started: the next session reads them again)
             for task in self._redelivering:
                 task.cancel()
             if self._tasks:
@@ -305,6 +306,7 @@ class ExecutorStage:
     def _on_outcome(self, rec: TailRecord) -> None:
         try:
             self.ledger.note_event(rec.value)
+            self.holds.note_event(rec.value)
         except ValueError as exc:
             self.swallowed("executor.outcome_record", exc)
         if self.on_outcome is not None:
@@ -377,6 +379,9 @@ class ExecutorStage:
         done = False
         try:
             results = None
+            # stale counts from the end of a hold it waited for (the human's approval stands,
+            # also when a restart came in between)
+            at_ms = max(at_ms, int(1000 * await self._turn(d, tp)))
             async with self._sem:
                 if await self._claim(d, tp, at_ms):
                     d = with_commands(d, self.settings, self._boot)
@@ -393,6 +398,17 @@ class ExecutorStage:
             self._inflight.discard(d.id)
             if done:  # recorded, or left to the partition's new owner: commit past it
                 self._open.get(tp, set()).discard(offset)
+
+    async def _turn(self, d: Decision, tp: TopicPartition) -> float:
+        """Wait, outside the executor slots, for an approved ``d``'s entity to be free; the
+        wait ends with the session (the offset stays uncommitted: the next one waits again)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._redelivering.add(task)
+        try:
+            return await wait_turn(self.holds, d, self.clock, lambda: tp in self._live_from)
+        finally:
+            self._redelivering.discard(task)
 
     async def _claim(self, d: Decision, tp: TopicPartition, at_ms: int) -> bool:
         """Write ``started`` and return True, unless ``d`` is not to run here: repairs are
@@ -424,6 +440,7 @@ class ExecutorStage:
             await self._write([self._outcome_out(oc.started_event(d, self._src, now))])
             self.ledger.note(d.id, oc.STARTED)
             self.pacing.started(d, now)
+            self.holds.started(d, now)
             return True
 
     async def _attempt(self, d: Decision, handlers: list[ExecutorLike]) -> list[Any]:
@@ -560,7 +577,7 @@ class ExecutorStage:
                     return
                 if self.ledger.get(pending.id) == oc.SETTLED:
                     return  # audited before a restart, or by the partition's previous owner
-                settled = self._settlement(pending, at_ms, vote)
+                settled = settlement(self.settings, self.ledger, pending, at_ms, vote, self._src)
                 if settled is None:
                     return
                 verdict, records, audit = settled
@@ -572,27 +589,3 @@ class ExecutorStage:
         except Exception as exc:
             self._acted.pop(pending.id)
             self.swallowed("executor.approval", exc)
-
-    def _settlement(
-        self, pending: Decision, at_ms: int, vote: ApprovalVote
-    ) -> tuple[str, list[tuple[str, bytes, bytes]], list[AuditRecord]] | None:
-        """(verdict, records to publish, audit records) of a vote; ``None``: nothing to do."""
-        expiry = self.settings.executors.approval_expiry_seconds
-        age = (vote.at_ms - at_ms) / 1000
-        if not vote.approved:
-            return "rejected", [], [oc.approval_record(pending, "rejected", vote.by, vote.ts)]
-        if age > expiry:
-            why = f"approved {age:.0f}s after the decision; approvals expire after {expiry:g}s"
-            return "expired", [], [oc.approval_record(pending, "expired", vote.by, vote.ts, why)]
-        run = approved_decision(pending, vote)
-        if self.ledger.get(run.id) is not None:
-            return None  # approved and executed before a restart (no marker: an older version)
-        t = self.settings.kafka.topics
-        return (
-            "approved",
-            [(t.repairs, run.entity.encode(), oc.repair_like(run, self._src))],
-            [
-                oc.approval_record(pending, "approved", vote.by, vote.ts, f"executed as {run.id}"),
-                decision_record(run),
-            ],
-        )

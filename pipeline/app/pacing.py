@@ -14,7 +14,8 @@ event-time gap (capped at one verification window) is not run: it is recorded ``
 and the policy judges its case on the data that follows, as it does for any repair. Live,
 event time keeps pace with the clock and nothing is held; the first repair of a backlog
 still runs. Pages, approval requests, protective actions (they shape traffic, see
-``ladder.repair_in_progress``) and repairs a person approved are never held; the last two
+``ladder.repair_in_progress``) and repairs a person approved are never held here (an approved
+one waits for its entity's repair under verification instead: ``entity_hold``); the last two
 still count as the entity's last repair.
 
 >>> from selfheal.pipeline.kernel.types import Decision, Mode, RepairAction

@@ -3,7 +3,8 @@
 For the anomaly's (rule, entity) case, in order:
 
 1. already escalated -> SUPPRESSED/DUPLICATE (no automatic repair until the condition clears
-   for a verification window, or an operator releases it);
+   for a verification window, or an operator releases it); given up silently
+   (``escalate: false``) and the running rule escalates: the one escalation of step 4;
 2. within ``dedup_seconds`` of the last acted decision -> SUPPRESSED/DUPLICATE;
 3. a storm holds an action of the rule's ladder -> SUPPRESSED/STORM (the storm's one
    escalation is updated when the entity joins it; see ``storm_hold``);
@@ -14,7 +15,8 @@ For the anomaly's (rule, entity) case, in order:
 7. another rule's executed repair of the entity under verification ->
    SUPPRESSED/REPAIR_IN_PROGRESS (one automatic repair of an entity at a time, so each
    verification judges its own repair; what persists is re-reported and acted on after;
-   protective actions neither hold nor are held, as for an incident's symptoms);
+   protective actions neither hold nor are held, as for an incident's symptoms; a repair a
+   person approves is run by the executor stage after such a window: ``app/entity_hold``);
 8. fleet budget exhausted -> SUPPRESSED/BUDGET;
 9. otherwise EXECUTE (or DRY_RUN) and a verification window opens.
 
@@ -138,7 +140,10 @@ def decide_rule(
     climb_if_spent(rule, case)
     exhausted = case.rung >= len(rule.actions)
     current = RepairAction.ESCALATE if exhausted else rule.actions[case.rung].action
-    if case.escalated:
+    # given up silently under a config that did not escalate: the running one pages (once,
+    # as a ladder exhausted now would; an incident's open page stands for it instead)
+    page = case.escalated and case.silent and rule.escalate and plan.escalated is None
+    if case.escalated and not page:
         action = RepairAction.ESCALATE if case.escalation_id else rule.actions[-1].action
         why = Suppression.DUPLICATE if case.escalation_id else Suppression.MAX_ATTEMPTS
         window = eng.config.verification_window_seconds
@@ -153,11 +158,11 @@ def decide_rule(
     if plan.cause is not None and current not in PROTECTIVE:
         # a caller whose only problem is its failing dependency: repair the cause, not it
         return [ask.make(current, SUPPRESSED, plan.symptom_text(), Suppression.SYMPTOM)]
-    step = None if exhausted else rollback_step(rule, plan)
+    step = None if exhausted or page else rollback_step(rule, plan)
     held = eng.storm_hold(ask, case, step.action if step is not None else current)
     if held is not None:
         return held
-    if exhausted:
+    if exhausted or page:
         return [escalate(eng, ask, case, plan)]
     return attempt(eng, ask, case, step)
 
@@ -303,6 +308,7 @@ def escalate(eng: PolicyEngine, ask: Ask, case: Case, plan: RepairPlan = NO_PLAN
     case.escalated_at = ask.now
     case.last_acted = ask.now
     tried = [step.action.value for step in rule.actions]
+    case.silent = not rule.escalate
     if not rule.escalate:
         eng.open_case(case)
         text = f"ladder exhausted ({', '.join(tried)}) and escalation disabled for rule {rule.name}"

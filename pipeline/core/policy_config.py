@@ -177,6 +177,17 @@ def cooldown_seconds(config: PolicyConfig, rule: Rule | None, step: ActionStep |
     return config.default_cooldown_seconds
 
 
+def approval_required(rule: Rule, action: RepairAction, rung: int) -> bool:
+    """Whether ``rule`` asks a human before ``action`` tried at ``rung``: the rung's own
+    setting (its step, else the first step of that action), else the rule's."""
+    steps = rule.actions
+    step = steps[rung] if rung < len(steps) and steps[rung].action is action else None
+    step = step or next((s for s in steps if s.action is action), None)
+    if step is not None and step.requires_approval is not None:
+        return step.requires_approval
+    return rule.requires_approval
+
+
 def load_policy(source: str | Path | None = None) -> PolicyConfig:
     """Load and validate a policy YAML file (``None`` = the shipped default policy).
 

@@ -30,7 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from selfheal.pipeline.core.effectiveness import Effectiveness
-from selfheal.pipeline.core.policy_config import PolicyConfig, Rule, cooldown_seconds
+from selfheal.pipeline.core.policy_config import (
+    PolicyConfig,
+    Rule,
+    approval_required,
+    cooldown_seconds,
+)
 from selfheal.pipeline.core.repair import Case, CaseBook, Cooldowns, Hold, SeenIds, Storm
 from selfheal.pipeline.kernel.types import Decision, RepairAction, Verification
 
@@ -140,17 +145,21 @@ class PolicyState:
         cap = config.max_tracked_entities
         rules = {rule.name: rule for rule in config.rules}
         cases = CaseBook.from_plain(list(data["cases"]), cap)
+        cooldowns = Cooldowns.from_plain(list(data["cooldowns"]), cap * 4)
         for case in cases.values():
             rule = rules.get(case.rule)
             if rule is None:
                 cases.remove(case)  # the running configuration dropped the rule
-            elif case.rung > len(rule.actions):
+                continue
+            if case.rung > len(rule.actions):
                 case.rung = len(rule.actions)  # the ladder got shorter: its top is exhausted
+            asked = case.pending
+            if asked and asked.approval and not approval_required(rule, asked.action, case.rung):
+                _withdraw(case, cooldowns)  # the running config asks no one: nothing ran
             if case.pending is not None:
                 # the snapshot's deadline is its process's window: the running one governs
                 window = config.verification_window_seconds
                 case.pending.deadline = case.pending.started + window
-        cooldowns = Cooldowns.from_plain(list(data["cooldowns"]), cap * 4)
         cooldowns.rederive(lambda rule, action: _cooldown(config, rules.get(rule), action))
         wm = data["watermark"]
         st = cls(
@@ -176,6 +185,21 @@ class PolicyState:
         due = case_due(case, window)
         if due is not None:
             heapq.heappush(self.due, (due, case.rule, case.entity))
+
+
+def _withdraw(case: Case, cooldowns: Cooldowns) -> None:
+    """An open approval request the running configuration would not make: nothing ran, so its
+    rung counts as untried (attempt, cooldown and dedup undone) and runs at the next finding
+    instead of being climbed past when the request's window ends."""
+    pending = case.pending
+    assert pending is not None
+    case.pending = None
+    case.attempts = max(case.attempts - 1, 0)
+    if not case.attempts:
+        case.rung_action = ""
+    if case.last_acted == pending.started:
+        case.last_acted = None
+    cooldowns.drop(case.entity, pending.action, pending.started, case.rule)
 
 
 def _cooldown(config: PolicyConfig, rule: Rule | None, action: RepairAction) -> float:

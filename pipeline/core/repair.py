@@ -58,6 +58,13 @@ class Cooldowns:
         while len(self._until) > self.cap:
             self._until.popitem(last=False)
 
+    def drop(self, entity: str, action: RepairAction, started: float, rule: str) -> None:
+        """Forget the cooldown ``rule`` started at ``started`` (it acted on nothing); one
+        started since stays."""
+        got = self._until.get((entity, action))
+        if got is not None and got[1:] == (started, rule):
+            del self._until[(entity, action)]
+
     def rederive(self, seconds: Callable[[str, RepairAction], float]) -> None:
         """Recompute each deadline as its start plus ``seconds(rule, action)``, the cooldown
         the running configuration gives (entries without a known rule keep theirs)."""
@@ -269,6 +276,9 @@ class Case:
     escalation_id: str = ""
     escalation_params: dict[str, Any] = field(default_factory=dict)
     escalated_at: float = 0.0
+    #: escalated without a page because the rule's ``escalate`` was off (a running config
+    #: that escalates pages it: ``ladder.decide_rule``)
+    silent: bool = False
     #: last event time the condition was seen (an anomaly of the rule's kinds, or a detector
     #: still flagging it)
     last_seen: float = 0.0
@@ -283,6 +293,7 @@ class Case:
         self.rung_action = ""
         self.pending = None
         self.escalated = False
+        self.silent = False
         self.escalation_id = ""
         self.escalation_params = {}
         self.history.clear()
@@ -304,6 +315,7 @@ class Case:
             "escalation_id": self.escalation_id,
             "escalation_params": dict(self.escalation_params),
             "escalated_at": self.escalated_at,
+            "silent": self.silent,
             "last_seen": self.last_seen,
             "present": self.present,
             "history": list(self.history),
@@ -314,6 +326,10 @@ class Case:
         pending = d.get("pending")
         acted = d.get("last_acted")
         present = d.get("present")
+        escalated, escalation_id = bool(d["escalated"]), str(d["escalation_id"])
+        # older snapshots: any escalation without a page may be a silent one (the ladder
+        # still pages only when no incident page stands for the entity)
+        silent = d.get("silent", escalated and not escalation_id)
         return cls(
             rule=str(d["rule"]),
             entity=str(d["entity"]),
@@ -322,10 +338,11 @@ class Case:
             rung_action=str(d.get("rung_action", "")),
             last_acted=None if acted is None else float(acted),
             pending=PendingVerification.from_plain(pending) if pending else None,
-            escalated=bool(d["escalated"]),
-            escalation_id=str(d["escalation_id"]),
+            escalated=escalated,
+            escalation_id=escalation_id,
             escalation_params=dict(d["escalation_params"]),
             escalated_at=float(d["escalated_at"]),
+            silent=bool(silent),
             last_seen=float(d["last_seen"]),
             present=None if present is None else bool(present),
             history=deque((str(x) for x in d["history"]), maxlen=MAX_CASE_HISTORY),

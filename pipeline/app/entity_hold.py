@@ -1,0 +1,143 @@
+"""An approved repair waits while another repair of its entity is under verification.
+
+The policy holds an automatic repair of an entity while another rule's executed repair of it is
+being verified (``ladder.repair_in_progress``): one repair at a time, so each verification
+judges its own repair. A person's approval comes later, outside the policy: the executor stage
+publishes the approved decision and runs it. Without this hold an approved rollback could run
+seconds after a restart of the same entity, both then judged (and learned) on what the other
+did.
+
+So the stage keeps, per entity, the last repair that started (from the outcome topic, which
+every stage reads back from ``executors.history_seconds``: the same view after a restart or a
+rebalance) and an approved repair of that entity waits until that repair's verification window
+(``policy.verification_window_seconds`` of wall time from its start) is over, then runs: the
+approval is never dropped, and the wait is logged. A repair that did not run (outcome
+``failed``, ``error``, ``timeout``, or ``skipped`` as not run) holds nothing, as a failed repair
+ends its verification in the policy. Pages, approval requests and protective actions neither
+hold nor wait (see ``ladder.repair_in_progress``).
+
+>>> from selfheal.pipeline.kernel.types import Decision, Mode, RepairAction
+>>> holds = EntityHolds(window=300.0)
+>>> restart = Decision("d1", 0.0, RepairAction.RESTART, "web-1", Mode.ENFORCE, False, ())
+>>> holds.started(restart, now=1000.0)
+>>> approved = Decision("d2", 0.0, RepairAction.ROLLBACK, "web-1", Mode.ENFORCE, False, (),
+...     params={"approved_decision_id": "p1"})
+>>> holds.hold(approved, now=1010.0)[0]
+1300.0
+>>> holds.hold(approved, now=1300.0) is None
+True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+from selfheal.pipeline.app import outcomes as oc
+from selfheal.pipeline.app.not_run import did_not_run
+from selfheal.pipeline.core.repair_plan import PROTECTIVE
+from selfheal.pipeline.kernel.lru import LRU
+from selfheal.pipeline.kernel.schemas import parse_ts
+from selfheal.pipeline.kernel.types import Decision, RepairAction
+
+log = logging.getLogger("selfheal.executor")
+
+#: how often a waiting approved repair looks again (its partition revoked, a newer repair)
+POLL_SECONDS = 1.0
+#: entities remembered (the least recently repaired are forgotten first)
+MAX_ENTITIES = 10_000
+
+#: per entity: (decision id, action, wall time started, ran: an executor reported ``ok``)
+Started = tuple[str, str, float, bool]
+
+
+class EntityHolds:
+    """Per entity, the last repair started; see the module docstring."""
+
+    def __init__(self, window: float, maxsize: int = MAX_ENTITIES) -> None:
+        self.window = window
+        self._last: LRU[str, Started] = LRU("entity_holds", maxsize)
+
+    def hold(self, d: Decision, now: float) -> tuple[float, str] | None:
+        """(until when, why) an approved ``d`` must wait at wall time ``now``; None: it may
+        start (not an approved repair, or nothing of its entity under verification)."""
+        last = self._before(d)
+        if last is None or now >= last[2] + self.window:
+            return None
+        other, action, started, _ = last
+        why = f"{action} of {d.entity} (decision {other}) started {now - started:.0f}s ago is "
+        return last[2] + self.window, why + f"under verification for {self.window:g}s"
+
+    def free_at(self, d: Decision) -> float:
+        """Wall time the last hold on an approved ``d`` ended or ends (0.0: none): it may
+        have waited until then (also in a stage before a restart)."""
+        last = self._before(d)
+        return 0.0 if last is None else last[2] + self.window
+
+    def _before(self, d: Decision) -> Started | None:
+        """The entity's last repair, other than ``d``, if ``d`` is an approved repair."""
+        if not d.params.get("approved_decision_id") or not _holds(d.action.value):
+            return None
+        last = self._last.peek(d.entity)
+        return None if last is None or last[0] == d.id else last
+
+    def started(self, d: Decision, now: float) -> None:
+        """``d`` started at wall time ``now`` (written ``started`` by this stage)."""
+        self._note(d.id, d.action.value, d.entity, now)
+
+    def note_event(self, raw: bytes) -> None:
+        """One record of the outcome topic (any stage's); raises ``ValueError`` when unreadable."""
+        try:
+            ev = orjson.loads(raw)
+            data: Mapping[str, Any] = ev["data"]
+            outcome, did = str(data["outcome"]), str(data["decision_id"])
+            entity = str(data["entity"])
+            if outcome == oc.STARTED:
+                self._note(did, str(data["action"]), entity, parse_ts(ev["time"]))
+                return
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"unreadable outcome record: {exc!r}") from exc
+        last = self._last.peek(entity)
+        if last is None or last[0] != did:
+            return
+        if outcome == oc.OK:
+            self._last.put(entity, (*last[:3], True))
+        elif did_not_run(data) and not last[3]:
+            self._last.pop(entity)  # nothing ran: nothing under verification
+
+    def _note(self, did: str, action: str, entity: str, started: float) -> None:
+        last = self._last.peek(entity)
+        if not _holds(action) or (last is not None and last[2] >= started):
+            return  # not a repair, or older than the one known (read back out of order)
+        self._last.put(entity, (did, action, started, False))
+
+
+def _holds(action: str) -> bool:
+    """Pages shape nothing and protective actions shape traffic: neither holds nor waits."""
+    try:
+        act = RepairAction(action)
+    except ValueError:
+        return False
+    return act is not RepairAction.ESCALATE and act not in PROTECTIVE
+
+
+async def wait_turn(
+    holds: EntityHolds, d: Decision, clock: Callable[[], float], mine: Callable[[], bool]
+) -> float:
+    """Wait until ``d`` may start, or ``mine()`` is False (its partition was revoked: left to
+    the new owner); ``holds.free_at(d)`` then."""
+    told = ""
+    while mine():
+        now = clock()
+        got = holds.hold(d, now)
+        if got is None:
+            break
+        ended, why = got
+        if why != told:  # the wait is no silence: each repair waited for is logged
+            log.warning("approved %s %s (%s) waits: %s", d.action.value, d.entity, d.id, why)
+            told = why
+        await asyncio.sleep(min(ended - now, POLL_SECONDS))
+    return holds.free_at(d)
