@@ -228,7 +228,8 @@ def encode_end(end: StormEnd, group: str) -> bytes:
 def encode_progress(report: FleetProgress, group: str) -> bytes:
     # JSON has no infinity: "inf" (nothing left to read), "-inf" (nothing read yet)
     ts = str(report.ts) if math.isinf(report.ts) else report.ts
-    return _record(group, "progress", partition=report.partition, of=report.of, ts=ts)
+    at = {} if report.at is None else {"at": report.at}
+    return _record(group, "progress", partition=report.partition, of=report.of, ts=ts, **at)
 
 
 def decode_record(raw: bytes, group: str) -> FleetRequest | StormEnd | FleetProgress | None:
@@ -243,7 +244,8 @@ def decode_record(raw: bytes, group: str) -> FleetRequest | StormEnd | FleetProg
             ts = float(rec["ts"])  # a number, or "inf" / "-inf"
             if math.isnan(ts):
                 raise RecordError("progress without a time")
-            return FleetProgress(int(rec["partition"]), int(rec["of"]), ts)
+            at = None if rec.get("at") is None else float(rec["at"])
+            return FleetProgress(int(rec["partition"]), int(rec["of"]), ts, at)
         action = RepairAction(rec["action"])
         ts = float(rec["ts"])
         if rec["type"] == "request":

@@ -47,9 +47,17 @@ from selfheal.pipeline.kernel.types import (
 #: a flagged entity whose need was not renewed for this many storm windows (of the log's time)
 #: stops holding its storm up. Its engine re-notes it every third of a window while flagged and
 #: clears it after two silent ones (``storm_hold.unflag_stale``): only a clearing that was lost
-#: gets this old (its partition restored elsewhere and not run since, a process that died).
-#: Judged on the log alone, so every process ends the storm at the same record.
+#: gets this old (its partition restored elsewhere and not run since, a rule renamed). Judged on
+#: the log alone, so every process ends the storm at the same record, and on the event time
+#: every partition reached (``fleet_time``): the partitions of a process that died are not
+#: reached past its last report (``SILENT_SECONDS``), so its flagged entities hold on.
 STALE_WINDOWS = 2
+#: a partition whose progress reports (logged every second while a storm runs) stopped for this
+#: long, in the wall time of the log's newest report, is reached only as far as the log's time
+#: when it last reported: its process may have died, and a storm must not end because the
+#: processes that would renew its held entities' needs went silent. Holding on is the safe side
+#: (a live process reports again within a second; clocks are assumed synchronised this well).
+SILENT_SECONDS = 30.0
 
 
 @dataclass(slots=True)
@@ -139,6 +147,10 @@ class FleetArbiter:
         #: how many partitions there are (0: nobody reported, no limit)
         self._progress: dict[int, float] = {}
         self._partitions = 0
+        #: input partition -> (wall time of its last report, the log's time then), and the
+        #: newest wall time reported: a partition whose reports stopped (``_reached``)
+        self._reported: dict[int, tuple[float, float]] = {}
+        self._wall = -math.inf
         #: input partitions report their progress (a deployment's ledger): until they did,
         #: no storm ends (``fleet_time``); a replay or a single engine has no such reports
         self.wait_for_progress = wait_for_progress
@@ -244,6 +256,11 @@ class FleetArbiter:
         self.applied += 1
         self._partitions = max(self._partitions, report.of)
         self._progress[report.partition] = report.ts
+        if report.at is None:  # an older version's record: taken at its word
+            self._reported.pop(report.partition, None)
+        else:
+            self._reported[report.partition] = (report.at, self.clock)
+            self._wall = max(self._wall, report.at)
         self._advance(-math.inf)
 
     def fleet_time(self, ts: float, local: Mapping[int, float] | None = None, of: int = 0) -> float:
@@ -256,8 +273,17 @@ class FleetArbiter:
         count = max(self._partitions, of)
         if not count:
             return -math.inf if self.wait_for_progress else ts
-        reached = [local.get(p, self._progress.get(p, -math.inf)) for p in range(count)]
+        reached = [local[p] if p in local else self._reached(p) for p in range(count)]
         return min(ts, *reached)
+
+    def _reached(self, partition: int) -> float:
+        """How far ``partition`` is processed as the log says: as of the log's time when it
+        last reported, once its reports stopped (``SILENT_SECONDS``)."""
+        ts = self._progress.get(partition, -math.inf)
+        seen = self._reported.get(partition)
+        if seen is not None and self._wall - seen[0] > SILENT_SECONDS:
+            return min(ts, seen[1])
+        return ts
 
     def _advance(self, ts: float) -> float:
         self.clock = max(self.clock, ts)

@@ -304,6 +304,10 @@ class FleetProgress:
     partition: int
     of: int
     ts: float
+    #: wall time it was logged at (epoch seconds; None: a record of an older version). A live
+    #: process logs its partitions' standing again every second while a storm runs: one whose
+    #: reports stopped (``fleet.SILENT_SECONDS``) is not taken at its word any more
+    at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
