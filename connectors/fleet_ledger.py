@@ -131,6 +131,12 @@ class KafkaFleet(KafkaLog):
             view = getattr(self.arbiter, "active_storms", None)
             return [] if view is None else list(view())
 
+    def orphaned_storms(self, ts: float) -> list[Any]:
+        """Storms over that nobody resolved (``FleetArbiter.orphaned_storms``), once each."""
+        with self._lock:
+            view = getattr(self.arbiter, "orphaned_storms", None)
+            return [] if view is None else list(view(ts))
+
     async def release(self, end: StormEnd) -> None:
         """Log an operator's release of a storm and wait until this process has read it back
         (every process applies it at the same place in the log; this one knows it now)."""
@@ -210,6 +216,8 @@ def encode_request(req: FleetRequest, group: str) -> bytes:
         storm_id=req.storm_id,
         held=req.held,
         incident=req.incident,
+        # a need that may start a storm: its escalation's labels (``_record`` has a ``kind``)
+        **{k: v for k, v in (("anomaly_kind", req.kind), ("rule", req.rule)) if v},
     )
 
 
@@ -258,6 +266,8 @@ def decode_record(raw: bytes, group: str) -> FleetRequest | StormEnd | FleetProg
                 storm_id=str(rec["storm_id"]),
                 held=None if rec.get("held") is None else bool(rec["held"]),
                 incident=str(rec.get("incident", "")),
+                kind=str(rec.get("anomaly_kind", "")),
+                rule=str(rec.get("rule", "")),
             )
         if rec["type"] == "storm_end":
             return StormEnd(
