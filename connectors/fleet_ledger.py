@@ -131,6 +131,12 @@ class KafkaFleet(KafkaLog):
             view = getattr(self.arbiter, "active_storms", None)
             return [] if view is None else list(view())
 
+    def orphaned_storms(self, ts: float) -> list[Any]:
+        """Storms over that nobody resolved (``FleetArbiter.orphaned_storms``), once each."""
+        with self._lock:
+            view = getattr(self.arbiter, "orphaned_storms", None)
+            return [] if view is None else list(view(ts))
+
     async def release(self, end: StormEnd) -> None:
         """Log an operator's release of a storm and wait until this process has read it back
         (every process applies it at the same place in the log; this one knows it now)."""
@@ -210,6 +216,8 @@ def encode_request(req: FleetRequest, group: str) -> bytes:
         storm_id=req.storm_id,
         held=req.held,
         incident=req.incident,
+        # a need that may start a storm: its escalation's labels (``_record`` has a ``kind``)
+        **{k: v for k, v in (("anomaly_kind", req.kind), ("rule", req.rule)) if v},
     )
 
 
@@ -228,7 +236,8 @@ def encode_end(end: StormEnd, group: str) -> bytes:
 def encode_progress(report: FleetProgress, group: str) -> bytes:
     # JSON has no infinity: "inf" (nothing left to read), "-inf" (nothing read yet)
     ts = str(report.ts) if math.isinf(report.ts) else report.ts
-    return _record(group, "progress", partition=report.partition, of=report.of, ts=ts)
+    at = {} if report.at is None else {"at": report.at}
+    return _record(group, "progress", partition=report.partition, of=report.of, ts=ts, **at)
 
 
 def decode_record(raw: bytes, group: str) -> FleetRequest | StormEnd | FleetProgress | None:
@@ -243,7 +252,8 @@ def decode_record(raw: bytes, group: str) -> FleetRequest | StormEnd | FleetProg
             ts = float(rec["ts"])  # a number, or "inf" / "-inf"
             if math.isnan(ts):
                 raise RecordError("progress without a time")
-            return FleetProgress(int(rec["partition"]), int(rec["of"]), ts)
+            at = None if rec.get("at") is None else float(rec["at"])
+            return FleetProgress(int(rec["partition"]), int(rec["of"]), ts, at)
         action = RepairAction(rec["action"])
         ts = float(rec["ts"])
         if rec["type"] == "request":
@@ -256,6 +266,8 @@ def decode_record(raw: bytes, group: str) -> FleetRequest | StormEnd | FleetProg
                 storm_id=str(rec["storm_id"]),
                 held=None if rec.get("held") is None else bool(rec["held"]),
                 incident=str(rec.get("incident", "")),
+                kind=str(rec.get("anomaly_kind", "")),
+                rule=str(rec.get("rule", "")),
             )
         if rec["type"] == "storm_end":
             return StormEnd(

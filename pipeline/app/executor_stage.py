@@ -305,7 +305,7 @@ class ExecutorStage:
 
     def _on_outcome(self, rec: TailRecord) -> None:
         try:
-            self.ledger.note_event(rec.value)
+            self.pacing.seed(self.ledger.note_event(rec.value))
             self.holds.note_event(rec.value)
         except ValueError as exc:
             self.swallowed("executor.outcome_record", exc)
@@ -327,6 +327,7 @@ class ExecutorStage:
                 except ValueError as exc:
                     self.swallowed("executor.decode", exc)
                     continue
+                self.pacing.released(d, m.timestamp / 1000)
                 live = m.offset >= self._live_from.get(tp, 0)
                 pending = d.status is DecisionStatus.PENDING_APPROVAL
                 if pending:

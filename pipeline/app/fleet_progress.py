@@ -14,7 +14,13 @@ partitions stand (``FleetProgress``):
 
 Its own gate knows at once (``KafkaFleet.local_progress``), and the engines re-check their
 storms' ends (``recheck_storms``); the other processes learn it from the ledger (a partition's
-unchanged standing is logged again once a second).
+unchanged standing is logged again once a second, with the wall time it was logged at).
+
+A process that dies leaves its last reports on the ledger. Its partitions are not reached any
+further than the log's time when it last reported, once its reports stopped for
+``fleet.SILENT_SECONDS`` while others' went on: no storm ends, and no held entity of its
+partitions stops holding its storm up, until a live owner reports them again (or a person
+releases the storm). Holding repairs too long is the safe side.
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ class ProgressReporter:
             last = self._sent.get(part)
             if last is not None and last[0] == value and now - last[1] < REPEAT_SECONDS:
                 continue
-            fleet.progress(FleetProgress(part, of, value))
+            fleet.progress(FleetProgress(part, of, value, time.time()))
             self._sent[part] = (value, now)
             sent += 1
         return sent

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from selfheal.pipeline.app import pacing
 from selfheal.pipeline.core.audit import AuditRecord
 from selfheal.pipeline.core.events import repair_event
 from selfheal.pipeline.kernel.schemas import epoch_to_rfc3339
@@ -49,7 +50,7 @@ OUTCOMES = (OK, FAILED, TIMEOUT, ERROR, SKIPPED, UNKNOWN, PAUSED)
 #: a vote on a pending decision was audited (its id never runs: a marker, not an outcome)
 SETTLED = "settled"
 
-STARTED_TYPE = "io.selfheal.repair.started"
+STARTED_TYPE = pacing.STARTED_TYPE
 OUTCOME_TYPE = "io.selfheal.repair.outcome"
 SETTLED_TYPE = "io.selfheal.approval.settled"
 
@@ -118,7 +119,11 @@ def _data(d: Decision, outcome: str, executor: str, detail: str, duration: float
 
 
 def started_event(d: Decision, source: str, now: float) -> dict[str, Any]:
-    return _event(STARTED_TYPE, d, _data(d, STARTED, "", "", 0.0), source, now)
+    data = _data(d, STARTED, "", "", 0.0)
+    if pacing.counts(d):
+        # the event time it was decided at: a restarted stage paces from it (``Pacing.seed``)
+        data["decided_at"] = d.ts
+    return _event(STARTED_TYPE, d, data, source, now)
 
 
 def outcome_event(
@@ -236,14 +241,16 @@ class Ledger:
         while len(self._state) > self.cap:
             self._state.popitem(last=False)
 
-    def note_event(self, raw: bytes) -> None:
-        """Apply one record of the outcome topic; raises ``ValueError`` when unreadable."""
+    def note_event(self, raw: bytes) -> dict[str, Any]:
+        """Apply one record of the outcome topic and return it; raises ``ValueError`` when
+        unreadable."""
         try:
             ev = orjson.loads(raw)
             data = ev["data"]
             self.note(str(data["decision_id"]), str(data["outcome"]))
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"unreadable outcome record: {exc!r}") from exc
+        return dict(ev)
 
     def __len__(self) -> int:
         return len(self._state)

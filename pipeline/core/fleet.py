@@ -47,9 +47,17 @@ from selfheal.pipeline.kernel.types import (
 #: a flagged entity whose need was not renewed for this many storm windows (of the log's time)
 #: stops holding its storm up. Its engine re-notes it every third of a window while flagged and
 #: clears it after two silent ones (``storm_hold.unflag_stale``): only a clearing that was lost
-#: gets this old (its partition restored elsewhere and not run since, a process that died).
-#: Judged on the log alone, so every process ends the storm at the same record.
+#: gets this old (its partition restored elsewhere and not run since, a rule renamed). Judged on
+#: the log alone, so every process ends the storm at the same record, and on the event time
+#: every partition reached (``fleet_time``): the partitions of a process that died are not
+#: reached past its last report (``SILENT_SECONDS``), so its flagged entities hold on.
 STALE_WINDOWS = 2
+#: a partition whose progress reports (logged every second while a storm runs) stopped for this
+#: long, in the wall time of the log's newest report, is reached only as far as the log's time
+#: when it last reported: its process may have died, and a storm must not end because the
+#: processes that would renew its held entities' needs went silent. Holding on is the safe side
+#: (a live process reports again within a second; clocks are assumed synchronised this well).
+SILENT_SECONDS = 30.0
 
 
 @dataclass(slots=True)
@@ -64,6 +72,9 @@ class _Storm:
     #: held entities whose condition is still flagged -> the log's time their need was last
     #: renewed, oldest first: the storm lasts while any was renewed within the stale bound
     flagged: dict[str, float] = field(default_factory=dict)
+    #: the escalation's labels, from the need that started it ("": this log did not see it)
+    kind: str = ""
+    rule: str = ""
 
     def join(self, entity: str) -> None:
         if entity not in self.entities:
@@ -133,12 +144,20 @@ class FleetArbiter:
         self._released: dict[RepairAction, float] = {}
         #: storm id -> who released it (bounded): every engine drops its holds of the storm
         self._released_by: OrderedDict[str, str] = OrderedDict()
+        #: storms over whose resolution nobody logged yet (``orphaned_storms``), and storms
+        #: resolved: an end record, or taken by this process to resolve (bounded)
+        self._unresolved: OrderedDict[str, tuple[RepairAction, _Storm]] = OrderedDict()
+        self._resolved: OrderedDict[str, None] = OrderedDict()
         #: request id -> verdict, so redelivered requests are answered alike (bounded)
         self._outcomes: OrderedDict[str, FleetOutcome] = OrderedDict()
         #: input partition -> event time it is processed to (reported while storms run), and
         #: how many partitions there are (0: nobody reported, no limit)
         self._progress: dict[int, float] = {}
         self._partitions = 0
+        #: input partition -> (wall time of its last report, the log's time then), and the
+        #: newest wall time reported: a partition whose reports stopped (``_reached``)
+        self._reported: dict[int, tuple[float, float]] = {}
+        self._wall = -math.inf
         #: input partitions report their progress (a deployment's ledger): until they did,
         #: no storm ends (``fleet_time``); a replay or a single engine has no such reports
         self.wait_for_progress = wait_for_progress
@@ -193,7 +212,8 @@ class FleetArbiter:
             # (a note, storm_id "" or a held entity's storm, never starts a storm: its proposer
             # would not escalate)
             entities = self._needs.entities(req.action)
-            started = self._active[req.action] = _Storm(req.storm_id, now, self._stale)
+            started = _Storm(req.storm_id, now, self._stale, kind=req.kind, rule=req.rule)
+            self._active[req.action] = started
             for entity in entities:
                 started.join(entity)
             started.count = count
@@ -223,6 +243,7 @@ class FleetArbiter:
     def end(self, end: StormEnd) -> None:
         """Close the storm ``end`` names (no-op when it already ended or another one runs)."""
         self.applied += 1
+        self._note_resolved(end.storm_id)
         self._advance(end.ts)
         storm = self._active.get(end.action)
         if storm is not None and storm.id == end.storm_id:
@@ -244,6 +265,11 @@ class FleetArbiter:
         self.applied += 1
         self._partitions = max(self._partitions, report.of)
         self._progress[report.partition] = report.ts
+        if report.at is None:  # an older version's record: taken at its word
+            self._reported.pop(report.partition, None)
+        else:
+            self._reported[report.partition] = (report.at, self.clock)
+            self._wall = max(self._wall, report.at)
         self._advance(-math.inf)
 
     def fleet_time(self, ts: float, local: Mapping[int, float] | None = None, of: int = 0) -> float:
@@ -256,8 +282,17 @@ class FleetArbiter:
         count = max(self._partitions, of)
         if not count:
             return -math.inf if self.wait_for_progress else ts
-        reached = [local.get(p, self._progress.get(p, -math.inf)) for p in range(count)]
+        reached = [local[p] if p in local else self._reached(p) for p in range(count)]
         return min(ts, *reached)
+
+    def _reached(self, partition: int) -> float:
+        """How far ``partition`` is processed as the log says: as of the log's time when it
+        last reported, once its reports stopped (``SILENT_SECONDS``)."""
+        ts = self._progress.get(partition, -math.inf)
+        seen = self._reported.get(partition)
+        if seen is not None and self._wall - seen[0] > SILENT_SECONDS:
+            return min(ts, seen[1])
+        return ts
 
     def _advance(self, ts: float) -> float:
         self.clock = max(self.clock, ts)
@@ -277,6 +312,38 @@ class FleetArbiter:
         self._ended[storm.id] = storm.needed_to()
         while len(self._ended) > self.cap:
             self._ended.popitem(last=False)
+        if storm.rule and storm.id not in self._resolved:
+            self._unresolved[storm.id] = (action, storm)
+            while len(self._unresolved) > self.cap:
+                self._unresolved.popitem(last=False)
+
+    def _note_resolved(self, storm_id: str) -> None:
+        self._unresolved.pop(storm_id, None)
+        self._resolved[storm_id] = None
+        while len(self._resolved) > self.cap:
+            self._resolved.popitem(last=False)
+
+    def orphaned_storms(self, ts: float) -> list[OrphanStorm]:
+        """Storms over for one storm window more at ``ts`` (or the log's time) that nobody
+        resolved: their escalating engine, which resolves a storm as soon as it is over, has
+        not run since (its partition moved to a process that gets no data for it: a restored
+        partition is ticked only once a record arrives). Each is returned once per process:
+        the caller resolves it and logs its end.
+        (Which process takes it is not part of any verdict: those stay a function of the log.)"""
+        over = self.fleet_time(max(ts, self.clock))
+        due = [(a, s) for a, s in self._active.items() if not s.flagged]
+        due += list(self._unresolved.values())
+        out = []
+        for action, s in due:
+            last = s.needed_to()
+            if (
+                s.rule
+                and s.id not in self._resolved
+                and over - last >= 2 * self.storm_window_seconds
+            ):
+                self._note_resolved(s.id)
+                out.append(OrphanStorm(s.id, action, s.kind, s.rule, s.count, (*s.entities,), last))
+        return out
 
     # -- views -----------------------------------------------------------------------------
 
@@ -335,6 +402,20 @@ class ActiveStorm:
     flagged: int
 
 
+@dataclass(frozen=True, slots=True)
+class OrphanStorm:
+    """A storm over that its escalating engine did not resolve (``orphaned_storms``)."""
+
+    id: str
+    action: RepairAction
+    kind: str
+    rule: str
+    count: int
+    entities: tuple[str, ...]
+    #: the last event time it was needed: its resolution is a storm window later
+    last_need: float
+
+
 class LocalFleet:
     """A gate whose log is the call order of this process (replays, tests, a single process)."""
 
@@ -370,6 +451,9 @@ class LocalFleet:
 
     def active_storms(self) -> list[ActiveStorm]:
         return self.arbiter.active_storms()
+
+    def orphaned_storms(self, ts: float) -> list[OrphanStorm]:
+        return self.arbiter.orphaned_storms(ts)
 
     def budget_used(self, ts: float) -> int:
         return self.arbiter.budget_used(ts)

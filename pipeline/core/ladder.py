@@ -121,6 +121,8 @@ class Ask:
             else holds,
             held=held,
             incident=self.incident if action in PROTECTIVE else "",
+            kind=self.anomaly.finding.kind.value if claim else "",
+            rule=self.rule.name if claim else "",
         )
 
 

@@ -411,11 +411,14 @@ class PolicyEngine:
                 heapq.heappush(st.due, (due, rule_name, entity))  # moved later: requeue
                 continue
             self._close(case, due)
-        if (st.storms or st.held) and now >= self._storm_check:
+        if now >= self._storm_check:
             # at most once per second of event time: condition reports arrive per sample
             self._storm_check = now + STORM_CHECK_SECONDS
-            st.decisions.extend(storm_hold.announce_due(self, now))
-            st.decisions.extend(storm_hold.end_storms(self, now))
+            if st.storms or st.held:
+                st.decisions.extend(storm_hold.announce_due(self, now))
+                st.decisions.extend(storm_hold.end_storms(self, now))
+            # any engine: storms their escalating engine did not resolve
+            st.decisions.extend(storm_hold.resolve_orphans(self, now))
 
     def _close(self, case: Case, due: float) -> None:
         st = self._state

@@ -17,7 +17,11 @@ More than ``storm_threshold`` distinct entities needing one action within
   of it, and the held entities are repaired at the budget's rate. No new storm starts on that
   action until its needs have stopped for two storm windows (the incident is over; detectors
   re-report a lasting condition once per window): a released storm does not re-form while the
-  incident it was lasts.
+  incident it was lasts;
+* the engine that escalated a storm resolves it once it is over; if it does not (its partition
+  has not run since: moved to a process that gets no data for it), the first
+  engine to see the storm over for one storm window more does, with the same decision id
+  (``resolve_orphans``).
 """
 
 from __future__ import annotations
@@ -328,6 +332,38 @@ def end_storms(eng: PolicyEngine, now: float) -> list[Decision]:
     live = {h.storm_id for h in st.held.values()} | {s.decision_id for s in st.storms.values()}
     for storm_id in [sid for sid in st.announced if sid not in live]:
         del st.announced[storm_id]
+    return out
+
+
+def resolve_orphans(eng: PolicyEngine, now: float) -> list[Decision]:
+    """Storms over on the fleet log that their escalating engine did not resolve a storm window
+    after their end (its partition has not run since: moved to a process that gets no data for
+    it): this engine resolves them, taken once per process, and logs their
+    end so no other process does. The resolution is the one the escalating engine would send:
+    its id, time and labels (kind, rule) come from the log, so one the escalating engine sends
+    after all (its partition ran again) collapses with it downstream (same decision id)."""
+    orphaned = getattr(eng.fleet, "orphaned_storms", None)
+    if orphaned is None:
+        return []
+    window = eng.config.storm_window_seconds
+    out: list[Decision] = []
+    for o in orphaned(now):
+        params = {
+            "resolved": False,
+            "storm": True,
+            "kind": o.kind,
+            "severity": "critical",
+            "escalated_action": o.action.value,
+            "rule": o.rule,
+            "count": o.count,
+            "entities": list(o.entities),
+        }
+        storm = Storm(o.action, o.last_need, o.last_need, o.id, params, ())
+        text = f"storm over: every held entity's condition clear for {window:g}s (resolved by "
+        text += "another partition's engine: the escalating one has not run since)"
+        resolution = _resolution(eng, storm, o.last_need + window, text)
+        eng.fleet.end_storm(StormEnd(o.id, o.action, resolution.ts))
+        out.append(resolution)
     return out
 
 

@@ -255,6 +255,9 @@ class RepairOutcomeData(_Out):
     duration_seconds: float
     approved_decision_id: str | None = None
     approved_by: str | None = None
+    #: ``started`` of a repair (not a page or an approval request): the event time it was
+    #: decided at (epoch seconds); a restarted executor stage paces from it
+    decided_at: float | None = None
 
 
 class DeadLetterData(_Out):

@@ -282,6 +282,10 @@ class FleetRequest:
     #: the incident that explains this need (a protective action for a symptom of its cause):
     #: the needs of one incident count once towards a storm, the incident is one problem
     incident: str = ""
+    #: a need that may start a storm: its anomaly kind and rule, the labels of the storm's
+    #: escalation, so any process can resolve the storm if its escalating engine does not
+    kind: str = ""
+    rule: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +308,10 @@ class FleetProgress:
     partition: int
     of: int
     ts: float
+    #: wall time it was logged at (epoch seconds; None: a record of an older version). A live
+    #: process logs its partitions' standing again every second while a storm runs: one whose
+    #: reports stopped (``fleet.SILENT_SECONDS``) is not taken at its word any more
+    at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
