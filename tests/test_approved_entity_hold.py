@@ -203,6 +203,59 @@ async def test_a_waiting_approved_repair_survives_a_restart_of_the_stage(
     assert ex.at("rollback-web-1") >= ex.at("restart-web-1") + window - 1.0
 
 
+async def test_an_automatic_repair_is_not_run_while_an_approved_one_is_under_verification(
+    broker, producer: AIOKafkaProducer, topic_prefix: str
+) -> None:
+    """The reverse: the policy does not see approvals, so it may decide a restart of web-1
+    right after a person's approved rollback of it ran; that restart is skipped as not run
+    (its verification would judge the rollback). Other entities, protective actions and pages
+    go on, and once the rollback's window is over web-1's next restart runs."""
+    s = settings_for(
+        topic_prefix,
+        broker.bootstrap,
+        partitions=1,
+        policy={"verification_window_seconds": WINDOW, "default_dedup_seconds": 1},
+    )
+    t = s.kafka.topics
+    await ensure_topics(broker.bootstrap, [t.repairs, t.outcomes, t.audit], 1)
+    await ensure_topics(broker.bootstrap, [t.control, t.approvals], 1)
+    ex = Recording()
+    running = _Running(s, ex)
+    ask = _decision(
+        "rollback-web-1", "web-1", RepairAction.ROLLBACK, DecisionStatus.PENDING_APPROVAL
+    )
+    during = [
+        _decision("restart-web-1", "web-1", RepairAction.RESTART),
+        _decision("restart-web-2", "web-2", RepairAction.RESTART),
+        _decision("breaker-web-1", "web-1", RepairAction.CIRCUIT_BREAK),
+    ]
+    try:
+        stage = await running.start()
+        await _publish(producer, s, ask)
+        await until(lambda: ask.id in stage.pending, 30, "the request")
+        await _approve(producer, s, ask.id)
+        await until(lambda: len(ex.runs) == 1, 30, "the approved rollback")
+        for d in during:
+            await _publish(producer, s, d)
+        await until(lambda: len(ex.runs) >= 3, 30, "the repairs that may run")
+        await asyncio.sleep(max(0.0, ex.at("rollback-web-1") + WINDOW - time.time()) + 0.5)
+        await _publish(producer, s, _decision("restart-web-1-later", "web-1", RepairAction.RESTART))
+        await until(lambda: len(ex.runs) >= 4, 30, "the restart after the window")
+    finally:
+        await running.stop()
+    names = [n for n, _, _ in ex.runs]
+    assert "restart-web-1" not in names  # skipped: the approved rollback was verified
+    assert names[0] == "rollback-web-1" and names[-1] == "restart-web-1-later"
+    assert sorted(names[1:-1]) == ["breaker-web-1", "restart-web-2"]
+    events = [orjson.loads(v) for v in await consume_all(broker.bootstrap, t.outcomes, idle=1.0)]
+    skipped = [
+        e["data"] for e in events
+        if e["type"] == oc.OUTCOME_TYPE and e["data"]["decision_id"] == "restart-web-1"
+    ]  # fmt: skip
+    assert [d["outcome"] for d in skipped] == ["skipped"]
+    assert skipped[0]["detail"].startswith("not run: approved rollback of web-1")
+
+
 async def test_a_repair_that_did_not_run_holds_nothing_and_the_examples_run() -> None:
     """Fed the outcome topic's records, as a restarted stage reads them back."""
     import doctest

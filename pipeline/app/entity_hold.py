@@ -14,7 +14,9 @@ rebalance) and an approved repair of that entity waits until that repair's verif
 approval is never dropped, and the wait is logged. A repair that did not run (outcome
 ``failed``, ``error``, ``timeout``, or ``skipped`` as not run) holds nothing, as a failed repair
 ends its verification in the policy. Pages, approval requests and protective actions neither
-hold nor wait (see ``ladder.repair_in_progress``).
+hold nor wait (see ``ladder.repair_in_progress``). The other way round (``busy``): an automatic
+repair the policy decided, unaware of the approval, while an approved repair of its entity is
+under verification is not run (``skipped``, not learned from), as the policy would have held it.
 
 >>> from selfheal.pipeline.kernel.types import Decision, Mode, RepairAction
 >>> holds = EntityHolds(window=300.0)
@@ -50,8 +52,9 @@ POLL_SECONDS = 1.0
 #: entities remembered (the least recently repaired are forgotten first)
 MAX_ENTITIES = 10_000
 
-#: per entity: (decision id, action, wall time started, ran: an executor reported ``ok``)
-Started = tuple[str, str, float, bool]
+#: per entity: (decision id, action, wall time started, ran: an executor reported ``ok``,
+#: approved: a person approved it)
+Started = tuple[str, str, float, bool, bool]
 
 
 class EntityHolds:
@@ -67,9 +70,19 @@ class EntityHolds:
         last = self._before(d)
         if last is None or now >= last[2] + self.window:
             return None
-        other, action, started, _ = last
-        why = f"{action} of {d.entity} (decision {other}) started {now - started:.0f}s ago is "
-        return last[2] + self.window, why + f"under verification for {self.window:g}s"
+        return last[2] + self.window, _why(d, last, now, self.window)
+
+    def busy(self, d: Decision, now: float) -> str:
+        """Why an automatic repair ``d`` must not start at wall time ``now``, or "": the
+        policy does not see approved repairs, so it may decide one for an entity whose
+        approved repair is under verification; it is then not run (``skipped``), as the
+        policy holds its own repairs in that case (``ladder.repair_in_progress``)."""
+        if d.params.get("approved_decision_id") or d.params.get("approval_required"):
+            return ""
+        last = self._last.peek(d.entity) if _holds(d.action.value) else None
+        if last is None or not last[4] or last[0] == d.id or now >= last[2] + self.window:
+            return ""
+        return "not run: approved " + _why(d, last, now, self.window)
 
     def free_at(self, d: Decision) -> float:
         """Wall time the last hold on an approved ``d`` ended or ends (0.0: none): it may
@@ -86,7 +99,8 @@ class EntityHolds:
 
     def started(self, d: Decision, now: float) -> None:
         """``d`` started at wall time ``now`` (written ``started`` by this stage)."""
-        self._note(d.id, d.action.value, d.entity, now)
+        approved = bool(d.params.get("approved_decision_id"))
+        self._note(d.id, d.action.value, d.entity, now, approved)
 
     def note_event(self, raw: bytes) -> None:
         """One record of the outcome topic (any stage's); raises ``ValueError`` when unreadable."""
@@ -96,7 +110,8 @@ class EntityHolds:
             outcome, did = str(data["outcome"]), str(data["decision_id"])
             entity = str(data["entity"])
             if outcome == oc.STARTED:
-                self._note(did, str(data["action"]), entity, parse_ts(ev["time"]))
+                approved = bool(data.get("approved_decision_id"))
+                self._note(did, str(data["action"]), entity, parse_ts(ev["time"]), approved)
                 return
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"unreadable outcome record: {exc!r}") from exc
@@ -104,15 +119,21 @@ class EntityHolds:
         if last is None or last[0] != did:
             return
         if outcome == oc.OK:
-            self._last.put(entity, (*last[:3], True))
+            self._last.put(entity, (*last[:3], True, last[4]))
         elif did_not_run(data) and not last[3]:
             self._last.pop(entity)  # nothing ran: nothing under verification
 
-    def _note(self, did: str, action: str, entity: str, started: float) -> None:
+    def _note(self, did: str, action: str, entity: str, started: float, approved: bool) -> None:
         last = self._last.peek(entity)
         if not _holds(action) or (last is not None and last[2] >= started):
             return  # not a repair, or older than the one known (read back out of order)
-        self._last.put(entity, (did, action, started, False))
+        self._last.put(entity, (did, action, started, False, approved))
+
+
+def _why(d: Decision, last: Started, now: float, window: float) -> str:
+    other, action, started = last[:3]
+    why = f"{action} of {d.entity} (decision {other}) started {now - started:.0f}s ago is "
+    return why + f"under verification for {window:g}s"
 
 
 def _holds(action: str) -> bool:

@@ -434,7 +434,11 @@ class ExecutorStage:
                 return False
             window = self.settings.policy.verification_window_seconds
             now = self.clock()
-            stale = oc.stale(d, now - at_ms / 1000, window) or self.pacing.hold(d, now)
+            stale = (
+                oc.stale(d, now - at_ms / 1000, window)
+                or self.pacing.hold(d, now)
+                or self.holds.busy(d, now)
+            )
             if stale:
                 await self._finish(d, [(oc.SKIPPED, "", stale, 0.0)])
                 return False
