@@ -25,6 +25,7 @@ from selfheal.pipeline.core.fleet import FleetArbiter, LocalFleet
 from selfheal.pipeline.core.guard import FailureRatio, Guard, GuardConfig
 from selfheal.pipeline.core.incident_log import IncidentArbiter, IncidentLog
 from selfheal.pipeline.core.incidents import IncidentConfig, IncidentEvent
+from selfheal.pipeline.core.partition_time import EntityClocks
 from selfheal.pipeline.core.repair_plan import IncidentHub, RepairPlan
 from selfheal.pipeline.core.series_share import SeriesShare
 from selfheal.pipeline.core.topology import DEPENDENCY_METRIC, Topology
@@ -92,6 +93,15 @@ _TOPIC = attrgetter("topic")
 _PARTITION = attrgetter("partition")
 
 
+def _batch_cap(clocks: EntityClocks | None, reference: float | None) -> float:
+    """Where the partition's time stops at the start of a batch: the clock, or what two
+    entities' clocks agree on (nothing seen yet: no limit)."""
+    if clocks is None:
+        return _NO_CAP if reference is None else reference
+    cap = clocks.time()
+    return _NO_CAP if cap == _NO_TIME else cap
+
+
 def _count_topics(envs: Sequence[Envelope]) -> dict[str, int]:
     return Counter(map(_TOPIC, envs))  # counted in C, not per message in Python
 
@@ -112,8 +122,10 @@ class PartitionStage:
         self._next_tick = float("-inf")
         #: wall-clock time this partition last received data (live runs only)
         self.data_wall = float("inf")
-        #: the clock of the batch being processed (inf in replays): the policy's time stops there
+        #: the clock of the batch being processed (without one, what two entities' clocks
+        #: agree on): the partition's and the policy's time stop there
         self._cap = _NO_CAP
+        self.clocks = EntityClocks(v.max_future_seconds)
         self.guard = Guard(
             GuardConfig(
                 max_future_seconds=v.max_future_seconds,
@@ -175,8 +187,10 @@ class PartitionStage:
         for r in decoded.rejects:
             rejects_by_env.setdefault(id(r.envelope), []).append(r)
         ts_by_env: dict[int, float] = {}
-        # against the clock, the policy's time runs no further than the clock either (below)
-        self._cap = cap = _NO_CAP if reference is None or use_watermark else reference
+        # against the clock, the policy's time runs no further than the clock either (below);
+        # without one, no further than a second entity's clock (``partition_time``)
+        clocks = self.clocks if reference is None or use_watermark else None
+        self._cap = cap = _batch_cap(clocks, reference)
 
         out.accepted += self._samples(
             decoded.samples,
@@ -197,6 +211,8 @@ class PartitionStage:
                 continue
             out.accepted += 1
             ts_by_env[id(env)] = line.ts
+            if clocks is not None:
+                self._cap = cap = clocks.see(line.entity, line.ts)
             if line.ts > self.watermark and self.watermark < cap:
                 now = line.ts if line.ts < cap else cap
                 self.watermark = now
@@ -276,6 +292,7 @@ class PartitionStage:
         # whose clock is ahead (within max_future) must not make the others look silent, nor
         # close their cooldowns and verification windows early
         cap = self._cap  # set by ``process`` for this batch
+        clocks = self.clocks if reference is None or use_watermark else None
         keys, verdicts = self._keys_and_verdicts(samples, reference, use_watermark)
         for (env, s), key, rej in zip(samples, keys, verdicts, strict=True):
             ts = s.ts
@@ -292,6 +309,8 @@ class PartitionStage:
                 continue
             accepted += 1
             ts_by_env[id(env)] = ts
+            if clocks is not None:
+                self._cap = cap = clocks.see(entity, ts)
             if ts > wm and wm < cap:
                 self.watermark = wm = ts if ts < cap else cap
                 if wm >= self._next_tick:

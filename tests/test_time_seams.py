@@ -1,0 +1,92 @@
+"""Brakes that hold when event time misbehaves: a producer's clock ahead, time going back,
+long gaps. Driven through the real ``Pipeline`` and ``PolicyEngine``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from selfheal.pipeline.core.config import load_settings
+from selfheal.pipeline.core.policy import PolicyEngine
+from selfheal.pipeline.core.stage import Outputs, Pipeline
+from selfheal.pipeline.kernel.types import Envelope
+
+T0 = 1_795_842_000.0
+
+
+def _pipeline(live: bool, **validation: Any) -> Pipeline:
+    over = {"http": {"enabled": False}, "validation": {"time_reference": "watermark", **validation}}
+    s = load_settings(None, over)
+    return Pipeline(s, lambda: PolicyEngine(s.policy), live=live)
+
+
+def _step(pipe: Pipeline, i: int, t: float, docs: list[dict[str, object]], live: bool) -> Outputs:
+    topic = pipe.settings.kafka.topics.metrics
+    envs = [Envelope(topic, 0, 10 * i + j, orjson.dumps(d)) for j, d in enumerate(docs)]
+    out = pipe.process(envs, t + 0.5 if live else None)
+    if live:
+        out.extend(pipe.tick(t + 0.5, 5.0))
+    return out
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["replay", "live-watermark"])
+def test_without_a_clock_one_producer_ahead_moves_no_one_elses_time(live: bool) -> None:
+    # without a wall clock (a replay, time_reference: watermark) one record of a host whose
+    # clock runs 290 s fast (within max_future_seconds) moved the partition's time 290 s:
+    # four healthy 10 s loops looked silent and were restarted, and web-1's restart was
+    # verified 20 s after it instead of after its 300 s window
+    pipe = _pipeline(live)
+    out, verified = Outputs(), []
+    for i in range(60):
+        t = T0 + 10 * i
+        docs: list[dict[str, object]] = [
+            {"ts": t, "entity": "web-1", "metric": "health_check_ok", "value": float(i // 4 != 3)}
+        ]
+        docs += [
+            {"ts": t, "entity": f"svc-{k}", "metric": "loop_iteration_seconds", "value": 1.0}
+            | {"limit": 10.0}
+            for k in range(4)
+        ]
+        if i == 17:
+            docs.append({"ts": t + 290, "entity": "skewed", "metric": "cpu_seconds", "value": 1})
+        step = _step(pipe, i, t, docs, live)
+        verified += [(v.entity, t) for v in step.verifications]
+        out.extend(step)
+    assert out.rejects == [] and out.accepted == 5 * 60 + 1
+    assert [(d.action.value, d.entity) for d in out.decisions] == [("restart", "web-1")]
+    window = pipe.settings.policy.verification_window_seconds
+    assert [e for e, _ in verified] == ["web-1"]
+    assert verified[0][1] > out.decisions[0].ts + window
+
+
+def test_without_a_clock_a_partition_whose_other_entity_died_still_finds_it_silent() -> None:
+    # the other side: time waits for a second clock, but no longer than max_future_seconds
+    pipe = _pipeline(False)
+    out = Outputs()
+    loop = {"metric": "loop_iteration_seconds", "value": 1.0, "limit": 10.0}
+    for i in range(120):
+        t = T0 + 10 * i
+        docs = [{"ts": t, "entity": "svc-a"} | loop]
+        if i < 30:
+            docs.append({"ts": t, "entity": "svc-b"} | loop)
+        out.extend(_step(pipe, i, t, docs, False))
+    stuck = [(a.finding.entity, a.finding.ts - T0) for a in out.anomalies]
+    assert stuck == [("svc-b", 310.0)]  # its last iteration at 290 s, two intervals silent
+    max_future = pipe.settings.validation.max_future_seconds
+    assert pipe.stages[0].watermark == T0 + 1190 - max_future
+
+
+def test_the_entity_clocks_travel_in_snapshots() -> None:
+    from selfheal.pipeline.core import state as snapshots
+
+    pipe = _pipeline(False)
+    for i in range(5):
+        t = T0 + 10 * i
+        docs = [{"ts": t, "entity": e, "metric": "cpu_seconds", "value": 1.0} for e in "ab"]
+        docs.append({"ts": t + 290, "entity": "skewed", "metric": "cpu_seconds", "value": 1.0})
+        _step(pipe, i, t, docs, False)
+    twin = _pipeline(False)
+    snapshots.restore(twin.stage(0), snapshots.decode(snapshots.encode(pipe.stages[0], {}))[1])
+    expected = (T0 + 330, "skewed", T0 + 40)
+    assert twin.stages[0].clocks.state() == pipe.stages[0].clocks.state() == expected
