@@ -90,3 +90,25 @@ def test_the_entity_clocks_travel_in_snapshots() -> None:
     snapshots.restore(twin.stage(0), snapshots.decode(snapshots.encode(pipe.stages[0], {}))[1])
     expected = (T0 + 330, "skewed", T0 + 40)
     assert twin.stages[0].clocks.state() == pipe.stages[0].clocks.state() == expected
+
+
+@pytest.mark.parametrize("reference", ["clock", "watermark"])
+def test_one_record_ahead_leaves_its_entity_within_its_rate(reference: str) -> None:
+    # "big" sends 100 samples per 10 s (10/s, rate_per_second 50, burst 500); one of its
+    # records stamped 290 s ahead moved its token bucket's time 290 s: its next records,
+    # stamped right, got no tokens back until time caught up: 2401 of them were rejected as
+    # rate limited over four minutes, and validation_failures alarms fired
+    pipe = _pipeline(True, time_reference=reference)
+    out, offset = Outputs(), 0
+    for i in range(60):
+        t = T0 + 10 * i
+        docs = [{"ts": t, "entity": "big", "metric": f"m{k}", "value": 1.0} for k in range(100)]
+        docs.append({"ts": t, "entity": "small", "metric": "m", "value": 1.0})
+        if i == 10:
+            docs.append({"ts": t + 290, "entity": "big", "metric": "sidecar_up", "value": 1.0})
+        topic = pipe.settings.kafka.topics.metrics
+        envs = [Envelope(topic, 0, offset + j, orjson.dumps(d)) for j, d in enumerate(docs)]
+        offset += len(envs)
+        out.extend(pipe.process(envs, t + 0.5))
+    assert out.rejects == [] and out.accepted == offset
+    assert out.anomalies == []

@@ -190,7 +190,7 @@ class PartitionStage:
         # against the clock, the policy's time runs no further than the clock either (below);
         # without one, no further than a second entity's clock (``partition_time``)
         clocks = self.clocks if reference is None or use_watermark else None
-        self._cap = cap = _batch_cap(clocks, reference)
+        self._cap = _batch_cap(clocks, reference)
 
         out.accepted += self._samples(
             decoded.samples,
@@ -203,16 +203,17 @@ class PartitionStage:
             ts_by_env,
         )
 
+        cap = self._cap
         for env, line in decoded.logs:
+            if clocks is not None:
+                self._cap = cap = clocks.see(line.entity, line.ts)
             ref = self.watermark if use_watermark and self.watermark > float("-inf") else reference
-            rej = guard.admit(env, line.entity, "__log__", None, line.ts, ref)
+            rej = guard.admit(env, line.entity, "__log__", None, line.ts, ref, cap)
             if rej is not None:
                 rejects_by_env.setdefault(id(env), []).append(rej)
                 continue
             out.accepted += 1
             ts_by_env[id(env)] = line.ts
-            if clocks is not None:
-                self._cap = cap = clocks.see(line.entity, line.ts)
             if line.ts > self.watermark and self.watermark < cap:
                 now = line.ts if line.ts < cap else cap
                 self.watermark = now
@@ -291,16 +292,15 @@ class PartitionStage:
         # against the clock, the partition's time runs no further than the clock: a producer
         # whose clock is ahead (within max_future) must not make the others look silent, nor
         # close their cooldowns and verification windows early
-        cap = self._cap  # set by ``process`` for this batch
-        clocks = self.clocks if reference is None or use_watermark else None
-        keys, verdicts = self._keys_and_verdicts(samples, reference, use_watermark)
-        for (env, s), key, rej in zip(samples, keys, verdicts, strict=True):
+        # (each sample's, without a clock: ``partition_time``; set by ``process`` otherwise)
+        keys, verdicts, caps = self._keys_and_verdicts(samples, reference, use_watermark)
+        for (env, s), key, rej, cap in zip(samples, keys, verdicts, caps, strict=True):
             ts = s.ts
             entity = s.entity
             metric = s.metric
             if rej is _PENDING:
                 ref = wm if wm > _NO_TIME else reference
-                rej = admit(env, entity, metric, key if s.labels else None, ts, ref)
+                rej = admit(env, entity, metric, key if s.labels else None, ts, ref, cap)
             judges = bank.get(key)
             if judges is None and rej is None and self.series_share.full(entity):
                 rej = self.series_share.reject(env, entity, metric)
@@ -309,11 +309,10 @@ class PartitionStage:
                 continue
             accepted += 1
             ts_by_env[id(env)] = ts
-            if clocks is not None:
-                self._cap = cap = clocks.see(entity, ts)
             if ts > wm and wm < cap:
                 self.watermark = wm = ts if ts < cap else cap
                 if wm >= self._next_tick:
+                    self._cap = cap
                     self._tick_into(wm, findings, out)
                     wm = self.watermark
             if judges is None:
@@ -335,19 +334,27 @@ class PartitionStage:
                 for name, factory in self.router.entity_judges(s):
                     ej = self.entities.get_or_create((entity, name), factory)
                     findings.extend(ej.observe(s))  # type: ignore[union-attr]
+        if samples:
+            self._cap = caps[-1]
         return accepted
 
     def _keys_and_verdicts(
         self, samples: list[tuple[Envelope, Sample]], reference: float | None, use_watermark: bool
-    ) -> tuple[list[SeriesKey], list[Any]]:
-        """The samples' series keys, and the guard's verdicts (``_PENDING``: not decided yet)."""
+    ) -> tuple[list[SeriesKey], list[Any], list[float]]:
+        """The samples' series keys, the guard's verdicts (``_PENDING``: not decided yet) and
+        how far each may move the partition's time (its token buckets' too)."""
         keys = series_keys(samples)
+        if reference is None or use_watermark:
+            see = self.clocks.see  # the partition's time as each sample arrives
+            caps = [see(s.entity, s.ts) for _, s in samples]
+        else:
+            caps = [reference] * len(samples)  # the clock
         if use_watermark:
             # "now" is the watermark, which moves as samples are admitted: each in its turn
-            return keys, [_PENDING] * len(samples)
-        # against the clock, admission does not depend on what the judges do: the guard
-        # decides the whole batch in one pass (its findings are drained after the batch)
-        return keys, self.guard.admit_samples(samples, keys, reference)
+            return keys, [_PENDING] * len(samples), caps
+        # admission does not depend on what the judges do: the guard decides the whole batch
+        # in one pass (its findings are drained after the batch)
+        return keys, self.guard.admit_samples(samples, keys, reference, caps), caps
 
     def _new_series(self, key: SeriesKey, s: Sample) -> list[Judge]:
         judges = self.router.series_judges(s)
