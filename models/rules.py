@@ -349,6 +349,10 @@ class LoopJudge(_EdgeJudge):
 
     def observe(self, sample: Sample) -> list[Finding]:
         rule = self.rule
+        if self._last is not None and sample.ts < self._last.ts:
+            # a late iteration (a retry, a buffered agent) is not the loop's latest: taken as
+            # its last heartbeat, a running loop looked silent since and was restarted
+            return []
         self._last = sample
         self._stuck_reported = False
         interval = sample.limit or rule.interval

@@ -112,3 +112,20 @@ def test_one_record_ahead_leaves_its_entity_within_its_rate(reference: str) -> N
         out.extend(pipe.process(envs, t + 0.5))
     assert out.rejects == [] and out.accepted == offset
     assert out.anomalies == []
+
+
+def test_a_late_iteration_does_not_make_a_running_loop_look_stuck() -> None:
+    # against the clock, svc-0's loop reports every 10 s; one iteration arrives 120 s late
+    # (a retry, a buffered agent): the loop judge took it as the last iteration, found the
+    # loop silent for 12 intervals at the next tick and svc-0 was restarted
+    pipe = _pipeline(True, time_reference="clock")
+    out = Outputs()
+    loop = {"metric": "loop_iteration_seconds", "value": 1.0, "limit": 10.0}
+    for i in range(60):
+        t = T0 + 10 * i
+        docs = [{"ts": t, "entity": f"svc-{k}"} | loop for k in range(3)]
+        if i == 30:
+            docs.append({"ts": t - 120, "entity": "svc-0"} | loop)
+        out.extend(_step(pipe, i, t, docs, True))
+    assert out.rejects == [] and out.accepted == 3 * 60 + 1
+    assert out.anomalies == [] and out.decisions == []
