@@ -129,3 +129,27 @@ def test_a_late_iteration_does_not_make_a_running_loop_look_stuck() -> None:
         out.extend(_step(pipe, i, t, docs, True))
     assert out.rejects == [] and out.accepted == 3 * 60 + 1
     assert out.anomalies == [] and out.decisions == []
+
+
+def test_a_late_counter_reading_is_not_an_error_burst() -> None:
+    # api-1 serves 1000 requests a minute with a steady 1 % of errors, scraped every 15 s;
+    # one errors_total reading from two minutes earlier is delivered again. Taken as a counter
+    # reset, its whole value counted as new errors: an error_burst (z 160) and a rollback
+    pipe = _pipeline(True, time_reference="clock")
+    out, req, err, readings = Outputs(), 0.0, 0.0, []
+    for i in range(240):
+        t = T0 + 15 * i
+        req, err = req + 250, err + 2.5
+        readings.append((t, err))
+        docs: list[dict[str, object]] = [
+            {"ts": t, "entity": "api-1", "metric": "requests_total", "value": req},
+            {"ts": t, "entity": "api-1", "metric": "errors_total", "value": err},
+        ]
+        if i == 200:
+            old_t, old_err = readings[i - 8]
+            docs.append(
+                {"ts": old_t, "entity": "api-1", "metric": "errors_total"} | {"value": old_err}
+            )
+        out.extend(_step(pipe, i, t, docs, True))
+    assert out.rejects == [] and out.accepted == 2 * 240 + 1
+    assert out.anomalies == [] and out.decisions == []
