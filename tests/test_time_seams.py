@@ -8,9 +8,10 @@ from typing import Any
 import orjson
 import pytest
 from selfheal.pipeline.core.config import load_settings
-from selfheal.pipeline.core.policy import PolicyEngine
+from selfheal.pipeline.core.policy import ConditionReport, PolicyEngine
+from selfheal.pipeline.core.policy_config import PolicyConfig
 from selfheal.pipeline.core.stage import Outputs, Pipeline
-from selfheal.pipeline.kernel.types import Envelope
+from selfheal.pipeline.kernel.types import Anomaly, AnomalyKind, Envelope, Finding, Severity
 
 T0 = 1_795_842_000.0
 
@@ -153,3 +154,34 @@ def test_a_late_counter_reading_is_not_an_error_burst() -> None:
         out.extend(_step(pipe, i, t, docs, True))
     assert out.rejects == [] and out.accepted == 2 * 240 + 1
     assert out.anomalies == [] and out.decisions == []
+
+
+def _health_failed(i: int, ts: float) -> Anomaly:
+    f = Finding(ts=ts, entity="web-1", metric="health_check_ok", detector="rule", value=0,
+                kind=AnomalyKind.HEALTH_CHECK_FAILED, severity=Severity.CRITICAL, score=4,
+                threshold=3)  # fmt: skip
+    return Anomaly(id=f"a{i}", finding=f)
+
+
+@pytest.mark.parametrize("late", ["anomaly", "report"])
+def test_late_evidence_from_the_repairs_grace_does_not_fail_it(late: str) -> None:
+    # web-1 restarted at 1000 s (grace: dedup 60 s), healthy from 1070 s. Evidence stamped
+    # 1030 s (the restart still taking effect) arrives once the policy's time is 1100 s:
+    # judged at 1100 s, past the grace, it failed the restart and scale_up ran
+    config = PolicyConfig.model_validate(
+        {"rules": [{"name": "hc", "kinds": ["health_check_failed"],
+                    "actions": [{"action": "restart"}, {"action": "scale_up"}]}]}
+    )  # fmt: skip
+    engine = PolicyEngine(config)
+    assert [d.action.value for d in engine.decide(_health_failed(1, 1000.0))] == ["restart"]
+    engine.observe(ConditionReport("web-1", AnomalyKind.HEALTH_CHECK_FAILED, 1070.0, False))
+    engine.tick(1100.0)
+    if late == "anomaly":
+        decisions = engine.decide(_health_failed(2, 1030.0))
+        assert [(d.action.value, d.status.value) for d in decisions] == [("restart", "suppressed")]
+    else:
+        engine.observe(ConditionReport("web-1", AnomalyKind.HEALTH_CHECK_FAILED, 1030.0, True))
+        engine.observe(ConditionReport("web-1", AnomalyKind.HEALTH_CHECK_FAILED, 1110.0, False))
+    verifications, decisions = engine.tick(1400.0)
+    assert [(v.entity, v.success) for v in verifications] == [("web-1", True)]
+    assert decisions == []
