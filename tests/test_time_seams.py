@@ -185,3 +185,27 @@ def test_late_evidence_from_the_repairs_grace_does_not_fail_it(late: str) -> Non
     verifications, decisions = engine.tick(1400.0)
     assert [(v.entity, v.success) for v in verifications] == [("web-1", True)]
     assert decisions == []
+
+
+def test_a_late_reading_from_before_a_repair_took_effect_flags_nothing() -> None:
+    # web-1's memory is at 99 % for three readings (150-180 s): restarted at 150 s, it is at
+    # 40 % from 195 s on. The 180 s reading is delivered again at 300 s: the memory rule took
+    # it as web-1's state now and flagged the repaired entity again (a second memory_high,
+    # a restart decision noted at 300 s)
+    pipe = _pipeline(True, time_reference="clock")
+    out, verified, sent = Outputs(), [], {}
+    mem = {"metric": "container_memory_working_set_bytes", "limit": 1e9}
+    for i in range(80):
+        t = T0 + 15 * i
+        value = 0.99e9 if 10 <= i < 13 else 0.4e9
+        docs = [{"ts": t, "entity": "web-1", "value": value} | mem]
+        docs.append({"ts": t, "entity": "other", "value": 0.4e9} | mem)
+        sent[i] = docs[0]
+        if i == 20:
+            docs.append(sent[12])
+        step = _step(pipe, i, t, docs, True)
+        verified += [(v.entity, v.success) for v in step.verifications]
+        out.extend(step)
+    assert [a.finding.ts - T0 for a in out.anomalies] == [150.0]
+    assert [(d.action.value, d.ts - T0) for d in out.decisions] == [("restart", 150.0)]
+    assert verified == [("web-1", True)]
