@@ -209,3 +209,57 @@ def test_a_late_reading_from_before_a_repair_took_effect_flags_nothing() -> None
     assert [a.finding.ts - T0 for a in out.anomalies] == [150.0]
     assert [(d.action.value, d.ts - T0) for d in out.decisions] == [("restart", 150.0)]
     assert verified == [("web-1", True)]
+
+
+def test_an_anomaly_stamped_before_the_last_repair_does_not_respend_its_cooldown() -> None:
+    # pinned (not a bug): the policy's time never goes back, so a late anomaly is decided at
+    # the policy's time, inside the cooldown its entity's repair started
+    config = PolicyConfig.model_validate(
+        {"rules": [{"name": "hc", "kinds": ["health_check_failed"],
+                    "actions": [{"action": "restart"}]}]}
+    )  # fmt: skip
+    engine = PolicyEngine(config)
+    assert [d.status.value for d in engine.decide(_health_failed(1, 1000.0))] == ["execute"]
+    engine.tick(1010.0)
+    late = engine.decide(_health_failed(2, 400.0))
+    assert [d.status.value for d in late] != ["execute"] and all(d.ts == 1010.0 for d in late)
+    assert engine.watermark == 1010.0
+
+
+def _steady(gap: float) -> list[tuple[str, str, float]]:
+    """Two services at steady latency, memory and 1 % errors every 10 s for an hour, silent
+    for ``gap`` seconds, then half an hour more: (entity, kind, hours into its segment)."""
+    pipe = _pipeline(False)
+    out, offset, noise = Outputs(), 0, [((k * 7919) % 11 - 5) for k in range(541)]
+    for k in range(540):
+        t = T0 + 10 * k + (gap if k >= 360 else 0.0)
+        docs: list[dict[str, object]] = []
+        for e in ("api-1", "api-2"):
+            docs += [
+                {"ts": t, "entity": e, "metric": "latency_ms", "value": 100.0 + noise[k]},
+                {"ts": t, "entity": e, "metric": "requests_total", "value": 1000.0 * k},
+                {"ts": t, "entity": e, "metric": "errors_total", "value": 10.0 * k},
+                {"ts": t, "entity": e, "metric": "container_memory_working_set_bytes"}
+                | {"value": 5e8, "limit": 1e9},
+            ]
+        topic = pipe.settings.kafka.topics.metrics
+        envs = [Envelope(topic, 0, offset + j, orjson.dumps(d)) for j, d in enumerate(docs)]
+        offset += len(envs)
+        out.extend(pipe.process(envs, None))
+    out.extend(pipe.final_tick())
+    assert out.rejects == []
+    back = T0 + 3600 + gap
+    return [
+        (
+            a.finding.entity,
+            a.finding.kind.value,
+            a.finding.ts - (back if a.finding.ts >= back else T0),
+        )
+        for a in out.anomalies
+    ]
+
+
+def test_a_days_silence_at_steady_levels_is_judged_as_no_silence() -> None:
+    # pinned (not a bug): after a day without data, the first points are judged on the
+    # baselines as they were (no anomaly for the gap itself, no forecast across it)
+    assert _steady(86400.0) == _steady(0.0) == []
