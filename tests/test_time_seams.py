@@ -263,3 +263,25 @@ def test_a_days_silence_at_steady_levels_is_judged_as_no_silence() -> None:
     # pinned (not a bug): after a day without data, the first points are judged on the
     # baselines as they were (no anomaly for the gap itself, no forecast across it)
     assert _steady(86400.0) == _steady(0.0) == []
+
+
+def test_an_anomaly_of_a_producer_ahead_of_the_clock_resolves_no_one_elses_incident() -> None:
+    # against the clock: db-1's failed checks open an incident at 130 s (quiet after 900 s:
+    # resolved at 1030 s). A host 290 s fast fails its checks at 720-750 s: its anomaly was
+    # noted at its own time (1040 s), which resolved db-1's incident at 750 s on the clock,
+    # stamped 1030 s, and opened the host's incident in the future
+    pipe = _pipeline(True, time_reference="clock")
+    events = []
+    for i in range(110):
+        t = T0 + 10 * i
+        check = {"metric": "health_check_ok"}
+        docs = [{"ts": t, "entity": "db-1", "value": float(not 10 <= i < 14)} | check]
+        if 72 <= i < 76:
+            docs.append({"ts": t + 290, "entity": "skewed", "value": 0.0} | check)
+        step = _step(pipe, i, t, docs, True)
+        events += [(e.state, e.ts - T0, t - T0) for e in step.incidents]
+    assert events == [
+        ("opened", 130.0, 130.0),
+        ("opened", 750.5, 750.0),
+        ("resolved", 1030.0, 1040.0),
+    ]

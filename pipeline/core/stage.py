@@ -390,7 +390,7 @@ class PartitionStage:
         if self.incidents is not None and signals:
             # the batch's notes go to the incident log together: one wait, not one each
             found = [a for a in signals if isinstance(a, Anomaly)]
-            self.incidents.prefetch(found, self.topology, self.changes)
+            self.incidents.prefetch(found, self.topology, self.changes, self._cap)
         cap = self._cap
         for a in signals:
             # a signal stamped ahead of the clock (a producer's clock runs fast) is decided at
@@ -405,7 +405,7 @@ class PartitionStage:
             if self.incidents is None:
                 out.decisions.extend(self.policy.decide(a, at=at))
                 continue
-            events, plan = self.incidents.plan(a, self.topology, self.changes)
+            events, plan = self.incidents.plan(a, self.topology, self.changes, cap)
             out.incidents.extend(events)
             decisions = self.policy.decide(a, plan, at=at)
             self.incidents.decided(plan, decisions)
