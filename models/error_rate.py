@@ -286,6 +286,9 @@ class ErrorRateJudge(Judge, LogJudge):
         self._streams: dict[str, _Stream] = {}
         self._last_req: float | None = None  # last counter values (deltas need them)
         self._last_err: float | None = None
+        #: their event times: an older reading arriving late is not a counter reset
+        self._req_ts = -math.inf
+        self._err_ts = -math.inf
 
     # compact pickles: hyperparameters as a tuple in signature order, then the state
     def __getstate__(self) -> tuple[Any, ...]:
@@ -294,11 +297,15 @@ class ErrorRateJudge(Judge, LogJudge):
             self._streams,
             self._last_req,
             self._last_err,
+            self._req_ts,
+            self._err_ts,
         )
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         self.__init__(*state[0])  # type: ignore[misc]
-        self._streams, self._last_req, self._last_err = state[1:]
+        self._streams, self._last_req, self._last_err = state[1:4]
+        if len(state) > 4:  # (a snapshot taken before the times were kept has none)
+            self._req_ts, self._err_ts = float(state[4]), float(state[5])
 
     @classmethod
     def from_config(cls, config: ErrorRateConfig) -> ErrorRateJudge:
@@ -358,14 +365,20 @@ class ErrorRateJudge(Judge, LogJudge):
             is_req = False
         else:
             return []
+        ts = sample.ts
+        if ts < (self._req_ts if is_req else self._err_ts):
+            # an older reading delivered late (a retry, a redelivery): its increase is in the
+            # later reading already. Taken as a counter reset, its whole value was counted:
+            # one late errors_total made an error burst of a steady 1 %
+            return []
         st = self._streams.get("counters") or self._stream("counters")
-        out = self._advance(st, sample.ts, "counters")
+        out = self._advance(st, ts, "counters")
         self._relabel(st, sample.entity, sample.labels)
         value = sample.value
         if is_req:
-            last, self._last_req = self._last_req, value
+            last, self._last_req, self._req_ts = self._last_req, value, ts
         else:
-            last, self._last_err = self._last_err, value
+            last, self._last_err, self._err_ts = self._last_err, value, ts
         if last is None or not math.isfinite(value):
             return out
         delta = value - last if value >= last else value  # reset

@@ -140,7 +140,16 @@ DEFAULT_RULES: tuple[RuleSpec, ...] = (
 
 
 class _EdgeJudge(Judge):
-    """Shared edge-trigger bookkeeping: report on entering a state, a rise, or every repeat."""
+    """Shared edge-trigger bookkeeping: report on entering a state, a rise, or every repeat.
+
+    A series' state is its newest sample's: a sample older than one already judged (a retry,
+    an at-least-once redelivery) changes nothing. Taken in, a reading from before a repair
+    flagged the repaired entity again (and cleared a flagged one).
+    """
+
+    #: the newest sample's event time (the class default for judges restored from snapshots
+    #: taken before it was kept)
+    _newest = float("-inf")
 
     def __init__(self, rule: RuleSpec) -> None:
         self.rule = rule
@@ -214,6 +223,9 @@ class RatioOfLimitJudge(_EdgeJudge):
         yield from _default_rules(RatioOfLimitRule)
 
     def observe(self, sample: Sample) -> list[Finding]:
+        if sample.ts < self._newest:
+            return []  # late (``_EdgeJudge``)
+        self._newest = sample.ts
         rule = self.rule
         limit = sample.limit or rule.limit
         if not limit:
@@ -268,6 +280,9 @@ class ConsecutiveJudge(_EdgeJudge):
         self._run_start = 0.0
 
     def observe(self, sample: Sample) -> list[Finding]:
+        if sample.ts < self._newest:
+            return []  # late (``_EdgeJudge``): not part of the run of failures
+        self._newest = sample.ts
         rule = self.rule
         if sample.value <= rule.fail_at_or_below:
             if self._run == 0:
@@ -309,6 +324,9 @@ class ThresholdJudge(_EdgeJudge):
         yield {"rule": ThresholdRule(name="cpu_high", metrics=("process_cpu_usage",), above=0.9)}
 
     def observe(self, sample: Sample) -> list[Finding]:
+        if sample.ts < self._newest:
+            return []  # late (``_EdgeJudge``)
+        self._newest = sample.ts
         rule = self.rule
         bad = (rule.above is not None and sample.value > rule.above) or (
             rule.below is not None and sample.value < rule.below
@@ -349,6 +367,10 @@ class LoopJudge(_EdgeJudge):
 
     def observe(self, sample: Sample) -> list[Finding]:
         rule = self.rule
+        if self._last is not None and sample.ts < self._last.ts:
+            # a late iteration (a retry, a buffered agent) is not the loop's latest: taken as
+            # its last heartbeat, a running loop looked silent since and was restarted
+            return []
         self._last = sample
         self._stuck_reported = False
         interval = sample.limit or rule.interval

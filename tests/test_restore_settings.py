@@ -138,8 +138,9 @@ def test_a_changed_rule_threshold_governs_the_restored_series() -> None:
 def test_a_removed_loop_rule_no_longer_ticks_after_a_restore() -> None:
     loop = [_metric("worker", "loop_iteration_seconds", T0 + 5.0 * i, 1.0, limit=10.0)
             for i in range(10)]  # fmt: skip
-    # then only another entity: the loop goes silent for many intervals
-    silence = [_metric("other", "queue_depth", T0 + 60 + 5.0 * i, 1.0, limit=10.0)
+    # then only two other entities (the partition's time is what two entities' clocks agree
+    # on): the loop goes silent for many intervals
+    silence = [_metric(f"other-{i % 2}", "queue_depth", T0 + 60 + 5.0 * i, 1.0, limit=10.0)
                for i in range(20)]  # fmt: skip
     without_loop = {"rules": [r for r in _rules_json() if r["type"] != "loop"]}
 

@@ -99,11 +99,16 @@ class Guard:
         labels: Hashable | None,
         ts: float,
         reference: float | None,
+        upto: float | None = None,
     ) -> Reject | None:
         """None when the record may enter; else the Reject. ``reference`` is "now".
 
         ``labels`` identifies the record's label set, hashably (the stage passes its series
-        key, which holds the sorted labels); falsy for a record without labels.
+        key, which holds the sorted labels); falsy for a record without labels. The token
+        buckets' time moves no further than ``upto`` (default ``reference``, the clock; the stage
+        passes the partition's time without one): one record stamped ahead would leave the
+        entity's next records, stamped right, no tokens back until time caught up with it
+        (minutes of its data rejected as rate limited).
         """
         # hot path (once per record): the LRUs' dicts directly and the common case inline;
         # a new bucket, an empty bucket or a reject takes the slow path
@@ -123,7 +128,10 @@ class Guard:
                     "ts",
                     f"{reference - ts:.0f} s in the past (max {cfg.max_past_seconds:.0f})",
                 )
-        if entity not in self.buckets._data and not self.newcomers.admit(ts):
+        if upto is None:
+            upto = _INF if reference is None else reference
+        credit = ts if ts <= upto else upto
+        if entity not in self.buckets._data and not self.newcomers.admit(credit):
             return self._stranger(env, entity)
         if labels:
             key = (entity, metric)
@@ -151,26 +159,28 @@ class Guard:
         b = buckets.get(entity)
         if b is not None:
             buckets.move_to_end(entity)
-            if ts > b.last:
-                tokens = b.tokens + (ts - b.last) * cfg.rate_per_second
+            if credit > b.last:
+                tokens = b.tokens + (credit - b.last) * cfg.rate_per_second
                 b.tokens = tokens if tokens < cfg.burst else cfg.burst
-                b.last = ts
+                b.last = credit
             if b.tokens >= 1.0:
                 b.tokens -= 1.0
                 return None
-        return self._rate(env, entity, ts)
+        return self._rate(env, entity, ts, credit)
 
     def admit_samples(
         self,
         samples: Sequence[tuple[Envelope, Sample]],
         keys: Sequence[Hashable],
         reference: float | None,
+        upto: Sequence[float] | None = None,
     ) -> list[Reject | None]:
         """``admit`` for each of a batch's samples in order, against one ``reference``.
 
         ``keys`` are the samples' series keys (they hold the labels). Verdicts and state are
         those of one ``admit`` call per sample; the common case (in the time window, a known
         label set, a bucket with a token) is decided inline, without a call per sample.
+        ``upto``: each sample's ``admit(upto=...)`` (default: ``reference``, the clock).
         """
         verdicts: list[Reject | None] = [None] * len(samples)
         cfg = self.config
@@ -180,30 +190,33 @@ class Guard:
         label_sets = self.label_sets._data
         buckets = self.buckets._data
         rate, burst = cfg.rate_per_second, cfg.burst
+        clock = _INF if reference is None else reference
         for i, ((env, s), key) in enumerate(zip(samples, keys, strict=True)):
             ts, entity = s.ts, s.entity
+            cap = clock if upto is None else upto[i]
             b = buckets.get(entity)
             if ts > hi or ts < lo or b is None:
                 verdicts[i] = self.admit(
-                    env, entity, s.metric, key if s.labels else None, ts, reference
+                    env, entity, s.metric, key if s.labels else None, ts, reference, cap
                 )
                 continue
             if s.labels:
                 pair = (entity, s.metric)
                 sets = label_sets.get(pair)
                 if sets is None or key not in sets:  # nothing changed yet: ``admit`` decides
-                    verdicts[i] = self.admit(env, entity, s.metric, key, ts, reference)
+                    verdicts[i] = self.admit(env, entity, s.metric, key, ts, reference, cap)
                     continue
                 label_sets.move_to_end(pair)
             buckets.move_to_end(entity)
-            if ts > b.last:
-                tokens = b.tokens + (ts - b.last) * rate
+            credit = ts if ts <= cap else cap
+            if credit > b.last:
+                tokens = b.tokens + (credit - b.last) * rate
                 b.tokens = tokens if tokens < burst else burst
-                b.last = ts
+                b.last = credit
             if b.tokens >= 1.0:
                 b.tokens -= 1.0
             else:
-                verdicts[i] = self._rate(env, entity, ts)
+                verdicts[i] = self._rate(env, entity, ts, credit)
         return verdicts
 
     def _stranger(self, env: Envelope, entity: str) -> Reject:
@@ -217,15 +230,15 @@ class Guard:
             f"{cfg.new_entities_burst:.0f}) on this partition",
         )
 
-    def _rate(self, env: Envelope, entity: str, ts: float) -> Reject | None:
+    def _rate(self, env: Envelope, entity: str, ts: float, credit: float) -> Reject | None:
         cfg = self.config
         b = self.buckets.get(entity)
         if b is None:
-            b = _Bucket(cfg.burst, ts)
+            b = _Bucket(cfg.burst, credit)
             self.buckets.put(entity, b)
-        elif ts > b.last:
-            b.tokens = min(cfg.burst, b.tokens + (ts - b.last) * cfg.rate_per_second)
-            b.last = ts
+        elif credit > b.last:
+            b.tokens = min(cfg.burst, b.tokens + (credit - b.last) * cfg.rate_per_second)
+            b.last = credit
         if b.tokens >= 1.0:
             b.tokens -= 1.0
             return None

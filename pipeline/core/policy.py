@@ -187,7 +187,7 @@ class PolicyEngine:
             return []
         now = max(st.watermark, anomaly.finding.ts if at is None else at)
         self._advance(now)
-        self._recurred(anomaly, now)
+        self._recurred(anomaly, now, anomaly.finding.ts if at is None else at)
         out, st.decisions = st.decisions, []
         for rule in self.matching_rules(anomaly, plan):
             if rule.order == "learned":
@@ -200,7 +200,8 @@ class PolicyEngine:
         """A detector flags (or clears) ``report.kind`` on a watched entity at ``report.ts``
         (or ``at``, as in :meth:`decide`)."""
         st = self._state
-        self._advance(report.ts if at is None else at)
+        seen = report.ts if at is None else at
+        self._advance(seen)
         now = st.watermark
         relevant = False
         for rule in self.config.rules:
@@ -218,7 +219,7 @@ class PolicyEngine:
                     storm_hold.heartbeat(self, (rule.name, report.entity), now, last=True)
                 continue
             case.last_seen = max(case.last_seen, now)
-            self._seen_again(rule, case, now, f"{report.kind.value} still flagged")
+            self._seen_again(rule, case, now, f"{report.kind.value} still flagged", seen)
             storm_hold.heartbeat(self, (rule.name, report.entity), now)
         if not relevant:
             self._unwatch(report.entity)
@@ -435,8 +436,9 @@ class PolicyEngine:
             st.decisions.append(self._resolution(case, due, why))
         case.reset()
 
-    def _recurred(self, anomaly: Anomaly, now: float) -> None:
-        """A new anomaly of a rule's kinds after the dedup window fails its open attempt."""
+    def _recurred(self, anomaly: Anomaly, now: float, seen: float) -> None:
+        """A new anomaly of a rule's kinds after the dedup window fails its open attempt
+        (``seen``: the event time of what it found)."""
         f = anomaly.finding
         st = self._state
         for rule in self.config.rules:
@@ -446,12 +448,16 @@ class PolicyEngine:
             if case is None:
                 continue
             case.last_seen = max(case.last_seen, now)
-            self._seen_again(rule, case, now, f"{f.kind.value} recurred (anomaly {anomaly.id})")
+            why = f"{f.kind.value} recurred (anomaly {anomaly.id})"
+            self._seen_again(rule, case, now, why, seen)
 
-    def _seen_again(self, rule: Rule, case: Case, now: float, why: str) -> None:
-        """The condition is there at ``now``: an executed repair past its grace has failed."""
+    def _seen_again(self, rule: Rule, case: Case, now: float, why: str, seen: float) -> None:
+        """The condition was there at ``seen`` (decided at ``now``): an executed repair past
+        its grace has failed."""
         pending = case.pending
-        if pending is None or now < pending.started + self.dedup(rule):
+        # the evidence's own time, not the policy's: a reading from within the grace (or from
+        # before the repair) delivered late says nothing of whether the repair worked
+        if pending is None or min(seen, now) < pending.started + self.dedup(rule):
             return  # nothing open, or too soon for the repair to have acted
         if pending.approval:
             pending.recurred = True  # judged when the window ends: a human may still act

@@ -16,6 +16,7 @@ incident events the anomaly causes and a ``RepairPlan`` the policy follows:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -102,20 +103,27 @@ class IncidentHub:
         return self.log.arbiter.book
 
     def plan(
-        self, anomaly: Anomaly, topology: Topology, changes: ChangeLog
+        self, anomaly: Anomaly, topology: Topology, changes: ChangeLog, at: float = math.inf
     ) -> tuple[list[IncidentEvent], RepairPlan]:
-        out = self.log.note(self._note(anomaly, topology, changes))
+        """The incident ``anomaly`` joins and its repair plan, noted no later than ``at``
+        (the stage's clock: an anomaly stamped ahead of it must not resolve the incidents
+        quiet at its own time, nor open its incident in the future)."""
+        out = self.log.note(self._note(anomaly, topology, changes, at))
         inc = out.incident_id
         escalated = None if inc is None else self.log.escalated(inc, before=out.seq)
         plan = RepairPlan(inc, out.cause, out.attribution, out.causes, escalated, anomaly.id)
         return list(out.events), plan
 
-    def prefetch(self, anomalies: list[Anomaly], topology: Topology, changes: ChangeLog) -> None:
+    def prefetch(
+        self, anomalies: list[Anomaly], topology: Topology, changes: ChangeLog, at: float = math.inf
+    ) -> None:
         """Log a batch's anomalies at once, so ``plan`` does not wait for each in turn."""
         if len(anomalies) > 1:
-            self.log.prefetch([self._note(a, topology, changes) for a in anomalies])
+            self.log.prefetch([self._note(a, topology, changes, at) for a in anomalies])
 
-    def _note(self, anomaly: Anomaly, topology: Topology, changes: ChangeLog) -> AnomalyNote:
+    def _note(
+        self, anomaly: Anomaly, topology: Topology, changes: ChangeLog, at: float
+    ) -> AnomalyNote:
         f = anomaly.finding
         labels = f.labels
         service = next((labels[k] for k in SERVICE_LABELS if labels.get(k)), None)
@@ -125,7 +133,7 @@ class IncidentHub:
             change = changes.recent(f.entity, f.ts, self.change_window_seconds)
         return AnomalyNote(
             anomaly.id,
-            f.ts,
+            f.ts if f.ts <= at else at,
             f.entity,
             f.kind,
             f.severity,

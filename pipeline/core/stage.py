@@ -25,6 +25,7 @@ from selfheal.pipeline.core.fleet import FleetArbiter, LocalFleet
 from selfheal.pipeline.core.guard import FailureRatio, Guard, GuardConfig
 from selfheal.pipeline.core.incident_log import IncidentArbiter, IncidentLog
 from selfheal.pipeline.core.incidents import IncidentConfig, IncidentEvent
+from selfheal.pipeline.core.partition_time import EntityClocks
 from selfheal.pipeline.core.repair_plan import IncidentHub, RepairPlan
 from selfheal.pipeline.core.series_share import SeriesShare
 from selfheal.pipeline.core.topology import DEPENDENCY_METRIC, Topology
@@ -92,6 +93,15 @@ _TOPIC = attrgetter("topic")
 _PARTITION = attrgetter("partition")
 
 
+def _batch_cap(clocks: EntityClocks | None, reference: float | None) -> float:
+    """Where the partition's time stops at the start of a batch: the clock, or what two
+    entities' clocks agree on (nothing seen yet: no limit)."""
+    if clocks is None:
+        return _NO_CAP if reference is None else reference
+    cap = clocks.time()
+    return _NO_CAP if cap == _NO_TIME else cap
+
+
 def _count_topics(envs: Sequence[Envelope]) -> dict[str, int]:
     return Counter(map(_TOPIC, envs))  # counted in C, not per message in Python
 
@@ -112,8 +122,10 @@ class PartitionStage:
         self._next_tick = float("-inf")
         #: wall-clock time this partition last received data (live runs only)
         self.data_wall = float("inf")
-        #: the clock of the batch being processed (inf in replays): the policy's time stops there
+        #: the clock of the batch being processed (without one, what two entities' clocks
+        #: agree on): the partition's and the policy's time stop there
         self._cap = _NO_CAP
+        self.clocks = EntityClocks(v.max_future_seconds)
         self.guard = Guard(
             GuardConfig(
                 max_future_seconds=v.max_future_seconds,
@@ -175,8 +187,10 @@ class PartitionStage:
         for r in decoded.rejects:
             rejects_by_env.setdefault(id(r.envelope), []).append(r)
         ts_by_env: dict[int, float] = {}
-        # against the clock, the policy's time runs no further than the clock either (below)
-        self._cap = cap = _NO_CAP if reference is None or use_watermark else reference
+        # against the clock, the policy's time runs no further than the clock either (below);
+        # without one, no further than a second entity's clock (``partition_time``)
+        clocks = self.clocks if reference is None or use_watermark else None
+        self._cap = _batch_cap(clocks, reference)
 
         out.accepted += self._samples(
             decoded.samples,
@@ -189,9 +203,12 @@ class PartitionStage:
             ts_by_env,
         )
 
+        cap = self._cap
         for env, line in decoded.logs:
+            if clocks is not None:
+                self._cap = cap = clocks.see(line.entity, line.ts)
             ref = self.watermark if use_watermark and self.watermark > float("-inf") else reference
-            rej = guard.admit(env, line.entity, "__log__", None, line.ts, ref)
+            rej = guard.admit(env, line.entity, "__log__", None, line.ts, ref, cap)
             if rej is not None:
                 rejects_by_env.setdefault(id(env), []).append(rej)
                 continue
@@ -275,15 +292,15 @@ class PartitionStage:
         # against the clock, the partition's time runs no further than the clock: a producer
         # whose clock is ahead (within max_future) must not make the others look silent, nor
         # close their cooldowns and verification windows early
-        cap = self._cap  # set by ``process`` for this batch
-        keys, verdicts = self._keys_and_verdicts(samples, reference, use_watermark)
-        for (env, s), key, rej in zip(samples, keys, verdicts, strict=True):
+        # (each sample's, without a clock: ``partition_time``; set by ``process`` otherwise)
+        keys, verdicts, caps = self._keys_and_verdicts(samples, reference, use_watermark)
+        for (env, s), key, rej, cap in zip(samples, keys, verdicts, caps, strict=True):
             ts = s.ts
             entity = s.entity
             metric = s.metric
             if rej is _PENDING:
                 ref = wm if wm > _NO_TIME else reference
-                rej = admit(env, entity, metric, key if s.labels else None, ts, ref)
+                rej = admit(env, entity, metric, key if s.labels else None, ts, ref, cap)
             judges = bank.get(key)
             if judges is None and rej is None and self.series_share.full(entity):
                 rej = self.series_share.reject(env, entity, metric)
@@ -295,6 +312,7 @@ class PartitionStage:
             if ts > wm and wm < cap:
                 self.watermark = wm = ts if ts < cap else cap
                 if wm >= self._next_tick:
+                    self._cap = cap
                     self._tick_into(wm, findings, out)
                     wm = self.watermark
             if judges is None:
@@ -316,19 +334,27 @@ class PartitionStage:
                 for name, factory in self.router.entity_judges(s):
                     ej = self.entities.get_or_create((entity, name), factory)
                     findings.extend(ej.observe(s))  # type: ignore[union-attr]
+        if samples:
+            self._cap = caps[-1]
         return accepted
 
     def _keys_and_verdicts(
         self, samples: list[tuple[Envelope, Sample]], reference: float | None, use_watermark: bool
-    ) -> tuple[list[SeriesKey], list[Any]]:
-        """The samples' series keys, and the guard's verdicts (``_PENDING``: not decided yet)."""
+    ) -> tuple[list[SeriesKey], list[Any], list[float]]:
+        """The samples' series keys, the guard's verdicts (``_PENDING``: not decided yet) and
+        how far each may move the partition's time (its token buckets' too)."""
         keys = series_keys(samples)
+        if reference is None or use_watermark:
+            see = self.clocks.see  # the partition's time as each sample arrives
+            caps = [see(s.entity, s.ts) for _, s in samples]
+        else:
+            caps = [reference] * len(samples)  # the clock
         if use_watermark:
             # "now" is the watermark, which moves as samples are admitted: each in its turn
-            return keys, [_PENDING] * len(samples)
-        # against the clock, admission does not depend on what the judges do: the guard
-        # decides the whole batch in one pass (its findings are drained after the batch)
-        return keys, self.guard.admit_samples(samples, keys, reference)
+            return keys, [_PENDING] * len(samples), caps
+        # admission does not depend on what the judges do: the guard decides the whole batch
+        # in one pass (its findings are drained after the batch)
+        return keys, self.guard.admit_samples(samples, keys, reference, caps), caps
 
     def _new_series(self, key: SeriesKey, s: Sample) -> list[Judge]:
         judges = self.router.series_judges(s)
@@ -364,7 +390,7 @@ class PartitionStage:
         if self.incidents is not None and signals:
             # the batch's notes go to the incident log together: one wait, not one each
             found = [a for a in signals if isinstance(a, Anomaly)]
-            self.incidents.prefetch(found, self.topology, self.changes)
+            self.incidents.prefetch(found, self.topology, self.changes, self._cap)
         cap = self._cap
         for a in signals:
             # a signal stamped ahead of the clock (a producer's clock runs fast) is decided at
@@ -379,7 +405,7 @@ class PartitionStage:
             if self.incidents is None:
                 out.decisions.extend(self.policy.decide(a, at=at))
                 continue
-            events, plan = self.incidents.plan(a, self.topology, self.changes)
+            events, plan = self.incidents.plan(a, self.topology, self.changes, cap)
             out.incidents.extend(events)
             decisions = self.policy.decide(a, plan, at=at)
             self.incidents.decided(plan, decisions)

@@ -161,6 +161,8 @@ def stage_state(stage: Any) -> dict[str, Any]:
             "newcomers": g.newcomers.state(),
         },
         "guard_time": g.time_state() if hasattr(g, "time_state") else None,
+        # what two entities' clocks agree on (watermark runs: ``partition_time``)
+        "clocks": stage.clocks.state() if hasattr(stage, "clocks") else None,
         "failures": {t: (f.ok, f.failed, f.last_ts, f.by_field) for t, f in stage.failures.items()},
         "series": stage.series,
         "entities": stage.entities,
@@ -243,6 +245,11 @@ def restore(stage: Any, state: dict[str, Any]) -> Reconciled:
     g.newcomers.restore(state["guard"].get("newcomers"))
     if state.get("guard_time") is not None and hasattr(g, "restore_time_state"):
         g.restore_time_state(state["guard_time"])
+    if hasattr(stage, "clocks"):
+        try:
+            stage.clocks.restore(state.get("clocks"))
+        except (TypeError, ValueError) as exc:
+            raise SnapshotError(f"entity clocks: {exc}") from exc
     for topic, (ok, failed, last_ts, by_field) in state["failures"].items():
         fr = stage._failure(topic)
         fr.ok, fr.failed, fr.last_ts, fr.by_field = int(ok), int(failed), float(last_ts), by_field
