@@ -72,13 +72,30 @@ class ChangeLog:
         return list(found) if found else []
 
     def recent(self, entity: str, ts: float, window_seconds: float) -> ChangeRef | None:
-        """The latest change on ``entity`` at most ``window_seconds`` before ``ts``."""
-        history = self.history(entity)
-        before = [c for c in history if c.ts <= ts]
-        if not before or ts - before[-1].ts > window_seconds:
+        """The change that brought the version ``entity`` runs at ``ts``, if at most
+        ``window_seconds`` before; ``previous`` is the version a rollback should go to."""
+        before = [c for c in self.history(entity) if c.ts <= ts]
+        if not before:
             return None
-        change = before[-1]
-        previous = before[-2].version if len(before) > 1 else None
+        at = len(before) - 1
+        while at > 0 and before[at - 1].version == before[at].version:
+            at -= 1  # a redeploy of the running version is no change: its first deploy is
+        change = before[at]
+        if change.kind is ChangeKind.ROLLEDBACK or ts - change.ts > window_seconds:
+            # a rollback restored a version that ran before: rolling it back would reinstate
+            # the version just rolled back from (a rollback loop)
+            return None
+        # rolled back from once: a known bad version is no target
+        rolled = zip(before[1:], before[:-1], strict=True)
+        bad = {b.version for a, b in rolled if a.kind is ChangeKind.ROLLEDBACK}
+        previous = next(
+            (
+                c.version
+                for c in reversed(before[:at])
+                if c.version != change.version and c.version not in bad
+            ),
+            None,
+        )
         return ChangeRef(change.id, change.version, previous, change.ts)
 
     def entities(self) -> Iterable[str]:
