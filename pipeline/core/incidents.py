@@ -87,6 +87,8 @@ class EntityView:
     service: str
     node: str | None
     change: ChangeRef | None = None
+    #: its latest anomaly (None: as the first; snapshots before it was kept get the incident's)
+    last: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,14 +174,21 @@ class IncidentBook:
         inc_id = self._by_entity.get(entity)
         return self._open.get(inc_id) if inc_id else None
 
-    def symptom_of(self, entity: str) -> Cause | None:
-        """The probable cause when ``entity``'s only problem is another entity it depends on."""
+    def symptom_of(self, entity: str, ts: float | None = None) -> Cause | None:
+        """The probable cause when ``entity``'s only problem is another entity it depends on
+        (at event time ``ts``: a cause quiet for ``resolve_after_seconds`` has recovered, and
+        what still fails is its callers' own to repair)."""
         inc = self.incident_of(entity)
         if inc is None or not inc.causes:
             return None
         top = inc.causes[0]
         if top.entity == entity or top.score < self.config.min_cause_score:
             return None
+        view = inc.entities.get(top.entity)
+        if view is not None and ts is not None:
+            last = view.first if view.last is None else view.last
+            if ts - last > self.config.resolve_after_seconds:
+                return None
         return top if _depends(inc, entity, top.entity) else None
 
     def open_incidents(self) -> list[Incident]:
@@ -208,6 +217,10 @@ class IncidentBook:
         if not all(isinstance(inc, Incident) for inc in incidents):
             raise ValueError("open incidents are malformed")
         self._open = OrderedDict((inc.id, inc) for inc in incidents)
+        for inc in incidents:
+            for view in inc.entities.values():
+                if not hasattr(view, "last"):
+                    view.last = inc.last  # written before views kept it: active as of then
         self._by_entity = {e: inc.id for inc in incidents for e in inc.entities}
         self._seen = OrderedDict((str(i), None) for i in state["seen"])
         self._remember_trim()
@@ -251,12 +264,15 @@ class IncidentBook:
         if view is None:
             if len(inc.entities) >= self.config.max_entities:
                 return
-            view = EntityView(note.ts, {}, note.callees, note.service, note.node, note.change)
+            view = EntityView(
+                note.ts, {}, note.callees, note.service, note.node, note.change, note.ts
+            )
             inc.entities[note.entity] = view
             self._by_entity[note.entity] = inc.id
         else:
             before = (len(view.kinds), view.callees, view.change, view.first)
             view.first = min(view.first, note.ts)  # a note can arrive after a later one
+        view.last = note.ts if view.last is None else max(view.last, note.ts)
         view.kinds[note.kind.value] = None
         view.callees = _callees(view.callees, note.callees, self.config.max_callees)
         view.change = view.change or note.change
