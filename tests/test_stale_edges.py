@@ -60,5 +60,24 @@ def test_static_edges_never_age_and_old_snapshots_load() -> None:
     again.load_edges([["web-1", ["db-1", "db-2"]]])  # written before edges kept their time
     assert again.callees("web-1", late) == ("db-1", "db-2")
     fresh = Topology()
-    fresh.load_edges(topo.edges_state())
-    assert fresh.edges_state() == topo.edges_state() == [["web-1", ["db-1", "db-2"], [None, 0.0]]]
+    fresh.load_edges(topo.edges_state(), topo.edge_times())
+    assert fresh.edge_times() == topo.edge_times() == [["web-1", [None, 0.0]]]
+    assert fresh.edges_state() == topo.edges_state() == [["web-1", ["db-1", "db-2"]]]
+
+
+def test_edge_times_travel_through_a_partition_snapshot() -> None:
+    from selfheal.pipeline.core import state as snapshots
+
+    s = load_settings(None, {"detection": {"models_enabled": False}})
+    pipe = Pipeline(s, lambda: PolicyEngine(s.policy), live=False)
+    recs = [{"ts": T0 + 10 * i, "entity": "web-1", "metric": "dependency_request_ok",
+             "value": 1.0, "labels": {"dependency": "db-1"}} for i in range(5)]  # fmt: skip
+    topic = s.kafka.topics.metrics
+    pipe.process([Envelope(topic, 0, i, orjson.dumps(r)) for i, r in enumerate(recs)], None)
+    times = pipe.stages[0].topology.edge_times()
+    assert times and times[0][0] == "web-1" and times[0][1][0] >= T0
+    blob = snapshots.encode(pipe.stages[0], {})
+    again = Pipeline(s, lambda: PolicyEngine(s.policy), live=False)
+    snapshots.restore(again.stage(0), snapshots.decode(blob)[1])
+    assert again.stages[0].topology.edge_times() == times
+    assert again.stages[0].topology.callees("web-1", T0 + 2 * EDGE_TTL_SECONDS) == ()

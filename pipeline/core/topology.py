@@ -134,20 +134,26 @@ class Topology:
                 del self._callers[callee]
 
     def edges_state(self) -> list[list[Any]]:
-        """The learned call graph as plain data (groups are learned again from labels): per
-        caller its callees and when each was last seen (None: never ages)."""
+        """The learned call graph as plain data (groups are learned again from labels)."""
+        return [[e, list(n.callees)] for e, n in self._nodes.items() if n.callees]
+
+    def edge_times(self) -> list[list[Any]]:
+        """When each edge of ``edges_state`` was last seen, row for row (None: never ages).
+        Apart from the edges, so that a build reading only edges reads these snapshots."""
         return [
-            [e, list(n.callees), [None if math.isinf(t) else t for t in n.callees.values()]]
+            [e, [None if math.isinf(t) else t for t in n.callees.values()]]
             for e, n in self._nodes.items()
             if n.callees
         ]
 
-    def load_edges(self, edges: Any) -> None:
-        for caller, callees, *times in edges:
-            # no times: written before edges kept them (never aging, as they were then)
-            seen = [math.inf if t is None else float(t) for t in times[0]] if times else []
+    def load_edges(self, edges: Any, times: Any = None) -> None:
+        """``edges_state`` and ``edge_times`` back; an edge without a time (from a snapshot
+        written before edges kept them) never ages, as edges did then."""
+        seen = {str(e): [math.inf if t is None else float(t) for t in ts] for e, ts in times or ()}
+        for caller, callees in edges:
+            at = seen.get(str(caller), [])
             for i, callee in enumerate(callees):
-                self.add_edge(str(caller), str(callee), seen[i] if i < len(seen) else math.inf)
+                self.add_edge(str(caller), str(callee), at[i] if i < len(at) else math.inf)
 
     def callees(self, entity: str, ts: float | None = None) -> tuple[str, ...]:
         """``entity``'s callees; at event time ``ts``, only those seen in ``EDGE_TTL_SECONDS``."""
