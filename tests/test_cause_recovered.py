@@ -69,11 +69,24 @@ def test_a_book_from_a_snapshot_without_last_seen_times_keeps_its_symptoms() -> 
     book.apply(_note(1, 0.0, "db-1", K.HEALTH_CHECK_FAILED))
     book.apply(_note(2, 60.0, "web-1", K.HEALTH_CHECK_FAILED, ("db-1",)))
     state = copy.deepcopy(book.to_state())
-    for inc in state["open"]:
-        for view in inc.entities.values():
-            if hasattr(view, "last"):
-                object.__delattr__(view, "last")  # as written before views kept it
+    assert state.pop("last") == {"db-1": 0.0, "web-1": 60.0}
     again = IncidentBook()
-    again.load_state(state)
+    again.load_state(state)  # as written before the latest anomalies were kept
     cause = again.symptom_of("web-1", 120.0)
     assert cause is not None and cause.entity == "db-1"
+    # db-1 taken as active at the incident's last anomaly (60 s): quiet 900 s after that
+    assert again.symptom_of("web-1", 960.0) is not None
+    assert again.symptom_of("web-1", 961.0) is None
+
+
+def test_latest_anomaly_times_travel_through_the_book_snapshot() -> None:
+    from selfheal.pipeline.core.incident_log import IncidentArbiter, IncidentLog
+
+    log = IncidentLog.local()
+    log.note(_note(1, 0.0, "db-1", K.HEALTH_CHECK_FAILED))
+    log.note(_note(2, 60.0, "web-1", K.HEALTH_CHECK_FAILED, ("db-1",)))
+    log.note(_note(3, 500.0, "web-1", K.HEALTH_CHECK_FAILED, ("db-1",)))
+    again = IncidentArbiter(log.arbiter.book.config)
+    again.restore(log.arbiter.snapshot())
+    assert again.book.to_state()["last"] == {"db-1": 0.0, "web-1": 500.0}
+    assert again.book.symptom_of("web-1", 901.0) is None  # db-1 quiet since 0

@@ -87,8 +87,6 @@ class EntityView:
     service: str
     node: str | None
     change: ChangeRef | None = None
-    #: its latest anomaly (None: as the first; snapshots before it was kept get the incident's)
-    last: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +132,9 @@ class IncidentBook:
         self._by_entity: dict[str, str] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._revision: dict[str, int] = {}
+        #: entity of an open incident -> its latest anomaly (apart from the views, so that a
+        #: build without it still reads these snapshots)
+        self._last: dict[str, float] = {}
 
     # -- the log ----------------------------------------------------------------------------
 
@@ -184,11 +185,9 @@ class IncidentBook:
         top = inc.causes[0]
         if top.entity == entity or top.score < self.config.min_cause_score:
             return None
-        view = inc.entities.get(top.entity)
-        if view is not None and ts is not None:
-            last = view.first if view.last is None else view.last
-            if ts - last > self.config.resolve_after_seconds:
-                return None
+        last = self._last.get(top.entity)  # None: a shared callee that reported nothing
+        if last is not None and ts is not None and ts - last > self.config.resolve_after_seconds:
+            return None
         return top if _depends(inc, entity, top.entity) else None
 
     def open_incidents(self) -> list[Incident]:
@@ -209,6 +208,7 @@ class IncidentBook:
             "open": list(self._open.values()),
             "seen": list(self._seen),
             "revision": dict(self._revision),
+            "last": dict(self._last),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -217,10 +217,9 @@ class IncidentBook:
         if not all(isinstance(inc, Incident) for inc in incidents):
             raise ValueError("open incidents are malformed")
         self._open = OrderedDict((inc.id, inc) for inc in incidents)
-        for inc in incidents:
-            for view in inc.entities.values():
-                if not hasattr(view, "last"):
-                    view.last = inc.last  # written before views kept it: active as of then
+        # absent (written before it was kept): every entity active as of its incident's last
+        last = {str(k): float(v) for k, v in dict(state.get("last") or {}).items()}
+        self._last = {e: last.get(e, inc.last) for inc in incidents for e in inc.entities}
         self._by_entity = {e: inc.id for inc in incidents for e in inc.entities}
         self._seen = OrderedDict((str(i), None) for i in state["seen"])
         self._remember_trim()
@@ -264,15 +263,13 @@ class IncidentBook:
         if view is None:
             if len(inc.entities) >= self.config.max_entities:
                 return
-            view = EntityView(
-                note.ts, {}, note.callees, note.service, note.node, note.change, note.ts
-            )
+            view = EntityView(note.ts, {}, note.callees, note.service, note.node, note.change)
             inc.entities[note.entity] = view
             self._by_entity[note.entity] = inc.id
         else:
             before = (len(view.kinds), view.callees, view.change, view.first)
             view.first = min(view.first, note.ts)  # a note can arrive after a later one
-        view.last = note.ts if view.last is None else max(view.last, note.ts)
+        self._last[note.entity] = max(self._last.get(note.entity, note.ts), note.ts)
         view.kinds[note.kind.value] = None
         view.callees = _callees(view.callees, note.callees, self.config.max_callees)
         view.change = view.change or note.change
@@ -299,6 +296,7 @@ class IncidentBook:
                     self._by_entity[entity] = into.id
                 else:
                     del self._by_entity[entity]
+                    self._last.pop(entity, None)
         room = self.config.max_listed_anomalies - len(into.anomalies)
         into.anomalies.extend(other.anomalies[: max(room, 0)])
         into.anomaly_count += other.anomaly_count
@@ -314,6 +312,7 @@ class IncidentBook:
         for entity in inc.entities:
             if self._by_entity.get(entity) == inc.id:
                 del self._by_entity[entity]
+                self._last.pop(entity, None)
         return self._event(inc, "resolved", ts)
 
     def _event(self, inc: Incident, state: str, ts: float, **extra: Any) -> IncidentEvent:
