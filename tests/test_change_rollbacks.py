@@ -96,3 +96,25 @@ def test_a_rollback_goes_to_a_version_that_differs_and_was_not_rolled_back_from(
     log.record(Change("c6", 600.0, "api-3", ChangeKind.ROLLEDBACK, "pkg:oci/api@v1"))
     log.record(Change("c7", 650.0, "api-3", ChangeKind.DEPLOYED, "pkg:oci/api@v1"))
     assert log.recent("api-3", 700.0, window_seconds=600.0) is None  # v1 came by a rollback
+
+
+def test_two_deploys_in_quick_succession_roll_back_past_the_short_lived_one() -> None:
+    pipe = _pipeline()
+    _changes(
+        pipe,
+        (T0 - 7200, "v1", "deployed"),  # ran for two hours
+        (T0 - 300, "v2", "deployed"),  # replaced after 100 s: a fix forward, unproven
+        (T0 - 200, "v3", "deployed"),
+    )
+    (params, *_) = _rollbacks(_failing(pipe))
+    assert params == {"to_version": "v1", "from_version": "v3", "change_id": "chg-2"}
+
+
+def test_without_a_version_that_ran_long_the_newest_earlier_one_is_the_target() -> None:
+    log = ChangeLog()
+    for i, version in enumerate(["v1", "v2", "v3"]):
+        log.record(
+            Change(f"c{i}", 60.0 * i, "api-3", ChangeKind.DEPLOYED, f"pkg:oci/api@{version}")
+        )
+    ref = log.recent("api-3", 200.0, window_seconds=600.0)
+    assert ref is not None and (ref.version, ref.previous) == ("v3", "v2")

@@ -85,18 +85,7 @@ class ChangeLog:
             # a rollback restored a version that ran before: rolling it back would reinstate
             # the version just rolled back from (a rollback loop)
             return None
-        # rolled back from once: a known bad version is no target
-        rolled = zip(before[1:], before[:-1], strict=True)
-        bad = {b.version for a, b in rolled if a.kind is ChangeKind.ROLLEDBACK}
-        previous = next(
-            (
-                c.version
-                for c in reversed(before[:at])
-                if c.version != change.version and c.version not in bad
-            ),
-            None,
-        )
-        return ChangeRef(change.id, change.version, previous, change.ts)
+        return ChangeRef(change.id, change.version, _target(before, at, window_seconds), change.ts)
 
     def entities(self) -> Iterable[str]:
         return self._by_entity.keys()
@@ -116,6 +105,28 @@ class ChangeLog:
                     str(cid), float(ts), str(entity), ChangeKind(kind), str(artifact), str(source)
                 )
             )
+
+
+def _target(before: list[Change], at: int, window_seconds: float) -> str | None:
+    """The version to roll ``before[at]`` back to: the newest earlier one that differs, was
+    never rolled back from (known bad) and ran for ``window_seconds`` before it was replaced
+    (one replaced sooner is unproven: often the bad deploy a fix forward followed); without
+    such a version, the newest that differs and is not known bad."""
+    rolled = zip(before[1:], before[:-1], strict=True)
+    bad = {b.version for a, b in rolled if a.kind is ChangeKind.ROLLEDBACK}
+    bad.add(before[at].version)
+    fallback = None
+    end = before[at].ts  # when the newer version replaced the run being looked at
+    for i in range(at - 1, -1, -1):
+        c = before[i]
+        if i > 0 and before[i - 1].version == c.version:
+            continue  # a redeploy: the run began with the first deploy of its version
+        if c.version not in bad:
+            if end - c.ts >= window_seconds:
+                return c.version
+            fallback = fallback or c.version
+        end = c.ts
+    return fallback
 
 
 @dataclass(frozen=True, slots=True)
