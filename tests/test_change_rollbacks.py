@@ -118,3 +118,21 @@ def test_without_a_version_that_ran_long_the_newest_earlier_one_is_the_target() 
         )
     ref = log.recent("api-3", 200.0, window_seconds=600.0)
     assert ref is not None and (ref.version, ref.previous) == ("v3", "v2")
+
+
+def test_a_deploy_dated_far_ahead_of_the_clock_is_dead_lettered_naming_the_field() -> None:
+    """Live, on the wall clock: such a change would sit in the entity's bounded history (its
+    newest, for years), and a few of them would push its real deploys out."""
+    s = load_settings(None, {"detection": {"models_enabled": False}})
+    pipe = Pipeline(s, lambda: PolicyEngine(s.policy), live=True)
+    topic = s.kafka.topics.changes
+    events = [
+        cdevent("chg-ok", T0 - 60, "api-3", "v2"),
+        cdevent("chg-far", T0 + 86400, "api-3", "v9"),
+    ]
+    envs = [Envelope(topic, 0, i, orjson.dumps(ev)) for i, ev in enumerate(events)]
+    out = pipe.process(envs, T0)
+    assert [c.id for c in pipe.stages[0].changes.history("api-3")] == ["chg-ok"]
+    (reject,) = out.rejects
+    assert (reject.envelope.offset, reject.reason.value) == (1, "timestamp_future")
+    assert reject.field == "context.timestamp" and "86400 s in the future" in reject.error
