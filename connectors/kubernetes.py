@@ -15,8 +15,9 @@ all stable since 1.21):
   decision id goes into an annotation in the same patch: a redelivered decision is recognised
   and not applied twice.
 - rollback: ``kubectl rollout undo [--to-revision=N]``: lists the Deployment's ReplicaSets,
-  takes the one whose ``deployment.kubernetes.io/revision`` is ``params["revision"]`` (default:
-  the newest before the current) and JSON-patches the Deployment's ``spec.template`` with its
+  takes the one whose ``deployment.kubernetes.io/revision`` is ``params["revision"]`` (else the
+  newest before the current that runs ``params["to_version"]``; else the newest before the
+  current) and JSON-patches the Deployment's ``spec.template`` with its
   template (without the ``pod-template-hash`` label).
 - cordon: ``kubectl cordon``: a strategic-merge PATCH of ``spec.unschedulable`` on the node in
   ``params["node"]`` or the one the entity's pod runs on.
@@ -93,6 +94,36 @@ def _param(decision: Decision, *keys: str) -> str | None:
             if value:
                 return str(value)
     return None
+
+
+def _pick_revision(owned: Mapping[int, Any], current: int, decision: Decision, target: Any) -> int:
+    """``params.revision``; else the newest revision before ``current`` whose template runs
+    ``params.to_version`` (a bad-deploy rollback names the version it was approved for:
+    never another one); else the newest before ``current`` (``kubectl rollout undo``)."""
+    where = f"Deployment {target.namespace}/{target.name} (have {sorted(owned)})"
+    wanted = _param(decision, "revision", "to_revision")
+    version = _param(decision, "to_version")
+    if wanted:
+        revision = int(wanted)
+    elif version:
+        runs = [r for r in owned if r < current and _runs(owned[r], version)]
+        if not runs:
+            raise KubernetesError(f"no revision before {current} of {where} runs {version}")
+        revision = max(runs)
+    else:
+        revision = max((r for r in owned if r < current), default=0)
+    if revision not in owned or revision == 0:
+        raise KubernetesError(f"no revision {wanted or 'before ' + str(current)} of {where}")
+    return revision
+
+
+def _runs(replica_set: Any, version: str) -> bool:
+    """Whether a ReplicaSet's pod template runs an image of ``version`` (tag or digest)."""
+    containers = replica_set.spec.template.spec.containers or []
+    return any(
+        (c.image or "") == version or (c.image or "").endswith((f":{version}", f"@{version}"))
+        for c in containers
+    )
 
 
 def load_api_client(
@@ -281,13 +312,7 @@ class KubernetesExecutor:
             for rs in sets
             if any(r.uid == deployment.metadata.uid for r in rs.metadata.owner_references or [])
         }
-        wanted = _param(decision, "revision", "to_revision")
-        revision = int(wanted) if wanted else max((r for r in owned if r < current), default=0)
-        if revision not in owned or revision == 0:
-            raise KubernetesError(
-                f"no revision {wanted or 'before ' + str(current)} of Deployment "
-                f"{target.namespace}/{target.name} (have {sorted(owned)})"
-            )
+        revision = _pick_revision(owned, current, decision, target)
         if revision == current:
             return f"Deployment {target.namespace}/{target.name} already at revision {revision}"
         template = apps.api_client.sanitize_for_serialization(owned[revision].spec.template)

@@ -346,6 +346,33 @@ async def test_rollback_to_a_named_revision_patches_the_template(
     assert not missing.ok and not missing.retriable and "no revision 9" in missing.detail
 
 
+async def test_a_rollback_naming_a_version_goes_to_the_revision_that_runs_it(
+    api: tuple[Recorder, str],
+) -> None:
+    """A bad-deploy rollback names the version (``to_version``, approved as such): the
+    revision whose template runs it, not merely the newest before the current one."""
+    rec, url = api
+    rec.routes[("GET", DEPLOYMENT)] = (200, _deployment())
+    rec.routes[("PATCH", DEPLOYMENT)] = (200, _deployment())
+    items = [
+        _replica_set("web-aaaa", 1, "registry/web:v1"),
+        _replica_set("web-bbbb", 2, "registry/web:v2"),
+        _replica_set("web-7d9c", 3, "registry/web:v3"),
+    ]
+    rec.routes[("GET", f"/apis/apps/v1/namespaces/{NS}/replicasets")] = (
+        200,
+        {"apiVersion": "apps/v1", "kind": "ReplicaSetList", "metadata": {}, "items": items},
+    )
+    ex = _executor(url)
+    base = _decision(RepairAction.ROLLBACK, "web", namespace=NS, deployment="web")
+    named = replace(base, id="v1", params={**base.params, "to_version": "v1"})
+    res = await ex.execute(named)
+    assert res.ok and res.detail.endswith("from revision 3 to 1"), res.detail
+    unknown = replace(base, id="v9", params={**base.params, "to_version": "v9"})
+    refused = await ex.execute(unknown)
+    assert not refused.ok and not refused.retriable and "runs v9" in refused.detail
+
+
 async def test_cordon_patches_the_node_of_the_entitys_pod(api: tuple[Recorder, str]) -> None:
     rec, url = api
     _web_pod_routes(rec)

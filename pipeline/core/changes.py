@@ -72,14 +72,20 @@ class ChangeLog:
         return list(found) if found else []
 
     def recent(self, entity: str, ts: float, window_seconds: float) -> ChangeRef | None:
-        """The latest change on ``entity`` at most ``window_seconds`` before ``ts``."""
-        history = self.history(entity)
-        before = [c for c in history if c.ts <= ts]
-        if not before or ts - before[-1].ts > window_seconds:
+        """The change that brought the version ``entity`` runs at ``ts``, if at most
+        ``window_seconds`` before; ``previous`` is the version a rollback should go to."""
+        before = [c for c in self.history(entity) if c.ts <= ts]
+        if not before:
             return None
-        change = before[-1]
-        previous = before[-2].version if len(before) > 1 else None
-        return ChangeRef(change.id, change.version, previous, change.ts)
+        at = len(before) - 1
+        while at > 0 and before[at - 1].version == before[at].version:
+            at -= 1  # a redeploy of the running version is no change: its first deploy is
+        change = before[at]
+        if change.kind is ChangeKind.ROLLEDBACK or ts - change.ts > window_seconds:
+            # a rollback restored a version that ran before: rolling it back would reinstate
+            # the version just rolled back from (a rollback loop)
+            return None
+        return ChangeRef(change.id, change.version, _target(before, at, window_seconds), change.ts)
 
     def entities(self) -> Iterable[str]:
         return self._by_entity.keys()
@@ -99,6 +105,28 @@ class ChangeLog:
                     str(cid), float(ts), str(entity), ChangeKind(kind), str(artifact), str(source)
                 )
             )
+
+
+def _target(before: list[Change], at: int, window_seconds: float) -> str | None:
+    """The version to roll ``before[at]`` back to: the newest earlier one that differs, was
+    never rolled back from (known bad) and ran for ``window_seconds`` before it was replaced
+    (one replaced sooner is unproven: often the bad deploy a fix forward followed); without
+    such a version, the newest that differs and is not known bad."""
+    rolled = zip(before[1:], before[:-1], strict=True)
+    bad = {b.version for a, b in rolled if a.kind is ChangeKind.ROLLEDBACK}
+    bad.add(before[at].version)
+    fallback = None
+    end = before[at].ts  # when the newer version replaced the run being looked at
+    for i in range(at - 1, -1, -1):
+        c = before[i]
+        if i > 0 and before[i - 1].version == c.version:
+            continue  # a redeploy: the run began with the first deploy of its version
+        if c.version not in bad:
+            if end - c.ts >= window_seconds:
+                return c.version
+            fallback = fallback or c.version
+        end = c.ts
+    return fallback
 
 
 @dataclass(frozen=True, slots=True)

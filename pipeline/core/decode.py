@@ -336,8 +336,12 @@ class Decoder:
             # numbers beyond float range (a 400-digit timestamp): errors as data, never raised
             out.rejects.append(Reject(env, RejectReason.SCHEMA, "message", str(exc)[:200]))
 
-    def decode_changes(self, batch: Sequence[Envelope]) -> tuple[list[Change], list[Reject]]:
-        """CDEvents service events (``selfheal.changes``): each entity's new versions."""
+    def decode_changes(
+        self, batch: Sequence[Envelope], now: float | None = None, max_future: float = 300.0
+    ) -> tuple[list[Change], list[Reject]]:
+        """CDEvents service events (``selfheal.changes``): each entity's new versions; one
+        dated over ``max_future`` seconds after ``now`` (the wall clock, live) is refused:
+        kept, it would be its entity's newest change for as long, pushing real ones out."""
         changes: list[Change] = []
         out = Decoded()
         for env in batch:
@@ -352,6 +356,11 @@ class Decoder:
                 continue
             kind = ChangeKind(ev.context.type.split(".")[3])
             ts = ev.context.timestamp.timestamp()
+            if now is not None and ts > now + max_future:
+                ahead = f"{ts - now:.0f} s in the future (max {max_future:.0f})"
+                reason = RejectReason.TIMESTAMP_FUTURE
+                out.rejects.append(Reject(env, reason, "context.timestamp", ahead))
+                continue
             artifact = ev.subject.content.artifactId
             changes.append(
                 Change(ev.context.id, ts, ev.subject.id, kind, artifact, ev.context.source)

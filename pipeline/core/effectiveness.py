@@ -37,12 +37,13 @@ way. The order is fixed when an incident's ladder starts and kept while it climb
 from __future__ import annotations
 
 import random
-import re
 import statistics
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from selfheal.pipeline.core.topology import SERVICE_LABELS, service_from_name
 
 if TYPE_CHECKING:
     from selfheal.pipeline.core.metrics import Metrics
@@ -64,13 +65,14 @@ Verdict = tuple[str, str, str, bool, float | None]
 
 
 def service_of(entity: str, labels: Mapping[str, str] | None = None) -> str:
-    """The service an entity belongs to: its ``service`` (or ``app``) label, else the entity
-    name without an instance suffix (``checkout-2`` -> ``checkout``)."""
+    """The service an entity belongs to, as the incidents see it (``core/topology.py``): its
+    ``service`` (``service.name``, ``app``) label, else the entity name without a replica
+    suffix (``checkout-2``, a Kubernetes pod's ``checkout-7d9f8b6c5-x2x4z`` -> ``checkout``)."""
     if labels:
-        for key in ("service", "app"):
+        for key in SERVICE_LABELS:
             if labels.get(key):
                 return str(labels[key])
-    return re.sub(r"-\d+$", "", entity) or entity
+    return service_from_name(entity)
 
 
 @dataclass(slots=True)

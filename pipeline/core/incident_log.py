@@ -137,7 +137,7 @@ class IncidentArbiter:
         self._forget_resolved(events)
         inc = book.incident_of(note.entity)
         found = attribute(note.kind, note.entity, note.service, note.change, book)
-        cause = None if found is not None else book.symptom_of(note.entity)
+        cause = None if found is not None else book.symptom_of(note.entity, note.ts)
         if inc is None:
             out = IncidentOutcome(tuple(events), None, cause, found, (), self.notes)
         else:

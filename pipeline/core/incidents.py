@@ -132,6 +132,9 @@ class IncidentBook:
         self._by_entity: dict[str, str] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._revision: dict[str, int] = {}
+        #: entity of an open incident -> its latest anomaly (apart from the views, so that a
+        #: build without it still reads these snapshots)
+        self._last: dict[str, float] = {}
 
     # -- the log ----------------------------------------------------------------------------
 
@@ -172,13 +175,18 @@ class IncidentBook:
         inc_id = self._by_entity.get(entity)
         return self._open.get(inc_id) if inc_id else None
 
-    def symptom_of(self, entity: str) -> Cause | None:
-        """The probable cause when ``entity``'s only problem is another entity it depends on."""
+    def symptom_of(self, entity: str, ts: float | None = None) -> Cause | None:
+        """The probable cause when ``entity``'s only problem is another entity it depends on
+        (at event time ``ts``: a cause quiet for ``resolve_after_seconds`` has recovered, and
+        what still fails is its callers' own to repair)."""
         inc = self.incident_of(entity)
         if inc is None or not inc.causes:
             return None
         top = inc.causes[0]
         if top.entity == entity or top.score < self.config.min_cause_score:
+            return None
+        last = self._last.get(top.entity)  # None: a shared callee that reported nothing
+        if last is not None and ts is not None and ts - last > self.config.resolve_after_seconds:
             return None
         return top if _depends(inc, entity, top.entity) else None
 
@@ -200,6 +208,7 @@ class IncidentBook:
             "open": list(self._open.values()),
             "seen": list(self._seen),
             "revision": dict(self._revision),
+            "last": dict(self._last),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -208,6 +217,9 @@ class IncidentBook:
         if not all(isinstance(inc, Incident) for inc in incidents):
             raise ValueError("open incidents are malformed")
         self._open = OrderedDict((inc.id, inc) for inc in incidents)
+        # absent (written before it was kept): every entity active as of its incident's last
+        last = {str(k): float(v) for k, v in dict(state.get("last") or {}).items()}
+        self._last = {e: last.get(e, inc.last) for inc in incidents for e in inc.entities}
         self._by_entity = {e: inc.id for inc in incidents for e in inc.entities}
         self._seen = OrderedDict((str(i), None) for i in state["seen"])
         self._remember_trim()
@@ -257,6 +269,7 @@ class IncidentBook:
         else:
             before = (len(view.kinds), view.callees, view.change, view.first)
             view.first = min(view.first, note.ts)  # a note can arrive after a later one
+        self._last[note.entity] = max(self._last.get(note.entity, note.ts), note.ts)
         view.kinds[note.kind.value] = None
         view.callees = _callees(view.callees, note.callees, self.config.max_callees)
         view.change = view.change or note.change
@@ -283,6 +296,7 @@ class IncidentBook:
                     self._by_entity[entity] = into.id
                 else:
                     del self._by_entity[entity]
+                    self._last.pop(entity, None)
         room = self.config.max_listed_anomalies - len(into.anomalies)
         into.anomalies.extend(other.anomalies[: max(room, 0)])
         into.anomaly_count += other.anomaly_count
@@ -298,6 +312,7 @@ class IncidentBook:
         for entity in inc.entities:
             if self._by_entity.get(entity) == inc.id:
                 del self._by_entity[entity]
+                self._last.pop(entity, None)
         return self._event(inc, "resolved", ts)
 
     def _event(self, inc: Incident, state: str, ts: float, **extra: Any) -> IncidentEvent:

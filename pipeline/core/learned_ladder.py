@@ -17,7 +17,7 @@ from selfheal.pipeline.core import ladder
 from selfheal.pipeline.core.effectiveness import learned_order, service_of
 from selfheal.pipeline.core.policy_config import Rule
 from selfheal.pipeline.core.policy_state import decision_id
-from selfheal.pipeline.core.repair_plan import NO_PLAN, RepairPlan
+from selfheal.pipeline.core.repair_plan import NO_PLAN, PROTECTIVE, RepairPlan
 from selfheal.pipeline.kernel.types import Anomaly, Decision
 
 if TYPE_CHECKING:
@@ -54,6 +54,44 @@ def incident_order(eng: PolicyEngine, rule: Rule, entity: str) -> list[int] | No
     return [now.index(ranked[pos]) for pos in order]
 
 
+def pinned(rule: Rule) -> set[int]:
+    """Positions learning leaves alone: a step that asks a person (never learned, as only
+    what ran on its own is: "untried" for ever, it would be put first) and a protective action
+    (a caller left to its cause may take only those: ranked behind a repair, out of reach)."""
+    return {
+        pos
+        for pos, step in enumerate(rule.actions)
+        if step.action in PROTECTIVE
+        or (
+            step.requires_approval if step.requires_approval is not None else rule.requires_approval
+        )
+    }
+
+
+def rank(eng: PolicyEngine, rule: Rule, anomaly: Anomaly) -> tuple[list[int], str]:
+    """A fresh incident's order: the automatic repairs ranked among their own places."""
+    f = anomaly.finding
+    fixed = pinned(rule)
+    free = [pos for pos in range(len(rule.actions)) if pos not in fixed]
+    learning = eng.config.learning
+    ranked, why = learned_order(
+        eng._state.learning,
+        f.kind.value,
+        service_of(f.entity, f.labels),
+        [rule.actions[pos].action.value for pos in free],
+        min_tries=rule.min_tries,
+        prior=(learning.prior_successes, learning.prior_failures),
+        seed=decision_id(rule.name, "order", f.entity, anomaly.id),
+    )
+    best = iter(free[i] for i in ranked)
+    order = [pos if pos in fixed else next(best) for pos in range(len(rule.actions))]
+    if fixed:
+        kept = ", ".join(rule.actions[pos].action.value for pos in sorted(fixed))
+        why = f"{why}; " if free else "learned order: "
+        why += f"{kept} kept in place (approval or protective)"
+    return order, why
+
+
 def decide(
     eng: PolicyEngine, rule: Rule, anomaly: Anomaly, now: float, plan: RepairPlan = NO_PLAN
 ) -> list[Decision]:
@@ -62,16 +100,7 @@ def decide(
     f = anomaly.finding
     case = st.cases.get(rule.name, f.entity)
     if case is None or case.idle:
-        learning = eng.config.learning
-        order, why = learned_order(
-            st.learning,
-            f.kind.value,
-            service_of(f.entity, f.labels),
-            [step.action.value for step in rule.actions],
-            min_tries=rule.min_tries,
-            prior=(learning.prior_successes, learning.prior_failures),
-            seed=decision_id(rule.name, "order", f.entity, anomaly.id),
-        )
+        order, why = rank(eng, rule, anomaly)
         ladder_actions = [step.action.value for step in rule.actions]
         st.learning.remember_order(rule.name, f.entity, order, ladder_actions)
     else:

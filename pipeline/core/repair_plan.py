@@ -140,7 +140,7 @@ class IncidentHub:
             f.metric,
             service,
             topology.node_of(f.entity),
-            topology.callees(f.entity),
+            topology.callees(f.entity, f.ts),  # the calls it still makes
             change,
         )
 

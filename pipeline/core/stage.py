@@ -467,6 +467,7 @@ class Pipeline:
         )
         self.topics = settings.kafka.topics
         self.use_watermark = (not live) or v.time_reference == "watermark"
+        self.max_future = v.max_future_seconds  # for the changes (samples: the guard's)
         self.stages: dict[int, PartitionStage] = {}
         inc = settings.incidents
         #: one incident book for every partition of this process
@@ -528,7 +529,9 @@ class Pipeline:
             if changes_topic in topics:
                 # deploys are state for the incidents, not samples: recorded before the batch
                 changes, change_rejects = self.decoder.decode_changes(
-                    [e for e in envs if e.topic == changes_topic]
+                    [e for e in envs if e.topic == changes_topic],
+                    None if self.use_watermark else now,
+                    self.max_future,
                 )
                 for change in changes:
                     self.stage(part).changes.record(change)

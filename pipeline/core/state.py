@@ -171,6 +171,7 @@ def stage_state(stage: Any) -> dict[str, Any]:
         "policy": snap() if snap is not None else None,
         # incidents: the partition's learned call graph and its entities' recent deploys
         "topology": stage.topology.edges_state() if hasattr(stage, "topology") else None,
+        "topology_seen": stage.topology.edge_times() if hasattr(stage, "topology") else None,
         "changes": stage.changes.to_state() if hasattr(stage, "changes") else None,
         # OTLP cumulative series (last point per series, plain tuples) and ignored-point counts
         "otlp": {"series": stage.otlp_series, "counts": stage.otlp_counts}
@@ -276,7 +277,7 @@ def restore(stage: Any, state: dict[str, Any]) -> Reconciled:
         stage.otlp_counts = counts
     try:
         if state.get("topology") is not None:
-            stage.topology.load_edges(state["topology"])
+            stage.topology.load_edges(state["topology"], state.get("topology_seen"))
         if state.get("changes") is not None:
             stage.changes.load_state(state["changes"])
     except (TypeError, ValueError) as exc:

@@ -9,6 +9,8 @@ Three sources of relatedness, all cheap to keep:
 * **node**: entities on one host (``node`` / ``k8s.node.name`` / ``host.name`` label).
 
 Bounded: the entities last seen (LRU, ``max_entities``) and at most ``max_callees`` callees each.
+A learned call not probed for ``EDGE_TTL_SECONDS`` of event time no longer ties its ends in a
+new incident note (``callees(entity, ts)``): the caller moved on; configured calls never age.
 
 >>> from selfheal.pipeline.kernel.types import Sample
 >>> topo = Topology(static={"web-1": ["api-1"]})
@@ -21,6 +23,7 @@ Bounded: the entities last seen (LRU, ``max_entities``) and at most ``max_callee
 
 from __future__ import annotations
 
+import math
 import re
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,6 +34,8 @@ from selfheal.pipeline.kernel.types import Sample
 
 #: callees kept per entity (the newest; the incident book keeps as many per entity)
 MAX_CALLEES = 32
+#: a learned call not seen for this long (event time) is left out of the callees at a time
+EDGE_TTL_SECONDS = 3600.0
 
 DEPENDENCY_METRIC = "dependency_request_ok"
 DEPENDENCY_LABEL = "dependency"
@@ -52,7 +57,8 @@ class _Node:
     def __init__(self, service: str, node: str | None) -> None:
         self.service = service
         self.node = node
-        self.callees: dict[str, None] = {}  # insertion-ordered set
+        #: callee -> when last seen (event time; inf: configured, or of an older snapshot)
+        self.callees: dict[str, float] = {}  # insertion-ordered
 
 
 class Topology:
@@ -80,13 +86,23 @@ class Topology:
         node = self._node(sample.entity, sample.labels)
         if sample.metric == DEPENDENCY_METRIC:
             callee = sample.labels.get(DEPENDENCY_LABEL)
-            if callee and callee != sample.entity and callee not in node.callees:
-                self._link(sample.entity, node, callee)
+            if not callee or callee == sample.entity:
+                return
+            seen = node.callees.get(callee)
+            if seen is None:
+                self._link(sample.entity, node, callee, sample.ts)
+            elif seen < sample.ts:
+                node.callees[callee] = sample.ts
 
-    def add_edge(self, caller: str, callee: str) -> None:
+    def add_edge(self, caller: str, callee: str, seen: float = math.inf) -> None:
+        """A call known without probes (configured: ``seen`` inf, it never ages)."""
         node = self._node(caller, {})
-        if callee != caller and callee not in node.callees:
-            self._link(caller, node, callee)
+        if callee == caller:
+            return
+        if callee not in node.callees:
+            self._link(caller, node, callee, seen)
+        elif node.callees[callee] < seen:
+            node.callees[callee] = seen
 
     def _node(self, entity: str, labels: Mapping[str, str]) -> _Node:
         node = self._nodes.get(entity)
@@ -97,12 +113,12 @@ class Topology:
             self._nodes.put(entity, node)
         return node
 
-    def _link(self, caller: str, node: _Node, callee: str) -> None:
+    def _link(self, caller: str, node: _Node, callee: str, seen: float) -> None:
         if len(node.callees) >= self.max_callees:
             oldest = next(iter(node.callees))
             del node.callees[oldest]
             self._unlink(caller, oldest)
-        node.callees[callee] = None
+        node.callees[callee] = seen
         self._callers.setdefault(callee, set()).add(caller)
 
     def _forget(self, entity: str, node: _Node) -> None:
@@ -121,14 +137,32 @@ class Topology:
         """The learned call graph as plain data (groups are learned again from labels)."""
         return [[e, list(n.callees)] for e, n in self._nodes.items() if n.callees]
 
-    def load_edges(self, edges: Any) -> None:
-        for caller, callees in edges:
-            for callee in callees:
-                self.add_edge(str(caller), str(callee))
+    def edge_times(self) -> list[list[Any]]:
+        """When each edge of ``edges_state`` was last seen, row for row (None: never ages).
+        Apart from the edges, so that a build reading only edges reads these snapshots."""
+        return [
+            [e, [None if math.isinf(t) else t for t in n.callees.values()]]
+            for e, n in self._nodes.items()
+            if n.callees
+        ]
 
-    def callees(self, entity: str) -> tuple[str, ...]:
+    def load_edges(self, edges: Any, times: Any = None) -> None:
+        """``edges_state`` and ``edge_times`` back; an edge without a time (from a snapshot
+        written before edges kept them) never ages, as edges did then."""
+        seen = {str(e): [math.inf if t is None else float(t) for t in ts] for e, ts in times or ()}
+        for caller, callees in edges:
+            at = seen.get(str(caller), [])
+            for i, callee in enumerate(callees):
+                self.add_edge(str(caller), str(callee), at[i] if i < len(at) else math.inf)
+
+    def callees(self, entity: str, ts: float | None = None) -> tuple[str, ...]:
+        """``entity``'s callees; at event time ``ts``, only those seen in ``EDGE_TTL_SECONDS``."""
         node = self._nodes.peek(entity)
-        return tuple(node.callees) if node is not None else ()
+        if node is None:
+            return ()
+        if ts is None:
+            return tuple(node.callees)
+        return tuple(c for c, seen in node.callees.items() if ts - seen <= EDGE_TTL_SECONDS)
 
     def callers(self, entity: str) -> frozenset[str]:
         return frozenset(self._callers.get(entity, ()))
