@@ -440,6 +440,7 @@ def load_outcome(data: bytes) -> Settings | ConfigError | None:
 @given(config_bytes)
 @example(b"kafka:\n  partitions: 0\n")
 @example(b"- 1\n")
+@example(b'"\\r": null\n')  # an invisible extra key is named quoted: '\\r'
 def test_load_settings_returns_settings_or_config_error(data: bytes) -> None:
     result = load_outcome(data)
     event(f"outcome: {type(result).__name__}")

@@ -347,8 +347,15 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
         raise ConfigError("--config", "nested too deeply") from exc
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "config"
+        loc = ".".join(_loc_part(p) for p in first["loc"]) or "config"
         raise ConfigError(loc, first["msg"]) from err
+
+
+def _loc_part(part: object) -> str:
+    """A key as the error names it: quoted when blank, padded or unprintable ("\\r"), so the
+    message says which key it is rather than printing an invisible one."""
+    text = str(part)
+    return text if text and text.isprintable() and text.strip() == text else repr(text)
 
 
 # -- environment variable names -------------------------------------------------------------
