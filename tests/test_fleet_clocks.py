@@ -11,10 +11,17 @@ from __future__ import annotations
 import random
 from bisect import bisect_right
 
+import pytest
 from selfheal.pipeline.core.fleet import FleetArbiter, LocalFleet
 from selfheal.pipeline.core.policy import PolicyEngine
 from selfheal.pipeline.core.policy_config import PolicyConfig
-from selfheal.pipeline.kernel.types import DecisionStatus, FleetRequest, RepairAction, Verdict
+from selfheal.pipeline.kernel.types import (
+    DecisionStatus,
+    FleetProgress,
+    FleetRequest,
+    RepairAction,
+    Verdict,
+)
 
 from tests.test_fleet import _anomaly
 
@@ -73,3 +80,43 @@ def test_granted_requests_keep_the_budget_in_any_window_whatever_the_skew() -> N
             granted.append(req.ts)
     assert _most_in_a_window(granted, 600.0) <= 10
     assert len(granted) >= 10  # (not by holding everything)
+
+
+# -- storm ends (not fixed: pinned) ---------------------------------------------------------
+
+
+def _storm_of_a_partition_hours_behind() -> FleetArbiter:
+    """Partition 1's producers are 3 h ahead; partition 0's needs start a storm, then stop."""
+    a = FleetArbiter(10, 600.0, storm_threshold=2, storm_window_seconds=300.0)
+    a.apply(FleetRequest("f", HOURS_AHEAD, "fast-0", RESTART, claim=True, storm_id="sf"))
+    for i in range(2):
+        a.apply(FleetRequest(f"d{i}", 100.0 + i, f"slow-{i}", RESTART, claim=True, storm_id="s"))
+    assert a.active_storm(RESTART, 101.0) == "s"
+    return a
+
+
+def _report(a: FleetArbiter, slow: float, wall: float) -> None:
+    a.progress(FleetProgress(0, 2, slow, at=wall))
+    a.progress(FleetProgress(1, 2, HOURS_AHEAD + slow, at=wall))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="storm ends are judged on the log's time against the slowest partition's progress: "
+    "a partition 3 h behind is held for 3 h of its own time (needs carry no partition)",
+)
+def test_a_storm_ends_a_quiet_window_after_its_needs_in_each_partitions_own_time() -> None:
+    a = _storm_of_a_partition_hours_behind()
+    # both partitions quiet for two storm windows of their own time
+    _report(a, 101.0 + 600.0, wall=1.0)
+    assert a.active_storm(RESTART, 101.0 + 600.0) is None
+
+
+def test_pinned_a_storm_holds_a_partition_behind_until_it_reaches_the_fleets_time() -> None:
+    # what the code does: the storm's last need is on the log's time (3 h ahead of partition
+    # 0), and it ends once every partition passed it by a storm window
+    a = _storm_of_a_partition_hours_behind()
+    _report(a, HOURS_AHEAD - 1.0, wall=1.0)
+    assert a.active_storm(RESTART, HOURS_AHEAD) == "s"
+    _report(a, HOURS_AHEAD + 300.0, wall=2.0)
+    assert a.active_storm(RESTART, HOURS_AHEAD + 300.0) is None
