@@ -9,6 +9,7 @@ from selfheal.pipeline.core.repair import (
     Budget,
     CaseBook,
     Cooldowns,
+    EventBudget,
     Hold,
     PendingVerification,
     SeenIds,
@@ -45,6 +46,28 @@ def test_budget_sliding_window() -> None:
     assert b.available(100.0) and b.used(100.0) == 2
     zero = Budget(max_repairs=0, window_seconds=100.0)
     assert not zero.available(0.0)
+
+
+def test_event_budget_judges_every_window_around_a_late_time() -> None:
+    b = EventBudget(max_repairs=2, window_seconds=100.0)
+    b.consume(1000.0)
+    b.consume(1090.0)
+    # before both: a window (950, 1050] would hold 1000 and it; (990, 1090] all three
+    assert b.available(950.0) and not b.available(995.0)
+    assert not b.available(1050.0) and b.available(1190.0) and b.available(800.0)
+    b.consume(800.0)
+    assert b.used(850.0) == 1 and b.used(1090.0) == 2
+    zero = EventBudget(max_repairs=0, window_seconds=100.0)
+    assert not zero.available(0.0)
+
+
+def test_event_budget_holds_a_time_whose_windows_it_forgot() -> None:
+    b = EventBudget(max_repairs=1, window_seconds=10.0, cap=3)
+    for t in (100.0, 200.0, 300.0, 400.0):
+        b.consume(t)
+    assert len(b._used) == 3  # 100 was forgotten: nothing near it is granted any more
+    assert not b.available(105.0) and not b.available(50.0)
+    assert b.available(150.0) and b.available(500.0)
 
 
 def test_storm_detector_counts_distinct_entities_in_window() -> None:

@@ -34,7 +34,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from selfheal.pipeline.core.policy_config import PolicyConfig
-from selfheal.pipeline.core.repair import MAX_STORM_ENTITIES, Budget, StormDetector
+from selfheal.pipeline.core.repair import (
+    MAX_STORM_ENTITIES,
+    Budget,
+    EventBudget,
+    StormDetector,
+)
 from selfheal.pipeline.kernel.types import (
     FleetOutcome,
     FleetProgress,
@@ -113,6 +118,8 @@ class FleetArbiter:
 
     Time is the largest event time applied (records from many partitions arrive out of order),
     so windows slide monotonically and every reader of the same log computes the same verdicts.
+    A repair is granted only with room in the budget on that time and, as partitions' event
+    clocks may disagree, in every budget window around the request's own event time.
     """
 
     def __init__(
@@ -134,7 +141,12 @@ class FleetArbiter:
         self.cap = cap
         self.remember = remember
         self.clock = -math.inf
+        #: a repair counts in every window it may fall in when partitions' clocks disagree:
+        #: on the log's time it was granted at (partitions live at once, one's producers ahead,
+        #: share it) and around its own event time (a partition behind one whose time races
+        #: ahead must not find its earlier repairs slid out of the window)
         self._budget = Budget(max_repairs, window_seconds)
+        self._event_budget = EventBudget(max_repairs, window_seconds, cap)
         self._needs = StormDetector(storm_threshold, storm_window_seconds, cap)
         self._active: dict[RepairAction, _Storm] = {}
         #: storm id -> its last need, for storms over (bounded)
@@ -220,8 +232,9 @@ class FleetArbiter:
             outcome = FleetOutcome(Verdict.STORM_STARTED, req.storm_id, count, tuple(entities))
         elif not req.claim:
             outcome = FleetOutcome(Verdict.NOTED)
-        elif self._budget.available(now):
+        elif self._budget.available(now) and self._event_budget.available(req.ts):
             self._budget.consume(now)
+            self._event_budget.consume(req.ts)
             outcome = FleetOutcome(Verdict.GRANTED)
         else:
             outcome = FleetOutcome(Verdict.BUDGET)
@@ -386,7 +399,11 @@ class FleetArbiter:
         ]
 
     def budget_used(self, ts: float) -> int:
-        return self._budget.used(max(ts, self.clock)) if self.clock > -math.inf else 0
+        """Repairs in the window ending at ``ts`` (or the log's time), on whichever reading of
+        the time holds more."""
+        if self.clock == -math.inf:
+            return 0
+        return max(self._budget.used(max(ts, self.clock)), self._event_budget.used(ts))
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,8 @@
 
 * ``Cooldowns``: no repeat of the same action on the same entity before a deadline.
 * ``Budget``: fleet-wide cap on repairs per sliding window.
+* ``EventBudget``: the same cap in any window of the times consumed, in whatever order they
+  come (partitions on different event clocks).
 * ``StormDetector``: more than N distinct entities needing one action within a window.
 * ``CaseBook`` / ``Case``: per (rule, entity) ladder position, attempts, the open verification
   and the escalation state.
@@ -17,6 +19,8 @@ strings, booleans and ``None``), so a snapshot codec carries it without pickling
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,6 +121,45 @@ class Budget:
     def consume(self, ts: float) -> None:
         self._expire(ts)
         self._used.append(ts)
+
+
+class EventBudget:
+    """At most ``max_repairs`` consumptions in any window ``(a, a + window_seconds]`` of the
+    times consumed, whatever their order: a time earlier than others consumed (a partition
+    behind the fleet) is judged against the consumptions around it, before and after.
+
+    Keeps the ``cap`` latest times; a time whose windows reach below one it forgot is never
+    available (holding is the safe side: it is that far behind ``cap`` repairs).
+
+    >>> b = EventBudget(max_repairs=2, window_seconds=60.0)
+    >>> b.consume(100.0), b.consume(130.0), b.available(80.0), b.available(30.0)
+    (None, None, False, True)
+    """
+
+    def __init__(self, max_repairs: int, window_seconds: float, cap: int = 10_000) -> None:
+        self.max_repairs = max_repairs
+        self.window_seconds = window_seconds
+        self.cap = max(cap, max_repairs, 1)
+        self._used: list[float] = []  # sorted
+        self._forgot = -math.inf
+
+    def used(self, ts: float) -> int:
+        """Consumptions in the window ending at ``ts``."""
+        return bisect_right(self._used, ts) - bisect_right(self._used, ts - self.window_seconds)
+
+    def available(self, ts: float) -> bool:
+        window = self.window_seconds
+        if self.max_repairs <= 0 or ts - window < self._forgot:
+            return False
+        # of the windows holding ts, the fullest ends at ts or at a later consumption
+        # (at most max_repairs of those lie within a window after ts)
+        later = self._used[bisect_right(self._used, ts) : bisect_left(self._used, ts + window)]
+        return all(self.used(end) < self.max_repairs for end in (ts, *later))
+
+    def consume(self, ts: float) -> None:
+        insort(self._used, ts)
+        if len(self._used) > self.cap:
+            self._forgot = max(self._forgot, self._used.pop(0))
 
 
 @dataclass(slots=True)
