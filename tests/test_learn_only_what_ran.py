@@ -21,7 +21,7 @@ from selfheal.pipeline.app import outcomes as oc
 from selfheal.pipeline.app.not_run import NotRunCollector
 from selfheal.pipeline.app.wiring import SelfhealProcess
 from selfheal.pipeline.core.config import load_settings
-from selfheal.pipeline.core.effectiveness import ALL_SERVICES, Effectiveness
+from selfheal.pipeline.core.effectiveness import ALL_SERVICES, NO_REPAIR, Effectiveness
 from selfheal.pipeline.core.policy import PolicyEngine
 
 from tests.spine_helpers import produce_records, settings_for, until
@@ -37,14 +37,17 @@ def _counts(book: Effectiveness, service: str = "web") -> tuple[int, int, list[f
 # -- the book ----------------------------------------------------------------------------------
 
 
-def test_an_open_repair_that_did_not_run_is_dropped() -> None:
+def test_an_open_repair_that_did_not_run_is_judged_as_no_repair() -> None:
     book = Effectiveness()
     book.opened("d1", *KEY, 100.0)
     assert book.not_run("d1")
-    assert "d1" not in book.open
-    assert not book.closed("d1", False, None)  # its verdict teaches nothing
-    assert _counts(book) is None
+    assert book.open["d1"][1] == NO_REPAIR
     assert not book.not_run("d1")  # idempotent
+    assert book.closed("d1", False, None)  # its verdict teaches the baseline only
+    assert _counts(book) is None
+    none = book.get("memory_high", NO_REPAIR, "web")
+    assert none is not None and (none.successes, none.failures) == (0, 1)
+    assert not book.not_run("d1")
 
 
 def test_a_recorded_failure_is_retracted_from_both_keys() -> None:
@@ -139,7 +142,14 @@ def test_only_repairs_that_did_not_run_are_unlearned() -> None:
     c.on_outcome(b"not json")
     assert c.apply() == 0  # read before this drain: applied at the next but one
     assert c.apply() == 5
-    assert set(book.open) == {"dup", "unknown", "page", "ok", "one-ok"}
+    # the ones that did not run stay open as cases of no repair (the baseline)
+    assert {did for did, e in book.open.items() if e[1] == "restart"} == {
+        "dup",
+        "unknown",
+        "page",
+        "ok",
+        "one-ok",
+    }
     c.on_outcome(_outcome("failed", oc.FAILED, "exit 1"))  # re-read: nothing to undo
     c.apply(), c.apply()
     assert "failed" in c.waiting  # kept for a partition assigned later

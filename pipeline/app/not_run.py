@@ -1,4 +1,5 @@
-"""Repairs the executors did not run are no trial of their effectiveness: unlearn them.
+"""Repairs the executors did not run are no trial of their effectiveness: unlearn them (their
+verdict is kept as a case of no repair: how often the condition clears on its own).
 
 The policy judges a repair on event time when its verification window closes, whether it ran
 or not; the executor stage's outcomes (the outcome topic, which every process tails whole) say
@@ -13,9 +14,10 @@ never an escalation (pages are not learned), and not a decision that has an ``ok
 
 ``NotRunCollector`` gathers those decision ids as the outcomes are read (on the event loop) and
 hands them, between batches (``Runner.between_batches``, never while detection runs), to every
-local partition engine's ``not_run``: the engine that opened the repair drops it, or retracts
-the verdict it recorded. Ids no engine here knows wait (the newest ``MAX_WAITING``): their
-partition may be assigned to this process later, restored from a snapshot that has them.
+local partition engine's ``not_run``: the engine that opened the repair judges it as a case of
+no repair, or moves the verdict it recorded there (``core/effectiveness.py``). Ids no engine
+here knows wait (the newest ``MAX_WAITING``): their partition may be assigned to this process
+later, restored from a snapshot that has them.
 
 >>> c = NotRunCollector(None)
 >>> c.on_outcome(b'{"type": "io.selfheal.repair.outcome", "data": {"decision_id": "d1",'

@@ -241,7 +241,7 @@ def attempt(
     if not approval:  # its verified outcome teaches the effectiveness book
         f = ask.anomaly.finding
         service = service_of(f.entity, f.labels)
-        st.learning.opened(decision.id, f.kind.value, action.value, service, now)
+        st.learning.opened(decision.id, f.kind.value, action.value, service, now, f.entity)
     case.attempts += 1
     case.rung_action = rule.actions[case.rung].action.value  # the rung's, even when overridden
     case.pending = PendingVerification(
@@ -350,7 +350,9 @@ def fail(eng: PolicyEngine, rule: Rule, case: Case, ts: float, why: str) -> None
     pending = case.pending
     assert pending is not None
     case.pending = None
-    eng._state.learning.closed(pending.decision_id, False, None)
+    eng._state.learning.closed(
+        pending.decision_id, False, None, eng.config.learning.max_outcomes_per_entity
+    )
     rule = eng.ladder_rule(rule, case.entity)  # a learned order: the rung's own step
     if not pending.approval:
         eng._state.verifications.append(
@@ -401,7 +403,9 @@ def succeed(eng: PolicyEngine, case: Case) -> None:
     assert pending is not None
     window = pending.deadline - pending.started
     # recovered when the condition was last seen (at the repair itself if never again)
-    eng._state.learning.closed(pending.decision_id, True, max(case.last_seen, pending.started))
+    recovered = max(case.last_seen, pending.started)
+    cap = eng.config.learning.max_outcomes_per_entity
+    eng._state.learning.closed(pending.decision_id, True, recovered, cap)
     if not pending.approval:
         eng._state.verifications.append(
             Verification(

@@ -157,9 +157,11 @@ class PolicyEngine:
         return self._state.learning
 
     def not_run(self, decision_id: str) -> bool:
-        """The executors did not run ``decision_id``: unlearn it (``Effectiveness.not_run``);
-        False when this engine has nothing of it. Between batches only."""
-        return self._state.learning.not_run(decision_id)
+        """The executors did not run ``decision_id``: learn it as a case of no repair
+        (``Effectiveness.not_run``); False when this engine has nothing of it. Between batches
+        only."""
+        cap = self.config.learning.max_outcomes_per_entity
+        return self._state.learning.not_run(decision_id, cap)
 
     # ----------------------------------------------------------------- public API
     def matching_rules(self, anomaly: Anomaly, plan: RepairPlan = NO_PLAN) -> list[Rule]:

@@ -114,12 +114,16 @@ class BudgetConfig(BaseModel):
 
 
 class LearningConfig(BaseModel):
-    """The Beta prior of learned repair effectiveness (pseudo-counts of outcomes)."""
+    """The Beta prior of learned repair effectiveness (pseudo-counts of outcomes), and how
+    many outcomes of one entity count toward its service and the fleet."""
 
     model_config = _STRICT
 
     prior_successes: float = Field(default=1.0, gt=0)
     prior_failures: float = Field(default=1.0, gt=0)
+    #: per (kind, action): an entity's newest this many outcomes count (a busy or flapping
+    #: replica does not speak for its whole service)
+    max_outcomes_per_entity: int = Field(default=5, ge=1, le=1000)
 
 
 class PolicyConfig(BaseModel):
