@@ -16,6 +16,7 @@ import orjson
 from selfheal.pipeline.app.runner import Runner
 from selfheal.pipeline.core.config import Settings, TopicsConfig, load_settings
 from selfheal.pipeline.core.policy import PolicyEngine
+from selfheal.pipeline.kernel.types import Anomaly, AnomalyKind, Finding, Severity
 
 from tests.conftest import ROOT
 
@@ -39,6 +40,23 @@ def critical_memory(entity: str, ts: float) -> dict[str, Any]:
         "value": 0.99e9,
         "limit": 1e9,
     }
+
+
+def queue_backlog(entity: str, ts: float) -> Anomaly:
+    """A warning ``queue_high`` anomaly of ``entity`` at ``ts`` (id ``entity@ts``), as a rule
+    judge reports one: the learning tests' incident."""
+    f = Finding(
+        ts=ts,
+        entity=entity,
+        metric="queue_depth",
+        detector="rule",
+        kind=AnomalyKind.QUEUE_HIGH,
+        severity=Severity.WARNING,
+        score=0.9,
+        threshold=0.8,
+        value=900,
+    )
+    return Anomaly(id=f"{entity}@{ts:g}", finding=f)
 
 
 def settings_for(prefix: str, bootstrap: str, partitions: int = 3, **extra: Any) -> Settings:

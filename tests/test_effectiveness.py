@@ -15,9 +15,10 @@ from selfheal.pipeline.core.effectiveness import observe_effectiveness, service_
 from selfheal.pipeline.core.metrics import Metrics
 from selfheal.pipeline.core.policy import ConditionReport, PolicyEngine
 from selfheal.pipeline.core.policy_config import PolicyConfig
-from selfheal.pipeline.kernel.types import Anomaly, AnomalyKind, DecisionStatus, Finding, Severity
+from selfheal.pipeline.kernel.types import AnomalyKind, DecisionStatus
 
 from benchmarks.learned_repair import run
+from tests.spine_helpers import queue_backlog
 
 KIND = AnomalyKind.QUEUE_HIGH
 
@@ -38,27 +39,14 @@ def _config(order: str = "learned", min_tries: int = 2) -> PolicyConfig:
     )
 
 
-def _anomaly(entity: str, ts: float) -> Anomaly:
-    f = Finding(
-        ts=ts,
-        entity=entity,
-        metric="queue_depth",
-        detector="rule",
-        kind=KIND,
-        severity=Severity.WARNING,
-        score=0.9,
-        threshold=0.8,
-        value=900,
-    )
-    return Anomaly(id=f"{entity}@{ts:g}", finding=f)
-
-
 def _incident(eng: PolicyEngine, entity: str, t: float) -> list[str]:
     """One backlog: only scale_up clears it. Returns the executed actions, in order."""
     done: list[str] = []
     for k in range(3):
         now = t + 120 * k
-        acted = [d for d in eng.decide(_anomaly(entity, now)) if d.status is DecisionStatus.EXECUTE]
+        acted = [
+            d for d in eng.decide(queue_backlog(entity, now)) if d.status is DecisionStatus.EXECUTE
+        ]
         for d in acted:
             done.append(d.action.value)
             cleared = d.action.value == "scale_up"
@@ -97,7 +85,7 @@ def test_outcomes_are_recorded_and_survive_the_snapshot_path() -> None:
     fresh.load_state(json.loads(json.dumps(eng.to_state())))
     again = fresh.learning.get("queue_high", "scale_up", "orders")
     assert again is not None and (again.successes, again.failures) == (3, 0)
-    ds = fresh.decide(_anomaly("orders-1", 50_000.0))
+    ds = fresh.decide(queue_backlog("orders-1", 50_000.0))
     assert [d.action.value for d in ds] == ["scale_up"]
     assert "learned order scale_up > restart" in ds[0].explanation
     assert "restart: 0/2 successes" in ds[0].explanation
@@ -163,7 +151,7 @@ def test_learned_choices_replay_identically() -> None:
         for i in range(6):
             entity = f"orders-{i % 2 + 1}"
             t = 10_000.0 * (i + 1)
-            ds = eng.decide(_anomaly(entity, t))
+            ds = eng.decide(queue_backlog(entity, t))
             out += [f"{d.action.value}|{d.explanation}" for d in ds]
             for d in ds:
                 if d.status is DecisionStatus.EXECUTE:

@@ -19,7 +19,9 @@ import pytest
 from selfheal.pipeline.core.effectiveness import Effectiveness, evidence
 from selfheal.pipeline.core.policy import ConditionReport, PolicyEngine
 from selfheal.pipeline.core.policy_config import PolicyConfig
-from selfheal.pipeline.kernel.types import Anomaly, AnomalyKind, DecisionStatus, Finding, Severity
+from selfheal.pipeline.kernel.types import AnomalyKind, DecisionStatus
+
+from tests.spine_helpers import queue_backlog
 
 KIND = AnomalyKind.QUEUE_HIGH
 
@@ -38,21 +40,6 @@ def _engine() -> PolicyEngine:
     return PolicyEngine(PolicyConfig.model_validate({"rules": [flappy, rule]}))
 
 
-def _anomaly(entity: str, ts: float) -> Anomaly:
-    f = Finding(
-        ts=ts,
-        entity=entity,
-        metric="queue_depth",
-        detector="rule",
-        kind=KIND,
-        severity=Severity.WARNING,
-        score=0.9,
-        threshold=0.8,
-        value=900,
-    )
-    return Anomaly(id=f"{entity}@{ts:g}", finding=f)
-
-
 def _incident(
     eng: PolicyEngine, entity: str, t: float, *, clears: str, ran: bool = True
 ) -> list[str]:
@@ -62,7 +49,7 @@ def _incident(
     done: list[str] = []
     for k in range(3):
         now = t + 120 * k
-        for d in eng.decide(_anomaly(entity, now)):
+        for d in eng.decide(queue_backlog(entity, now)):
             if d.status is not DecisionStatus.EXECUTE:
                 continue
             done.append(d.action.value)
