@@ -67,6 +67,20 @@ def _decision(
     )  # fmt: skip
 
 
+async def _settings(bootstrap: str, topic_prefix: str, window: float) -> Settings:
+    """One partition, the policy's verification window ``window``, the stage's topics made."""
+    s = settings_for(
+        topic_prefix,
+        bootstrap,
+        partitions=1,
+        policy={"verification_window_seconds": window, "default_dedup_seconds": 1},
+    )
+    t = s.kafka.topics
+    await ensure_topics(bootstrap, [t.repairs, t.outcomes, t.audit], 1)
+    await ensure_topics(bootstrap, [t.control, t.approvals], 1)
+    return s
+
+
 async def _publish(producer: AIOKafkaProducer, s: Settings, d: Decision) -> None:
     value = oc.repair_like(d, "selfheal-detect")
     await producer.send_and_wait(s.kafka.topics.repairs, value, key=d.entity.encode(), partition=0)
@@ -80,15 +94,8 @@ async def _approve(producer: AIOKafkaProducer, s: Settings, decision_id: str) ->
 async def test_an_approved_repair_waits_for_its_entity_s_repair_under_verification(
     broker, producer: AIOKafkaProducer, topic_prefix: str
 ) -> None:
-    s = settings_for(
-        topic_prefix,
-        broker.bootstrap,
-        partitions=1,
-        policy={"verification_window_seconds": WINDOW, "default_dedup_seconds": 1},
-    )
+    s = await _settings(broker.bootstrap, topic_prefix, WINDOW)
     t = s.kafka.topics
-    await ensure_topics(broker.bootstrap, [t.repairs, t.outcomes, t.audit], 1)
-    await ensure_topics(broker.bootstrap, [t.control, t.approvals], 1)
     ex = Recording()
     control = ControlPlane(s, broker.bootstrap, {})
     await control.start()
@@ -167,15 +174,7 @@ async def test_a_waiting_approved_repair_survives_a_restart_of_the_stage(
     the next stage reads the restart's ``started`` back from the outcome topic. (A window
     longer than the group takes to assign the partition to the next stage.)"""
     window = 30.0
-    s = settings_for(
-        topic_prefix,
-        broker.bootstrap,
-        partitions=1,
-        policy={"verification_window_seconds": window, "default_dedup_seconds": 1},
-    )
-    t = s.kafka.topics
-    await ensure_topics(broker.bootstrap, [t.repairs, t.outcomes, t.audit], 1)
-    await ensure_topics(broker.bootstrap, [t.control, t.approvals], 1)
+    s = await _settings(broker.bootstrap, topic_prefix, window)
     ex = Recording()
     ask = _decision(
         "rollback-web-1", "web-1", RepairAction.ROLLBACK, DecisionStatus.PENDING_APPROVAL
@@ -210,15 +209,8 @@ async def test_an_automatic_repair_is_not_run_while_an_approved_one_is_under_ver
     right after a person's approved rollback of it ran; that restart is skipped as not run
     (its verification would judge the rollback). Other entities, protective actions and pages
     go on, and once the rollback's window is over web-1's next restart runs."""
-    s = settings_for(
-        topic_prefix,
-        broker.bootstrap,
-        partitions=1,
-        policy={"verification_window_seconds": WINDOW, "default_dedup_seconds": 1},
-    )
+    s = await _settings(broker.bootstrap, topic_prefix, WINDOW)
     t = s.kafka.topics
-    await ensure_topics(broker.bootstrap, [t.repairs, t.outcomes, t.audit], 1)
-    await ensure_topics(broker.bootstrap, [t.control, t.approvals], 1)
     ex = Recording()
     running = _Running(s, ex)
     ask = _decision(
