@@ -16,9 +16,7 @@ perturb any other service's stream). Output dicts follow ``docs/conventions.md``
 from __future__ import annotations
 
 import heapq
-import math
 import random
-from dataclasses import dataclass, field
 from typing import Any
 
 from selfheal.pipeline.app.sim_plan import (
@@ -41,6 +39,21 @@ from selfheal.pipeline.app.sim_plan import (
     FleetConfig,
     default_schedule,
     service_names,
+)
+from selfheal.pipeline.app.sim_service import (
+    Batch,
+    Fault,
+    Service,
+    announce,
+    counters,
+    flood,
+    healthy,
+    latency,
+    loop_duration,
+    memory,
+    probe,
+    queue_depth,
+    service_logs,
 )
 from selfheal.pipeline.kernel.types import RepairAction
 
@@ -66,119 +79,17 @@ __all__ = [
 ]
 
 
-@dataclass
-class _Fault:
-    spec: FaultSpec
-    breach_at: float | None = None
-    cleared_at: float | None = None
-    cleared_by: str | None = None
-    ooms: list[float] = field(default_factory=list)
-    leak_anchor: float = 0.0  # the leak accumulates from here (fault start, then each OOM)
-    slope: float = 0.0  # leak bytes per second
-    flap_down: bool = True
-    flap_left: int = 0
-    attacker_ip: str = ""
-    announced: bool = False
-    queue_extra: float = 0.0
-
-    def active(self, t: float) -> bool:
-        s = self.spec
-        return self.cleared_at is None and s.start <= t and (s.end is None or t < s.end)
-
-
-class _Service:
-    """Static parameters and mutable state of one service (all draws from its own RNG)."""
-
-    def __init__(self, name: str, cfg: FleetConfig) -> None:
-        rng = random.Random(f"{cfg.seed}/{name}")
-        self.rng = rng
-        self.name = name
-        self.mem_limit = float(rng.choice((256, 512, 1024)) * 2**20)
-        self.mem_base = rng.uniform(0.33, 0.43)
-        self.gc_period = rng.uniform(180.0, 300.0)
-        self.gc_amp = rng.uniform(0.06, 0.10)
-        self.mem_anchor = cfg.start - rng.uniform(0.0, self.gc_period)  # sawtooth phase
-        self.phase = rng.uniform(0.0, 2 * math.pi)
-        self.rps = rng.uniform(20.0, 80.0)
-        self.latency = rng.uniform(0.04, 0.15)
-        self.loop_limit = cfg.step_s  # the loop runs once per sample interval
-        self.queue_cap = float(rng.choice((500, 1000, 2000)))
-        self.queue_base = rng.uniform(0.05, 0.12)
-        self.requests = float(rng.randint(10_000, 50_000))
-        self.errors = float(round(self.requests * 0.01))
-        self.ips = [
-            f"10.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
-            for _ in range(8)
-        ]
-        self.version = f"1.{rng.randint(2, 9)}.{rng.randint(0, 20)}"
-        self.health_prev_fail = False
-        self.dep_prev_fail = False
-        self.breaker_until = -math.inf
-        self.ready_at = -math.inf  # a restarted service serves its callers from then on
-        #: what it calls: a service of the fleet (``FleetConfig.calls``) or its own database
-        self.dependency = cfg.calls.get(name) or f"{name.rsplit('-', 1)[0]}-db"
-        self.drain: tuple[float, float] | None = None  # (since, queued items to drain)
-
-    def cycle(self, t: float, cfg: FleetConfig) -> float:
-        return math.sin(2 * math.pi * (t - cfg.start) / cfg.cycle_s + self.phase)
-
-
-_INFO = (
-    "GET /api/v1/items/{id} 200 {ms}ms",
-    "POST /api/v1/orders 201 {ms}ms order_id={hex}",
-    "cache hit ratio {ratio} over last {n} lookups",
-    "processed batch {id} with {n} records in {ms}ms",
-    "user {id} session refreshed",
-    "scheduled job {job} completed in {sec}s",
-)
-_REQUEST_TEMPLATES = 2  # the first templates are request access logs (carry source_ip)
-_WARN = (
-    "slow query on table {table} took {ms}ms",
-    "retrying request to {dep} (attempt {n})",
-)
-_ERROR = (
-    "failed to process request {hex}: {exc}",
-    "GET /api/v1/items/{id} 500 {ms}ms",
-)
-_DRIFT_ERROR = "unhandled KeyError: 'currency' in PriceService.convert (request_id={hex})"
-_EXC = (
-    "TimeoutError('upstream timed out')",
-    "ConnectionResetError(104)",
-    "ValueError('bad payload')",
-)
-_SQLI = (
-    "GET /api/v1/products?id=1' OR 1=1 -- 200 {ms}ms",
-    "GET /api/v1/search?q=x' UNION SELECT username, password FROM users -- 200 {ms}ms",
-    "POST /api/v1/login user=admin' OR 1=1 -- 401 {ms}ms",
-)
-
-
-def _fill(template: str, rng: random.Random) -> str:
-    return template.format(
-        id=rng.randint(1, 99_999),
-        ms=rng.randint(3, 250),
-        hex=f"{rng.getrandbits(32):08x}",
-        ratio=f"{rng.uniform(0.7, 0.99):.2f}",
-        n=rng.randint(2, 500),
-        job=rng.choice(("compaction", "report", "sync", "cleanup")),
-        sec=f"{rng.uniform(0.2, 9.0):.1f}",
-        table=rng.choice(("orders", "users", "items")),
-        dep=rng.choice(("db", "cache", "payments-api")),
-        exc=rng.choice(_EXC),
-    )
-
-
 class Fleet:
     """The simulated fleet. Call :meth:`step` for each batch, :meth:`apply_repair` to react."""
 
     def __init__(self, config: FleetConfig) -> None:
         self.config = config
         self.entities: list[str] = service_names(config.services)
-        self._svc = {name: _Service(name, config) for name in self.entities}
-        self._faults: list[_Fault] = []
+        self._svc = {name: Service(name, config) for name in self.entities}
+        self._faults: list[Fault] = []
         for i, spec in enumerate(config.faults):
             svc = self._svc[spec.entity]
-            f = _Fault(spec, leak_anchor=spec.start)
+            f = Fault(spec, leak_anchor=spec.start)
             frng = random.Random(f"{config.seed}/fault/{i}")
             if spec.fault is FaultKind.MEMORY_LEAK:
                 ttb = spec.time_to_breach or 2700.0
@@ -283,7 +194,7 @@ class Fleet:
         self._apply_due(t)
         samples: list[dict[str, Any]] = []
         logs: list[dict[str, Any]] = []
-        by_entity: dict[str, list[_Fault]] = {}
+        by_entity: dict[str, list[Fault]] = {}
         for f in self._faults:
             if f.active(t):
                 by_entity.setdefault(f.spec.entity, []).append(f)
@@ -295,218 +206,38 @@ class Fleet:
         return samples, logs
 
     def _emit(
-        self, svc: _Service, t: float, faults: list[_Fault]
+        self, svc: Service, t: float, faults: list[Fault]
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        cfg, rng, name = self.config, svc.rng, svc.name
+        """One service's samples and logs at ``t`` (the draws' order is part of the stream)."""
+        cfg, step = self.config, self.config.step_s
         kinds = {f.spec.fault: f for f in faults}
         d = svc.cycle(t, cfg)
         traffic = 1.0 + 0.3 * d
-        out: list[dict[str, Any]] = []
-        notes: list[tuple[str, str]] = self._notes.pop(name, [])
-
-        def sample(
-            metric: str,
-            value: float,
-            labels: dict[str, str] | None = None,
-            limit: float | None = None,
-            ts: float = t,
-        ) -> None:
-            rec: dict[str, Any] = {
-                "ts": ts,
-                "entity": name,
-                "metric": metric,
-                "value": float(value),
-                "labels": labels or {},
-            }
-            if limit is not None:
-                rec["limit"] = limit
-            out.append(rec)
-
-        for f in faults:  # deployments behind the regressions leave a trace in the logs
-            if not f.announced and f.spec.fault in (
-                FaultKind.LATENCY_REGRESSION,
-                FaultKind.ERROR_RATE_DRIFT,
-            ):
-                notes.append(("INFO", "deployment completed: version 2.0.0"))
-            f.announced = True
-
-        # memory: baseline + compressed daily cycle + GC sawtooth + noise (+ leak / jump)
-        saw = svc.gc_amp * (((t - svc.mem_anchor) % svc.gc_period) / svc.gc_period)
-        mem = svc.mem_limit * (svc.mem_base + 0.02 * d + saw + rng.gauss(0.0, 0.004))
-        leak = kinds.get(FaultKind.MEMORY_LEAK)
-        if leak is not None:
-            mem += leak.slope * (t - leak.leak_anchor)
-        if FaultKind.MEMORY_HIGH in kinds:
-            mem = svc.mem_limit * rng.uniform(0.955, 0.985)
-        if mem >= svc.mem_limit:
-            mem = svc.mem_limit
-            svc.mem_anchor = t + cfg.step_s  # the kernel kills it; it restarts fresh
-            if leak is not None:
-                leak.ooms.append(t)
-                leak.leak_anchor = t + cfg.step_s
-            notes.append(
-                (
-                    "ERROR",
-                    f"container {name} OOMKilled: memory limit "
-                    f"{svc.mem_limit / 2**20:.0f} MiB exceeded, restarting",
-                )
-            )
-        sample(MEMORY_METRIC, round(mem), limit=svc.mem_limit)
-
-        # request / error counters (monotonic); requests needing a callee that is down fail
-        # unless the circuit breaker serves a fallback
-        callee_down = name in cfg.calls and not self._serving(svc.dependency, t)
-        n_req = max(0, round(svc.rps * cfg.step_s * traffic * (1.0 + rng.gauss(0.0, 0.05))))
-        ratio = max(0.0, 0.01 * (1.0 + rng.gauss(0.0, 0.2)))
-        if callee_down and t >= svc.breaker_until:
-            ratio = 0.4
-        drift = kinds.get(FaultKind.ERROR_RATE_DRIFT)
-        if drift is not None:
-            ratio = 0.01 + 0.19 * min(1.0, (t - drift.spec.start) / 600.0)
-        sd = math.sqrt(max(n_req * ratio * (1.0 - ratio), 0.0))
-        n_err = min(n_req, max(0, round(n_req * ratio + rng.gauss(0.0, 1.0) * sd)))
-        svc.requests += n_req
-        svc.errors += n_err
-        sample(REQUESTS_METRIC, svc.requests)
-        sample(ERRORS_METRIC, svc.errors)
-
-        # mean request latency
-        lat_factor = 1.0
-        reg = kinds.get(FaultKind.LATENCY_REGRESSION)
-        if reg is not None:
-            lat_factor = 1.0 + 3.0 * min(1.0, (t - reg.spec.start + cfg.step_s) / 120.0)
-        base_lat = svc.latency * (1.0 + 0.15 * d)
-        sample(LATENCY_METRIC, round(base_lat * rng.lognormvariate(0.0, 0.08) * lat_factor, 6))
-
-        # worker loop: absent when stuck, over its interval when slow
-        if FaultKind.STUCK_LOOP not in kinds:
-            if FaultKind.SLOW_LOOP in kinds:
-                dur = svc.loop_limit * rng.uniform(1.15, 1.6)
-            else:
-                dur = svc.loop_limit * min(0.7, rng.lognormvariate(math.log(0.3), 0.25))
-            sample(LOOP_METRIC, round(dur, 4), {"loop": "worker"}, svc.loop_limit)
-
-        # queue depth; filling climbs linearly to capacity, scale_up drains it
-        depth = svc.queue_cap * svc.queue_base * traffic + rng.gauss(0.0, svc.queue_cap * 0.005)
-        q = kinds.get(FaultKind.QUEUE_FILLING)
-        if q is not None:
-            ttb = (q.breach_at or t) - q.spec.start
-            q.queue_extra = (svc.queue_cap - depth) * min(1.0, (t - q.spec.start) / ttb)
-            depth += q.queue_extra
-        elif svc.drain is not None:
-            since, extra = svc.drain
-            depth += extra * 0.5 ** ((t - since) / cfg.step_s + 1.0)
-        depth = min(svc.queue_cap, max(0.0, round(depth)))
-        if depth >= svc.queue_cap:
-            notes.append(
-                (
-                    "ERROR",
-                    f"queue jobs full ({svc.queue_cap:.0f} items), dropping "
-                    f"message {rng.getrandbits(32):08x}",
-                )
-            )
-        sample(QUEUE_METRIC, depth, limit=svc.queue_cap)
-
-        # dependency calls (none while the breaker is open)
-        if t >= svc.breaker_until:
-            ok = self._probe(svc, kinds.get(FaultKind.FLAPPING_DEPENDENCY), callee_down, notes)
-            sample(DEPENDENCY_METRIC, 1.0 if ok else 0.0, {"dependency": svc.dependency})
-
-        # health checks
-        if FaultKind.FAILING_HEALTH_CHECKS in kinds:
-            healthy = False
-            notes.append(("WARN", "readiness probe failed: GET /healthz returned 503"))
-        else:
-            healthy = svc.health_prev_fail or rng.random() >= 0.005
-        svc.health_prev_fail = not healthy
-        sample(HEALTH_METRIC, 1.0 if healthy else 0.0)
-
-        logs = self._logs(svc, t, ratio, kinds, notes)
-
-        # an abusive entity floods: flood_factor times its normal volume, spread over the step
+        batch = Batch(svc.name, t)
+        notes = self._notes.pop(svc.name, [])
+        announce(faults, notes)
+        batch.sample(
+            MEMORY_METRIC, round(memory(svc, t, d, kinds, cfg, notes)), limit=svc.mem_limit
+        )
+        callee_down = svc.name in cfg.calls and not self._serving(svc.dependency, t)
+        ratio = counters(svc, batch, traffic, kinds, callee_down, step)
+        lat, base_lat = latency(svc, t, d, kinds, step)
+        batch.sample(LATENCY_METRIC, lat)
+        dur = loop_duration(svc, kinds)
+        if dur is not None:
+            batch.sample(LOOP_METRIC, dur, {"loop": "worker"}, svc.loop_limit)
+        depth = queue_depth(svc, t, traffic, kinds, step, notes)
+        batch.sample(QUEUE_METRIC, depth, limit=svc.queue_cap)
+        if t >= svc.breaker_until:  # no dependency calls while the breaker is open
+            ok = probe(svc, kinds.get(FaultKind.FLAPPING_DEPENDENCY), callee_down, notes)
+            batch.sample(DEPENDENCY_METRIC, 1.0 if ok else 0.0, {"dependency": svc.dependency})
+        batch.sample(HEALTH_METRIC, 1.0 if healthy(svc, kinds, notes) else 0.0)
+        logs = service_logs(svc, t, ratio, kinds, notes, cfg)
         if FaultKind.ABUSIVE_CLIENT in kinds:
-            n_extra = (cfg.flood_factor - 1) * (len(out) + len(logs))
-            n_metric = n_extra // 2
-            for j in range(n_extra):
-                ts = t + cfg.step_s * (j // 2 + 1) / (n_metric + 2)
-                if j % 2 == 0:
-                    lat = base_lat * rng.lognormvariate(0.0, 0.08)
-                    sample(LATENCY_METRIC, round(lat, 6), ts=ts)
-                else:
-                    msg = _fill(_INFO[0], rng)
-                    logs.append(
-                        {
-                            "ts": ts,
-                            "entity": name,
-                            "level": "INFO",
-                            "message": msg,
-                            "labels": {"source_ip": svc.ips[0]},
-                        }
-                    )
-        out.sort(key=lambda r: r["ts"])
+            flood(svc, batch, logs, base_lat, cfg)
+        batch.out.sort(key=lambda r: r["ts"])
         logs.sort(key=lambda r: r["ts"])
-        return out, logs
-
-    @staticmethod
-    def _probe(
-        svc: _Service, flap: _Fault | None, callee_down: bool, notes: list[tuple[str, str]]
-    ) -> bool:
-        """One call to the service's dependency: whether it succeeded."""
-        if flap is not None:
-            ok = not flap.flap_down
-            flap.flap_left -= 1
-            if flap.flap_left <= 0:
-                flap.flap_down = not flap.flap_down
-                flap.flap_left = svc.rng.randint(6, 9) if flap.flap_down else svc.rng.randint(3, 6)
-            if not ok:
-                notes.append(("WARN", f"dependency {svc.dependency} request failed: refused"))
-        elif callee_down:
-            ok = False
-            notes.append(("WARN", f"request to {svc.dependency} failed: 503 not ready"))
-        else:  # rare isolated failures, never two in a row
-            ok = svc.dep_prev_fail or svc.rng.random() >= 0.005
-        svc.dep_prev_fail = not ok
-        return ok
-
-    def _logs(
-        self,
-        svc: _Service,
-        t: float,
-        err_ratio: float,
-        kinds: dict[FaultKind, _Fault],
-        notes: list[tuple[str, str]],
-    ) -> list[dict[str, Any]]:
-        rng, name, step = svc.rng, svc.name, self.config.step_s
-        logs: list[dict[str, Any]] = []
-
-        def log(level: str, msg: str, ts: float, labels: dict[str, str] | None = None) -> None:
-            logs.append(
-                {"ts": ts, "entity": name, "level": level, "message": msg, "labels": labels or {}}
-            )
-
-        for level, msg in notes:
-            log(level, msg, t)
-        drifting = FaultKind.ERROR_RATE_DRIFT in kinds
-        for _ in range(self.config.log_lines):
-            ts = round(t + rng.uniform(0.0, step * 0.999), 3)
-            u = rng.random()
-            if u < err_ratio:
-                if drifting and rng.random() < 0.8:
-                    log("ERROR", _fill(_DRIFT_ERROR, rng), ts)
-                else:
-                    log("ERROR", _fill(rng.choice(_ERROR), rng), ts)
-            elif u < err_ratio + 0.01:
-                log("WARN", _fill(rng.choice(_WARN), rng), ts)
-            else:
-                k = rng.randrange(len(_INFO))
-                labels = {"source_ip": rng.choice(svc.ips)} if k < _REQUEST_TEMPLATES else None
-                log("INFO", _fill(_INFO[k], rng), ts, labels)
-        sqli = kinds.get(FaultKind.SQL_INJECTION)
-        if sqli is not None:
-            for _ in range(rng.randint(2, 4)):
-                ts = round(t + rng.uniform(0.0, step * 0.999), 3)
-                log("INFO", _fill(rng.choice(_SQLI), rng), ts, {"source_ip": sqli.attacker_ip})
-        return logs
+        return batch.out, logs
 
     # ------------------------------------------------------------------ truth
     def ground_truth(self) -> list[dict[str, Any]]:
