@@ -409,39 +409,17 @@ class ResourceForecastJudge(Judge):
         now = sample.ts
         if self._fit_start is None or now - self._fit_start < self.min_history_seconds:
             return []
-        t = np.fromiter(self._floor_t, dtype=float) - now
-        v = np.fromiter(self._floor_v, dtype=float)
-        if self.startup_seconds > 0:
-            # a (re)start warms its caches up: that rise is not a trend, and in a window it
-            # steepens the slope (a daily cycle rising from its trough after a start passed)
-            keep = t >= self._fit_start + self.startup_seconds - now
-            t, v = t[keep], v[keep]
-            if len(t) < 8:
-                return self._no_pass(now)
-        best: tuple[float, float, float, float] | None = None  # span, slope, icpt, r2
+        t, v = self._floors(now, self._fit_start)
+        if len(t) < 8:
+            return self._no_pass(now)
         memo: dict[bytes, float] = {}  # local slopes fitted during this close
-        width = self.min_history_seconds
-        available = -float(t[0])
-        while width <= min(self.max_window_seconds, available + self.bucket_seconds) + 1e-9:
-            m = t >= -width
-            if np.count_nonzero(m) >= 8:
-                ok, slope, icpt, r2 = self._window_ok(t[m], v[m], width, limit, memo)
-                if ok:
-                    best = (width, slope, icpt, r2)
-            width *= self.window_growth
+        best = self._best_window(t, v, limit, memo)
         if best is None:
             return self._no_pass(now)
         span, slope, icpt, r2 = best
         (slope, floor_now), (gate, gate_floor) = self._slopes(t, v, span, slope, icpt, memo)
-        if gate <= 0:
+        if gate <= 0 or not self._grew_over_a_cycle(t, v, gate, gate_floor):
             return self._no_pass(now)
-        if available >= self.cycle_seconds:
-            # a daily cycle repeats its floors a cycle later; a leak is higher by slope x cycle
-            m = np.abs(t + self.cycle_seconds) <= 1800.0
-            if m.any():
-                growth = gate_floor - _median(v[m])
-                if growth < self.dod_ratio * gate * self.cycle_seconds:
-                    return self._no_pass(now)
         spread = _median(np.fromiter(self._spreads, dtype=float))
         # alarm on the cautious projection, report the best estimate of the breach
         eta_gate = max(0.0, (limit - gate_floor - spread) / gate)
@@ -459,7 +437,6 @@ class ResourceForecastJudge(Judge):
         if not due:
             return []
         self._last_emit_ts, self._last_emit_eta, self._last_emit_sev = now, eta, severity
-        confidence = max(0.0, min(1.0, r2)) * min(1.0, span / max(eta, 1.0))
         evidence: dict[str, Any] = {
             f"slope_{self._resource.unit}_per_s": slope,
             "floor": floor_now,
@@ -469,24 +446,72 @@ class ResourceForecastJudge(Judge):
             "r2": r2,
             "floors_used": int(np.sum(t >= -span)),
         }
+        return [self._finding(sample, severity, eta, span, r2, evidence)]
+
+    def _floors(self, now: float, fit_start: float) -> tuple[np.ndarray, np.ndarray]:
+        """The bucket floors (times relative to ``now``), a (re)start's warm-up left out."""
+        t = np.fromiter(self._floor_t, dtype=float) - now
+        v = np.fromiter(self._floor_v, dtype=float)
+        if self.startup_seconds > 0:
+            # a (re)start warms its caches up: that rise is not a trend, and in a window it
+            # steepens the slope (a daily cycle rising from its trough after a start passed)
+            keep = t >= fit_start + self.startup_seconds - now
+            t, v = t[keep], v[keep]
+        return t, v
+
+    def _best_window(
+        self, t: np.ndarray, v: np.ndarray, limit: float, memo: dict[bytes, float]
+    ) -> tuple[float, float, float, float] | None:
+        """The widest passing window: (span, slope, intercept, r2), or None."""
+        best: tuple[float, float, float, float] | None = None
+        width = self.min_history_seconds
+        available = -float(t[0])
+        while width <= min(self.max_window_seconds, available + self.bucket_seconds) + 1e-9:
+            m = t >= -width
+            if np.count_nonzero(m) >= 8:
+                ok, slope, icpt, r2 = self._window_ok(t[m], v[m], width, limit, memo)
+                if ok:
+                    best = (width, slope, icpt, r2)
+            width *= self.window_growth
+        return best
+
+    def _grew_over_a_cycle(
+        self, t: np.ndarray, v: np.ndarray, gate: float, gate_floor: float
+    ) -> bool:
+        """A daily cycle repeats its floors a cycle later; a leak is higher by slope x cycle."""
+        if -float(t[0]) < self.cycle_seconds:
+            return True
+        m = np.abs(t + self.cycle_seconds) <= 1800.0
+        if not m.any():
+            return True
+        return gate_floor - _median(v[m]) >= self.dod_ratio * gate * self.cycle_seconds
+
+    def _finding(
+        self,
+        sample: Sample,
+        severity: Severity,
+        eta: float,
+        span: float,
+        r2: float,
+        evidence: dict[str, Any],
+    ) -> Finding:
+        confidence = max(0.0, min(1.0, r2)) * min(1.0, span / max(eta, 1.0))
         if self._resource.kind is not AnomalyKind.MEMORY_LEAK:
             evidence["resource"] = self.resource
-        return [
-            Finding(
-                ts=now,
-                entity=sample.entity,
-                metric=sample.metric,
-                detector=self.name,
-                kind=self._resource.kind,
-                severity=severity,
-                score=self.horizon_seconds / max(eta, 1.0),
-                threshold=1.0,
-                value=sample.value,
-                evidence=evidence,
-                forecast=Forecast(eta, self.horizon_seconds, round(confidence, 4)),
-                labels=dict(sample.labels),
-            )
-        ]
+        return Finding(
+            ts=sample.ts,
+            entity=sample.entity,
+            metric=sample.metric,
+            detector=self.name,
+            kind=self._resource.kind,
+            severity=severity,
+            score=self.horizon_seconds / max(eta, 1.0),
+            threshold=1.0,
+            value=sample.value,
+            evidence=evidence,
+            forecast=Forecast(eta, self.horizon_seconds, round(confidence, 4)),
+            labels=dict(sample.labels),
+        )
 
     def _no_pass(self, now: float) -> list[Finding]:
         # a leak that stops passing for a while is forgotten, so a later one is news again
