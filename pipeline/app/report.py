@@ -234,64 +234,22 @@ def summarize(
     anomalies = [e for e in evs_ok if e.category == "anomaly"]
     repairs = [e for e in evs_ok if e.category == "repair"]
     faults = _truth_list(truth)
-    results: list[FaultResult] = []
+    results = [_fault_result(f, anomalies, repairs, grace_s) for f in faults or []]
     windows: dict[str, list[tuple[float, float]]] = {}
-    for f in faults or []:
-        start = float(f["start"])
-        end = None if f.get("end") is None else float(f["end"])
-        hi = math.inf if end is None else end + grace_s
-        windows.setdefault(f["entity"], []).append((start, hi))
-        r = FaultResult(f["entity"], f["fault"], start, end, f.get("cleared_by"))
-        kinds = FAULT_DETECTED_BY.get(r.fault, frozenset())
-        inside = [a for a in anomalies if a.entity == r.entity and start <= a.ts <= hi]
-        r.anomalies = len(inside)
-        hit = next((a for a in inside if a.kind in kinds), None)
-        if hit is not None:
-            r.detected, r.detected_at, r.detected_by = True, hit.ts, hit.kind
-            r.detection_delay_s = hit.ts - start
-        if r.fault in PREDICTABLE_FAULTS:
-            ooms = f.get("ooms") or []
-            breach = min(ooms) if ooms else f.get("breach_at")
-            r.breach_at = None if breach is None else float(breach)
-            pred = next(
-                (
-                    p
-                    for p in repairs
-                    if p.entity == r.entity and p.predictive and p.decided and start <= p.ts <= hi
-                ),
-                None,
-            )
-            if pred is not None:
-                r.first_predictive_repair = pred.ts
-                if r.breach_at is not None:
-                    r.predictive_lead_s = r.breach_at - pred.ts
-        if r.cleared_by and end is not None:
-            r.time_to_recovery_s = end - start
-        r.repairs = [
-            {
-                "ts": p.ts,
-                "action": p.kind,
-                "mode": p.mode,
-                "status": p.status,
-                "predictive": p.predictive,
-            }
-            for p in repairs
-            if p.entity == r.entity and start <= p.ts <= hi
-        ]
-        results.append(r)
-    false_alarms: list[dict[str, Any]] = []
-    if faults is not None:
-        for a in anomalies:
-            if not any(lo <= a.ts <= hi for lo, hi in windows.get(a.entity, [])):
-                false_alarms.append(
-                    {
-                        "ts": a.ts,
-                        "entity": a.entity,
-                        "kind": a.kind,
-                        "metric": a.data.get("metric"),
-                        "severity": a.data.get("severity"),
-                    }
-                )
+    for r in results:
+        hi = math.inf if r.end is None else r.end + grace_s
+        windows.setdefault(r.entity, []).append((r.start, hi))
+    false_alarms = [
+        {
+            "ts": a.ts,
+            "entity": a.entity,
+            "kind": a.kind,
+            "metric": a.data.get("metric"),
+            "severity": a.data.get("severity"),
+        }
+        for a in (anomalies if faults is not None else [])
+        if not any(lo <= a.ts <= hi for lo, hi in windows.get(a.entity, []))
+    ]
     return Summary(
         faults=results,
         anomalies=len(anomalies),
@@ -304,6 +262,46 @@ def summarize(
         false_alarm_events=false_alarms,
         grace_s=grace_s,
     )
+
+
+def _fault_result(
+    f: Mapping[str, Any], anomalies: list[Event], repairs: list[Event], grace_s: float
+) -> FaultResult:
+    """One fault scored: its first detecting anomaly, predictive repair and repairs."""
+    start = float(f["start"])
+    end = None if f.get("end") is None else float(f["end"])
+    hi = math.inf if end is None else end + grace_s
+    r = FaultResult(f["entity"], f["fault"], start, end, f.get("cleared_by"))
+    kinds = FAULT_DETECTED_BY.get(r.fault, frozenset())
+    inside = [a for a in anomalies if a.entity == r.entity and start <= a.ts <= hi]
+    r.anomalies = len(inside)
+    hit = next((a for a in inside if a.kind in kinds), None)
+    if hit is not None:
+        r.detected, r.detected_at, r.detected_by = True, hit.ts, hit.kind
+        r.detection_delay_s = hit.ts - start
+    mine = [p for p in repairs if p.entity == r.entity and start <= p.ts <= hi]
+    if r.fault in PREDICTABLE_FAULTS:
+        ooms = f.get("ooms") or []
+        breach = min(ooms) if ooms else f.get("breach_at")
+        r.breach_at = None if breach is None else float(breach)
+        pred = next((p for p in mine if p.predictive and p.decided), None)
+        if pred is not None:
+            r.first_predictive_repair = pred.ts
+            if r.breach_at is not None:
+                r.predictive_lead_s = r.breach_at - pred.ts
+    if r.cleared_by and end is not None:
+        r.time_to_recovery_s = end - start
+    r.repairs = [
+        {
+            "ts": p.ts,
+            "action": p.kind,
+            "mode": p.mode,
+            "status": p.status,
+            "predictive": p.predictive,
+        }
+        for p in mine
+    ]
+    return r
 
 
 def _fmt_s(v: float | None) -> str:
