@@ -43,6 +43,8 @@ def encode_outputs(out: Outputs, settings: Settings) -> list[OutRecord]:
         elif (withdrawn := oc.withdrawn_event(d, src)) is not None:
             key = str(withdrawn["data"]["decision_id"]).encode()
             records.append((t.outcomes, key, dumps(withdrawn)))
+    for v in out.verifications:  # ends an approved repair's wait (``entity_hold``)
+        records.append((t.outcomes, v.decision_id.encode(), dumps(oc.verified_event(v, src))))
     for e in out.incidents:
         body = dumps(incident_event(e.id, e.state, e.ts, e.data, src))
         records.append((t.incidents, e.data["incident_id"].encode(), body))
