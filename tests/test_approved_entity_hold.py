@@ -23,11 +23,18 @@ from aiokafka import AIOKafkaProducer
 from selfheal.connectors.kafka import ensure_topics
 from selfheal.pipeline.app import outcomes as oc
 from selfheal.pipeline.app.control import ControlPlane, encode_approval
+from selfheal.pipeline.app.entity_hold import EntityHolds
 from selfheal.pipeline.app.executor_stage import ExecutorStage
 from selfheal.pipeline.core.config import Settings
 from selfheal.pipeline.core.metrics import Metrics
 from selfheal.pipeline.kernel.protocols import ExecutionResult
-from selfheal.pipeline.kernel.types import Decision, DecisionStatus, Mode, RepairAction
+from selfheal.pipeline.kernel.types import (
+    Decision,
+    DecisionStatus,
+    Mode,
+    RepairAction,
+    Verification,
+)
 
 from tests.conftest import consume_all
 from tests.spine_helpers import settings_for, until
@@ -281,3 +288,83 @@ async def test_a_repair_that_did_not_run_holds_nothing_and_the_examples_run() ->
     read(_decision("r2", "web-2", RepairAction.RESTART), oc.STARTED)
     degrade = replace(approved, entity="web-2", action=RepairAction.DEGRADE)
     assert holds.hold(degrade, now + 1) is None  # web-2 restarting: protective, no wait
+
+
+async def test_a_verification_the_policy_closed_early_releases_the_wait(
+    broker, producer: AIOKafkaProducer, topic_prefix: str
+) -> None:
+    """The policy judges a repair failed as soon as the condition is back (past its grace),
+    long before the window ends: the verdict it publishes ends the approved repair's wait.
+    Before, the approved rollback waited the whole window after the failed restart."""
+    from selfheal.pipeline.app.outputs import encode_outputs
+    from selfheal.pipeline.core.policy import ConditionReport
+    from selfheal.pipeline.core.stage import Outputs
+    from selfheal.pipeline.kernel.types import AnomalyKind
+
+    from tests.test_config_governs import RESTART, _engine
+    from tests.test_policy import T0, anomaly
+
+    window = 30.0
+    s = await _settings(broker.bootstrap, topic_prefix, window)
+    engine = _engine(RESTART, verification_window_seconds=window, default_dedup_seconds=10)
+    (restart,) = engine.decide(anomaly(T0))
+    ex = Recording()
+    running = _Running(s, ex)
+    ask = _decision(
+        "rollback-web-1", restart.entity, RepairAction.ROLLBACK, DecisionStatus.PENDING_APPROVAL
+    )
+
+    async def publish(out: Outputs) -> None:
+        for topic, key, value in encode_outputs(out, s):
+            await producer.send_and_wait(topic, value, key=key, partition=0)
+
+    try:
+        stage = await running.start()
+        await publish(Outputs(decisions=[restart]))
+        await until(lambda: len(ex.runs) == 1, 30, "the restart")
+        await _publish(producer, s, ask)
+        await until(lambda: ask.id in stage.pending, 30, "the request")
+        await _approve(producer, s, ask.id)
+        await until(lambda: bool(stage._inflight), 30, "the approved rollback to wait")
+        # the condition is back: the restart failed, judged now
+        engine.observe(
+            ConditionReport(restart.entity, AnomalyKind.HEALTH_CHECK_FAILED, T0 + 15, True)
+        )
+        verifications, _ = engine.drain()
+        assert [v.success for v in verifications] == [False]
+        await publish(Outputs(verifications=verifications))
+        await until(lambda: len(ex.runs) >= 2, window / 2, "the approved rollback")
+    finally:
+        await running.stop()
+    assert [n for n, _, _ in ex.runs] == [restart.id, "rollback-web-1"]
+    assert ex.at("rollback-web-1") < ex.at(restart.id) + window / 2
+
+
+async def test_the_policy_s_verdict_ends_a_hold_even_read_before_its_start() -> None:
+    """Fed the outcome topic's records, as in the test above."""
+    holds = EntityHolds(window=WINDOW)
+    now = time.time()
+    approved = replace(
+        _decision("a1", "web-3", RepairAction.ROLLBACK), params={"approved_decision_id": "p1"}
+    )
+
+    def verdict(did: str, entity: str) -> bytes:
+        v = Verification(did, now, RepairAction.RESTART, entity, False, 15.0, "recurred")
+        return orjson.dumps(oc.verified_event(v, "x"))
+
+    def started(did: str, entity: str) -> bytes:
+        d = _decision(did, entity, RepairAction.RESTART)
+        return orjson.dumps(oc.started_event(d, "x", now))
+
+    holds.note_event(started("r3", "web-3"))
+    assert holds.hold(approved, now + 1) is not None
+    holds.note_event(verdict("r3", "web-3"))
+    assert holds.hold(approved, now + 1) is None
+    # judged before its ``started`` was read (a backlog): it holds nothing either
+    holds.note_event(verdict("r4", "web-4"))
+    holds.note_event(started("r4", "web-4"))
+    assert holds.hold(replace(approved, entity="web-4"), now + 1) is None
+    # a verdict is no execution: the ledger has no outcome for it
+    ledger = oc.Ledger()
+    ledger.note_event(verdict("r5", "web-5"))
+    assert ledger.get("r5") is None

@@ -7,7 +7,10 @@ CDEvents on the changes topic, failed health checks of ``api-3`` on the metrics 
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
+import pytest
 from selfheal.pipeline.core.changes import ChangeLog
 from selfheal.pipeline.core.config import load_settings
 from selfheal.pipeline.core.policy import PolicyEngine
@@ -136,3 +139,44 @@ def test_a_deploy_dated_far_ahead_of_the_clock_is_dead_lettered_naming_the_field
     (reject,) = out.rejects
     assert (reject.envelope.offset, reject.reason.value) == (1, "timestamp_future")
     assert reject.field == "context.timestamp" and "86400 s in the future" in reject.error
+
+
+#: 9999-12-31T00:00:00Z
+FAR = 253_402_214_400.0
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["replay", "watermark"])
+def test_a_deploy_dated_far_ahead_of_the_partition_s_time_is_dead_lettered(live: bool) -> None:
+    """Replays and ``time_reference: watermark`` have no clock: the bound is the partition's
+    event time, with the batch's records seen (a stream that moved on takes its deploys)."""
+    s = load_settings(
+        None,
+        {"detection": {"models_enabled": False}, "validation": {"time_reference": "watermark"}},
+    )
+    pipe = Pipeline(s, lambda: PolicyEngine(s.policy), live=live)
+    t = s.kafka.topics
+
+    def batch(start: float, changes: list[dict[str, Any]], offset: int) -> list[Envelope]:
+        samples = [
+            {"ts": start + 10 * i, "entity": e, "metric": "m", "value": 1.0}
+            for i in range(6)
+            for e in ("api-1", "api-2")
+        ]
+        records = [(t.metrics, r) for r in samples] + [(t.changes, c) for c in changes]
+        return [
+            Envelope(topic, 0, offset + i, orjson.dumps(r)) for i, (topic, r) in enumerate(records)
+        ]
+
+    first = pipe.process(batch(T0, [], 0), T0 + 60 if live else None)
+    assert first.rejects == []
+    far = cdevent("chg-far", FAR, "api-3", "v9")
+    out = pipe.process(batch(T0 + 60, [cdevent("chg-ok", T0 + 30, "api-3", "v2"), far], 100), T0)
+    # the stream moved on an hour (its records say so): a deploy of then is no future one
+    later = batch(T0 + 3600, [cdevent("chg-later", T0 + 3650, "api-3", "v3")], 200)
+    out.extend(pipe.process(later, T0 + 3700 if live else None))
+    if not live:
+        out.extend(pipe.final_tick())
+    assert [c.id for c in pipe.stages[0].changes.history("api-3")] == ["chg-ok", "chg-later"]
+    assert [(r.envelope.offset, r.reason.value, r.field) for r in out.rejects] == [
+        (113, "timestamp_future", "context.timestamp")
+    ]

@@ -197,9 +197,13 @@ def test_an_open_approval_request_is_an_untried_rung_once_approval_is_off() -> N
     assert _brief([ask]) == [("restart", "pending_approval", None)]
     new = _restarted(old, _approval(False))
     # nothing ran and the running config needs no approval: the restart runs now, on its own
-    # rung (not cooling down from the request, not climbed past when the window ends)
-    (run,) = new.decide(anomaly(T0 + 100))
-    assert _brief([run]) == [("restart", "execute", None)]
+    # rung (not cooling down from the request, not climbed past when the window ends), after
+    # the request's withdrawal (test_withdrawn_approval.py)
+    withdrawn, run = new.decide(anomaly(T0 + 100))
+    assert _brief([withdrawn, run]) == [
+        ("restart", "suppressed", "withdrawn"),
+        ("restart", "execute", None),
+    ]
     assert "rung 1/2, attempt 1" in run.explanation
     assert list(new.learning.open) == [run.id]
     # the restart fails: only then does the ladder climb
@@ -220,7 +224,7 @@ def test_a_rungs_own_approval_switched_off_leaves_its_request_untried() -> None:
     old = _engine(rules(True))
     assert _brief(old.decide(anomaly(T0))) == [("restart", "pending_approval", None)]
     new = _restarted(old, rules(False))
-    assert _brief(new.decide(anomaly(T0 + 100))) == [("restart", "execute", None)]
+    assert _brief(new.decide(anomaly(T0 + 100)))[1:] == [("restart", "execute", None)]
 
 
 def _silent(escalate: bool) -> list[dict[str, Any]]:

@@ -84,6 +84,9 @@ def settlement(
     age = (vote.at_ms - at_ms) / 1000
     if not vote.approved:
         return "rejected", [], [oc.approval_record(pending, "rejected", vote.by, vote.ts)]
+    why = ledger.withdrawn.get(pending.id)
+    if why is not None:  # the policy runs (or ran) the rung on its own: not twice
+        return "withdrawn", [], [oc.approval_record(pending, "withdrawn", vote.by, vote.ts, why)]
     if age > expiry:
         why = f"approved {age:.0f}s after the decision; approvals expire after {expiry:g}s"
         return "expired", [], [oc.approval_record(pending, "expired", vote.by, vote.ts, why)]

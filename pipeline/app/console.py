@@ -44,7 +44,7 @@ from selfheal.pipeline.app.control import (
     encode_control,
     publish,
 )
-from selfheal.pipeline.app.outcomes import SETTLED_TYPE
+from selfheal.pipeline.app.outcomes import SETTLED_TYPE, VERIFIED_TYPE
 from selfheal.pipeline.core.config import Settings
 from selfheal.pipeline.kernel.types import Decision
 
@@ -81,8 +81,8 @@ class OutcomeFeed:
             key = (str(data["decision_id"]), str(data.get("executor", "")))
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"unreadable outcome record: {exc!r}") from exc
-        if ev.get("type") == SETTLED_TYPE:
-            return  # a vote was audited: no execution (the votes are in the audit)
+        if ev.get("type") in (SETTLED_TYPE, VERIFIED_TYPE):
+            return  # a vote was audited, a repair judged: no execution (both in the audit)
         with self._lock:
             if data.get("outcome") != "started":
                 # the outcome replaces the decision's "started" row (executor still unknown)

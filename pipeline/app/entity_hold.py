@@ -13,10 +13,12 @@ rebalance) and an approved repair of that entity waits until that repair's verif
 (``policy.verification_window_seconds`` of wall time from its start) is over, then runs: the
 approval is never dropped, and the wait is logged. A repair that did not run (outcome
 ``failed``, ``error``, ``timeout``, or ``skipped`` as not run) holds nothing, as a failed repair
-ends its verification in the policy. Pages, approval requests and protective actions neither
-hold nor wait (see ``ladder.repair_in_progress``). The other way round (``busy``): an automatic
-repair the policy decided, unaware of the approval, while an approved repair of its entity is
-under verification is not run (``skipped``, not learned from), as the policy would have held it.
+ends its verification in the policy; nor does one the policy has judged (its ``verified`` record
+on the outcome topic, published as it judges: early when the condition came back). Pages,
+approval requests and protective actions neither hold nor wait (see
+``ladder.repair_in_progress``). The other way round (``busy``): an automatic repair the policy
+decided, unaware of the approval, while an approved repair of its entity is under verification
+is not run (``skipped``, not learned from), as the policy would have held it.
 
 >>> from selfheal.pipeline.kernel.types import Decision, Mode, RepairAction
 >>> holds = EntityHolds(window=300.0)
@@ -63,6 +65,8 @@ class EntityHolds:
     def __init__(self, window: float, maxsize: int = MAX_ENTITIES) -> None:
         self.window = window
         self._last: LRU[str, Started] = LRU("entity_holds", maxsize)
+        #: decisions the policy judged (``outcomes.verified_event``)
+        self._judged: LRU[str, bool] = LRU("entity_holds_judged", maxsize)
 
     def hold(self, d: Decision, now: float) -> tuple[float, str] | None:
         """(until when, why) an approved ``d`` must wait at wall time ``now``; None: it may
@@ -109,6 +113,9 @@ class EntityHolds:
             data: Mapping[str, Any] = ev["data"]
             outcome, did = str(data["outcome"]), str(data["decision_id"])
             entity = str(data["entity"])
+            if ev.get("type") == oc.VERIFIED_TYPE:
+                self._verified(did, entity)
+                return
             if outcome == oc.STARTED:
                 approved = bool(data.get("approved_decision_id"))
                 self._note(did, str(data["action"]), entity, parse_ts(ev["time"]), approved)
@@ -123,10 +130,20 @@ class EntityHolds:
         elif did_not_run(data) and not last[3]:
             self._last.pop(entity)  # nothing ran: nothing under verification
 
+    def _verified(self, did: str, entity: str) -> None:
+        """The policy judged ``did`` (maybe long before its window's end in wall time: the
+        condition came back): it is no longer under verification."""
+        self._judged.put(did, True)
+        last = self._last.peek(entity)
+        if last is not None and last[0] == did:
+            self._last.pop(entity)
+
     def _note(self, did: str, action: str, entity: str, started: float, approved: bool) -> None:
         last = self._last.peek(entity)
         if not _holds(action) or (last is not None and last[2] >= started):
             return  # not a repair, or older than the one known (read back out of order)
+        if self._judged.peek(did):
+            return  # judged before it started here (a backlog): nothing left to verify
         self._last.put(entity, (did, action, started, False, approved))
 
 

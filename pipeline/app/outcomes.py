@@ -5,6 +5,12 @@ For every decision the executor stage writes ``io.selfheal.repair.started`` befo
 reading that topic back knows which ids already ran (any outcome) or were interrupted
 (``started`` without an outcome): neither is executed again.
 
+The runner writes there too: the policy's verdict on a repair it verified
+(``io.selfheal.repair.verified``, outcome ``verified``, ``success``), which ends the wait of an
+approved repair of that entity (``entity_hold``) however early the policy judged it, and a
+withdrawn approval request (``withdrawn_event``). A verdict is no execution: the ledger does
+not note it.
+
 A vote on a pending decision leaves ``io.selfheal.approval.settled`` (outcome ``settled``, the
 verdict in ``detail``) keyed by the pending decision's id, written with the vote's audit record:
 a process reading it back does not audit or count that vote again. It is no repair outcome:
@@ -23,6 +29,7 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -30,7 +37,14 @@ from selfheal.pipeline.app import pacing
 from selfheal.pipeline.core.audit import AuditRecord
 from selfheal.pipeline.core.events import repair_event
 from selfheal.pipeline.kernel.schemas import epoch_to_rfc3339
-from selfheal.pipeline.kernel.types import Decision, DecisionStatus, Mode, RepairAction
+from selfheal.pipeline.kernel.types import (
+    Decision,
+    DecisionStatus,
+    Mode,
+    RepairAction,
+    Suppression,
+    Verification,
+)
 
 _NS = uuid.UUID("0b8f3d0e-61a4-4f55-9a8e-3c2d7e5b9f10")
 
@@ -46,13 +60,18 @@ SKIPPED = "skipped"
 UNKNOWN = "unknown"
 #: automatic repair was paused when the decision came up for execution
 PAUSED = "paused"
+#: the policy judged a repair (``verified_event``): not an execution
+VERIFIED = "verified"
 OUTCOMES = (OK, FAILED, TIMEOUT, ERROR, SKIPPED, UNKNOWN, PAUSED)
 #: a vote on a pending decision was audited (its id never runs: a marker, not an outcome)
 SETTLED = "settled"
+#: the detail of the ``skipped`` outcome of a withdrawn approval request (``withdrawn_event``)
+WITHDRAWN = "not run: approval request withdrawn"
 
 STARTED_TYPE = pacing.STARTED_TYPE
 OUTCOME_TYPE = "io.selfheal.repair.outcome"
 SETTLED_TYPE = "io.selfheal.approval.settled"
+VERIFIED_TYPE = "io.selfheal.repair.verified"
 
 
 def decision_from_event(raw: bytes | Mapping[str, Any]) -> Decision:
@@ -136,6 +155,27 @@ def settled_event(pending: Decision, verdict: str, source: str, vote_ts: float) 
     """The marker that the vote on ``pending`` was audited (``verdict`` in ``detail``); its id
     depends on the vote alone, so a rewrite after a crash is a recognisable duplicate."""
     return _event(SETTLED_TYPE, pending, _data(pending, SETTLED, "", verdict, 0.0), source, vote_ts)
+
+
+def withdrawn_event(d: Decision, source: str) -> dict[str, Any] | None:
+    """The ``skipped`` outcome, keyed by the request's id, of the policy's withdrawal ``d`` of
+    an approval request (``policy_state.withdrawal``); None for any other decision. Executor
+    stages read it back (``Ledger.withdrawn``): an approval of that request runs nothing."""
+    asked = d.params.get("withdrawn_decision_id")
+    if d.suppressed_by is not Suppression.WITHDRAWN or not asked:
+        return None
+    # at the decision's event time: a replayed withdrawal is the same record
+    detail = f"not run: {d.explanation}"
+    return outcome_event(replace(d, id=str(asked)), SKIPPED, "policy", detail, 0.0, source, d.ts)
+
+
+def verified_event(v: Verification, source: str) -> dict[str, Any]:
+    """The policy's verdict ``v`` on a repair, keyed by its decision id (at its event time: a
+    replayed verdict is the same record)."""
+    d = Decision(v.decision_id, v.ts, v.action, v.entity, Mode.ENFORCE, False, ())
+    detail = ("succeeded" if v.success else "failed") + (f": {v.explanation}" * bool(v.explanation))
+    data = _data(d, VERIFIED, "policy", detail, v.duration_seconds)
+    return _event(VERIFIED_TYPE, d, {**data, "success": v.success}, source, v.ts)
 
 
 def outcome_record(event: Mapping[str, Any], ts: float) -> AuditRecord:
@@ -229,6 +269,9 @@ class Ledger:
     def __init__(self, cap: int = 100_000) -> None:
         self.cap = cap
         self._state: OrderedDict[str, str] = OrderedDict()
+        #: approval requests the policy withdrew -> why (apart from ``_state``: a vote on one
+        #: is still settled once, its marker noted there)
+        self.withdrawn: OrderedDict[str, str] = OrderedDict()
 
     def get(self, decision_id: str) -> str | None:
         return self._state.get(decision_id)
@@ -247,7 +290,15 @@ class Ledger:
         try:
             ev = orjson.loads(raw)
             data = ev["data"]
-            self.note(str(data["decision_id"]), str(data["outcome"]))
+            did, outcome = str(data["decision_id"]), str(data["outcome"])
+            if ev.get("type") == VERIFIED_TYPE:
+                pass  # a verdict, not an execution: the decision may still run here
+            elif outcome == SKIPPED and str(data.get("detail", "")).startswith(WITHDRAWN):
+                self.withdrawn[did] = str(data["detail"])
+                while len(self.withdrawn) > self.cap:
+                    self.withdrawn.popitem(last=False)
+            else:
+                self.note(did, outcome)
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"unreadable outcome record: {exc!r}") from exc
         return dict(ev)

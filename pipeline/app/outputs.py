@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from operator import attrgetter
 
 from selfheal.connectors.kafka import OutRecord
+from selfheal.pipeline.app import outcomes as oc
 from selfheal.pipeline.core.audit import AuditRecord, decision_record, verification_record
 from selfheal.pipeline.core.config import Settings
 from selfheal.pipeline.core.deadletter import deadletter_records
@@ -39,6 +40,11 @@ def encode_outputs(out: Outputs, settings: Settings) -> list[OutRecord]:
     for d in out.decisions:
         if d.status is not DecisionStatus.SUPPRESSED:
             records.append((t.repairs, d.entity.encode(), dumps(repair_event(d, src))))
+        elif (withdrawn := oc.withdrawn_event(d, src)) is not None:
+            key = str(withdrawn["data"]["decision_id"]).encode()
+            records.append((t.outcomes, key, dumps(withdrawn)))
+    for v in out.verifications:  # ends an approved repair's wait (``entity_hold``)
+        records.append((t.outcomes, v.decision_id.encode(), dumps(oc.verified_event(v, src))))
     for e in out.incidents:
         body = dumps(incident_event(e.id, e.state, e.ts, e.data, src))
         records.append((t.incidents, e.data["incident_id"].encode(), body))

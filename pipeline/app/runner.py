@@ -236,6 +236,7 @@ class Runner(PartitionState):
                 [
                     *(t.metrics, t.logs, t.changes),
                     *(t.anomalies, t.repairs, t.incidents, t.deadletter, t.audit, t.state),
+                    t.outcomes,  # withdrawn approval requests (``outcomes.withdrawn_event``)
                 ],
                 k.partitions,
                 client,

@@ -189,7 +189,7 @@ class Metrics:
         )
         self.approvals = Counter(
             "approvals_total",
-            "Votes on pending decisions (approved, rejected, expired)",
+            "Votes on pending decisions (approved, rejected, expired, withdrawn)",
             ["verdict"],
             registry=r,
         )

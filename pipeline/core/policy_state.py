@@ -36,8 +36,23 @@ from selfheal.pipeline.core.policy_config import (
     approval_required,
     cooldown_seconds,
 )
-from selfheal.pipeline.core.repair import Case, CaseBook, Cooldowns, Hold, SeenIds, Storm
-from selfheal.pipeline.kernel.types import Decision, RepairAction, Verification
+from selfheal.pipeline.core.repair import (
+    Case,
+    CaseBook,
+    Cooldowns,
+    Hold,
+    PendingVerification,
+    SeenIds,
+    Storm,
+)
+from selfheal.pipeline.kernel.types import (
+    Decision,
+    DecisionStatus,
+    Mode,
+    RepairAction,
+    Suppression,
+    Verification,
+)
 
 #: namespace of decision ids (uuid5); never change it, ids must survive upgrades
 DECISION_NAMESPACE = uuid.UUID("8f4e2b1c-7d1a-5e55-9a4b-5e1f4ea1c0de")
@@ -146,22 +161,29 @@ class PolicyState:
         rules = {rule.name: rule for rule in config.rules}
         cases = CaseBook.from_plain(list(data["cases"]), cap)
         cooldowns = Cooldowns.from_plain(list(data["cooldowns"]), cap * 4)
+        wm = data["watermark"]
+        at = -math.inf if wm is None else float(wm)
+        withdrawn: list[Decision] = []
         for case in cases.values():
             rule = rules.get(case.rule)
+            asked = case.pending if case.pending and case.pending.approval else None
             if rule is None:
                 cases.remove(case)  # the running configuration dropped the rule
+                if asked is not None:
+                    why = f"the running configuration has no rule {case.rule}"
+                    withdrawn.append(withdrawal(case, asked, at, why))
                 continue
             if case.rung > len(rule.actions):
                 case.rung = len(rule.actions)  # the ladder got shorter: its top is exhausted
-            asked = case.pending
-            if asked and asked.approval and not approval_required(rule, asked.action, case.rung):
+            if asked and not approval_required(rule, asked.action, case.rung):
                 _withdraw(case, cooldowns)  # the running config asks no one: nothing ran
+                why = f"the running configuration runs {asked.action.value} without approval"
+                withdrawn.append(withdrawal(case, asked, at, why))
             if case.pending is not None:
                 # the snapshot's deadline is its process's window: the running one governs
                 window = config.verification_window_seconds
                 case.pending.deadline = case.pending.started + window
         cooldowns.rederive(lambda rule, action: _cooldown(config, rules.get(rule), action))
-        wm = data["watermark"]
         st = cls(
             cooldowns=cooldowns,
             cases=cases,
@@ -173,9 +195,10 @@ class PolicyState:
                 if rule in rules
             },
             announced={str(sid): float(ts) for sid, ts in data.get("announced", [])},
-            watermark=-math.inf if wm is None else float(wm),
+            watermark=at,
             verifications=[_verification_from_plain(v) for v in data["verifications"]],
             learning=Effectiveness.from_plain(data.get("learning")),
+            decisions=withdrawn,
         )
         for case in st.cases.values():
             st.schedule(case, config.verification_window_seconds)
@@ -200,6 +223,27 @@ def _withdraw(case: Case, cooldowns: Cooldowns) -> None:
     if case.last_acted == pending.started:
         case.last_acted = None
     cooldowns.drop(case.entity, pending.action, pending.started, case.rule)
+
+
+def withdrawal(case: Case, asked: PendingVerification, at: float, why: str) -> Decision:
+    """The (suppressed, audited) record that ``case``'s open approval request ``asked`` was
+    withdrawn: the runner also publishes it on the outcome topic (``outcomes.withdrawn_event``)
+    so that an approval of it, read by any executor stage, runs nothing (the rung runs, or
+    ran, on its own)."""
+    return Decision(
+        id=str(uuid.uuid5(DECISION_NAMESPACE, f"withdrawn\x1f{asked.decision_id}")),
+        ts=max(at, asked.started),
+        action=asked.action,
+        entity=case.entity,
+        mode=Mode.ENFORCE,
+        predictive=False,
+        reason=(),
+        params={"withdrawn_decision_id": asked.decision_id},
+        rule=case.rule,
+        status=DecisionStatus.SUPPRESSED,
+        suppressed_by=Suppression.WITHDRAWN,
+        explanation=f"approval request withdrawn: {why}",
+    )
 
 
 def _cooldown(config: PolicyConfig, rule: Rule | None, action: RepairAction) -> float:

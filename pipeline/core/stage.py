@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeAlias
 
 from selfheal.models.base import Judge, LogJudge, ticks
 from selfheal.models.registry import Router, SeriesKey, series_keys
+from selfheal.pipeline.core.change_intake import partition_reference, record_changes
 from selfheal.pipeline.core.changes import ChangeLog
 from selfheal.pipeline.core.config import Settings
 from selfheal.pipeline.core.decode import Decoded, Decoder
@@ -525,16 +526,10 @@ class Pipeline:
         changes_topic = self.topics.changes
         for part, envs in by_part.items():
             topics = set(map(_TOPIC, envs))
-            change_rejects: list[Reject] = []
-            if changes_topic in topics:
-                # deploys are state for the incidents, not samples: recorded before the batch
-                changes, change_rejects = self.decoder.decode_changes(
-                    [e for e in envs if e.topic == changes_topic],
-                    None if self.use_watermark else now,
-                    self.max_future,
-                )
-                for change in changes:
-                    self.stage(part).changes.record(change)
+            changes = (
+                [e for e in envs if e.topic == changes_topic] if changes_topic in topics else []
+            )
+            if changes:
                 envs_in = [e for e in envs if e.topic != changes_topic]
                 topics.discard(changes_topic)
             else:
@@ -546,7 +541,6 @@ class Pipeline:
             else:
                 metrics = [e for e in envs_in if e.topic != logs_topic]
                 logs = [e for e in envs_in if e.topic == logs_topic]
-            out.rejects.extend(change_rejects)
             st = self.stage(part)
             decoded = self.decoder.decode_metrics(metrics, st) if metrics else Decoded()
             if logs:
@@ -558,9 +552,12 @@ class Pipeline:
                 # event time judged by the partition's own progress (core/eventtime.py), so
                 # the stage's clock-based future/past checks are off (reference None)
                 decoded, envs_in = st.guard.events.sequence(decoded, envs_in)
-                out.extend(st.process(decoded, envs_in, None, False))
-            else:
-                out.extend(st.process(decoded, envs_in, now, False))
+            if changes:
+                # deploys are state for the incidents, not samples: recorded before the batch,
+                # bounded by the clock or the partition's time (``change_intake``)
+                ref = partition_reference(st.clocks, decoded) if self.use_watermark else now
+                out.rejects.extend(record_changes(self.decoder, st, changes, ref, self.max_future))
+            out.extend(st.process(decoded, envs_in, None if self.use_watermark else now, False))
             if now is not None:
                 st.data_wall = now
         return out

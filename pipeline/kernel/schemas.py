@@ -241,14 +241,25 @@ class RepairData(_Out):
 class RepairOutcomeData(_Out):
     """``io.selfheal.repair.outcome`` (and ``.started``) on the repair-outcome topic; also
     ``io.selfheal.approval.settled`` (outcome ``settled``, the vote's verdict in ``detail``):
-    a vote on the pending decision ``decision_id`` was audited, nothing was executed."""
+    a vote on the pending decision ``decision_id`` was audited, nothing was executed; and
+    ``io.selfheal.repair.verified`` (outcome ``verified``, ``success``): the policy's verdict on
+    the repair ``decision_id``."""
 
     decision_id: str
     action: str
     entity: str
     rule: str
     outcome: Literal[
-        "started", "ok", "failed", "timeout", "error", "skipped", "unknown", "paused", "settled"
+        "started",
+        "ok",
+        "failed",
+        "timeout",
+        "error",
+        "skipped",
+        "unknown",
+        "paused",
+        "settled",
+        "verified",
     ]
     executor: str
     detail: str
@@ -258,6 +269,8 @@ class RepairOutcomeData(_Out):
     #: ``started`` of a repair (not a page or an approval request): the event time it was
     #: decided at (epoch seconds); a restarted executor stage paces from it
     decided_at: float | None = None
+    #: ``verified``: whether the repair worked (the condition stayed clear for its window)
+    success: bool | None = None
 
 
 class DeadLetterData(_Out):

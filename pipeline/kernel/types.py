@@ -161,6 +161,9 @@ class Suppression(enum.StrEnum):
     SYMPTOM = "symptom"
     #: another rule's executed repair of the entity is under verification: one at a time
     REPAIR_IN_PROGRESS = "repair_in_progress"
+    #: an open approval request the running configuration would not make (at state load):
+    #: ``params["withdrawn_decision_id"]``, see ``policy_state.withdrawal``
+    WITHDRAWN = "withdrawn"
 
 
 @dataclass(frozen=True, slots=True)
