@@ -8,7 +8,12 @@ hands out only records stamped at or before the *frontier* of every input of the
 (the last timestamp each has delivered). An input that stops delivering holds the others for
 ``max_wait_s`` (and ``min_polls`` releases) from its frontier's last move, then no longer
 until it delivers again, so a quiet topic delays the others once, briefly, and a catching-up
-one as long as it keeps up.
+one as long as it keeps up. An input the broker holds more records of (``pending``) is late,
+not quiet: on a busy machine its next fetch can come seconds after the last, and released past
+it, the others ran minutes ahead in event time (its records then read late: rate limits
+refilled on event time dead-lettered them, the detectors saw them out of order). It holds the
+others up to ``max_late_s`` from its frontier's last move (a partition that cannot be read
+must not stop the others for good).
 Records are ordered by their Kafka timestamp, which producers set when they send: the closest
 to event time a source can read without decoding.
 
@@ -52,8 +57,10 @@ class Aligner:
         max_wait_s: float = 2.0,
         min_polls: int = 3,
         clock: Callable[[], float] = time.monotonic,
+        max_late_s: float = 30.0,
     ) -> None:
         self.max_wait_s = max_wait_s
+        self.max_late_s = max(max_late_s, max_wait_s)
         self.min_polls = min_polls
         self.clock = clock
         #: per topic partition: buffered records (offset order) and their timestamps
@@ -117,12 +124,11 @@ class Aligner:
             return float("inf")
         # every input bounds, not only those a fetch said have more: a high watermark is
         # as old as the fetch that reported it, while the producers go on
-        bound = float(
-            min(
-                self._stamps[k][-1] if self._records.get(k) else self._last_ts.get(k, -1)
-                for k in keys
-            )
-        )
+        frontiers = {
+            k: self._stamps[k][-1] if self._records.get(k) else self._last_ts.get(k, -1)
+            for k in keys
+        }
+        bound = float(min(frontiers.values()))
         if all(self._stamps[k][-1] <= bound for k in buffered):
             self._held_since.pop(part, None)
             return bound
@@ -136,7 +142,10 @@ class Aligner:
             since, polls = now, 0
         polls += 1
         self._held_since[part] = (since, bound, polls)
-        quiet = now - since >= self.max_wait_s and polls > self.min_polls
+        # an input at the frontier of which the broker holds more is late, not quiet
+        late = any(k in pending for k, f in frontiers.items() if f <= bound)
+        wait = self.max_late_s if late else self.max_wait_s
+        quiet = now - since >= wait and polls > self.min_polls
         return float("inf") if quiet else bound
 
     def _take(self, key: Key, bound: float, batch: Batch) -> None:

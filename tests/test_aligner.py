@@ -9,10 +9,11 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from selfheal.connectors.aligner import Aligner, Fetched
-from selfheal.connectors.kafka import ensure_topics
+from selfheal.connectors.kafka import KafkaSource, ensure_topics
 
 from tests.conftest import consume_all
 from tests.spine_helpers import make_runner, run_until, settings_for
@@ -77,6 +78,29 @@ def test_a_quiet_input_holds_the_others_once_for_max_wait_then_not_until_it_deli
     assert _offsets(al.release(set())) == [("logs", 1)]
 
 
+def test_an_input_the_broker_has_more_of_is_late_not_quiet() -> None:
+    """On a busy machine the next fetch of a backlogged input can come seconds late. The broker
+    still holds its records, so it holds the others back: released past it, a backlog's logs
+    were read after metrics minutes ahead of them, their entities' rate limits (refilled on
+    event time) dead-lettered thousands of them and the detectors saw them late. Only an
+    input undelivered for ``max_late_s`` (a partition that cannot be read) gives way."""
+    now = [0.0]
+    al = Aligner(max_wait_s=1.0, min_polls=2, clock=lambda: now[0])
+    backlog = {("logs", 0)}
+    al.add("metrics", 0, _recs([10, 20, 30]))
+    al.add("logs", 0, _recs([5]))
+    assert _offsets(al.release(backlog)) == [("logs", 0)]
+    for t in (0.5, 1.2, 2.5, 5.0, 10.0):
+        now[0] = t
+        assert _offsets(al.release(backlog)) == [], t
+    al.add("logs", 0, _recs([25], first=1))  # the late fetch
+    assert _offsets(al.release(backlog)) == [("logs", 1), ("metrics", 0), ("metrics", 1)]
+    for _ in range(3):
+        assert _offsets(al.release(backlog)) == []
+    now[0] += al.max_late_s + 1.0  # undelivered for that long: it no longer holds the others
+    assert _offsets(al.release(backlog)) == [("metrics", 2)]
+
+
 def test_dropped_buffers_say_where_to_resume() -> None:
     al = Aligner(clock=lambda: 0.0)
     al.add("metrics", 0, _recs([10, 20], first=7))
@@ -108,7 +132,7 @@ def test_every_fetched_record_is_released_once_in_offset_order(
         for env in al.release({k for k in nxt if flag and k[0] == "a"}):
             seen.setdefault((env.topic, env.partition), []).append(env.offset)
         now[0] += 1.0
-    now[0] += 10.0
+    now[0] += al.max_late_s + 10.0  # even for inputs the broker holds more of
     for env in al.release(set(nxt)):  # the wait gives way: the rest comes out
         seen.setdefault((env.topic, env.partition), []).append(env.offset)
     assert seen == {k: list(range(n)) for k, n in nxt.items()}
@@ -156,6 +180,59 @@ async def test_a_backlog_of_metrics_and_logs_makes_no_loop_look_stuck(
     dead = [orjson.loads(v) for v in await consume_all(broker.bootstrap, s.kafka.topics.deadletter)]
     assert not dead, {d["reason"] for d in dead}
     assert not [k for k in kinds if k[1] in ("loop_stuck", "rate_limited")], kinds
+
+
+@pytest.mark.asyncio
+async def test_a_late_fetch_of_a_backlogged_input_holds_the_others_through_the_broker(
+    broker, producer, topic_prefix
+) -> None:
+    """A backlog of metrics and logs whose logs the consumer fetches late (paused here, as a
+    busy machine's fetch runs late): the broker holds them, so no metric is handed out ahead
+    of them, however long past the aligner's quiet-input wait; they come out side by side
+    once the logs are fetched."""
+    metrics, logs = f"{topic_prefix}.metrics", f"{topic_prefix}.logs"
+    await ensure_topics(broker.bootstrap, [metrics, logs], 1)
+    futures = []
+    for step in range(100):
+        for topic in (metrics, logs):
+            rec = {"ts": 1_790_000_000.0 + 15 * step, "entity": "svc-0", "value": 1.0}
+            futures.append(await producer.send(topic, orjson.dumps(rec), key=b"svc-0"))
+    await asyncio.gather(*futures)
+    late = TopicPartition(logs, 0)
+
+    async def fetch_logs_late(assigned: set[TopicPartition]) -> None:
+        source.consumer.pause(late)
+
+    source = KafkaSource(
+        broker.bootstrap,
+        [metrics, logs],
+        f"{topic_prefix}-g",
+        max_batch=50,
+        fetch_timeout_ms=50,
+        on_assign=fetch_logs_late,
+        align_wait_s=0.3,
+    )
+    await source.start()
+    try:
+        out: list[tuple[str, int]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30.0
+        while not source.assignment() and loop.time() < deadline:
+            out += [(e.topic, e.offset) for e in await source.next_batch()]
+        fetched = loop.time() + 1.5  # 5x the wait
+        while loop.time() < fetched:
+            out += [(e.topic, e.offset) for e in await source.next_batch()]
+        assert out == []  # the logs are late, not quiet: the metrics wait for them
+        assert source.aligner.held() == [(metrics, 0)]  # (they were fetched)
+        source.consumer.resume(late)
+        while len(out) < len(futures) and loop.time() < deadline:
+            out += [(e.topic, e.offset) for e in await source.next_batch()]
+        assert sorted(out) == sorted([(t, i) for t in (metrics, logs) for i in range(100)])
+        # side by side: by the time the last metric came out, most logs had
+        last_metric = max(i for i, (t, _) in enumerate(out) if t == metrics)
+        assert sum(1 for t, _ in out[:last_metric] if t == logs) >= 90
+    finally:
+        await source.stop()
 
 
 @pytest.mark.asyncio
