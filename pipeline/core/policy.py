@@ -112,10 +112,17 @@ class PolicyEngine:
         #: decide and audit as in dry run. Runtime only: never part of the state.
         self.paused = False
         self.fleet: FleetGate = fleet or LocalFleet(FleetArbiter.from_policy(config))
+        #: the input partition this engine decides for (None: not known, one engine): its
+        #: needs name it on the fleet log, whose storms judge each partition in its own time
+        self.partition: int | None = None
 
     def attach_fleet(self, fleet: FleetGate) -> None:
         """Share ``fleet`` (the deployment's budget and storm log) from now on."""
         self.fleet = fleet
+
+    def attach_partition(self, partition: int) -> None:
+        """Decide for input partition ``partition`` (its stage's)."""
+        self.partition = partition
 
     def __reduce__(self) -> Any:
         raise TypeError("a PolicyEngine holds configuration: snapshot it with to_state()")

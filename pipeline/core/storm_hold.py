@@ -260,6 +260,7 @@ def heartbeat(eng: PolicyEngine, key: tuple[str, str], now: float, *, last: bool
             # learns of the storm from it)
             storm_id="" if last else hold.storm_id,
             held=not last,
+            partition=eng.partition,
         )
         if last:
             # waited for (once per entity and storm): the fleet's view of the storm must
@@ -293,6 +294,7 @@ def unflag_stale(eng: PolicyEngine, now: float) -> None:
                     claim=False,
                     storm_id="",
                     held=False,
+                    partition=eng.partition,
                 )
             )
             del st.held[key]
@@ -312,8 +314,7 @@ def end_storms(eng: PolicyEngine, now: float) -> list[Decision]:
             continue
         last = eng.fleet.storm_last_need(storm.decision_id)
         last = storm.last_need if last is None else max(last, storm.last_need)
-        # judged on the event time every partition has reached, not this engine's own
-        if eng.fleet.fleet_time(now) - last >= window:
+        if _over(eng, storm.decision_id, now, last):
             over.append((last, storm))
     for last, storm in sorted(over, key=lambda x: (x[0], x[1].action.value)):
         del st.storms[storm.action]
@@ -333,6 +334,17 @@ def end_storms(eng: PolicyEngine, now: float) -> list[Decision]:
     for storm_id in [sid for sid in st.announced if sid not in live]:
         del st.announced[storm_id]
     return out
+
+
+def _over(eng: PolicyEngine, storm_id: str, now: float, last: float) -> bool:
+    """Whether the storm is over as the fleet log says: each partition in its own event time
+    (``storm_over``); without it, on the event time every partition has reached (not this
+    engine's own) against its last need."""
+    judge = getattr(eng.fleet, "storm_over", None)
+    over = None if judge is None else judge(storm_id, now)
+    if over is None:
+        return eng.fleet.fleet_time(now) - last >= eng.config.storm_window_seconds
+    return bool(over)
 
 
 def resolve_orphans(eng: PolicyEngine, now: float) -> list[Decision]:
