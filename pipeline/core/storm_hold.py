@@ -350,10 +350,11 @@ def _over(eng: PolicyEngine, storm_id: str, now: float, last: float) -> bool:
 def resolve_orphans(eng: PolicyEngine, now: float) -> list[Decision]:
     """Storms over on the fleet log that their escalating engine did not resolve a storm window
     after their end (its partition has not run since: moved to a process that gets no data for
-    it): this engine resolves them, taken once per process, and logs their
-    end so no other process does. The resolution is the one the escalating engine would send:
-    its id, time and labels (kind, rule) come from the log, so one the escalating engine sends
-    after all (its partition ran again) collapses with it downstream (same decision id)."""
+    it): this engine resolves them, taken once per process, and logs their end once the
+    resolution is published (``PolicyEngine.log_storm_ends``) so no other process does. The
+    resolution is the one the escalating engine would send: its id, time and labels (kind,
+    rule) come from the log, so one the escalating engine sends after all (its partition ran
+    again) collapses with it downstream (same decision id)."""
     orphaned = getattr(eng.fleet, "orphaned_storms", None)
     if orphaned is None:
         return []
@@ -374,7 +375,9 @@ def resolve_orphans(eng: PolicyEngine, now: float) -> list[Decision]:
         text = f"storm over: every held entity's condition clear for {window:g}s (resolved by "
         text += "another partition's engine: the escalating one has not run since)"
         resolution = _resolution(eng, storm, o.last_need + window, text)
-        eng.fleet.end_storm(StormEnd(o.id, o.action, resolution.ts))
+        # logged once the resolution is published (``log_storm_ends``): a process dying in
+        # between leaves it orphaned, resolved again by the next (same id), never lost
+        eng.unlogged_ends.append(StormEnd(o.id, o.action, resolution.ts))
         out.append(resolution)
     return out
 
