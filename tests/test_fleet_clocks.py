@@ -13,6 +13,7 @@ import random
 from bisect import bisect_right
 from dataclasses import replace
 
+import pytest
 from selfheal.connectors.fleet_ledger import decode_record, encode_request
 from selfheal.pipeline.core import state
 from selfheal.pipeline.core.config import load_settings
@@ -213,3 +214,53 @@ def test_records_and_snapshots_of_an_older_version_still_load() -> None:
     del detector.__dict__["_where"]
     detector.record(RESTART, "e", 1.0, (0, 1.0))
     assert detector.placed(RESTART) == [((0, 1.0), 1.0)]
+
+
+def test_a_partition_without_needs_holds_the_storm_though_one_beyond_the_count_had_some() -> None:
+    """Needs from partition 2 while the reports still count two partitions (the topic grew):
+    partition 1, without needs and lagging, still holds the storm on the log's time."""
+    a = FleetArbiter(10, 600.0, storm_threshold=1, storm_window_seconds=300.0)
+    for i, part in enumerate((0, 2)):
+        need = FleetRequest(f"d{i}", 100.0, f"e{i}", RESTART, True, "s", partition=part)
+        a.apply(need)
+    a.progress(FleetProgress(0, 2, 1000.0, at=1.0))
+    a.progress(FleetProgress(1, 2, 100.0, at=1.0))
+    assert a.active_storm(RESTART, 1000.0) == "s", "partition 1 may still read needs"
+
+
+# -- storm starts: counted on the log's time (design question, pinned) ------------------------
+
+
+def _backlog_needs(a: FleetArbiter, live: float) -> list[Verdict]:
+    """Partition 1 is live at ``live``; partition 0 reads a two-hour backlog at once: six
+    entities needing a restart, twenty minutes apart in its own time."""
+    a.apply(FleetRequest("f", live, "fast-0", RESTART, True, "sf", partition=1))
+    return [
+        a.apply(
+            FleetRequest(f"b{i}", 1200.0 * i, f"b-{i}", RESTART, True, f"s{i}", partition=0)
+        ).verdict
+        for i in range(6)
+    ]
+
+
+def test_pinned_needs_of_live_partitions_hours_apart_form_one_storm() -> None:
+    # what an SRE expects, and what counting on the log's time gives: both partitions live,
+    # producers' clocks 3 h apart, many entities failing now
+    a = FleetArbiter(10, 600.0, storm_threshold=5, storm_window_seconds=300.0)
+    a.apply(FleetRequest("f", HOURS_AHEAD, "fast-0", RESTART, True, "sf", partition=1))
+    verdicts = [
+        a.apply(FleetRequest(f"d{i}", 100.0 + i, f"e{i}", RESTART, True, f"s{i}", partition=0))
+        for i in range(5)
+    ]
+    assert verdicts[-1].verdict is Verdict.STORM_STARTED
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="storm starts count needs on the log's time: a partition reading a backlog at once "
+    "squeezes hours of its own time into one window (a design question: see FleetArbiter.apply)",
+)
+def test_a_backlog_read_at_once_does_not_form_a_storm_of_needs_hours_apart() -> None:
+    a = FleetArbiter(10, 600.0, storm_threshold=5, storm_window_seconds=300.0)
+    verdicts = _backlog_needs(a, live=HOURS_AHEAD)
+    assert Verdict.STORM_STARTED not in verdicts
