@@ -115,6 +115,12 @@ class KafkaFleet(KafkaLog):
         with self._lock:
             return self.arbiter.fleet_time(ts, self._local, self._local_of)
 
+    def storm_over(self, storm_id: str, ts: float) -> bool | None:
+        """``FleetArbiter.storm_over``, with this process's own partitions known at once."""
+        with self._lock:
+            judge = getattr(self.arbiter, "storm_over", None)
+            return None if judge is None else judge(storm_id, ts, self._local, self._local_of)
+
     def progress(self, report: FleetProgress) -> None:
         """Log how far a partition is processed (without waiting)."""
         self._fire(encode_progress(report, self.group))
@@ -218,6 +224,8 @@ def encode_request(req: FleetRequest, group: str) -> bytes:
         incident=req.incident,
         # a need that may start a storm: its escalation's labels (``_record`` has a ``kind``)
         **{k: v for k, v in (("anomaly_kind", req.kind), ("rule", req.rule)) if v},
+        # (an optional key: an older reader ignores it, a record without it is "unknown")
+        **({} if req.partition is None else {"partition": req.partition}),
     )
 
 
@@ -268,6 +276,7 @@ def decode_record(raw: bytes, group: str) -> FleetRequest | StormEnd | FleetProg
                 incident=str(rec.get("incident", "")),
                 kind=str(rec.get("anomaly_kind", "")),
                 rule=str(rec.get("rule", "")),
+                partition=None if rec.get("partition") is None else int(rec["partition"]),
             )
         if rec["type"] == "storm_end":
             return StormEnd(

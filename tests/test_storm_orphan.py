@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from selfheal.connectors.alertmanager import escalation_alert
 from selfheal.connectors.fleet_ledger import decode_record, encode_request
-from selfheal.pipeline.app.fleet_progress import recheck_storms
+from selfheal.pipeline.app.fleet_progress import log_storm_ends, recheck_storms
 from selfheal.pipeline.core.config import load_settings
 from selfheal.pipeline.core.policy import ConditionReport, PolicyEngine
 from selfheal.pipeline.core.policy_state import decision_id
@@ -50,6 +50,9 @@ def test_a_storm_whose_escalating_partition_never_runs_again_is_resolved_once() 
         out.extend(b.tick(float(t))[1])
         out.extend(pipe.tick(float(t), idle_grace=1.0).decisions)
         out.extend(recheck_storms(pipe))
+        # (the runner, once the batch's outputs are published)
+        log_storm_ends(pipe)
+        b.log_storm_ends()
     assert gate.active_storm(RESTART, 140.0 + 6 * W) is None, "over on the fleet log"
     done = _resolutions(out, storm)
     assert len(done) == 1, "the storm alert never resolves (or resolves once per engine)"
@@ -90,3 +93,24 @@ def test_the_escalation_labels_travel_on_the_ledger() -> None:
     assert start.claim
     assert (start.kind, start.rule) == (MEMORY.value, "mem")
     assert decode_record(encode_request(start, "g"), "g") == start
+
+
+def test_a_crash_between_the_orphan_resolution_and_its_end_record_loses_nothing() -> None:
+    """The end of an orphaned storm is logged only once its resolution is published
+    (``log_storm_ends``, after the runner's write): a process dying in between leaves the storm
+    orphaned on the log, so the next one resolves it again (same id: at least once)."""
+    gate = LoggedFleet()
+    _, b, storm = _storm(gate)  # a (the escalating engine) never runs again
+    b.observe(ConditionReport("gone-1", MEMORY, 130.0, True))
+    b.observe(ConditionReport("gone-1", MEMORY, 140.0, False))
+    out: list[Decision] = []
+    for t in range(150, int(140 + 6 * W), 30):
+        out.extend(b.tick(float(t))[1])
+    (resolution,) = _resolutions(out, storm)
+    # b's process dies before publishing it: the end must not be on the log yet
+    assert not any(isinstance(r, StormEnd) for r in gate.log), "logged before it was published"
+    (again,) = _read(gate.log).orphaned_storms(140.0 + 10 * W)
+    assert again.id == storm.id and again.last_need + W == resolution.ts
+    # published: now its end is logged, and nobody resolves it again
+    assert b.log_storm_ends() == 1
+    assert _read(gate.log).orphaned_storms(140.0 + 10 * W) == []

@@ -91,6 +91,17 @@ def _standing(
     return math.inf
 
 
+def log_storm_ends(pipeline: Any) -> int:
+    """Log the ends of the orphaned storms the engines resolved, once their resolutions are
+    published (``PolicyEngine.log_storm_ends``); how many."""
+    logged = 0
+    for st in list(pipeline.stages.values()):
+        flush = getattr(st.policy, "log_storm_ends", None)
+        if flush is not None:
+            logged += flush()
+    return logged
+
+
 def recheck_storms(pipeline: Any) -> list[Decision]:
     """Storm ends due now that partitions reported their progress, in partitions whose own
     data did not move their time (``PolicyEngine.recheck_storms``)."""

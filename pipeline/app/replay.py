@@ -12,6 +12,7 @@ from pathlib import Path
 
 from selfheal.connectors.audit_file import AuditFileSink
 from selfheal.connectors.files import FileSource, JsonlSink
+from selfheal.pipeline.app.fleet_progress import log_storm_ends
 from selfheal.pipeline.app.gcpause import collector_paused
 from selfheal.pipeline.app.outputs import audit_records, observe_outputs
 from selfheal.pipeline.core.config import Settings
@@ -77,6 +78,7 @@ def replay(
             dl_sink.write_batch([d for _, d in deadletter_records(out.rejects, cap)])
         if audit is not None:
             audit.write_sync(audit_records(out))
+        log_storm_ends(pipe)  # (written: orphaned storms resolved in it end on the fleet log)
 
     try:
         for batch in source.batches():

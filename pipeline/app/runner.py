@@ -30,7 +30,11 @@ from selfheal.connectors.http_server import Handler, Health, MetricsServer
 from selfheal.connectors.kafka import KafkaSink, KafkaSource, OutRecord, ensure_topics
 from selfheal.connectors.state_store import KafkaStateStore
 from selfheal.pipeline.app.backpressure import Backpressure
-from selfheal.pipeline.app.fleet_progress import ProgressReporter, recheck_storms
+from selfheal.pipeline.app.fleet_progress import (
+    ProgressReporter,
+    log_storm_ends,
+    recheck_storms,
+)
 from selfheal.pipeline.app.gcpause import collector_paused
 from selfheal.pipeline.app.incident_share import SharedIncidents
 from selfheal.pipeline.app.outputs import (
@@ -409,6 +413,8 @@ class Runner(PartitionState):
             # executors act only on decisions the broker has acknowledged (they are on the
             # repair topic); they are idempotent on the decision id if a replay repeats one
             await self._execute(out.decisions, sink)
+            # published (and alerted): orphaned storms resolved in it may be ended on the log
+            log_storm_ends(self.pipeline)
         if batch:
             # offsets are committed at checkpoints, after the snapshot that covers them
             nxt = _next_offsets(batch)

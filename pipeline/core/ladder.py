@@ -67,6 +67,8 @@ class Ask:
     #: the incident whose cause this entity is a symptom of (its protective needs count once
     #: towards a storm: the incident is one problem)
     incident: str = ""
+    #: the input partition deciding (``PolicyEngine.partition``)
+    partition: int | None = None
 
     @property
     def entity(self) -> str:
@@ -123,6 +125,7 @@ class Ask:
             incident=self.incident if action in PROTECTIVE else "",
             kind=self.anomaly.finding.kind.value if claim else "",
             rule=self.rule.name if claim else "",
+            partition=self.partition,
         )
 
 
@@ -137,7 +140,7 @@ def decide_rule(
     if anomaly.id not in case.history:
         case.history.append(anomaly.id)
     symptom_of = plan.incident_id if plan.cause is not None and plan.incident_id else ""
-    ask = Ask(rule, anomaly, now, eng.mode(rule), symptom_of)
+    ask = Ask(rule, anomaly, now, eng.mode(rule), symptom_of, eng.partition)
     realign(rule, case)
     climb_if_spent(rule, case)
     exhausted = case.rung >= len(rule.actions)

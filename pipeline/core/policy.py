@@ -70,6 +70,7 @@ from selfheal.pipeline.kernel.types import (
     FleetOutcome,
     Mode,
     RepairAction,
+    StormEnd,
     Verification,
 )
 
@@ -112,10 +113,20 @@ class PolicyEngine:
         #: decide and audit as in dry run. Runtime only: never part of the state.
         self.paused = False
         self.fleet: FleetGate = fleet or LocalFleet(FleetArbiter.from_policy(config))
+        #: the input partition this engine decides for (None: not known, one engine): its
+        #: needs name it on the fleet log, whose storms judge each partition in its own time
+        self.partition: int | None = None
+        #: ends of orphaned storms resolved, to log once their resolutions are published
+        #: (``log_storm_ends``). Runtime only: lost with the process, the storm is orphaned still
+        self.unlogged_ends: list[StormEnd] = []
 
     def attach_fleet(self, fleet: FleetGate) -> None:
         """Share ``fleet`` (the deployment's budget and storm log) from now on."""
         self.fleet = fleet
+
+    def attach_partition(self, partition: int) -> None:
+        """Decide for input partition ``partition`` (its stage's)."""
+        self.partition = partition
 
     def __reduce__(self) -> Any:
         raise TypeError("a PolicyEngine holds configuration: snapshot it with to_state()")
@@ -349,6 +360,14 @@ class PolicyEngine:
             return []
         self._fleet_checked = reached
         return storm_hold.end_storms(self, st.watermark)
+
+    def log_storm_ends(self) -> int:
+        """Log the ends of the orphaned storms this engine resolved (call once their
+        resolutions are published); how many."""
+        ends, self.unlogged_ends = self.unlogged_ends, []
+        for end in ends:
+            self.fleet.end_storm(end)
+        return len(ends)
 
     def release_storm(self, action: RepairAction | None = None, by: str = "") -> list[Decision]:
         """An operator releases the storm hold on ``action`` (every action when None)."""

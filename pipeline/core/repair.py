@@ -240,26 +240,45 @@ class StormDetector:
         self.cap = cap
         # action -> entity -> last time it needed the action (insertion order = time order)
         self._needs: dict[RepairAction, OrderedDict[str, float]] = {}
+        #: action -> entity -> what the caller told of its need in the window (``placed``)
+        self._where: dict[RepairAction, dict[str, Any]] = {}
 
-    def record(self, action: RepairAction, entity: str, ts: float) -> int:
-        """Record a need at ``ts`` (monotone per engine) and return the distinct count in window."""
+    def record(self, action: RepairAction, entity: str, ts: float, where: Any = None) -> int:
+        """Record a need at ``ts`` (monotone per engine) and return the distinct count in window.
+        ``where``: what the caller tells of the need (``placed``)."""
         needs = self._needs.setdefault(action, OrderedDict())
         needs[entity] = ts
         needs.move_to_end(entity)
+        if where is not None:
+            self._wheres().setdefault(action, {})[entity] = where
         while len(needs) > self.cap:
-            needs.popitem(last=False)
-        self._expire(needs, ts)
+            self._drop(action, needs.popitem(last=False)[0])
+        self._expire(action, needs, ts)
         return len(needs)
 
     def entities(self, action: RepairAction) -> list[str]:
         return sorted(self._needs.get(action, {}))[:MAX_STORM_ENTITIES]
 
-    def _expire(self, needs: OrderedDict[str, float], ts: float) -> None:
+    def placed(self, action: RepairAction) -> list[tuple[Any, float]]:
+        """The ``where`` of each need in the window (None: not told), and its time."""
+        where = self._wheres().get(action, {})
+        return [(where.get(e), ts) for e, ts in self._needs.get(action, {}).items()]
+
+    def _expire(self, action: RepairAction, needs: OrderedDict[str, float], ts: float) -> None:
         while needs:
             entity, seen = next(iter(needs.items()))
             if seen > ts - self.window_seconds:
                 break
             del needs[entity]
+            self._drop(action, entity)
+
+    def _drop(self, action: RepairAction, entity: str) -> None:
+        self._wheres().get(action, {}).pop(entity, None)
+
+    def _wheres(self) -> dict[RepairAction, dict[str, Any]]:
+        # a snapshot of an older version has no such map
+        where: dict[RepairAction, dict[str, Any]] = self.__dict__.setdefault("_where", {})
+        return where
 
 
 @dataclass(slots=True)

@@ -56,6 +56,13 @@ class PolicyLike(Protocol):
 Signal: TypeAlias = Finding | ConditionReport
 
 
+def attach_partition(policy: PolicyLike, partition: int) -> None:
+    """Tell a partition's policy its partition (when it asks: its fleet needs name it)."""
+    attach = getattr(policy, "attach_partition", None)
+    if attach is not None:
+        attach(partition)
+
+
 def attach_fleet(policy: PolicyLike, fleet: FleetGate) -> None:
     """Give a partition's policy the deployment's shared budget and storm log (when it asks)."""
     attach = getattr(policy, "attach_fleet", None)
@@ -502,6 +509,7 @@ class Pipeline:
         if st is None:
             policy = self.policy_factory()
             attach_fleet(policy, self._fleet)
+            attach_partition(policy, partition)
             st = self.stages[partition] = PartitionStage(
                 partition, self.settings, self.router, policy
             )

@@ -260,6 +260,7 @@ def heartbeat(eng: PolicyEngine, key: tuple[str, str], now: float, *, last: bool
             # learns of the storm from it)
             storm_id="" if last else hold.storm_id,
             held=not last,
+            partition=eng.partition,
         )
         if last:
             # waited for (once per entity and storm): the fleet's view of the storm must
@@ -293,6 +294,7 @@ def unflag_stale(eng: PolicyEngine, now: float) -> None:
                     claim=False,
                     storm_id="",
                     held=False,
+                    partition=eng.partition,
                 )
             )
             del st.held[key]
@@ -312,8 +314,7 @@ def end_storms(eng: PolicyEngine, now: float) -> list[Decision]:
             continue
         last = eng.fleet.storm_last_need(storm.decision_id)
         last = storm.last_need if last is None else max(last, storm.last_need)
-        # judged on the event time every partition has reached, not this engine's own
-        if eng.fleet.fleet_time(now) - last >= window:
+        if _over(eng, storm.decision_id, now, last):
             over.append((last, storm))
     for last, storm in sorted(over, key=lambda x: (x[0], x[1].action.value)):
         del st.storms[storm.action]
@@ -335,13 +336,25 @@ def end_storms(eng: PolicyEngine, now: float) -> list[Decision]:
     return out
 
 
+def _over(eng: PolicyEngine, storm_id: str, now: float, last: float) -> bool:
+    """Whether the storm is over as the fleet log says: each partition in its own event time
+    (``storm_over``); without it, on the event time every partition has reached (not this
+    engine's own) against its last need."""
+    judge = getattr(eng.fleet, "storm_over", None)
+    over = None if judge is None else judge(storm_id, now)
+    if over is None:
+        return eng.fleet.fleet_time(now) - last >= eng.config.storm_window_seconds
+    return bool(over)
+
+
 def resolve_orphans(eng: PolicyEngine, now: float) -> list[Decision]:
     """Storms over on the fleet log that their escalating engine did not resolve a storm window
     after their end (its partition has not run since: moved to a process that gets no data for
-    it): this engine resolves them, taken once per process, and logs their
-    end so no other process does. The resolution is the one the escalating engine would send:
-    its id, time and labels (kind, rule) come from the log, so one the escalating engine sends
-    after all (its partition ran again) collapses with it downstream (same decision id)."""
+    it): this engine resolves them, taken once per process, and logs their end once the
+    resolution is published (``PolicyEngine.log_storm_ends``) so no other process does. The
+    resolution is the one the escalating engine would send: its id, time and labels (kind,
+    rule) come from the log, so one the escalating engine sends after all (its partition ran
+    again) collapses with it downstream (same decision id)."""
     orphaned = getattr(eng.fleet, "orphaned_storms", None)
     if orphaned is None:
         return []
@@ -362,7 +375,9 @@ def resolve_orphans(eng: PolicyEngine, now: float) -> list[Decision]:
         text = f"storm over: every held entity's condition clear for {window:g}s (resolved by "
         text += "another partition's engine: the escalating one has not run since)"
         resolution = _resolution(eng, storm, o.last_need + window, text)
-        eng.fleet.end_storm(StormEnd(o.id, o.action, resolution.ts))
+        # logged once the resolution is published (``log_storm_ends``): a process dying in
+        # between leaves it orphaned, resolved again by the next (same id), never lost
+        eng.unlogged_ends.append(StormEnd(o.id, o.action, resolution.ts))
         out.append(resolution)
     return out
 

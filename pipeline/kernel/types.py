@@ -289,6 +289,10 @@ class FleetRequest:
     #: escalation, so any process can resolve the storm if its escalating engine does not
     kind: str = ""
     rule: str = ""
+    #: the input partition whose engine logged it (None: unknown, an older version's record):
+    #: a storm ends once each partition it had needs from was quiet for the storm window in
+    #: its own event time (``ts`` is that time), whatever the other partitions' clocks say
+    partition: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +310,8 @@ class FleetProgress:
     before ``ts`` can come from it any more (``math.inf``: nothing left to read in it).
 
     While a storm runs, every process logs its partitions' progress, so a storm ends in event
-    time only once every partition has passed the end, however far apart they are."""
+    time only once every partition has passed the end, however far apart they are: a
+    partition the storm had needs from in its own time (``FleetRequest.partition``)."""
 
     partition: int
     of: int
