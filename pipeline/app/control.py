@@ -301,7 +301,7 @@ _HELP = {
 async def publish(settings: Settings, bootstrap: str, topic: str, value: bytes) -> None:
     """Write one record and wait for the broker's acknowledgement (topic created if missing)."""
     from selfheal.connectors.kafka import KafkaSink, ensure_topics
-    from selfheal.pipeline.app.runner import kafka_client_options
+    from selfheal.pipeline.app.kafka_options import kafka_client_options
 
     client = kafka_client_options(settings.kafka)
     if settings.kafka.create_topics:

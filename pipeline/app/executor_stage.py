@@ -45,10 +45,11 @@ from selfheal.pipeline.app import outcomes as oc
 from selfheal.pipeline.app.approval_decisions import approval_request, settlement, with_commands
 from selfheal.pipeline.app.control import ApprovalVote, ControlPlane
 from selfheal.pipeline.app.entity_hold import EntityHolds, wait_turn
+from selfheal.pipeline.app.kafka_options import kafka_client_options
 from selfheal.pipeline.app.outputs import observe_breakers
 from selfheal.pipeline.app.pacing import Pacing
 from selfheal.pipeline.app.redelivery import redeliver
-from selfheal.pipeline.app.runner import ExecutorLike, kafka_client_options
+from selfheal.pipeline.app.runner import ExecutorLike
 from selfheal.pipeline.core.audit import AuditRecord
 from selfheal.pipeline.core.config import Settings
 from selfheal.pipeline.core.events import dumps

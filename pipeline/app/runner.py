@@ -37,6 +37,7 @@ from selfheal.pipeline.app.fleet_progress import (
 )
 from selfheal.pipeline.app.gcpause import collector_paused
 from selfheal.pipeline.app.incident_share import SharedIncidents
+from selfheal.pipeline.app.kafka_options import kafka_client_options
 from selfheal.pipeline.app.outputs import (
     audit_records,
     encode_outputs,
@@ -49,7 +50,7 @@ from selfheal.pipeline.core.audit import (
     AuditRecord,
     execution_record,
 )
-from selfheal.pipeline.core.config import ConfigError, KafkaConfig, Settings
+from selfheal.pipeline.core.config import ConfigError, Settings
 from selfheal.pipeline.core.effectiveness import observe_effectiveness
 from selfheal.pipeline.core.fleet import FleetArbiter
 from selfheal.pipeline.core.metrics import Metrics
@@ -68,31 +69,6 @@ class WatchdogTimeout(ConnectorError):
 
 #: the executors the app hands decisions to: the kernel's one protocol
 ExecutorLike = Executor
-
-
-def kafka_client_options(cfg: KafkaConfig) -> dict[str, Any]:
-    """aiokafka keyword arguments for TLS / SASL from the config (shared by all clients)."""
-    opts: dict[str, Any] = {
-        "client_id": cfg.client_id,
-        "security_protocol": cfg.security_protocol,
-        "request_timeout_ms": cfg.request_timeout_ms,
-    }
-    if cfg.security_protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        opts["ssl_context"] = create_ssl_context(
-            cafile=str(cfg.ssl_cafile) if cfg.ssl_cafile else None,
-            certfile=str(cfg.ssl_certfile) if cfg.ssl_certfile else None,
-            keyfile=str(cfg.ssl_keyfile) if cfg.ssl_keyfile else None,
-            password=cfg.ssl_password.get_secret_value() if cfg.ssl_password else None,
-        )
-    if cfg.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
-        opts["sasl_mechanism"] = cfg.sasl_mechanism or "PLAIN"
-        opts["sasl_plain_username"] = cfg.sasl_username
-        opts["sasl_plain_password"] = (
-            cfg.sasl_password.get_secret_value() if cfg.sasl_password else None
-        )
-    return opts
 
 
 @dataclass
@@ -594,7 +570,6 @@ __all__ = [
     "Runner",
     "audit_records",
     "encode_outputs",
-    "kafka_client_options",
     "observe_outputs",
     "replay",
 ]

@@ -18,9 +18,10 @@ from selfheal.connectors.webhook import WebhookExecutor
 from selfheal.pipeline.app.console import Console, attach_console
 from selfheal.pipeline.app.control import ControlPlane, ControlState, apply_pause
 from selfheal.pipeline.app.executor_stage import ExecutorStage
+from selfheal.pipeline.app.kafka_options import kafka_client_options
 from selfheal.pipeline.app.not_run import NotRunCollector
 from selfheal.pipeline.app.release import ReleaseDesk
-from selfheal.pipeline.app.runner import ExecutorLike, Runner, RunStats, kafka_client_options
+from selfheal.pipeline.app.runner import ExecutorLike, Runner, RunStats
 from selfheal.pipeline.core.config import ConfigError, KubernetesExecutorConfig, Settings
 from selfheal.pipeline.core.metrics import Metrics
 from selfheal.pipeline.core.stage import Outputs, PolicyLike

@@ -68,3 +68,12 @@ class EntityClocks:
         lead, entity, second = state
         self.lead, self.second = float(lead), float(second)
         self.lead_entity = None if entity is None else str(entity)
+
+
+def batch_cap(clocks: EntityClocks | None, reference: float | None) -> float:
+    """Where the partition's time stops at the start of a batch: the clock ``reference``
+    (``clocks`` None), or what two entities' clocks agree on (nothing seen yet: no limit)."""
+    if clocks is None:
+        return math.inf if reference is None else reference
+    cap = clocks.time()
+    return math.inf if cap == _NO_TIME else cap

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from itertools import groupby
 from operator import attrgetter
 from typing import Any, Protocol, TypeAlias
@@ -25,10 +24,11 @@ from selfheal.pipeline.core.events import to_anomaly
 from selfheal.pipeline.core.fleet import FleetArbiter, LocalFleet
 from selfheal.pipeline.core.guard import FailureRatio, Guard, GuardConfig
 from selfheal.pipeline.core.incident_log import IncidentArbiter, IncidentLog
-from selfheal.pipeline.core.incidents import IncidentConfig, IncidentEvent
-from selfheal.pipeline.core.partition_time import EntityClocks
+from selfheal.pipeline.core.incidents import IncidentConfig
+from selfheal.pipeline.core.partition_time import EntityClocks, batch_cap
 from selfheal.pipeline.core.repair_plan import IncidentHub, RepairPlan
 from selfheal.pipeline.core.series_share import SeriesShare
+from selfheal.pipeline.core.stage_outputs import Outputs
 from selfheal.pipeline.core.topology import DEPENDENCY_METRIC, Topology
 from selfheal.pipeline.core.verification import ConditionReport, reports
 from selfheal.pipeline.kernel.lru import LRU
@@ -38,6 +38,7 @@ from selfheal.pipeline.kernel.types import (
     Decision,
     Envelope,
     Finding,
+    LogLine,
     Reject,
     Sample,
     Verification,
@@ -56,41 +57,13 @@ class PolicyLike(Protocol):
 Signal: TypeAlias = Finding | ConditionReport
 
 
-def attach_partition(policy: PolicyLike, partition: int) -> None:
-    """Tell a partition's policy its partition (when it asks: its fleet needs name it)."""
-    attach = getattr(policy, "attach_partition", None)
-    if attach is not None:
-        attach(partition)
-
-
-def attach_fleet(policy: PolicyLike, fleet: FleetGate) -> None:
-    """Give a partition's policy the deployment's shared budget and storm log (when it asks)."""
-    attach = getattr(policy, "attach_fleet", None)
-    if attach is not None:
-        attach(fleet)
-
-
-@dataclass(slots=True)
-class Outputs:
-    anomalies: list[Anomaly] = field(default_factory=list)
-    decisions: list[Decision] = field(default_factory=list)
-    verifications: list[Verification] = field(default_factory=list)
-    rejects: list[Reject] = field(default_factory=list)
-    incidents: list[IncidentEvent] = field(default_factory=list)
-    accepted: int = 0
-
-    def extend(self, other: Outputs) -> None:
-        self.anomalies.extend(other.anomalies)
-        self.decisions.extend(other.decisions)
-        self.verifications.extend(other.verifications)
-        self.rejects.extend(other.rejects)
-        self.incidents.extend(other.incidents)
-        self.accepted += other.accepted
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.anomalies or self.decisions or self.verifications or self.rejects or self.incidents
-        )
+def attach_fleet(policy: PolicyLike, fleet: FleetGate, partition: int | None = None) -> None:
+    """Give a partition's policy the deployment's shared budget and storm log, and its
+    partition (its fleet needs name it), when it asks."""
+    for name, arg in (("attach_fleet", fleet), ("attach_partition", partition)):
+        attach = getattr(policy, name, None)
+        if attach is not None and arg is not None:
+            attach(arg)
 
 
 _NO_TIME = float("-inf")
@@ -99,15 +72,6 @@ _NO_CAP = float("inf")
 _PENDING: Any = object()
 _TOPIC = attrgetter("topic")
 _PARTITION = attrgetter("partition")
-
-
-def _batch_cap(clocks: EntityClocks | None, reference: float | None) -> float:
-    """Where the partition's time stops at the start of a batch: the clock, or what two
-    entities' clocks agree on (nothing seen yet: no limit)."""
-    if clocks is None:
-        return _NO_CAP if reference is None else reference
-    cap = clocks.time()
-    return _NO_CAP if cap == _NO_TIME else cap
 
 
 def _count_topics(envs: Sequence[Envelope]) -> dict[str, int]:
@@ -186,7 +150,6 @@ class PartitionStage:
         """
         out = Outputs()
         findings: list[Signal] = []
-        guard = self.guard
         # entities whose condition the policy watches (open repairs, storm holds), plus those
         # found anomalous in this batch: their judges' states are reported in sample order
         watched = getattr(self.policy, "watched", None)
@@ -198,8 +161,7 @@ class PartitionStage:
         # against the clock, the policy's time runs no further than the clock either (below);
         # without one, no further than a second entity's clock (``partition_time``)
         clocks = self.clocks if reference is None or use_watermark else None
-        self._cap = _batch_cap(clocks, reference)
-
+        self._cap = batch_cap(clocks, reference)
         out.accepted += self._samples(
             decoded.samples,
             reference,
@@ -210,17 +172,37 @@ class PartitionStage:
             rejects_by_env,
             ts_by_env,
         )
+        out.accepted += self._logs(
+            decoded.logs, clocks, reference, use_watermark, findings, out, rejects_by_env, ts_by_env
+        )
+        findings.extend(self.guard.drain_findings())
+        self._count_failures(order, rejects_by_env, ts_by_env, findings, out)
+        self._decide(findings, out)
+        return out
 
+    def _logs(
+        self,
+        logs: list[tuple[Envelope, LogLine]],
+        clocks: EntityClocks | None,
+        reference: float | None,
+        use_watermark: bool,
+        findings: list[Signal],
+        out: Outputs,
+        rejects_by_env: dict[int, list[Reject]],
+        ts_by_env: dict[int, float],
+    ) -> int:
+        """Admit and judge the batch's log lines; how many were admitted."""
+        accepted = 0
         cap = self._cap
-        for env, line in decoded.logs:
+        for env, line in logs:
             if clocks is not None:
                 self._cap = cap = clocks.see(line.entity, line.ts)
-            ref = self.watermark if use_watermark and self.watermark > float("-inf") else reference
-            rej = guard.admit(env, line.entity, "__log__", None, line.ts, ref, cap)
+            ref = self.watermark if use_watermark and self.watermark > _NO_TIME else reference
+            rej = self.guard.admit(env, line.entity, "__log__", None, line.ts, ref, cap)
             if rej is not None:
                 rejects_by_env.setdefault(id(env), []).append(rej)
                 continue
-            out.accepted += 1
+            accepted += 1
             ts_by_env[id(env)] = line.ts
             if line.ts > self.watermark and self.watermark < cap:
                 now = line.ts if line.ts < cap else cap
@@ -235,8 +217,17 @@ class PartitionStage:
                     if ticks(lj):
                         self.tickers.put((line.entity, name), lj)
                 findings.extend(lj.observe_log(line))  # type: ignore[union-attr]
+        return accepted
 
-        findings.extend(guard.drain_findings())
+    def _count_failures(
+        self,
+        order: Sequence[Envelope],
+        rejects_by_env: dict[int, list[Reject]],
+        ts_by_env: dict[int, float],
+        findings: list[Signal],
+        out: Outputs,
+    ) -> None:
+        """Validation-failure windows count the messages in offset order; rejects go out."""
         if not rejects_by_env:
             # common case: no reject in this batch, bulk-count unless a window holds failures
             counts = _count_topics(order)
@@ -259,8 +250,7 @@ class PartitionStage:
                         f = fr.add(None, ts_by_env.get(id(env)))
                         if f is not None:
                             findings.append(f)
-            self._decide(findings, out)
-            return out
+            return
         for env in order:
             # pop: the same envelope object twice in a batch must not report its rejects twice
             rejs = rejects_by_env.pop(id(env), None)
@@ -271,8 +261,6 @@ class PartitionStage:
                 findings.append(f)
             if rejs:
                 out.rejects.extend(rejs)
-        self._decide(findings, out)
-        return out
 
     def _samples(
         self,
@@ -508,8 +496,7 @@ class Pipeline:
         st = self.stages.get(partition)
         if st is None:
             policy = self.policy_factory()
-            attach_fleet(policy, self._fleet)
-            attach_partition(policy, partition)
+            attach_fleet(policy, self._fleet, partition)
             st = self.stages[partition] = PartitionStage(
                 partition, self.settings, self.router, policy
             )
