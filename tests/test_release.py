@@ -212,6 +212,7 @@ async def test_console_release_ends_a_storm_in_both_processes(
         (first,) = [e for e in await storm() if not e["data"]["params"].get("update")]
         storm_id = first["id"]
         before = marker.read_text().split() if marker.exists() else []
+        decided_before = len(_executed(await _events(broker.bootstrap, t.repairs)))
         # the console lists the hold (fleet-wide: in both processes) with a Release button
         async with httpx.AsyncClient(timeout=10) as c:
             for p in procs:
@@ -257,7 +258,11 @@ async def test_console_release_ends_a_storm_in_both_processes(
     # rung seconds later in wall time (this backlog is read at once), which the executor
     # stage does not run (``pacing.py``): executions stay within the slots
     assert len(_executed(events)) == budget
-    assert len(before) <= policy["storm_threshold"] and len(before) < len(ran) <= budget
+    # the release let the held entities' repairs be decided again; which of them run depends
+    # on the order the two processes read the backlog (pacing skips an entity restarted
+    # seconds before in wall time), so runs are bounded, not counted
+    assert decided_before <= policy["storm_threshold"] < len(_executed(events))
+    assert len(before) <= policy["storm_threshold"] and len(before) <= len(ran) <= budget
     # every entity was held (the first ones too, once the storm formed): repairs resumed
     runs = [_epoch(e["time"]) for e in _executed(events)]
     held, ended = _epoch(first["time"]), _epoch(end["time"])
