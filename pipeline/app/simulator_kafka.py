@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -244,28 +244,11 @@ async def run_simulator(
             if consumer_time is not None:
                 await _wait_for_consumer(fleet, consumer_time, max_ahead_s, stop)
             samples, logs = fleet.step()
-            futures = []
-            for topic, records in ((metrics_topic, samples), (logs_topic, logs)):
-                for rec in records:
-                    payload = orjson.dumps(rec)
-                    futures.append(
-                        await producer.send(topic, payload, key=rec["entity"].encode("utf-8"))
-                    )
-                    if sample_file is not None and topic == metrics_topic:
-                        sample_file.write(payload + b"\n")
-            await asyncio.gather(*futures)
+            await _publish(producer, ((metrics_topic, samples), (logs_topic, logs)), sample_file)
             stats.steps += 1
             stats.samples += len(samples)
             stats.logs += len(logs)
-            if rate is not None:
-                delay = wall0 + (i + 1) / rate - time.monotonic()
-                if delay > 0 and stop is not None:  # wake up early when told to stop
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), delay)
-                elif delay > 0:
-                    await asyncio.sleep(delay)
-            else:
-                await asyncio.sleep(0)  # let the repair consumer run
+            await _pace(wall0 + (i + 1) / rate if rate is not None else None, stop)
         await producer.flush()
     finally:
         if repairs_task is not None:
@@ -283,3 +266,34 @@ async def run_simulator(
         if truth_path is not None:
             truth_path.write_text(json.dumps(_truth_document(fleet, stats), indent=2))
     return stats
+
+
+async def _publish(
+    producer: AIOKafkaProducer,
+    batches: tuple[tuple[str, list[dict[str, Any]]], ...],
+    sample_file: BinaryIO | None,
+) -> None:
+    """Send one step's records (keyed by entity) and wait for every acknowledgement; the first
+    batch's (the metrics) also go to ``sample_file``."""
+    futures = []
+    for n, (topic, records) in enumerate(batches):
+        for rec in records:
+            payload = orjson.dumps(rec)
+            futures.append(await producer.send(topic, payload, key=rec["entity"].encode("utf-8")))
+            if sample_file is not None and n == 0:
+                sample_file.write(payload + b"\n")
+    await asyncio.gather(*futures)
+
+
+async def _pace(due: float | None, stop: asyncio.Event | None) -> None:
+    """Wait until the monotonic time ``due`` (None: as fast as possible, yielding once so the
+    repair consumer runs); wake up early when told to stop."""
+    if due is None:
+        await asyncio.sleep(0)
+        return
+    delay = due - time.monotonic()
+    if delay > 0 and stop is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+    elif delay > 0:
+        await asyncio.sleep(delay)
