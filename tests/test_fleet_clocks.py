@@ -13,7 +13,6 @@ import random
 from bisect import bisect_right
 from dataclasses import replace
 
-import pytest
 from selfheal.connectors.fleet_ledger import decode_record, encode_request
 from selfheal.pipeline.core import state
 from selfheal.pipeline.core.config import load_settings
@@ -228,24 +227,25 @@ def test_a_partition_without_needs_holds_the_storm_though_one_beyond_the_count_h
     assert a.active_storm(RESTART, 1000.0) == "s", "partition 1 may still read needs"
 
 
-# -- storm starts: counted on the log's time (design question, pinned) ------------------------
+# -- storm starts: each need counted on the log's time and in its own partition's time ----------
 
 
-def _backlog_needs(a: FleetArbiter, live: float) -> list[Verdict]:
-    """Partition 1 is live at ``live``; partition 0 reads a two-hour backlog at once: six
-    entities needing a restart, twenty minutes apart in its own time."""
-    a.apply(FleetRequest("f", live, "fast-0", RESTART, True, "sf", partition=1))
-    return [
-        a.apply(
-            FleetRequest(f"b{i}", 1200.0 * i, f"b-{i}", RESTART, True, f"s{i}", partition=0)
-        ).verdict
-        for i in range(6)
-    ]
+def _need(i: str, ts: float, part: int | None, storm: str = "") -> FleetRequest:
+    return FleetRequest(i, ts, f"e-{i}", RESTART, True, storm or f"s-{i}", partition=part)
+
+
+def _backlog_needs(
+    a: FleetArbiter, live: float, step: float = 1200.0, part: int | None = 0
+) -> list[Verdict]:
+    """Partition 1 is live at ``live``; partition 0 reads a backlog at once: six entities
+    needing a restart, ``step`` apart in its own time (20 minutes: a two-hour backlog)."""
+    a.apply(_need("fast-0", live, 1))
+    return [a.apply(_need(f"b{i}", step * i, part)).verdict for i in range(6)]
 
 
 def test_pinned_needs_of_live_partitions_hours_apart_form_one_storm() -> None:
-    # what an SRE expects, and what counting on the log's time gives: both partitions live,
-    # producers' clocks 3 h apart, many entities failing now
+    # what an SRE expects: both partitions live, producers' clocks 3 h apart, many entities
+    # failing now (each partition's needs are within a window of its own newest one)
     a = FleetArbiter(10, 600.0, storm_threshold=5, storm_window_seconds=300.0)
     a.apply(FleetRequest("f", HOURS_AHEAD, "fast-0", RESTART, True, "sf", partition=1))
     verdicts = [
@@ -255,12 +255,41 @@ def test_pinned_needs_of_live_partitions_hours_apart_form_one_storm() -> None:
     assert verdicts[-1].verdict is Verdict.STORM_STARTED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="storm starts count needs on the log's time: a partition reading a backlog at once "
-    "squeezes hours of its own time into one window (a design question: see FleetArbiter.apply)",
-)
 def test_a_backlog_read_at_once_does_not_form_a_storm_of_needs_hours_apart() -> None:
+    # before the fix (strict xfail): STORM_STARTED on the sixth backlog need, twenty minutes
+    # of partition 0's time after the fifth, all of them in one window of the log's time
     a = FleetArbiter(10, 600.0, storm_threshold=5, storm_window_seconds=300.0)
     verdicts = _backlog_needs(a, live=HOURS_AHEAD)
     assert Verdict.STORM_STARTED not in verdicts
+    assert verdicts.count(Verdict.GRANTED) == 6  # (the budget: 10 per 600 s, both times)
+
+
+def test_a_storm_in_a_backlog_read_at_once_still_starts() -> None:
+    # needs 30 s apart in partition 0's own time (within one storm window), read at once
+    a = FleetArbiter(10, 600.0, storm_threshold=5, storm_window_seconds=300.0)
+    verdicts = _backlog_needs(a, live=HOURS_AHEAD, step=30.0)
+    # (more than five: the live partition's need and the fifth of the backlog's)
+    assert verdicts[4:] == [Verdict.STORM_STARTED, Verdict.STORM]
+
+
+def test_the_storm_a_backlog_starts_lists_the_needs_it_counted() -> None:
+    """A burst late in the backlog starts a storm of its own needs and the live partition's,
+    not of the backlog's needs an hour and more before it in partition 0's time."""
+    a = FleetArbiter(10, 600.0, storm_threshold=5, storm_window_seconds=300.0)
+    assert Verdict.STORM_STARTED not in _backlog_needs(a, live=HOURS_AHEAD)
+    burst = [a.apply(_need(f"u{i}", 7200.0 + i, 0, "su")) for i in range(5)]
+    assert Verdict.STORM_STARTED not in [o.verdict for o in burst[:-1]]
+    assert burst[-1].verdict is Verdict.STORM_STARTED
+    assert (burst[-1].count, burst[-1].entities) == (
+        6,
+        ("e-fast-0", *(f"e-u{i}" for i in range(5))),
+    )
+    # each partition's storm judged from its counted needs: partition 0's last is the burst's
+    assert a._active[RESTART].parts == {0: (7204.0, HOURS_AHEAD), 1: (HOURS_AHEAD, HOURS_AHEAD)}
+
+
+def test_needs_of_no_known_partition_count_on_the_logs_time_as_before() -> None:
+    # an older version's records: a backlog of them read at once still forms a storm
+    a = FleetArbiter(10, 600.0, storm_threshold=5, storm_window_seconds=300.0)
+    verdicts = _backlog_needs(a, live=HOURS_AHEAD, part=None)
+    assert verdicts[4:] == [Verdict.STORM_STARTED, Verdict.STORM]

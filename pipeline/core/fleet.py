@@ -36,6 +36,7 @@ from types import MappingProxyType
 from typing import Any
 
 from selfheal.pipeline.core.codec import CodecError
+from selfheal.pipeline.core.fleet_views import ActiveStorm, OrphanStorm
 from selfheal.pipeline.core.policy_config import PolicyConfig
 from selfheal.pipeline.core.repair import (
     MAX_STORM_ENTITIES,
@@ -228,7 +229,13 @@ class FleetArbiter:
     # -- the log ---------------------------------------------------------------------------
 
     def apply(self, req: FleetRequest) -> FleetOutcome:
-        """The verdict on ``req`` (the first one, when its id was applied before)."""
+        """The verdict on ``req`` (the first one, when its id was applied before).
+
+        A storm starts once more than ``storm_threshold`` distinct entities' needs of the action
+        count: each within the storm window of the log's time and within a window of its own
+        partition's newest need in that partition's event time (``StormDetector.counted``).
+        Live partitions whose clocks are hours apart storm together; a partition reading a
+        backlog at once does not make a storm of needs hours apart in its own time."""
         known = self._outcomes.get(req.id)
         if known is not None:
             return known
@@ -236,8 +243,7 @@ class FleetArbiter:
         now = self._advance(req.ts)
         # callers protected from one incident's cause are one need, not a storm of them
         who = f"incident:{req.incident}" if req.incident else req.entity
-        # on the log's time: live partitions whose clocks disagree storm together, but a backlog
-        # read at once squeezes hours into one window (strict xfail, test_fleet_clocks.py)
+        # on the log's time: an upper bound of the needs that count toward a storm start
         count = self._needs.record(req.action, who, now, (req.partition, req.ts))
         storm = self._active.get(req.action)
         if storm is None and req.held and not req.claim and req.storm_id:
@@ -259,20 +265,16 @@ class FleetArbiter:
             elif req.held is False:
                 storm.flagged.pop(req.entity, None)
             outcome = FleetOutcome(Verdict.STORM, storm.id, storm.count, tuple(storm.entities))
-        elif count > self.storm_threshold and req.storm_id and not req.held and released is None:
+        elif (
+            count > self.storm_threshold
+            and req.storm_id
+            and not req.held
+            and released is None
+            and len(self._needs.counted(req.action)) > self.storm_threshold
+        ):
             # (a note, storm_id "" or a held entity's storm, never starts a storm: its proposer
             # would not escalate)
-            entities = self._needs.entities(req.action)
-            started = _Storm(req.storm_id, now, self._stale, kind=req.kind, rule=req.rule)
-            # the needs it counted are its first: each partition's judged in its own time
-            for where, at in self._needs.placed(req.action):
-                part, ts = where or (None, at)
-                started.need(part, ts, at)
-            self._active[req.action] = started
-            for entity in entities:
-                started.join(entity)
-            started.count = count
-            outcome = FleetOutcome(Verdict.STORM_STARTED, req.storm_id, count, tuple(entities))
+            outcome = self._start(req, now)
         elif not req.claim:
             outcome = FleetOutcome(Verdict.NOTED)
         elif self._budget.available(now) and self._event_budget.available(req.ts):
@@ -285,6 +287,21 @@ class FleetArbiter:
         while len(self._outcomes) > self.remember:
             self._outcomes.popitem(last=False)
         return outcome
+
+    def _start(self, req: FleetRequest, now: float) -> FleetOutcome:
+        """A storm of the needs that count on ``req.action`` (``StormDetector.counted``)."""
+        entities = self._needs.entities(req.action)
+        started = _Storm(req.storm_id, now, self._stale, kind=req.kind, rule=req.rule)
+        # the needs it counted are its first: each partition's judged in its own time
+        placed = self._needs.placed(req.action)
+        for where, at in placed:
+            part, ts = where or (None, at)
+            started.need(part, ts, at)
+        self._active[req.action] = started
+        for entity in entities:
+            started.join(entity)
+        started.count = len(placed)
+        return FleetOutcome(Verdict.STORM_STARTED, req.storm_id, len(placed), tuple(entities))
 
     def _joined_late(self, req: FleetRequest, now: float) -> _Storm | None:
         """The storm a held entity's note names, when this log did not see it start: a process
@@ -503,33 +520,6 @@ class FleetArbiter:
         if self.clock == -math.inf:
             return 0
         return max(self._budget.used(max(ts, self.clock)), self._event_budget.used(ts))
-
-
-@dataclass(frozen=True, slots=True)
-class ActiveStorm:
-    """A running storm as the fleet log says: its escalation id is what an operator releases."""
-
-    id: str
-    action: RepairAction
-    count: int
-    entities: tuple[str, ...]
-    last_need: float
-    #: held entities whose condition is still flagged
-    flagged: int
-
-
-@dataclass(frozen=True, slots=True)
-class OrphanStorm:
-    """A storm over that its escalating engine did not resolve (``orphaned_storms``)."""
-
-    id: str
-    action: RepairAction
-    kind: str
-    rule: str
-    count: int
-    entities: tuple[str, ...]
-    #: the last event time it was needed: its resolution is a storm window later
-    last_need: float
 
 
 class LocalFleet:

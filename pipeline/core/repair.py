@@ -4,7 +4,8 @@
 * ``Budget``: fleet-wide cap on repairs per sliding window.
 * ``EventBudget``: the same cap in any window of the times consumed, in whatever order they
   come (partitions on different event clocks).
-* ``StormDetector``: more than N distinct entities needing one action within a window.
+* ``StormDetector``: more than N distinct entities needing one action within a window (of the
+  log's time, and of the own time of each need's partition).
 * ``CaseBook`` / ``Case``: per (rule, entity) ladder position, attempts, the open verification
   and the escalation state.
 
@@ -231,8 +232,20 @@ class Hold:
         )
 
 
+#: where a need was: its input partition (None: not known) and its event time there
+Place = tuple[int | None, float]
+
+
 class StormDetector:
-    """Counts distinct entities needing each action in a sliding window."""
+    """Counts distinct entities needing each action in a sliding window.
+
+    The window slides on the times ``record`` is given (the fleet log's). A need placed in a
+    partition counts toward a storm (``counted``) only while it is also within a window of
+    that partition's newest need in the partition's own event time, as the fleet budget counts
+    in both times: a partition reading a backlog at once squeezes hours of its own time into
+    one window of the log's, and needs hours apart in it are no storm. Live partitions whose
+    clocks disagree still count together (each one's needs are near its own newest).
+    """
 
     def __init__(self, threshold: int, window_seconds: float, cap: int = 10_000) -> None:
         self.threshold = threshold
@@ -240,12 +253,15 @@ class StormDetector:
         self.cap = cap
         # action -> entity -> last time it needed the action (insertion order = time order)
         self._needs: dict[RepairAction, OrderedDict[str, float]] = {}
-        #: action -> entity -> what the caller told of its need in the window (``placed``)
-        self._where: dict[RepairAction, dict[str, Any]] = {}
+        #: action -> entity -> where its need in the window was (``counted``)
+        self._where: dict[RepairAction, dict[str, Place]] = {}
 
-    def record(self, action: RepairAction, entity: str, ts: float, where: Any = None) -> int:
-        """Record a need at ``ts`` (monotone per engine) and return the distinct count in window.
-        ``where``: what the caller tells of the need (``placed``)."""
+    def record(
+        self, action: RepairAction, entity: str, ts: float, where: Place | None = None
+    ) -> int:
+        """Record a need at ``ts`` (monotone per engine) and return the distinct count in window
+        on ``ts`` alone: an upper bound of the needs that count toward a storm (``counted``).
+        ``where``: the need's partition and event time there (None: counted on ``ts`` alone)."""
         needs = self._needs.setdefault(action, OrderedDict())
         needs[entity] = ts
         needs.move_to_end(entity)
@@ -256,13 +272,32 @@ class StormDetector:
         self._expire(action, needs, ts)
         return len(needs)
 
-    def entities(self, action: RepairAction) -> list[str]:
-        return sorted(self._needs.get(action, {}))[:MAX_STORM_ENTITIES]
-
-    def placed(self, action: RepairAction) -> list[tuple[Any, float]]:
-        """The ``where`` of each need in the window (None: not told), and its time."""
+    def counted(self, action: RepairAction) -> list[str]:
+        """The entities whose need in the window counts toward a storm, oldest first: placed
+        nowhere or in no partition (an older version's record), or within a window of their
+        partition's newest need in its own time. O(needs in window): ask only once ``record``
+        counted more than the threshold."""
         where = self._wheres().get(action, {})
-        return [(where.get(e), ts) for e, ts in self._needs.get(action, {}).items()]
+        newest: dict[int, float] = {}
+        for part, own in where.values():
+            if part is not None:
+                newest[part] = max(newest.get(part, -math.inf), own)
+        out = []
+        for entity in self._needs.get(action, {}):
+            part, own = where.get(entity, (None, 0.0))
+            if part is None or own > newest[part] - self.window_seconds:
+                out.append(entity)
+        return out
+
+    def entities(self, action: RepairAction) -> list[str]:
+        """The first of the entities whose need counts (``counted``), by name."""
+        return sorted(self.counted(action))[:MAX_STORM_ENTITIES]
+
+    def placed(self, action: RepairAction) -> list[tuple[Place | None, float]]:
+        """Where each need that counts was (None: not told), and its time (``record``'s)."""
+        where = self._wheres().get(action, {})
+        needs = self._needs.get(action, OrderedDict())
+        return [(where.get(e), needs[e]) for e in self.counted(action)]
 
     def _expire(self, action: RepairAction, needs: OrderedDict[str, float], ts: float) -> None:
         while needs:
@@ -275,9 +310,9 @@ class StormDetector:
     def _drop(self, action: RepairAction, entity: str) -> None:
         self._wheres().get(action, {}).pop(entity, None)
 
-    def _wheres(self) -> dict[RepairAction, dict[str, Any]]:
+    def _wheres(self) -> dict[RepairAction, dict[str, Place]]:
         # a snapshot of an older version has no such map
-        where: dict[RepairAction, dict[str, Any]] = self.__dict__.setdefault("_where", {})
+        where: dict[RepairAction, dict[str, Place]] = self.__dict__.setdefault("_where", {})
         return where
 
 
