@@ -180,3 +180,44 @@ def test_a_deploy_dated_far_ahead_of_the_partition_s_time_is_dead_lettered(live:
     assert [(r.envelope.offset, r.reason.value, r.field) for r in out.rejects] == [
         (113, "timestamp_future", "context.timestamp")
     ]
+
+
+def test_a_flood_of_deploys_for_made_up_entities_keeps_the_real_rollback_target() -> None:
+    """Deploy events for entities never seen on metrics or logs past the new-entity rate are
+    dead-lettered (``entity_cardinality``, field ``subject.id``) and the ones admitted are kept
+    apart: before, 300 of them pushed ``api-3``'s history out of its 100-entity change log and
+    its incident had no rollback."""
+    s = load_settings(
+        None,
+        {
+            "detection": {"models_enabled": False},
+            "validation": {
+                "max_entities": 100,
+                "new_entities_per_second": 1.0,
+                "new_entities_burst": 50,
+            },
+        },
+    )
+    pipe = Pipeline(s, lambda: PolicyEngine(s.policy), live=False)
+    t = s.kafka.topics
+    seen = [
+        {"ts": T0 - 400 + 10 * i, "entity": "api-3", "metric": "health_check_ok", "value": 1.0}
+        for i in range(10)
+    ]  # a known entity: seen on metrics
+    pipe.process([Envelope(t.metrics, 0, i, orjson.dumps(r)) for i, r in enumerate(seen)], None)
+    _changes(pipe, (T0 - 7200, "v1", "deployed"), (T0 - 300, "v2", "deployed"))
+    flood = [
+        Envelope(t.changes, 0, 1000 + i, orjson.dumps(cdevent(f"x-{i}", T0 - 200, f"x-{i}", "v1")))
+        for i in range(300)
+    ]
+    out = pipe.process(flood, None)
+    (params, *_) = _rollbacks(_failing(pipe))
+    assert params == {"to_version": "v1", "from_version": "v2", "change_id": "chg-1"}
+    assert len(out.rejects) == 250  # the 50 of the burst are kept
+    reject = out.rejects[0]
+    assert (reject.envelope.offset, reject.reason.value, reject.field) == (
+        1050,
+        "entity_cardinality",
+        "subject.id",
+    )
+    assert "'x-50', never seen on metrics or logs" in reject.error

@@ -128,3 +128,35 @@ def test_no_change_or_an_unrelated_kind_means_no_attribution() -> None:
     ref = log.recent("api-3", 1100.0, 900.0)
     assert attribute(K.MEMORY_LEAK, "api-3", "api", ref, book) is None
     assert attribute(K.ERROR_RATE_DRIFT, "api-3", "api", None, book) is None
+
+
+def test_deploys_of_strangers_are_kept_apart_and_never_evict_a_known_entity() -> None:
+    known = {"api-1", "api-2"}
+    log = ChangeLog(max_entities=30, known=known.__contains__, new_per_second=1.0, new_burst=3)
+    log.record(deploy(1, 100.0, "api-1", "v1"))
+    for i in range(50):  # more strangers than the whole log holds
+        if log.admits(f"x-{i}", 200.0):
+            log.record(deploy(100 + i, 200.0, f"x-{i}", "v1"))
+    assert [c.id for c in log.history("api-1")] == ["chg-1"]
+    assert sorted(log.entities()) == ["api-1", "x-0", "x-1", "x-2"]  # the burst's three
+    assert log.admits("api-2", 200.0) and log.admits("x-1", 200.0)  # known, or deployed before
+    assert log.admits("x-60", 201.0)  # one a second after the burst
+    # a stranger seen on metrics later moves to the known entities with its next deploy
+    known.add("x-1")
+    log.record(deploy(200, 300.0, "x-1", "v2"))
+    assert "x-1" in log._by_entity and "x-1" not in log._strangers
+    assert [c.version for c in log.history("x-1")] == ["v1", "v2"]
+    # the snapshot rows are the same as before: a log of either version reads them
+    again = ChangeLog(max_entities=30, known=known.__contains__)
+    again.load_state(log.to_state())
+    assert sorted(again._strangers.keys()) == ["x-0", "x-2"] and again.history("api-1")
+    old_style = ChangeLog(max_entities=30)
+    old_style.load_state(log.to_state())
+    assert sorted(old_style.entities()) == sorted(log.entities())
+    # strangers admitted beyond the log's size evict each other, never a known entity
+    wide = ChangeLog(max_entities=30, known={"api-1"}.__contains__, new_burst=1000)
+    wide.record(deploy(1, 100.0, "api-1", "v1"))
+    for i in range(50):
+        assert wide.admits(f"x-{i}", 200.0)
+        wide.record(deploy(100 + i, 200.0, f"x-{i}", "v1"))
+    assert sorted(wide.entities()) == ["api-1", "x-47", "x-48", "x-49"]

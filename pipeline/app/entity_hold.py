@@ -20,6 +20,13 @@ approval requests and protective actions neither hold nor wait (see
 decided, unaware of the approval, while an approved repair of its entity is under verification
 is not run (``skipped``, not learned from), as the policy would have held it.
 
+An approval request the policy withdrew (a configuration change across a restart, see
+``policy_state.withdrawal``) makes the policy run that rung on its own, unaware of any approval:
+the stage keeps one run of it (``rerun``). An approved run of it that started before the
+withdrawal was read stands, and the policy's own run of the same rule's action on that entity
+is not run (``skipped``), window or not, once; an approved run still waiting when the withdrawal
+is read never starts, the policy's run is the one.
+
 >>> from selfheal.pipeline.kernel.types import Decision, Mode, RepairAction
 >>> holds = EntityHolds(window=300.0)
 >>> restart = Decision("d1", 0.0, RepairAction.RESTART, "web-1", Mode.ENFORCE, False, ())
@@ -55,8 +62,8 @@ POLL_SECONDS = 1.0
 MAX_ENTITIES = 10_000
 
 #: per entity: (decision id, action, wall time started, ran: an executor reported ``ok``,
-#: approved: a person approved it)
-Started = tuple[str, str, float, bool, bool]
+#: approved: the approval request's id when a person approved it, else "", rule)
+Started = tuple[str, str, float, bool, str, str]
 
 
 class EntityHolds:
@@ -67,6 +74,8 @@ class EntityHolds:
         self._last: LRU[str, Started] = LRU("entity_holds", maxsize)
         #: decisions the policy judged (``outcomes.verified_event``)
         self._judged: LRU[str, bool] = LRU("entity_holds_judged", maxsize)
+        #: approval requests the policy withdrew (``outcomes.withdrawn_event``)
+        self._withdrawn: LRU[str, bool] = LRU("entity_holds_withdrawn", maxsize)
 
     def hold(self, d: Decision, now: float) -> tuple[float, str] | None:
         """(until when, why) an approved ``d`` must wait at wall time ``now``; None: it may
@@ -80,11 +89,18 @@ class EntityHolds:
         """Why an automatic repair ``d`` must not start at wall time ``now``, or "": the
         policy does not see approved repairs, so it may decide one for an entity whose
         approved repair is under verification; it is then not run (``skipped``), as the
-        policy holds its own repairs in that case (``ladder.repair_in_progress``)."""
-        if d.params.get("approved_decision_id") or d.params.get("approval_required"):
+        policy holds its own repairs in that case (``ladder.repair_in_progress``); and the
+        two runs of a withdrawn request's rung (``rerun``)."""
+        if d.params.get("approval_required"):
             return ""
+        if d.params.get("approved_decision_id"):
+            return withdrawn_before_start(d, self._withdrawn)
         last = self._last.peek(d.entity) if _holds(d.action.value) else None
-        if last is None or not last[4] or last[0] == d.id or now >= last[2] + self.window:
+        if last is None or not last[4] or last[0] == d.id:
+            return ""
+        if rerun(d, last, self._withdrawn):
+            return f"{RERUN}{d.action.value} of {d.entity} ran as approved decision {last[0]}"
+        if now >= last[2] + self.window:
             return ""
         return "not run: approved " + _why(d, last, now, self.window)
 
@@ -103,8 +119,8 @@ class EntityHolds:
 
     def started(self, d: Decision, now: float) -> None:
         """``d`` started at wall time ``now`` (written ``started`` by this stage)."""
-        approved = bool(d.params.get("approved_decision_id"))
-        self._note(d.id, d.action.value, d.entity, now, approved)
+        approved = str(d.params.get("approved_decision_id", ""))
+        self._note(d.id, d.action.value, d.entity, now, approved, d.rule)
 
     def note_event(self, raw: bytes) -> None:
         """One record of the outcome topic (any stage's); raises ``ValueError`` when unreadable."""
@@ -117,16 +133,24 @@ class EntityHolds:
                 self._verified(did, entity)
                 return
             if outcome == oc.STARTED:
-                approved = bool(data.get("approved_decision_id"))
-                self._note(did, str(data["action"]), entity, parse_ts(ev["time"]), approved)
+                approved = str(data.get("approved_decision_id", ""))
+                at = parse_ts(ev["time"])
+                self._note(did, str(data["action"]), entity, at, approved, str(data["rule"]))
                 return
+            detail = str(data.get("detail", ""))
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"unreadable outcome record: {exc!r}") from exc
+        if outcome == oc.SKIPPED and detail.startswith(oc.WITHDRAWN):
+            self._withdrawn.put(did, True)
+            return
         last = self._last.peek(entity)
+        if last is not None and last[4] and detail.startswith(RERUN):
+            self._withdrawn.pop(last[4])  # its one rerun was refused: later ones are repairs
+            return
         if last is None or last[0] != did:
             return
         if outcome == oc.OK:
-            self._last.put(entity, (*last[:3], True, last[4]))
+            self._last.put(entity, (*last[:3], True, *last[4:]))
         elif did_not_run(data) and not last[3]:
             self._last.pop(entity)  # nothing ran: nothing under verification
 
@@ -138,13 +162,36 @@ class EntityHolds:
         if last is not None and last[0] == did:
             self._last.pop(entity)
 
-    def _note(self, did: str, action: str, entity: str, started: float, approved: bool) -> None:
+    def _note(
+        self, did: str, action: str, entity: str, started: float, approved: str, rule: str
+    ) -> None:
         last = self._last.peek(entity)
         if not _holds(action) or (last is not None and last[2] >= started):
             return  # not a repair, or older than the one known (read back out of order)
         if self._judged.peek(did):
             return  # judged before it started here (a backlog): nothing left to verify
-        self._last.put(entity, (did, action, started, False, approved))
+        self._last.put(entity, (did, action, started, False, approved, rule))
+
+
+#: the detail of the ``skipped`` policy run of a rung that already ran approved (``rerun``)
+RERUN = "not run: rerun of a withdrawn approval request's repair: "
+
+
+def rerun(d: Decision, last: Started, withdrawn: LRU[str, bool]) -> bool:
+    """Whether automatic ``d`` is the policy's own run of the rung of a withdrawn approval
+    request that ran approved as ``last``: the withdrawal made the policy count it untried."""
+    return bool(
+        last[4] and withdrawn.peek(last[4]) and last[1] == d.action.value and last[5] == d.rule
+    )
+
+
+def withdrawn_before_start(d: Decision, withdrawn: LRU[str, bool]) -> str:
+    """Why approved ``d`` must not start: its request was withdrawn (the policy runs the rung
+    on its own), or ""."""
+    if not withdrawn.peek(str(d.params.get("approved_decision_id", ""))):
+        return ""
+    # not ``oc.WITHDRAWN``'s wording: that one marks the request, this is the run's outcome
+    return "not run: its approval request was withdrawn before it started (the policy runs it)"
 
 
 def _why(d: Decision, last: Started, now: float, window: float) -> str:

@@ -8,6 +8,11 @@ have no clock: the bound is the partition's event time (``partition_time``: what
 clocks agree on) with the batch's admitted records seen, so a stream that moved on takes its
 deploys and a lone far-future one does not, as metric records are bounded there. A partition
 without an event time yet (nothing admitted) bounds nothing.
+
+A flood of deploys for made-up entities would push the real ones' histories, and so their
+rollback targets, out of the change log: a deploy of an entity never seen on metrics or logs
+(nor deployed before) is kept apart (``changes.STRANGER_SHARE``) and admitted at the guard's
+new-entity rate; past it, it is dead-lettered (``entity_cardinality``, field ``subject.id``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Protocol
 from selfheal.pipeline.core.changes import ChangeLog
 from selfheal.pipeline.core.decode import Decoded, Decoder
 from selfheal.pipeline.core.partition_time import EntityClocks
-from selfheal.pipeline.kernel.types import Envelope, Reject
+from selfheal.pipeline.kernel.types import Envelope, Reject, RejectReason
 
 
 class _Stage(Protocol):
@@ -48,8 +53,30 @@ def record_changes(
     max_future: float,
 ) -> list[Reject]:
     """Record the deploys of ``envs`` dated at most ``max_future`` after ``reference`` (the
-    clock, or ``partition_reference``); the rejects of the others."""
-    changes, rejects = decoder.decode_changes(envs, reference, max_future)
-    for change in changes:
-        stage.changes.record(change)
+    clock, or ``partition_reference``) and within the new-entity rate; the rejects of the
+    others."""
+    log = stage.changes
+    rejects: list[Reject] = []
+    for env in envs:  # one by one: a refused newcomer's reject names its record
+        changes, refused = decoder.decode_changes([env], reference, max_future)
+        rejects.extend(refused)
+        for change in changes:
+            # credited no later than the reference, as the guard's newcomers (one far-ahead
+            # deploy would otherwise refill the bucket for everyone)
+            at = change.ts if reference is None else min(change.ts, reference)
+            if log.admits(change.entity, at):
+                log.record(change)
+            else:
+                rejects.append(_stranger(env, change.entity, log))
     return rejects
+
+
+def _stranger(env: Envelope, entity: str, log: ChangeLog) -> Reject:
+    rate, burst = log.newcomers.rate, log.newcomers.burst
+    return Reject(
+        env,
+        RejectReason.ENTITY_CARDINALITY,
+        "subject.id",
+        f"deploy of {entity[:64]!r}, never seen on metrics or logs, not kept: more than "
+        f"{rate:g} new entities/s (burst {burst:.0f}) on this partition",
+    )

@@ -16,16 +16,26 @@ on the changed replica only is strong evidence, a rise everywhere is not the dep
 ('c1', 'v2', 'v1')
 >>> log.recent("api-3", 1000.0, window_seconds=600.0) is None
 True
+
+A flood of deploy events for made-up entities must not push the real entities' histories (and
+so their rollback targets) out. With ``known`` (the stage passes: seen on metrics or logs), the
+deploys of entities never seen there are kept apart, in an LRU a tenth the size
+(``STRANGER_SHARE``) that cannot evict a known entity, and they are admitted at the guard's
+new-entity rate (``newcomers``, ``validation.new_entities_per_second`` after
+``new_entities_burst``): past it the stage dead-letters them (``change_intake``). An entity
+seen on metrics or logs later moves to the main LRU with its next deploy.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from selfheal.pipeline.core.incidents import ChangeRef, IncidentBook
+from selfheal.pipeline.core.newcomers import Newcomers
 from selfheal.pipeline.kernel.lru import LRU
 from selfheal.pipeline.kernel.types import AnomalyKind, Change, ChangeKind
 
@@ -43,20 +53,58 @@ CHANGE_SENSITIVE = frozenset(
 )
 
 
-class ChangeLog:
-    """The last ``per_entity`` changes of the ``max_entities`` entities changed most recently."""
+#: the share of ``max_entities`` kept for entities never seen on metrics or logs
+STRANGER_SHARE = 10
 
-    def __init__(self, max_entities: int = 20_000, per_entity: int = 8) -> None:
+
+class ChangeLog:
+    """The last ``per_entity`` changes of the ``max_entities`` entities changed most recently
+    (and of entities not ``known``, apart: see the module docstring)."""
+
+    def __init__(
+        self,
+        max_entities: int = 20_000,
+        per_entity: int = 8,
+        known: Callable[[str], bool] | None = None,
+        new_per_second: float = 200.0,
+        new_burst: float = 20_000.0,
+    ) -> None:
         self.max_entities = max_entities
         self.per_entity = per_entity
+        #: None: every entity is known (a log without a guard to ask)
+        self.known = known
         self._by_entity: LRU[str, deque[Change]] = LRU("changes", max_entities)
+        cap = max(1, max_entities // STRANGER_SHARE)
+        self._strangers: LRU[str, deque[Change]] = LRU("changes_strangers", cap)
+        #: not in snapshots (their format stays): a restored partition starts a full burst
+        self.newcomers = Newcomers(new_per_second, new_burst)
+
+    def _known(self, entity: str) -> bool:
+        return self.known is None or self.known(entity)
+
+    def admits(self, entity: str, ts: float) -> bool:
+        """Whether a deploy of ``entity`` at event time ``ts`` may be kept: a known entity or
+        one with history always, a new stranger within the new-entity rate."""
+        if self._known(entity) or entity in self._by_entity or entity in self._strangers:
+            return True
+        return self.newcomers.admit(ts)
+
+    def _history_for(self, entity: str) -> deque[Change]:
+        history = self._by_entity.get(entity)
+        if history is not None:
+            return history
+        known = self._known(entity)
+        history = self._strangers.pop(entity) if known else self._strangers.get(entity)
+        if history is None:
+            history = deque(maxlen=self.per_entity)
+        elif not known:
+            return history
+        (self._by_entity if known else self._strangers).put(entity, history)
+        return history
 
     def record(self, change: Change) -> bool:
         """Keep ``change``; False when it is a redelivery (same id) and nothing changed."""
-        history = self._by_entity.get(change.entity)
-        if history is None:
-            history = deque(maxlen=self.per_entity)
-            self._by_entity.put(change.entity, history)
+        history = self._history_for(change.entity)
         if any(c.id == change.id for c in history):
             return False
         history.append(change)
@@ -68,7 +116,7 @@ class ChangeLog:
         return True
 
     def history(self, entity: str) -> list[Change]:
-        found = self._by_entity.peek(entity)
+        found = self._by_entity.peek(entity) or self._strangers.peek(entity)
         return list(found) if found else []
 
     def recent(self, entity: str, ts: float, window_seconds: float) -> ChangeRef | None:
@@ -88,13 +136,14 @@ class ChangeLog:
         return ChangeRef(change.id, change.version, _target(before, at, window_seconds), change.ts)
 
     def entities(self) -> Iterable[str]:
-        return self._by_entity.keys()
+        return chain(self._strangers.keys(), self._by_entity.keys())
 
     def to_state(self) -> list[list[Any]]:
-        """Plain data: one row per change, oldest entity first."""
+        """Plain data: one row per change, oldest entity first (strangers before the known:
+        ``load_state`` sorts them again by ``known``)."""
         return [
             [c.id, c.ts, c.entity, c.kind.value, c.artifact, c.source]
-            for history in self._by_entity.values()
+            for history in chain(self._strangers.values(), self._by_entity.values())
             for c in history
         ]
 

@@ -124,7 +124,12 @@ class PartitionStage:
         inc = settings.incidents
         #: the call graph of this partition's entities and their recent deploys
         self.topology = Topology(static=inc.dependencies, max_entities=v.max_entities)
-        self.changes = ChangeLog(max_entities=v.max_entities)
+        self.changes = ChangeLog(
+            max_entities=v.max_entities,
+            known=lambda entity: entity in self.guard.buckets,  # seen on metrics or logs
+            new_per_second=v.new_entities_per_second,
+            new_burst=v.new_entities_burst,
+        )
         #: the process's incidents, shared by every stage (attached by ``Pipeline``)
         self.incidents: IncidentHub | None = None
 
