@@ -208,62 +208,19 @@ class Runner(PartitionState):
 
     async def _session(self, bootstrap: str, stop: asyncio.Event, deadline: float | None) -> None:
         k = self.settings.kafka
-        t = k.topics
         client = kafka_client_options(k)
-        if k.create_topics:
-            await ensure_topics(
-                bootstrap,
-                [
-                    *(t.metrics, t.logs, t.changes),
-                    *(t.anomalies, t.repairs, t.incidents, t.deadletter, t.audit, t.state),
-                    t.outcomes,  # withdrawn approval requests (``outcomes.withdrawn_event``)
-                ],
-                k.partitions,
-                client,
-                compacted=[t.state],
-            )
-            # one partition: the fleet's repair needs and the anomaly notes of the incident
-            # book, each in a single order every process reads
-            await ensure_topics(bootstrap, [t.fleet, t.incident_log], 1, client)
+        await self._ensure_topics(bootstrap, client)
         sink = KafkaSink(bootstrap, client=client)
-        source = KafkaSource(
-            bootstrap,
-            [t.metrics, t.logs, t.changes],
-            k.group_id,
-            client=client,
-            max_batch=k.max_batch,
-            fetch_timeout_ms=k.fetch_timeout_ms,
-            auto_offset_reset=k.auto_offset_reset,
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            optional_topics=[t.changes],
-        )
+        source = self._new_source(bootstrap, client)
         self._source, self._sink = source, sink
         self.backpressure.source = source
-        self._store = KafkaStateStore(bootstrap, t.state, k.group_id, client)
+        self._store = KafkaStateStore(bootstrap, k.topics.state, k.group_id, client)
         # uncommitted work from a failed session is replayed from the last snapshot
         self._pending.clear()
         self._position.clear()
         self._pending_messages = 0
         self.pipeline.stages.clear()
-        policy = self.settings.policy
-        fleet = KafkaFleet(
-            bootstrap,
-            t.fleet,
-            k.group_id,
-            # storms end on the event time every partition reached (``fleet_progress.py``)
-            FleetArbiter.from_policy(policy, wait_for_progress=True),
-            client=client,
-            # the engine waits on it synchronously: keep well inside the watchdog
-            timeout_seconds=min(10.0, k.request_timeout_ms / 1000),
-            # verdicts of redelivered requests and the windows' history; restored partitions
-            # behind that read further back (``_read_ledger_back``)
-            lookback_seconds=3600 + ledger_history(self.settings),
-            clock=self.clock,
-            observe=self.metrics.fleet_request_seconds.observe,
-            on_error=self._swallowed,
-            fresh=lambda: FleetArbiter.from_policy(policy, wait_for_progress=True),
-        )
+        fleet = self._new_fleet(bootstrap, client)
         self._ledger_error = None
         await fleet.start()
         self.pipeline.fleet = self._fleet = fleet
@@ -295,6 +252,62 @@ class Runner(PartitionState):
                 self._shared_incidents = None
             await _quietly(fleet.stop())
             self._fleet = None
+
+    async def _ensure_topics(self, bootstrap: str, client: dict[str, Any]) -> None:
+        k = self.settings.kafka
+        t = k.topics
+        if not k.create_topics:
+            return
+        await ensure_topics(
+            bootstrap,
+            [
+                *(t.metrics, t.logs, t.changes),
+                *(t.anomalies, t.repairs, t.incidents, t.deadletter, t.audit, t.state),
+                t.outcomes,  # withdrawn approval requests (``outcomes.withdrawn_event``)
+            ],
+            k.partitions,
+            client,
+            compacted=[t.state],
+        )
+        # one partition: the fleet's repair needs and the anomaly notes of the incident
+        # book, each in a single order every process reads
+        await ensure_topics(bootstrap, [t.fleet, t.incident_log], 1, client)
+
+    def _new_source(self, bootstrap: str, client: dict[str, Any]) -> KafkaSource:
+        k = self.settings.kafka
+        t = k.topics
+        return KafkaSource(
+            bootstrap,
+            [t.metrics, t.logs, t.changes],
+            k.group_id,
+            client=client,
+            max_batch=k.max_batch,
+            fetch_timeout_ms=k.fetch_timeout_ms,
+            auto_offset_reset=k.auto_offset_reset,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            optional_topics=[t.changes],
+        )
+
+    def _new_fleet(self, bootstrap: str, client: dict[str, Any]) -> KafkaFleet:
+        k, policy = self.settings.kafka, self.settings.policy
+        return KafkaFleet(
+            bootstrap,
+            k.topics.fleet,
+            k.group_id,
+            # storms end on the event time every partition reached (``fleet_progress.py``)
+            FleetArbiter.from_policy(policy, wait_for_progress=True),
+            client=client,
+            # the engine waits on it synchronously: keep well inside the watchdog
+            timeout_seconds=min(10.0, k.request_timeout_ms / 1000),
+            # verdicts of redelivered requests and the windows' history; restored partitions
+            # behind that read further back (``_read_ledger_back``)
+            lookback_seconds=3600 + ledger_history(self.settings),
+            clock=self.clock,
+            observe=self.metrics.fleet_request_seconds.observe,
+            on_error=self._swallowed,
+            fresh=lambda: FleetArbiter.from_policy(policy, wait_for_progress=True),
+        )
 
     async def _share_incidents(
         self, bootstrap: str, client: dict[str, Any]
