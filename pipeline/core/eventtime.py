@@ -15,7 +15,8 @@ The rule (a bounded look-ahead, decided per partition, deterministic):
   arrived (records at its very instant are one reading of one clock, e.g. the rest of a
   scrape from a host whose clock is a day ahead: no evidence; so are its own entity's once
   another entity has spoken: a host's first scrapes, 10 h ahead, must not confirm one another
-  against the rest of the partition). If at least half of them are no
+  against the rest of the partition; ``CONFIRM`` of them before any other entity's still do).
+  If at least half of them are no
   earlier than ``ts - max_future`` (the stream really moved on: a gap, a restart, a sparse
   log), it is released and the clock jumps; otherwise it alone is rejected
   (``timestamp_future``). Held records are released in arrival order and travel in snapshots.
