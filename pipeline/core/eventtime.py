@@ -194,17 +194,21 @@ class EventClock:
         """Plain data for the snapshot codec (envelopes as tuples)."""
         return {
             "clock": self.clock,
-            "held": [(tuple(h.item[0]), h.item[1], h.seen, h.support, h.mixed) for h in self.held],
+            "held": [(tuple(h.item[0]), h.item[1], h.seen, h.support) for h in self.held],
+            # a key of its own: a build without it still reads the rows above
+            "held_mixed": [h.mixed for h in self.held],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.clock = float(state["clock"])
         self.held = []
-        for env, rec, seen, support, *mixed in state["held"]:  # older snapshots: no ``mixed``
+        mixed = list(state.get("held_mixed", ()))  # older snapshots: none mixed
+        for i, (env, rec, seen, support) in enumerate(state["held"]):
             if not isinstance(rec, Sample | LogLine):
                 raise ValueError("held record is not a sample or a log line")
             h = _Held((Envelope(*env), rec))
-            h.seen, h.support, h.mixed = int(seen), int(support), bool(mixed and mixed[0])
+            h.seen, h.support = int(seen), int(support)
+            h.mixed = bool(mixed[i]) if i < len(mixed) else False
             self.held.append(h)
 
 
