@@ -285,3 +285,31 @@ def test_an_anomaly_of_a_producer_ahead_of_the_clock_resolves_no_one_elses_incid
         ("opened", 750.5, 750.0),
         ("resolved", 1030.0, 1040.0),
     ]
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["replay", "live-watermark"])
+def test_a_producer_whose_first_scrapes_come_first_10_hours_ahead_moves_no_ones_time(
+    live: bool,
+) -> None:
+    # without a wall clock, a partition's first three records were one host's scrapes stamped
+    # 10 h ahead (a clock not synced yet), 10 s apart: they confirmed one another, the watermark
+    # started 10 h ahead and stayed there, the five healthy loops reporting every 10 s looked
+    # silent for 10 h and were restarted (replay: at once; both: 450 loop_stuck once the host
+    # kept sending)
+    pipe = _pipeline(live)
+    out, ahead = Outputs(), 36000.0
+    loop = {"metric": "loop_iteration_seconds", "value": 1.0, "limit": 10.0}
+    mem = {"metric": "container_memory_working_set_bytes", "value": 4e8, "limit": 1e9}
+    for i in range(120):
+        t = T0 + 10 * i
+        docs = [{"ts": t + ahead + 10 * k, "entity": "skewed"} | mem for k in range(3 * (i == 0))]
+        for k in range(5):
+            docs += [{"ts": t, "entity": f"svc-{k}"} | loop, {"ts": t, "entity": f"svc-{k}"} | mem]
+        if i:
+            docs.append({"ts": t + ahead + 30, "entity": "skewed"} | mem)
+        out.extend(_step(pipe, i, t, docs, live))
+        assert pipe.stages[0].watermark <= t
+    assert out.anomalies == [] and out.decisions == []
+    assert out.accepted == 5 * 2 * 120
+    # the host's records are dead-lettered, as they are once the stream has started
+    assert {r.reason.value for r in out.rejects} == {"timestamp_future"}

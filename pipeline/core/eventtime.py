@@ -13,7 +13,10 @@ The rule (a bounded look-ahead, decided per partition, deterministic):
 - A record ahead of ``clock + max_future`` (and every record while ``clock`` has not started)
   is *held* until ``CONFIRM`` more records of the partition stamped at another instant have
   arrived (records at its very instant are one reading of one clock, e.g. the rest of a
-  scrape from a host whose clock is a day ahead: no evidence). If at least half of them are no
+  scrape from a host whose clock is a day ahead: no evidence; so are its own entity's once
+  another entity has spoken: a host's first scrapes, 10 h ahead, must not confirm one another
+  against the rest of the partition; ``CONFIRM`` of them before any other entity's still do).
+  If at least half of them are no
   earlier than ``ts - max_future`` (the stream really moved on: a gap, a restart, a sparse
   log), it is released and the clock jumps; otherwise it alone is rejected
   (``timestamp_future``). Held records are released in arrival order and travel in snapshots.
@@ -52,12 +55,14 @@ Item = tuple[Envelope, Sample | LogLine]
 
 
 class _Held:
-    __slots__ = ("item", "seen", "support")
+    __slots__ = ("item", "mixed", "seen", "support")
 
     def __init__(self, item: Item) -> None:
         self.item = item
         self.seen = 0
         self.support = 0
+        #: another entity's record came after it: only other entities' records are evidence
+        self.mixed = False
 
 
 class EventClock:
@@ -96,7 +101,7 @@ class EventClock:
         out = Decoded(rejects=list(decoded.rejects))
         earlier: list[Envelope] = []  # envelopes of records held in a previous batch
         for item in items:
-            self._observe(item[1].ts)
+            self._observe(item[1].entity, item[1].ts)
             ts = item[1].ts
             if self.held or not self._near(ts):
                 self.held.append(_Held(item))
@@ -105,11 +110,19 @@ class EventClock:
             self._decide(out, earlier, final=False)
         return out, _order(envs, pos, earlier, self.held, out)
 
-    def _observe(self, ts: float) -> None:
+    def _observe(self, entity: str, ts: float) -> None:
         """A new arrival is evidence for every held record still collecting evidence."""
         for h in self.held:
+            if h.seen >= self.confirm:
+                continue
+            if entity != h.item[1].entity:
+                if not h.mixed:
+                    # its own entity's records were one clock; the others judge it now
+                    h.mixed, h.seen, h.support = True, 0, 0
+            elif h.mixed:
+                continue
             # the same instant is the same reading (one scrape, one export), not evidence
-            if h.seen < self.confirm and ts != h.item[1].ts:
+            if ts != h.item[1].ts:
                 h.seen += 1
                 if ts >= h.item[1].ts - self.max_future:
                     h.support += 1
@@ -182,16 +195,20 @@ class EventClock:
         return {
             "clock": self.clock,
             "held": [(tuple(h.item[0]), h.item[1], h.seen, h.support) for h in self.held],
+            # a key of its own: a build without it still reads the rows above
+            "held_mixed": [h.mixed for h in self.held],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.clock = float(state["clock"])
         self.held = []
-        for env, rec, seen, support in state["held"]:
+        mixed = list(state.get("held_mixed", ()))  # older snapshots: none mixed
+        for i, (env, rec, seen, support) in enumerate(state["held"]):
             if not isinstance(rec, Sample | LogLine):
                 raise ValueError("held record is not a sample or a log line")
             h = _Held((Envelope(*env), rec))
             h.seen, h.support = int(seen), int(support)
+            h.mixed = bool(mixed[i]) if i < len(mixed) else False
             self.held.append(h)
 
 
