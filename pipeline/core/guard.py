@@ -332,7 +332,7 @@ class Guard:
         )
 
     def _rate(self, env: Envelope, entity: str, ts: float, credit: float) -> Reject | None:
-        """The rate limit's slow path: a new entity, a new interval, a late record, a reject."""
+        """The rate limit's slow path: a new entity, a late record, a reject."""
         cfg = self.config
         width = cfg.rate_interval_seconds
         b = self.buckets.get(entity)
