@@ -87,7 +87,10 @@ _sample = st.builds(
 
 
 def _guard_state(g: Guard) -> tuple[Any, ...]:
-    buckets = [(k, b.tokens, b.last, b.dropped, b.reported) for k, b in g.buckets.items()]
+    buckets = [
+        (k, b.tokens, b.last, b.dropped, b.reported, b.k, b.end, b.n, list(b.counts))
+        for k, b in g.buckets.items()
+    ]
     return buckets, list(g.label_sets.items()), g.buckets.evictions, g.findings
 
 
@@ -105,6 +108,8 @@ def test_admit_samples_is_admit_per_sample(
         burst=burst,
         max_entities=2,  # evictions too
         report_every_seconds=20.0,
+        rate_interval_seconds=20.0,  # late records, a short horizon and older ones too
+        rate_intervals=3,
     )
     batch = [(Envelope(METRICS_TOPIC, 0, i, b""), s) for i, s in enumerate(samples)]
     keys = [series_key(s) for _, s in batch]

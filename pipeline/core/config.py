@@ -119,6 +119,10 @@ class ValidationConfig(_Section):
     #: per-entity token bucket, in event time: sustained messages/s and burst size
     rate_per_second: float = Field(default=50.0, gt=0)
     burst: float = Field(default=500.0, ge=1)
+    #: a record older than its entity's last is judged against the count of its interval of
+    #: this many event-time seconds, over the last ``rate_intervals`` (``core/guard.py``)
+    rate_interval_seconds: float = Field(default=60.0, gt=0)
+    rate_intervals: int = Field(default=30, ge=1, le=1440)
     max_entities: int = Field(default=100_000, ge=1)
     #: entities not seen before admitted per event-time second and partition, after a burst:
     #: past it their records are rejected (``entity_cardinality``), so ids in entity names

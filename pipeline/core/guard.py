@@ -1,13 +1,28 @@
 """Prevention after decoding: time window, label cardinality, per-entity rate limit.
 
-Pure and deterministic: the token buckets refill on event time, so a replay rejects exactly
-what the live run rejected. Every per-key structure is an ``LRU``.
+Pure and deterministic: the rate limit runs on event time, so a replay rejects exactly what the
+live run rejected. Every per-key structure is an ``LRU``.
+
+The rate limit judges an entity's volume in event time whatever the order its records arrive
+in. Records in order (not older than the entity's last one) take a token from its bucket, which
+refills at ``rate_per_second`` up to ``burst``. A record older than that (its logs read after
+its metrics for the same minutes, a partition that caught up late) would find the bucket
+emptied by the newer records and no refill; it is judged instead against the admitted count
+of its own interval (``rate_interval_seconds`` of event time), which may reach
+``rate_per_second * rate_interval_seconds + burst``, as much as the bucket lets through in one
+interval. The last ``rate_intervals`` intervals are counted (a ring); a record older than
+that horizon is charged to the oldest of them. So an entity within its rate loses nothing,
+in any order within the horizon, and one above it gets at most an interval's worth per
+interval, in any order.
 """
 
 from __future__ import annotations
 
+import math
+from array import array
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from selfheal.pipeline.core.eventtime import EventClock
 from selfheal.pipeline.core.newcomers import Newcomers
@@ -23,6 +38,7 @@ from selfheal.pipeline.kernel.types import (
 )
 
 _INF = float("inf")
+_U32 = 0xFFFFFFFF  # an interval's count saturates here (its array holds 32-bit counts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,16 +54,90 @@ class GuardConfig:
     new_entities_burst: float = 20_000.0
     #: report a rate-limited entity at most once per this many event-time seconds
     report_every_seconds: float = 300.0
+    #: records behind an entity's last one are counted per interval this long, over the last
+    #: ``rate_intervals`` of them (the horizon)
+    rate_interval_seconds: float = 60.0
+    rate_intervals: int = 30
 
 
 class _Bucket:
-    __slots__ = ("dropped", "last", "reported", "tokens")
+    """One entity's rate state: its token bucket (``tokens`` as of event time ``last``), the
+    count admitted in its current interval (``n``; number ``k``, ending at ``end``) and in the
+    ones before it (``counts``, a ring indexed by interval number)."""
 
-    def __init__(self, tokens: float, last: float) -> None:
+    __slots__ = ("counts", "dropped", "end", "k", "last", "n", "reported", "tokens")
+
+    def __init__(self, tokens: float, last: float, width: float, intervals: int) -> None:
         self.tokens = tokens
         self.last = last
         self.dropped = 0
         self.reported = float("-inf")
+        self.restart(width, intervals)
+
+    def restart(self, width: float, intervals: int) -> None:
+        """Interval counts afresh (nothing admitted), the current interval ``last``'s."""
+        self.k = int(self.last // width) if math.isfinite(self.last) else 0
+        self.end = (self.k + 1) * width
+        self.n = 0
+        self.counts = array("I", bytes(4 * intervals))
+
+    def advance(self, credit: float, width: float) -> None:
+        """Make ``credit``'s interval (after the current one) the current one."""
+        old = self.k
+        k = int(credit // width)
+        if k <= old:  # at least the next: the division may round below the border ``end`` was
+            k = old + 1
+        counts = self.counts
+        size = len(counts)
+        if k - old < size:
+            n = self.n
+            counts[old % size] = n if n < _U32 else _U32
+            if k - old > 1:
+                for i in range(old + 1, k):  # intervals without records
+                    counts[i % size] = 0
+        else:  # every interval of the ring passed: none of them admitted anything
+            counts[:] = array("I", bytes(4 * size))
+        self.k = k
+        self.end = (k + 1) * width
+        self.n = 0
+
+    def late(self, credit: float, width: float, room: float) -> bool:
+        """Admit a record behind the bucket's time if its interval has ``room`` left."""
+        k = int(credit // width)
+        counts = self.counts
+        oldest = self.k - len(counts) + 1
+        if k < oldest:  # older than the horizon: charged to the oldest interval counted
+            k = oldest
+        if k >= self.k:
+            if self.n < room:
+                self.n += 1
+                return True
+            return False
+        i = k % len(counts)
+        if counts[i] < room and counts[i] < _U32:
+            counts[i] += 1
+            return True
+        return False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state: Any) -> None:
+        """From ``__getstate__``, or a snapshot from before the interval counts (slots as
+        ``(None, {...})``, no counts): its bucket is kept, its counts start afresh (as if
+        nothing had been admitted; ``Guard.fit_to_config`` sizes them)."""
+        if isinstance(state, tuple):
+            state = state[1]
+        self.tokens = float(state["tokens"])
+        self.last = float(state["last"])
+        self.dropped = int(state["dropped"])
+        self.reported = float(state["reported"])
+        counts = state.get("counts")
+        if isinstance(counts, array) and counts.typecode == "I" and len(counts) > 0:
+            self.counts = counts
+            self.k, self.end, self.n = int(state["k"]), float(state["end"]), int(state["n"])
+        else:
+            self.counts, self.k, self.end, self.n = array("I", [0]), 0, math.nan, 0
 
 
 class Guard:
@@ -83,8 +173,11 @@ class Guard:
         (known sets are always admitted): left alone, the old bounds would govern.
         """
         cfg = self.config
+        width, size = cfg.rate_interval_seconds, cfg.rate_intervals
         for b in self.buckets.values():
             b.tokens = min(b.tokens, cfg.burst)
+            if len(b.counts) != size or b.end != (b.k + 1) * width:
+                b.restart(width, size)  # other intervals than the running config's
         cap = cfg.max_label_sets_per_series
         for key, sets in list(self.label_sets.items()):
             if len(sets) > cap:
@@ -159,13 +252,17 @@ class Guard:
         b = buckets.get(entity)
         if b is not None:
             buckets.move_to_end(entity)
-            if credit > b.last:
-                tokens = b.tokens + (credit - b.last) * cfg.rate_per_second
-                b.tokens = tokens if tokens < cfg.burst else cfg.burst
-                b.last = credit
-            if b.tokens >= 1.0:
-                b.tokens -= 1.0
-                return None
+            if b.last <= credit:  # in order
+                if credit >= b.end:
+                    b.advance(credit, cfg.rate_interval_seconds)
+                if credit > b.last:
+                    tokens = b.tokens + (credit - b.last) * cfg.rate_per_second
+                    b.tokens = tokens if tokens < cfg.burst else cfg.burst
+                    b.last = credit
+                if b.tokens >= 1.0:
+                    b.tokens -= 1.0
+                    b.n += 1
+                    return None
         return self._rate(env, entity, ts, credit)
 
     def admit_samples(
@@ -189,7 +286,7 @@ class Guard:
         lo = -_INF if reference is None else reference - cfg.max_past_seconds
         label_sets = self.label_sets._data
         buckets = self.buckets._data
-        rate, burst = cfg.rate_per_second, cfg.burst
+        rate, burst, width = cfg.rate_per_second, cfg.burst, cfg.rate_interval_seconds
         clock = _INF if reference is None else reference
         for i, ((env, s), key) in enumerate(zip(samples, keys, strict=True)):
             ts, entity = s.ts, s.entity
@@ -209,14 +306,18 @@ class Guard:
                 label_sets.move_to_end(pair)
             buckets.move_to_end(entity)
             credit = ts if ts <= cap else cap
-            if credit > b.last:
-                tokens = b.tokens + (credit - b.last) * rate
-                b.tokens = tokens if tokens < burst else burst
-                b.last = credit
-            if b.tokens >= 1.0:
-                b.tokens -= 1.0
-            else:
-                verdicts[i] = self._rate(env, entity, ts, credit)
+            if b.last <= credit:
+                if credit >= b.end:
+                    b.advance(credit, width)
+                if credit > b.last:
+                    tokens = b.tokens + (credit - b.last) * rate
+                    b.tokens = tokens if tokens < burst else burst
+                    b.last = credit
+                if b.tokens >= 1.0:
+                    b.tokens -= 1.0
+                    b.n += 1
+                    continue
+            verdicts[i] = self._rate(env, entity, ts, credit)
         return verdicts
 
     def _stranger(self, env: Envelope, entity: str) -> Reject:
@@ -231,16 +332,23 @@ class Guard:
         )
 
     def _rate(self, env: Envelope, entity: str, ts: float, credit: float) -> Reject | None:
+        """The rate limit's slow path: a new entity, a late record, a reject."""
         cfg = self.config
+        width = cfg.rate_interval_seconds
         b = self.buckets.get(entity)
         if b is None:
-            b = _Bucket(cfg.burst, credit)
+            b = _Bucket(cfg.burst, credit, width, cfg.rate_intervals)
             self.buckets.put(entity, b)
-        elif credit > b.last:
+        if credit >= b.last:
+            if credit >= b.end:
+                b.advance(credit, width)
             b.tokens = min(cfg.burst, b.tokens + (credit - b.last) * cfg.rate_per_second)
             b.last = credit
-        if b.tokens >= 1.0:
-            b.tokens -= 1.0
+            if b.tokens >= 1.0:
+                b.tokens -= 1.0
+                b.n += 1
+                return None
+        elif b.late(credit, width, cfg.rate_per_second * width + cfg.burst):
             return None
         b.dropped += 1
         if ts - b.reported >= cfg.report_every_seconds:

@@ -105,6 +105,8 @@ class PartitionStage:
                 max_label_sets_per_series=v.max_label_sets_per_series,
                 rate_per_second=v.rate_per_second,
                 burst=v.burst,
+                rate_interval_seconds=v.rate_interval_seconds,
+                rate_intervals=v.rate_intervals,
                 max_entities=v.max_entities,
                 new_entities_per_second=v.new_entities_per_second,
                 new_entities_burst=v.new_entities_burst,
