@@ -140,15 +140,16 @@ class _Storm:
     def needed_to(self) -> float:
         """The last event time the action counts as needed: flagged entities need it until
         their need goes stale."""
-        if not self.flagged:
-            return self.last_need
-        return max(self.last_need, next(reversed(self.flagged.values())) + self.stale)
+        return self._flagged_to(self.last_need)
 
     def unplaced_to(self) -> float:
         """``needed_to`` of the needs judged on the log's time (``unplaced``, flagged ones)."""
+        return self._flagged_to(self.unplaced)
+
+    def _flagged_to(self, last: float) -> float:
         if not self.flagged:
-            return self.unplaced
-        return max(self.unplaced, next(reversed(self.flagged.values())) + self.stale)
+            return last
+        return max(last, next(reversed(self.flagged.values())) + self.stale)
 
 
 class FleetArbiter:
