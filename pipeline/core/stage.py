@@ -128,12 +128,17 @@ class PartitionStage:
         self.topology = Topology(static=inc.dependencies, max_entities=v.max_entities)
         self.changes = ChangeLog(
             max_entities=v.max_entities,
-            known=lambda entity: entity in self.guard.buckets,  # seen on metrics or logs
+            known=self.seen_on_data,
             new_per_second=v.new_entities_per_second,
             new_burst=v.new_entities_burst,
         )
         #: the process's incidents, shared by every stage (attached by ``Pipeline``)
         self.incidents: IncidentHub | None = None
+
+    def seen_on_data(self, entity: str) -> bool:
+        """Whether ``entity`` was seen on metrics or logs (a method, not a closure: the stage
+        stays picklable, and a restore that replaces the guard's buckets is looked up)."""
+        return entity in self.guard.buckets
 
     # -- processing -------------------------------------------------------------------------
 
